@@ -1,0 +1,1 @@
+"""replk-pretrain: semi-supervised large-scale pretraining of RepLKNet."""

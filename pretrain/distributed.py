@@ -1,0 +1,79 @@
+"""The one place in ``pretrain`` that reads the launcher's environment.
+
+Everything else takes ``rank`` and ``world_size`` as arguments. Works under the
+deepspeed launcher, torchrun, SLURM-style multi-node launches, and as a single
+plain process (world size 1).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def read_dist_env(environ: Mapping[str, str] = os.environ,
+                  local_rank_arg: Optional[int] = None) -> DistEnv:
+    """Rank, world size and local rank as the launcher set them (world size 1 when none did)."""
+    def get(name: str, default: int) -> int:
+        value = environ.get(name)
+        if value is None or value == '':
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f'environment variable {name}={value!r} is not an integer') from None
+
+    rank, world_size = get('RANK', 0), get('WORLD_SIZE', 1)
+    local_rank = get('LOCAL_RANK', local_rank_arg if local_rank_arg is not None else 0)
+    if not 0 <= rank < world_size:
+        raise ValueError(f'RANK={rank} is outside WORLD_SIZE={world_size}')
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def device_for(env: DistEnv) -> torch.device:
+    """One accelerator per local rank where there is one; the CPU otherwise."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+        return torch.device('cuda', env.local_rank)
+    return torch.device('cpu')
+
+
+def init_distributed(local_rank_arg: Optional[int] = None) -> tuple[DistEnv, torch.device]:
+    """Initialise torch.distributed through DeepSpeed: nccl on GPUs, gloo on CPUs."""
+    import deepspeed
+
+    env = read_dist_env(local_rank_arg=local_rank_arg)
+    if env.world_size == 1:
+        # A plain process: without these DeepSpeed looks for MPI (mpi4py) and fails.
+        os.environ.setdefault('RANK', '0')
+        os.environ.setdefault('LOCAL_RANK', '0')
+        os.environ.setdefault('WORLD_SIZE', '1')
+        os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
+        os.environ.setdefault('MASTER_PORT', str(_free_port()))
+    device = device_for(env)
+    if device.type == 'cpu':
+        # The shared-memory CPU collective op is JIT-compiled (~40 s) on first use; plain
+        # gloo is what CPU runs (tests, the demo) need.
+        deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] = False
+    deepspeed.init_distributed(dist_backend='nccl' if device.type == 'cuda' else 'gloo')
+    return env, device

@@ -1,0 +1,72 @@
+"""Loading RepLKNet weights from the official releases and common containers (timm convention)."""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict
+
+import torch
+from torch import nn
+
+# Containers in which training scripts wrap a state dict, most specific first.
+_CONTAINER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'module')
+_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+
+# official name -> ours. Official transitions[i] precede stage i+1; we keep them in that stage.
+_RENAMES = (
+    (re.compile(r'^transitions\.(\d+)\.(\d+)\.nonlinear'), None),  # parameter-free ReLU
+    (re.compile(r'^transitions\.(\d+)\.'), lambda m: f'stages.{int(m.group(1)) + 1}.downsample.'),
+    (re.compile(r'^norm\.'), lambda m: 'head.norm.'),
+    (re.compile(r'^head\.(weight|bias)$'), lambda m: f'head.fc.{m.group(1)}'),
+)
+
+
+def unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint and strip DDP/compile prefixes."""
+    while isinstance(checkpoint, dict):
+        key = next((k for k in _CONTAINER_KEYS if isinstance(checkpoint.get(k), dict)), None)
+        if key is None:
+            break
+        checkpoint = checkpoint[key]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError('checkpoint holds no state dict of tensors (looked inside '
+                         f'{", ".join(_CONTAINER_KEYS)})')
+    cleaned = {}
+    for key, value in checkpoint.items():
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split('.', 1)[1]
+        cleaned[key] = value
+    return cleaned
+
+
+def rename_official_key(key: str) -> str:
+    for pattern, repl in _RENAMES:
+        if pattern.search(key):
+            return pattern.sub(repl, key, count=1) if repl else key
+    return key
+
+
+def _describe(keys, limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f' ... and {len(keys) - limit} more' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+def checkpoint_filter_fn(state_dict: Any, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Map an official RepLKNet (or our own) checkpoint onto ``model``'s parameter names.
+
+    Raises a ``KeyError`` naming the missing and unexpected keys when the layouts do not
+    match, except for the classifier, which timm drops itself when the class counts differ.
+    """
+    state_dict = {rename_official_key(k): v for k, v in unwrap_state_dict(state_dict).items()}
+    expected = set(model.state_dict())
+    missing = {k for k in expected - set(state_dict) if not k.startswith('head.fc')}
+    unexpected = {k for k in set(state_dict) - expected if not k.startswith('head.fc')}
+    if missing or unexpected:
+        hint = ''
+        if any('lkb_reparam' in k for k in unexpected):
+            hint = " (the checkpoint is re-parameterized: build the model with reparam='merged')"
+        elif any('lkb_origin' in k for k in unexpected):
+            hint = ' (the checkpoint is in training form: build the model without reparam)'
+        raise KeyError(f'checkpoint does not match {type(model).__name__}{hint}; '
+                       f'missing: [{_describe(missing)}]; unexpected: [{_describe(unexpected)}]')
+    return state_dict

@@ -1,0 +1,84 @@
+"""RepLKNet variants registered with timm: ``timm.create_model('replknet_31b', ...)``."""
+from __future__ import annotations
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .checkpoint import checkpoint_filter_fn
+from .replknet import RepLKNet
+
+OFFICIAL_REPO = 'https://github.com/DingXiaoH/RepLKNet-pytorch'
+
+
+def _create_replknet(variant: str, pretrained: bool = False, **kwargs) -> RepLKNet:
+    return build_model_with_cfg(
+        RepLKNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
+        **kwargs)
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.0.conv', 'classifier': 'head.fc', 'license': 'mit',
+        'origin_url': OFFICIAL_REPO, **kwargs,
+    }
+
+
+# No hub copies exist: weights come from local files, e.g.
+# pretrained_cfg_overlay=dict(file='RepLKNet-31B_ImageNet-1K_224.pth').
+default_cfgs = generate_default_cfgs({
+    'replknet_31b.in1k': _cfg(),
+    'replknet_31b.in1k_384': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    'replknet_31b.in22k_ft_in1k': _cfg(),
+    'replknet_31b.in22k': _cfg(num_classes=21841),
+    'replknet_31l.in22k_ft_in1k_384': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    'replknet_31l.in22k': _cfg(num_classes=21841),
+    # The official XL evaluation resizes to 365, center-crops 320 and normalizes with 0.5/0.5.
+    'replknet_xl.megdata73m_ft_in1k_320': _cfg(
+        input_size=(3, 320, 320), pool_size=(10, 10), crop_pct=320 / 365,
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    'replknet_13.untrained': _cfg(),
+    'replknet_3.untrained': _cfg(),
+})
+
+
+@register_model
+def replknet_31b(pretrained: bool = False, **kwargs) -> RepLKNet:
+    args = dict(kernel_sizes=(31, 29, 27, 13), depths=(2, 2, 18, 2), channels=(128, 256, 512, 1024),
+                small_kernel=5)
+    return _create_replknet('replknet_31b', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def replknet_31l(pretrained: bool = False, **kwargs) -> RepLKNet:
+    args = dict(kernel_sizes=(31, 29, 27, 13), depths=(2, 2, 18, 2), channels=(192, 384, 768, 1536),
+                small_kernel=5)
+    return _create_replknet('replknet_31l', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def replknet_xl(pretrained: bool = False, **kwargs) -> RepLKNet:
+    """XL: inverted bottleneck (the RepLK block runs at 1.5x width), no small-kernel branch."""
+    args = dict(kernel_sizes=(27, 27, 27, 13), depths=(2, 2, 18, 2), channels=(256, 512, 1024, 2048),
+                small_kernel=None, dw_ratio=1.5)
+    return _create_replknet('replknet_xl', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def replknet_13(pretrained: bool = False, **kwargs) -> RepLKNet:
+    """31B with 13x13 kernels everywhere: the paper's ERF baseline (Table 10)."""
+    args = dict(kernel_sizes=(13, 13, 13, 13), depths=(2, 2, 18, 2), channels=(128, 256, 512, 1024),
+                small_kernel=5)
+    return _create_replknet('replknet_13', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def replknet_3(pretrained: bool = False, **kwargs) -> RepLKNet:
+    """31B with 3x3 kernels and no re-param branch: the small-kernel baseline of Appendix C."""
+    args = dict(kernel_sizes=(3, 3, 3, 3), depths=(2, 2, 18, 2), channels=(128, 256, 512, 1024),
+                small_kernel=None)
+    return _create_replknet('replknet_3', pretrained, **dict(args, **kwargs))

@@ -1,0 +1,238 @@
+"""RepLKNet (Ding et al., CVPR 2022), as the paper and its official code define it.
+
+Layout follows timm: ``stem`` -> ``stages`` (each stage owns the transition
+that precedes it as ``downsample``) -> ``head``. The official checkpoints keep
+transitions in a separate list and the head at the top level;
+``checkpoint_filter_fn`` maps them. Inside blocks the official names are kept.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from timm.layers import DropPath
+from timm.models._manipulate import checkpoint_seq
+
+from .layers import (ConvNorm, LargeKernelConvFactory, ReparamLargeKernelConv, depthwise_conv2d,
+                     fold_bn_into_following_linear, fold_bn_into_following_pointwise, is_bn)
+
+NumClasses = Union[int, Dict[str, int]]
+
+
+class RepLKBlock(nn.Module):
+    """pre-BN, 1x1 conv-BN-ReLU, large-kernel depthwise conv-BN, ReLU, 1x1 conv-BN, residual."""
+
+    def __init__(self, channels: int, dw_channels: int, kernel_size: int,
+                 small_kernel: Optional[int], drop_path: float,
+                 conv_layer: LargeKernelConvFactory = depthwise_conv2d):
+        super().__init__()
+        self.prelkb_bn = nn.BatchNorm2d(channels)
+        self.pw1 = ConvNorm(channels, dw_channels, 1, act=True)
+        self.large_kernel = ReparamLargeKernelConv(dw_channels, kernel_size, small_kernel, conv_layer)
+        self.lk_nonlinear = nn.ReLU()
+        self.pw2 = ConvNorm(dw_channels, channels, 1)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pw2(self.lk_nonlinear(self.large_kernel(self.pw1(self.prelkb_bn(x)))))
+        return x + self.drop_path(out)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        self.pw1.reparameterize()
+        if is_bn(self.prelkb_bn):
+            fold_bn_into_following_pointwise(self.prelkb_bn, self.pw1.conv)
+            self.prelkb_bn = nn.Identity()
+
+
+class ConvFFN(nn.Module):
+    """pre-BN, 1x1 conv-BN expanding, GELU, 1x1 conv-BN, residual."""
+
+    def __init__(self, channels: int, hidden_channels: int, drop_path: float):
+        super().__init__()
+        self.preffn_bn = nn.BatchNorm2d(channels)
+        self.pw1 = ConvNorm(channels, hidden_channels, 1)
+        self.nonlinear = nn.GELU()
+        self.pw2 = ConvNorm(hidden_channels, channels, 1)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x))))
+        return x + self.drop_path(out)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        self.pw1.reparameterize()
+        if is_bn(self.preffn_bn):
+            fold_bn_into_following_pointwise(self.preffn_bn, self.pw1.conv)
+            self.preffn_bn = nn.Identity()
+
+
+class RepLKStage(nn.Module):
+    """Optional transition (1x1 conv-BN-ReLU, 3x3 dw s2 conv-BN-ReLU), then N x (RepLK + ConvFFN)."""
+
+    def __init__(self, in_chs: int, channels: int, depth: int, kernel_size: int,
+                 small_kernel: Optional[int], drop_path_rates: Sequence[float],
+                 dw_ratio: float, ffn_ratio: float, downsample: bool,
+                 conv_layer: LargeKernelConvFactory = depthwise_conv2d):
+        super().__init__()
+        self.downsample = nn.Sequential(
+            ConvNorm(in_chs, channels, 1, act=True),
+            ConvNorm(channels, channels, 3, stride=2, groups=channels, act=True),
+        ) if downsample else nn.Identity()
+        blocks = []
+        for rate in drop_path_rates:
+            blocks.append(RepLKBlock(channels, int(channels * dw_ratio), kernel_size, small_kernel,
+                                     rate, conv_layer))
+            blocks.append(ConvFFN(channels, int(channels * ffn_ratio), rate))
+        self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class RepLKHead(nn.Module):
+    """BN, global average pool, linear classifier (one per task when ``num_classes`` is a dict)."""
+
+    def __init__(self, in_chs: int, num_classes: NumClasses):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_chs)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.in_chs = in_chs
+        self.reset(num_classes)
+
+    def reset(self, num_classes: NumClasses) -> None:
+        self.num_classes = num_classes
+        if isinstance(num_classes, dict):
+            if not num_classes:
+                raise ValueError('num_classes dict is empty: name at least one task')
+            self.fc = nn.ModuleDict({task: nn.Linear(self.in_chs, n) for task, n in num_classes.items()})
+        else:
+            self.fc = nn.Linear(self.in_chs, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False):
+        x = self.pool(self.norm(x)).flatten(1)
+        if pre_logits:
+            return x
+        if isinstance(self.fc, nn.ModuleDict):
+            return {task: fc(x) for task, fc in self.fc.items()}
+        return self.fc(x)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        fcs = list(self.fc.values()) if isinstance(self.fc, nn.ModuleDict) else [self.fc]
+        if not is_bn(self.norm) or not all(isinstance(fc, nn.Linear) for fc in fcs):
+            return  # without a linear classifier the BN is the output's last op: keep it
+        for fc in fcs:
+            fold_bn_into_following_linear(self.norm, fc)
+        self.norm = nn.Identity()
+
+
+class RepLKNet(nn.Module):
+    """RepLKNet backbone with a classification head (or a dict of task heads)."""
+
+    def __init__(self, kernel_sizes: Sequence[int] = (31, 29, 27, 13),
+                 depths: Sequence[int] = (2, 2, 18, 2),
+                 channels: Sequence[int] = (128, 256, 512, 1024),
+                 small_kernel: Optional[int] = 5, dw_ratio: float = 1.0, ffn_ratio: float = 4.0,
+                 in_chans: int = 3, num_classes: NumClasses = 1000, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, global_pool: str = 'avg',
+                 lk_conv_layer: LargeKernelConvFactory = depthwise_conv2d,
+                 reparam: str = 'none'):
+        super().__init__()
+        if not len(kernel_sizes) == len(depths) == len(channels):
+            raise ValueError(f'kernel_sizes {kernel_sizes}, depths {depths} and channels {channels} '
+                             'must have one entry per stage')
+        if global_pool != 'avg' or drop_rate:
+            raise ValueError('RepLKNet supports only global_pool="avg" and drop_rate=0')
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = channels[-1]
+        width = channels[0]
+        self.stem = nn.Sequential(
+            ConvNorm(in_chans, width, 3, stride=2, act=True),
+            ConvNorm(width, width, 3, groups=width, act=True),
+            ConvNorm(width, width, 1, act=True),
+            ConvNorm(width, width, 3, stride=2, groups=width, act=True),
+        )
+        # Stochastic depth rises linearly over the (RepLK + ConvFFN) block pairs, as in the official code.
+        n = sum(depths)
+        rates = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
+        stages, prev, self.feature_info = [], width, []
+        for i, (depth, chs, k) in enumerate(zip(depths, channels, kernel_sizes)):
+            start = sum(depths[:i])
+            stages.append(RepLKStage(prev, chs, depth, k, small_kernel, rates[start:start + depth],
+                                     dw_ratio, ffn_ratio, downsample=i > 0, conv_layer=lk_conv_layer))
+            self.feature_info.append(dict(num_chs=chs, reduction=4 * 2 ** i, module=f'stages.{i}'))
+            prev = chs
+        self.stages = nn.Sequential(*stages)
+        self.head = RepLKHead(prev, num_classes)
+        if reparam != 'none':
+            # Build directly in a deployed form, e.g. to load an exported checkpoint.
+            self.reparameterize(merge_only={'merged': True, 'fused': False}[reparam])
+
+    # --- timm model interface -------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: NumClasses, global_pool: Optional[str] = None) -> None:
+        if global_pool not in (None, 'avg'):
+            raise ValueError(f'RepLKNet supports only global_pool="avg", got {global_pool!r}')
+        self.num_classes = num_classes
+        self.head.reset(num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor):
+        return self.forward_head(self.forward_features(x))
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps after each stage (strides 4, 8, 16, 32) for dense downstream heads."""
+        x, feats = self.stem(x), []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    # --- structural re-parameterization -----------------------------------------------------
+    @torch.no_grad()
+    def reparameterize(self, merge_only: bool = False) -> 'RepLKNet':
+        """Convert to the deploy form in place; harmless to call more than once.
+
+        Step 1 (always): merge each large-kernel conv-BN with its small-kernel conv-BN
+        into one biased conv (the official ``structural_reparam``).
+        Step 2 (unless ``merge_only``): fuse every remaining conv-BN pair, fold the
+        pre-block BNs into the following 1x1 convs and the head BN into the classifier.
+        """
+        for m in self.modules():
+            if isinstance(m, ReparamLargeKernelConv):
+                m.reparameterize()
+        if not merge_only:
+            for m in list(self.modules()):
+                if m is not self and hasattr(m, 'reparameterize'):
+                    m.reparameterize()
+        return self
