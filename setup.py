@@ -39,6 +39,7 @@ setup(
         'console_scripts': [
             'replk-models = pretrain.model_summary:main',
             'replk-smoke = pretrain.smoke:main',
+            'replk-shards = shards.cli:main',
         ],
     },
 )

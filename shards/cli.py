@@ -1,0 +1,103 @@
+"""``python -m shards build|verify|stat`` (also the ``replk-shards`` command)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import storage
+from .build import BuildOptions, build
+from .index import ShardIndex
+from .inputs import InputError, filelist_items, imagefolder_items, unlabeled_items
+from .verify import orphans, verify
+
+
+def _build(args) -> int:
+    classes = None
+    if args.imagefolder:
+        items, names = imagefolder_items(args.imagefolder, args.task)
+        classes = {args.task: names}
+    elif args.filelist:
+        items = filelist_items(args.filelist, [args.task] if args.task else None)
+    else:
+        items = unlabeled_items(args.unlabeled)
+    opts = BuildOptions(prefix=args.output, source=args.source, samples_per_shard=args.samples_per_shard,
+                        max_shard_bytes=args.max_shard_bytes, max_side=args.max_side, quality=args.quality,
+                        workers=args.workers, progress=not args.no_progress,
+                        retry=storage.RetryPolicy(budget_s=args.retry_budget))
+    report = build(items, opts, classes)
+    print(f'{args.source}: {report.shards_written} shards written, {report.shards_skipped_as_done} already '
+          f'complete, {report.samples} samples, {len(report.skipped)} images skipped')
+    for s in report.skipped:
+        print(f'  skipped {s["path"]}: {s["reason"]}')
+    return 0
+
+
+def _verify(args) -> int:
+    faults = verify(args.prefix, decode=not args.no_decode)
+    for name in orphans(args.prefix):
+        print(f'note: {name} is not in the index (left by an interrupted build; it does not count)')
+    for fault in faults:
+        print(f'FAULT {fault}')
+    index = ShardIndex.load(args.prefix)
+    print(f'{len(index.shards)} shards checked, {len(faults)} faults')
+    return 1 if faults else 0
+
+
+def _stat(args) -> int:
+    totals = ShardIndex.load(args.prefix).totals()
+    if args.json:
+        print(json.dumps(totals, indent=1))
+        return 0
+    print(f'{"source":12} {"shards":>7} {"samples":>10} {"GB":>8} {"skipped":>8}  human labels per task')
+    for src, t in totals.items():
+        tasks = ', '.join(f'{k}: {v}' for k, v in t['tasks'].items()) or '-'
+        print(f'{src:12} {t["shards"]:>7} {t["samples"]:>10} {t["bytes"] / 1e9:>8.3f} {t["skipped"]:>8}  {tasks}')
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python -m shards', description=__doc__)
+    sub = p.add_subparsers(dest='command', required=True)
+    b = sub.add_parser('build', help='pack images into tar shards (resumes an interrupted build)')
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument('--imagefolder', help='class subfolders become labels of --task')
+    src.add_argument('--filelist', help='CSV/TSV (path, [id], one column per task) or JSONL')
+    src.add_argument('--unlabeled', help='a folder of images or a text file of paths')
+    b.add_argument('--output', required=True, help='local folder or s3://bucket/prefix')
+    b.add_argument('--source', required=True, help='source name, e.g. in1k, yfcc')
+    b.add_argument('--task', help='task name for --imagefolder labels (default: the source name)')
+    b.add_argument('--samples-per-shard', type=int, default=1000)
+    b.add_argument('--max-shard-bytes', type=int, help='cut shards at this many input bytes too')
+    b.add_argument('--max-side', type=int, help='re-encode larger images to JPEG with this max side')
+    b.add_argument('--quality', type=int, default=90, help='JPEG quality when re-encoding')
+    b.add_argument('--workers', type=int, default=1, help='worker processes')
+    b.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    b.add_argument('--no-progress', action='store_true')
+    b.set_defaults(func=_build)
+    v = sub.add_parser('verify', help='check tars, hashes, keys and that every image decodes')
+    v.add_argument('prefix')
+    v.add_argument('--no-decode', action='store_true', help='skip decoding images (faster)')
+    v.set_defaults(func=_verify)
+    s = sub.add_parser('stat', help='samples per source and task')
+    s.add_argument('prefix')
+    s.add_argument('--json', action='store_true')
+    s.set_defaults(func=_stat)
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    args = parser().parse_args(argv)
+    if getattr(args, 'imagefolder', None) and not args.task:
+        args.task = args.source
+    try:
+        return args.func(args)
+    except (InputError, ValueError, storage.StorageError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Checking, normalising and decoding images (Pillow)."""
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+# Formats stored as given; anything else (BMP, GIF, TIFF, ...) is re-encoded losslessly as PNG.
+STORED_AS_IS = {'JPEG': 'jpg', 'PNG': 'png', 'WEBP': 'webp'}
+IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp')
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2x its warning level)
+
+
+class BadImage(ValueError):
+    """Bytes that are not an image we can decode; the message says why."""
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise BadImage('zero-byte file')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Exception as exc:
+        raise BadImage(f'not a readable image ({type(exc).__name__}: {exc})') from None
+    w, h = img.size
+    if w * h > max_pixels:  # from the header, before any pixel is decoded
+        raise BadImage(f'{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}')
+    if w == 0 or h == 0:
+        raise BadImage(f'empty image {w}x{h}')
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB from any mode: 16-bit is scaled (not clipped), alpha is composited onto white."""
+    if img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
+        arr = np.asarray(img, dtype=np.uint32 if img.mode == 'I' else np.uint16)
+        top = 65535 if arr.max(initial=0) > 255 else 255
+        img = Image.fromarray((arr.astype(np.float32) * (255.0 / top)).round().astype(np.uint8), 'L')
+    if img.mode == 'P' and 'transparency' in img.info:
+        img = img.convert('RGBA')
+    if img.mode in ('RGBA', 'LA', 'PA', 'RGBa'):
+        rgba = img.convert('RGBA')
+        background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert('RGB')
+    return img if img.mode == 'RGB' else img.convert('RGB')
+
+
+def check_and_normalize(data: bytes, max_side: Optional[int] = None, quality: int = 90,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[bytes, str]:
+    """Fully decode ``data`` (raises BadImage); return the bytes to store and their extension.
+
+    Valid images keep their bytes unless ``max_side`` asks for a smaller JPEG or the
+    format is not one webdataset decoders read (then lossless PNG).
+    """
+    img = _open(data, max_pixels)
+    fmt = img.format
+    try:
+        img.load()  # a truncated or corrupt file fails here, not at training time
+    except Exception as exc:
+        raise BadImage(f'corrupt {fmt or "image"} data ({type(exc).__name__}: {exc})') from None
+    if max_side and max(img.size) > max_side:
+        img = to_rgb(img)
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        out = io.BytesIO()
+        img.save(out, 'JPEG', quality=quality)
+        return out.getvalue(), 'jpg'
+    if fmt in STORED_AS_IS:
+        return data, STORED_AS_IS[fmt]
+    out = io.BytesIO()
+    (img if img.mode in ('RGB', 'RGBA', 'L', 'LA', 'I;16') else to_rgb(img)).save(out, 'PNG')
+    return out.getvalue(), 'png'
+
+
+def decode_rgb(data: bytes, min_side: Optional[int] = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode to RGB. With ``min_side``, JPEGs decode at a reduced DCT scale that keeps the
+    shorter side at least ``min_side`` (Pillow's draft mode): 2-8x less work for big photos."""
+    img = _open(data, max_pixels)
+    if min_side and img.format == 'JPEG':
+        img.draft('RGB', (min_side, min_side))
+    try:
+        img.load()
+    except Exception as exc:
+        raise BadImage(f'corrupt {img.format or "image"} data ({type(exc).__name__}: {exc})') from None
+    return to_rgb(img)

@@ -1,0 +1,143 @@
+"""Local paths and ``s3://`` (and any fsspec URL) with retries, backoff and atomic writes.
+
+S3 endpoints and credentials come from the standard AWS environment variables
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), which botocore reads itself.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import fsspec
+
+log = logging.getLogger(__name__)
+T = TypeVar('T')
+
+# Errors that no retry can fix: report them at once.
+PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                    ValueError, KeyError, TypeError)
+
+
+class StorageError(RuntimeError):
+    """Storage stayed unreachable for the whole retry budget."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter until ``budget_s`` is spent (s3fs alone gives up in ~2 s)."""
+    budget_s: float = 300.0
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+
+    def __post_init__(self):
+        if self.budget_s < 0 or self.initial_backoff_s <= 0 or self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError(f'invalid retry policy {self}')
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def with_retries(fn: Callable[[], T], what: str, policy: RetryPolicy = DEFAULT_RETRY) -> T:
+    start, backoff, attempt = time.monotonic(), policy.initial_backoff_s, 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except PERMANENT_ERRORS:
+            raise
+        except Exception as exc:  # network, throttling, 5xx: worth another try
+            elapsed = time.monotonic() - start
+            if elapsed + backoff > policy.budget_s:
+                raise StorageError(f'{what}: still failing after {attempt} attempts over {elapsed:.1f}s '
+                                   f'(retry budget {policy.budget_s:.0f}s): {type(exc).__name__}: {exc}') from exc
+            log.warning('%s failed (%s: %s); retry %d in %.1fs', what, type(exc).__name__, exc, attempt, backoff)
+            time.sleep(backoff * (0.5 + random.random() / 2))
+            backoff = min(backoff * 2, policy.max_backoff_s)
+
+
+def _storage_options(url: str) -> dict:
+    if url.startswith('s3://'):
+        # One quick attempt per call inside s3fs/botocore; the budget above does the waiting.
+        return dict(retries=1, config_kwargs=dict(connect_timeout=5, read_timeout=60,
+                                                  retries={'max_attempts': 1}))
+    return {}
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path inside it) for a local path or URL."""
+    return fsspec.core.url_to_fs(url, **_storage_options(url))
+
+
+def join(prefix: str, name: str) -> str:
+    return prefix.rstrip('/') + '/' + name
+
+
+def is_local(url: str) -> bool:
+    return '://' not in url or url.startswith('file://')
+
+
+def exists(url: str, policy: RetryPolicy = DEFAULT_RETRY) -> bool:
+    fs, path = filesystem(url)
+    return with_retries(lambda: fs.exists(path), f'checking {url}', policy)
+
+
+def read_bytes(url: str, policy: RetryPolicy = DEFAULT_RETRY) -> bytes:
+    fs, path = filesystem(url)
+    return with_retries(lambda: fs.cat_file(path), f'reading {url}', policy)
+
+
+def open_read(url: str, policy: RetryPolicy = DEFAULT_RETRY):
+    """A binary file object for streaming reads (opening is retried; reads are not)."""
+    fs, path = filesystem(url)
+    return with_retries(lambda: fs.open(path, 'rb', block_size=8 << 20), f'opening {url}', policy)
+
+
+def write_bytes_atomic(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY) -> None:
+    """Readers see the old object or the whole new one, never a part."""
+    with tempfile.NamedTemporaryFile(delete=False) as tmp:
+        tmp.write(data)
+    try:
+        put_file_atomic(tmp.name, url, policy)
+    finally:
+        if os.path.exists(tmp.name):
+            os.unlink(tmp.name)
+
+
+def put_file_atomic(local_path: str, url: str, policy: RetryPolicy = DEFAULT_RETRY) -> None:
+    """Move a finished local file to ``url``: rename locally, one whole PUT on object stores."""
+    fs, path = filesystem(url)
+    if is_local(url):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        staged = f'{path}.tmp-{os.getpid()}'
+        with open(local_path, 'rb') as src, open(staged, 'wb') as dst:
+            while chunk := src.read(16 << 20):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(staged, path)
+    else:
+        # An S3 object (single or multipart upload) becomes visible only once complete.
+        with_retries(lambda: fs.put_file(local_path, path), f'uploading {url}', policy)
+
+
+def list_names(prefix: str, policy: RetryPolicy = DEFAULT_RETRY) -> list[str]:
+    fs, path = filesystem(prefix)
+    if not with_retries(lambda: fs.exists(path), f'listing {prefix}', policy):
+        return []
+    return sorted(os.path.basename(p.rstrip('/'))
+                  for p in with_retries(lambda: fs.ls(path, detail=False), f'listing {prefix}', policy))
+
+
+def register_webdataset_opener() -> None:
+    """Let plain ``webdataset`` open ``s3://`` URLs through fsspec (webdataset 1.0.2 has none).
+
+    Call again in DataLoader workers started with ``spawn`` (fork workers inherit it).
+    """
+    import webdataset
+
+    webdataset.gopen_schemes['s3'] = lambda url, mode='rb', bufsize=8192, **kw: open_read(url)

@@ -1,0 +1,80 @@
+"""``shards verify``: every listed shard is whole, matches its hash, and every image decodes."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from typing import Dict, List
+
+from . import storage
+from .images import IMAGE_EXTS, BadImage, decode_rgb
+from .index import INDEX_NAME, ShardIndex
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """'in1k/000001/000002.jpg' -> ('in1k/000001/000002', 'jpg'), as webdataset splits names."""
+    head, _, base = name.rpartition('/')
+    stem, _, ext = base.partition('.')
+    return (f'{head}/{stem}' if head else stem), ext.lower()
+
+
+def _check_samples(shard: str, members: Dict[str, Dict[str, bytes]], faults: List[str]) -> None:
+    for key, parts in members.items():
+        images = [e for e in parts if e in IMAGE_EXTS]
+        if len(images) != 1 or 'json' not in parts:
+            faults.append(f'{shard}: sample {key} has parts {sorted(parts)}; expected one image and .json')
+            continue
+        try:
+            meta = json.loads(parts['json'])
+            if not isinstance(meta, dict) or 'source' not in meta:
+                raise ValueError('no "source" field')
+        except ValueError as exc:
+            faults.append(f'{shard}: sample {key} has bad metadata: {exc}')
+        try:
+            decode_rgb(parts[images[0]])
+        except BadImage as exc:
+            faults.append(f'{shard}: sample {key} image does not decode: {exc}')
+
+
+def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[str]:
+    """All faults found, each naming the shard and sample at fault; empty when all is well."""
+    index = ShardIndex.load(prefix, policy=retry)
+    faults: List[str] = []
+    seen: Dict[str, str] = {}
+    for entry in index.shards.values():
+        url = storage.join(prefix, entry.name)
+        try:
+            data = storage.read_bytes(url, retry)
+        except FileNotFoundError:
+            faults.append(f'{entry.name}: listed in {INDEX_NAME} but missing')
+            continue
+        if len(data) != entry.bytes:
+            faults.append(f'{entry.name}: {len(data)} bytes, index says {entry.bytes}')
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            faults.append(f'{entry.name}: sha256 differs from the index')
+        members: Dict[str, Dict[str, bytes]] = {}
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode='r:') as tar:
+                for info in tar:
+                    if info.isreg():
+                        key, ext = split_member(info.name)
+                        members.setdefault(key, {})[ext] = tar.extractfile(info).read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            faults.append(f'{entry.name}: not a whole tar archive ({type(exc).__name__}: {exc})')
+            continue
+        if len(members) != entry.samples:
+            faults.append(f'{entry.name}: {len(members)} samples, index says {entry.samples}')
+        for key in members:
+            if key in seen:
+                faults.append(f'{entry.name}: key {key} also in {seen[key]}')
+            seen[key] = entry.name
+        if decode:
+            _check_samples(entry.name, members, faults)
+    return faults
+
+
+def orphans(prefix: str, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[str]:
+    """Tar files beside the index that it does not list (left by an interrupted build)."""
+    listed = set(ShardIndex.load(prefix, policy=retry).shards)
+    return [n for n in storage.list_names(prefix, retry) if n.endswith('.tar') and n not in listed]
