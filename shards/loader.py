@@ -1,0 +1,161 @@
+"""``ShardStream`` (an IterableDataset) and ``ResumableLoader`` (its DataLoader with a state)."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from . import plan as P
+from .images import BadImage
+from .stream import (CorruptCounter, SourceSpec, StreamConfig, collate, decode_sample, resolve_source,
+                     source_stream)
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+class ShardStream(IterableDataset):
+    """Batches of ``{"image", "key", "source", "meta"}`` for one rank; see ``plan.py`` for the order."""
+
+    def __init__(self, sources: Sequence[SourceSpec], cfg: StreamConfig, transform: Callable,
+                 rank: int, world_size: int, workers: int, decode_min_side: Optional[int] = None):
+        super().__init__()
+        if not sources:
+            raise ValueError('no sources given')
+        weights = [s.weight for s in sources]
+        if any(w is None for w in weights) and any(w is not None for w in weights):
+            raise ValueError('give a weight to every source or to none (default: proportional to size)')
+        self.cfg, self.transform, self.decode_min_side = cfg, transform, decode_min_side
+        self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
+        self.slots = world_size * self.workers
+        self.sources = [resolve_source(s, cfg.retry) for s in sources]
+        for src in self.sources:
+            self._check_enough_shards(src)
+        self.plan = P.mix_plan([s.name for s in self.sources], [s.samples for s in self.sources],
+                               None if weights[0] is None else weights, self.slots, cfg.batch_size)
+        self.epoch, self.resume_batches = 0, 0
+
+    def _check_enough_shards(self, src) -> None:
+        where = f'world size {self.world_size} x {self.workers} workers = {self.slots} slots'
+        if src.samples < self.slots:
+            raise ValueError(f'source {src.name!r} has {src.samples} samples for {where}')
+        if len(src.counts) < self.slots and self.cfg.few_shards == 'error':
+            raise ValueError(f'source {src.name!r} has {len(src.counts)} shards for {where}: build more, '
+                             'smaller shards, use fewer workers, or set few_shards="share" (slots then '
+                             'read disjoint parts of the same shards)')
+
+    def batches_per_epoch(self) -> int:
+        """Per rank: every worker yields the same number of batches."""
+        return self.plan.batches_per_epoch * self.workers
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, n = (info.id, info.num_workers) if info else (0, 1)
+        if n != self.workers:
+            raise RuntimeError(f'ShardStream was built for {self.workers} workers but the DataLoader has {n}')
+        # Resuming after k batches, DataLoader's round robin starts at worker 0 while the next
+        # batch is due from worker k % n: rotate which part each worker plays.
+        logical = (worker + self.resume_batches) % n
+        slot = P.slot_index(self.rank, self.world_size, logical, n)
+        start = P.worker_batches_done(self.resume_batches, n, logical) * self.cfg.batch_size
+        seq = P.mix_sequence(self.plan, self.cfg.seed, self.epoch, slot)
+        pos = P.source_positions(self.plan, self.cfg.seed, self.epoch, slot, start)
+        streams = [source_stream(s, self.cfg, slot, self.slots, pos[s.name]) for s in self.sources]
+        yield from self._batches(seq[start:], streams)
+
+    def _batches(self, seq: np.ndarray, streams):
+        counter, last_good, batch, names = CorruptCounter(self.cfg), None, [], []
+        for label in seq:
+            raw = next(streams[label])
+            try:
+                sample = decode_sample(raw, self.transform, self.decode_min_side)
+                counter.ok()
+                last_good = sample
+            except (BadImage, ValueError) as exc:
+                counter.failed(raw['__key__'] if raw else 'unknown', str(exc))
+                sample = None  # replaced below: every rank must yield the same number of samples
+            batch.append(sample)
+            names.append(self.sources[label].name)
+            if len(batch) == self.cfg.batch_size:
+                fill = last_good or next((s for s in batch if s is not None), None)
+                if fill is None:
+                    raise RuntimeError('a whole batch failed to decode; run `python -m shards verify`')
+                yield collate([s if s is not None else fill for s in batch], names)
+                batch, names = [], []
+
+    def expected_per_source(self, epoch: int, batches_done: int) -> Dict[str, int]:
+        """Samples of each source this rank has consumed after ``batches_done`` batches of ``epoch``."""
+        total = Counter()
+        for logical in range(self.workers):
+            slot = P.slot_index(self.rank, self.world_size, logical, self.workers)
+            k = P.worker_batches_done(batches_done, self.workers, logical) * self.cfg.batch_size
+            seq = P.mix_sequence(self.plan, self.cfg.seed, epoch, slot)[:k]
+            total.update(self.plan.sources[i] for i in seq)
+        return {s: total.get(s, 0) for s in self.plan.sources}
+
+
+class ResumableLoader:
+    """A DataLoader over a ShardStream that knows exactly where it is (``state_dict``)."""
+
+    def __init__(self, dataset: ShardStream, num_workers: int = 0, pin_memory: bool = False,
+                 prefetch_factor: Optional[int] = None, multiprocessing_context=None):
+        if dataset.workers != max(1, num_workers):
+            raise ValueError(f'dataset built for {dataset.workers} workers, loader given {num_workers}')
+        self.dataset, self.num_workers = dataset, num_workers
+        self.loader_kwargs = dict(batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                  persistent_workers=False, multiprocessing_context=multiprocessing_context)
+        if num_workers > 0:
+            self.loader_kwargs['prefetch_factor'] = prefetch_factor or 2
+        self.batches_in_epoch = 0
+        self.per_source: Counter = Counter()
+
+    @property
+    def epoch(self) -> int:
+        return self.dataset.epoch
+
+    def __len__(self) -> int:
+        return self.dataset.batches_per_epoch()
+
+    def __iter__(self):
+        """The rest of the current epoch; the next call continues with the following epoch."""
+        self.dataset.resume_batches = self.batches_in_epoch
+        for batch in DataLoader(self.dataset, **self.loader_kwargs):
+            self.batches_in_epoch += 1
+            self.per_source.update(batch['source'])
+            yield batch
+        self.dataset.epoch += 1
+        self.batches_in_epoch, self.per_source = 0, Counter()
+
+    def state_dict(self) -> dict:
+        d = self.dataset
+        return dict(version=STATE_VERSION, seed=d.cfg.seed, world_size=d.world_size, num_workers=d.workers,
+                    rank=d.rank, batch_size=d.cfg.batch_size, sources=list(d.plan.sources),
+                    epoch=d.epoch, batches_in_epoch=self.batches_in_epoch,
+                    samples_per_source={s: self.per_source.get(s, 0) for s in d.plan.sources})
+
+    def load_state_dict(self, state: dict, allow_repartition: bool = False) -> None:
+        d = self.dataset
+        if state.get('version') != STATE_VERSION:
+            raise ValueError(f'loader state version {state.get("version")!r}, this code reads {STATE_VERSION}')
+        for name, ours in (('seed', d.cfg.seed), ('batch_size', d.cfg.batch_size),
+                           ('sources', list(d.plan.sources)), ('rank', d.rank)):
+            if state[name] != ours:
+                raise ValueError(f'loader state has {name}={state[name]!r}, this run has {ours!r}')
+        if (state['world_size'], state['num_workers']) != (d.world_size, d.workers):
+            where = (f'the checkpoint was written with world size {state["world_size"]} x '
+                     f'{state["num_workers"]} workers, this run has world size {d.world_size} x {d.workers}')
+            if not allow_repartition:
+                raise ValueError(f'{where}; pass allow_repartition to restart from the next epoch boundary')
+            epoch = state['epoch'] + (1 if state['batches_in_epoch'] else 0)
+            log.warning('%s: re-partitioning, continuing at the start of epoch %d', where, epoch)
+            d.epoch, self.batches_in_epoch, self.per_source = epoch, 0, Counter()
+            return
+        expected = d.expected_per_source(state['epoch'], state['batches_in_epoch'])
+        if expected != state['samples_per_source']:
+            raise ValueError(f'loader state counts {state["samples_per_source"]} samples per source, but the '
+                             f'current sources would give {expected}: the shards or weights changed')
+        d.epoch, self.batches_in_epoch = state['epoch'], state['batches_in_epoch']
+        self.per_source = Counter(state['samples_per_source'])

@@ -1,0 +1,204 @@
+"""The training stream: weighted sources of shards -> decoded, transformed, batched samples.
+
+Deterministic and exactly resumable (see ``plan.py`` for the order). Use it through
+``ResumableLoader``, which counts consumed batches and turns them into a small state.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+from braceexpand import braceexpand
+
+from . import plan as P
+from . import storage
+from .images import IMAGE_EXTS, BadImage, decode_rgb
+from .index import ShardIndex
+from .verify import split_member
+
+log = logging.getLogger(__name__)
+TRUNCATED = (tarfile.ReadError, EOFError)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One source: ``url`` is a prefix holding ``_index.json`` or a brace pattern of its shards."""
+    name: str
+    url: str
+    weight: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    name: str
+    urls: tuple
+    counts: tuple
+
+    @property
+    def samples(self) -> int:
+        return sum(self.counts)
+
+
+def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> ResolvedSource:
+    """Shard URLs and exact sample counts, from the index beside the shards."""
+    if spec.url.endswith('.tar'):
+        urls = list(braceexpand(spec.url))
+        prefix = urls[0].rsplit('/', 1)[0]
+        index = ShardIndex.load(prefix, policy=retry)
+        missing = [u for u in urls if u.rsplit('/', 1)[1] not in index.shards]
+        if missing:
+            raise ValueError(f'source {spec.name!r}: {len(missing)} shards are not in {prefix}/_index.json '
+                             f'(incomplete or absent), e.g. {missing[0]}')
+        entries = [index.shards[u.rsplit('/', 1)[1]] for u in urls]
+    else:
+        prefix = spec.url.rstrip('/')
+        entries = ShardIndex.load(prefix, policy=retry).shards_of(spec.name)
+        if not entries:
+            raise ValueError(f'source {spec.name!r}: no shards of that source in {prefix}/_index.json')
+        urls = [storage.join(prefix, e.name) for e in entries]
+    return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries))
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    seed: int = 0
+    batch_size: int = 64
+    shuffle_buffer: int = 500            # raw samples per source per worker
+    few_shards: str = 'error'            # or 'share': slots read disjoint ranges of shared shards
+    max_corrupt_fraction: float = 0.01   # stop the run when more samples than this fail to decode
+    corrupt_grace: int = 200             # ... once at least this many samples were seen
+    retry: storage.RetryPolicy = field(default_factory=storage.RetryPolicy)
+
+    def __post_init__(self):
+        if self.few_shards not in ('error', 'share'):
+            raise ValueError(f'few_shards must be "error" or "share", got {self.few_shards!r}')
+        if self.batch_size < 1 or self.shuffle_buffer < 1:
+            raise ValueError('batch_size and shuffle_buffer must be >= 1')
+
+
+# --- raw samples ---------------------------------------------------------------------------
+def tar_samples(stream) -> Iterator[dict]:
+    """Samples (members grouped by key, as webdataset groups them) of a tar stream."""
+    key, sample = None, None
+    with tarfile.open(fileobj=stream, mode='r|') as tar:
+        for info in tar:
+            if info.isreg():
+                k, ext = split_member(info.name)
+                if k != key:
+                    if sample is not None:
+                        yield sample
+                    key, sample = k, {'__key__': k}
+                sample[ext] = tar.extractfile(info).read()
+            tar.members = []  # stream mode keeps every header otherwise
+    if sample is not None:
+        yield sample
+
+
+def read_shard(url: str, first: int, count: int, retry: storage.RetryPolicy) -> Iterator[Optional[dict]]:
+    """Samples ``first .. first+count`` of a shard, reopening after a dropped connection.
+
+    A shard that ends early (truncated) yields ``None`` for each missing sample, so every
+    slot still yields its exact count; the decoder counts those as corrupt.
+    """
+    delivered, start, backoff = 0, time.monotonic(), retry.initial_backoff_s
+    while delivered < count:
+        try:
+            with storage.open_read(url, retry) as stream:
+                for pos, sample in enumerate(tar_samples(stream)):
+                    if pos >= first + delivered:
+                        yield sample
+                        delivered += 1
+                        if delivered == count:
+                            return
+            log.warning('shard %s: ended after %d of %d samples', url, delivered, count)
+            break
+        except FileNotFoundError:
+            raise FileNotFoundError(f'shard {url} is listed in the index but missing from storage') from None
+        except TRUNCATED as exc:
+            log.warning('shard %s: truncated after %d of %d samples (%s)', url, delivered, count, exc)
+            break
+        except storage.PERMANENT_ERRORS:
+            raise
+        except Exception as exc:  # a dropped connection: reopen and skip what was delivered
+            if time.monotonic() - start + backoff > retry.budget_s:
+                raise storage.StorageError(f'shard {url}: reading kept failing for {retry.budget_s:.0f}s: '
+                                           f'{type(exc).__name__}: {exc}') from exc
+            log.warning('shard %s: read failed (%s); reopening in %.1fs', url, exc, backoff)
+            time.sleep(backoff)
+            backoff = min(2 * backoff, retry.max_backoff_s)
+    for _ in range(count - delivered):
+        yield None
+
+
+def shuffled(samples: Iterator, buffer: int, gen) -> Iterator:
+    """A seeded shuffle buffer: same inputs and seed, same output order."""
+    pool = []
+    for s in samples:
+        if len(pool) < buffer:
+            pool.append(s)
+            continue
+        i = int(gen.integers(buffer))
+        yield pool[i]
+        pool[i] = s
+    while pool:
+        yield pool.pop(int(gen.integers(len(pool))))
+
+
+def source_stream(src: ResolvedSource, cfg: StreamConfig, slot: int, slots: int, start: int) -> Iterator:
+    """Raw samples of one source for one slot, from absolute position ``start`` onwards, forever."""
+    per_epoch = src.samples // slots
+    source_epoch, skip = divmod(start, per_epoch)
+    while True:
+        order = P.shard_order(len(src.counts), cfg.seed, src.name, source_epoch)
+        ranges = P.slot_shard_ranges(src.counts, order, slots, slot)
+        raw = (s for shard, first, n in ranges for s in read_shard(src.urls[shard], first, n, cfg.retry))
+        out = shuffled(raw, cfg.shuffle_buffer, P.rng(cfg.seed, 'buffer', src.name, source_epoch, slot))
+        for i, sample in enumerate(out):
+            if i >= skip:  # resume: replay without decoding
+                yield sample
+        source_epoch, skip = source_epoch + 1, 0
+
+
+# --- decoding ------------------------------------------------------------------------------
+class CorruptCounter:
+    """Counts undecodable samples, logs at a bounded rate, stops the run past the limit."""
+
+    def __init__(self, cfg: StreamConfig, log_interval_s: float = 30.0):
+        self.cfg, self.seen, self.bad, self.last_log, self.interval = cfg, 0, 0, -1e9, log_interval_s
+
+    def ok(self) -> None:
+        self.seen += 1
+
+    def failed(self, what: str, reason: str) -> None:
+        self.seen += 1
+        self.bad += 1
+        now = time.monotonic()
+        if now - self.last_log > self.interval:
+            log.warning('skipping corrupt sample %s: %s (%d of %d so far)', what, reason, self.bad, self.seen)
+            self.last_log = now
+        if self.seen >= self.cfg.corrupt_grace and self.bad / self.seen > self.cfg.max_corrupt_fraction:
+            raise RuntimeError(f'{self.bad} of {self.seen} samples failed to decode, more than the allowed '
+                               f'{self.cfg.max_corrupt_fraction:.1%} (last: {what}: {reason}); '
+                               'run `python -m shards verify` on the sources')
+
+
+def decode_sample(raw: Optional[dict], transform: Callable, min_side: Optional[int]) -> dict:
+    if raw is None:
+        raise BadImage('sample missing from a truncated shard')
+    ext = next((e for e in IMAGE_EXTS if e in raw), None)
+    if ext is None:
+        raise BadImage(f'no image part among {sorted(k for k in raw if not k.startswith("__"))}')
+    meta = json.loads(raw['json']) if 'json' in raw else {}
+    image = transform(decode_rgb(raw[ext], min_side))
+    return dict(image=image, key=raw['__key__'], meta=meta)
+
+
+def collate(samples: List[dict], sources: List[str]) -> dict:
+    return dict(image=torch.stack([s['image'] for s in samples]),
+                key=[s['key'] for s in samples], source=sources,
+                meta=[s['meta'] for s in samples])

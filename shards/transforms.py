@@ -1,0 +1,97 @@
+"""timm's train and eval transforms, made safe for current Pillow, uint8 out.
+
+Normalization (and random erasing) belong on the device, as timm's prefetcher does:
+the loader ships uint8, a quarter of the bytes of float32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import auto_augment
+from timm.data.random_erasing import RandomErasing
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    image_size: int = 224
+    mean: Tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: Tuple[float, float, float] = IMAGENET_DEFAULT_STD
+    auto_augment: Optional[str] = 'rand-m9-mstd0.5-inc1'
+    scale: Tuple[float, float] = (0.08, 1.0)
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    interpolation: str = 'bicubic'
+    re_prob: float = 0.0          # random erasing, applied on the device with the normalization
+    crop_pct: float = 0.875       # eval: resize to size / crop_pct, then center-crop size
+
+    def decode_min_side(self, train: bool) -> int:
+        """Shortest image side the transform can use at full quality (JPEG draft decoding stops there).
+
+        Train: the smallest RandomResizedCrop (scale[0] of the area) must still cover
+        ``image_size`` pixels; eval: the resize target.
+        """
+        if train:
+            return math.ceil(self.image_size / math.sqrt(self.scale[0]))
+        return math.ceil(self.image_size / self.crop_pct)
+
+
+def safe_posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """Posterize that keeps Pillow 12's meaning of 0 bits (a black image); Pillow 13 raises.
+
+    timm's ``PosterizeIncreasing`` reaches 0 bits at the top magnitudes of ``inc1``.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return auto_augment.posterize(img, bits_to_keep)
+
+
+def _patch_posterize(transform) -> int:
+    """Swap timm's posterize for ``safe_posterize`` inside this transform only (no global patch)."""
+    patched = 0
+    for t in getattr(transform, 'transforms', [transform]):
+        for op in getattr(t, 'ops', []):
+            if getattr(op, 'aug_fn', None) is auto_augment.posterize:
+                op.aug_fn = safe_posterize
+                patched += 1
+    return patched
+
+
+def train_transform(cfg: TransformConfig):
+    """RandomResizedCrop, flip, RandAugment -> uint8 CHW tensor."""
+    t = create_transform(cfg.image_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio,
+                         hflip=cfg.hflip, auto_augment=cfg.auto_augment, interpolation=cfg.interpolation,
+                         mean=cfg.mean, std=cfg.std, use_prefetcher=True)
+    _patch_posterize(t)
+    return t
+
+
+def eval_transform(cfg: TransformConfig):
+    """Resize to ``image_size / crop_pct``, center crop -> uint8 CHW tensor."""
+    return create_transform(cfg.image_size, is_training=False, crop_pct=cfg.crop_pct,
+                            interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std, use_prefetcher=True)
+
+
+class DeviceNormalize:
+    """uint8 batch on the device -> normalized float (and random erasing when training)."""
+
+    def __init__(self, cfg: TransformConfig, device: torch.device, train: bool,
+                 dtype: torch.dtype = torch.float32):
+        self.mean = torch.tensor([x * 255 for x in cfg.mean], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor([x * 255 for x in cfg.std], device=device).view(1, 3, 1, 1)
+        self.dtype = dtype
+        self.erase = (RandomErasing(cfg.re_prob, mode='pixel', device=str(device))
+                      if train and cfg.re_prob > 0 else None)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.to(self.mean.device, non_blocking=True).float() - self.mean) / self.std
+        if self.erase is not None:
+            x = self.erase(x)
+        return x.to(self.dtype)
+
