@@ -42,6 +42,7 @@ def make_photos(folder: Path, n: int, size: tuple, seed: int = 0) -> list:
 
     sources = [Image.fromarray(a) for a in load_sample_images().images]
     rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
     items = []
     for i in range(n):
         src = sources[i % len(sources)]
@@ -82,7 +83,9 @@ def peer(prefix: str, mode: str, n: int):
         return iter(pipe)
     pipe = pipe.decode('pil').to_tuple('jpg', 'json')
     if mode == 'full':
-        t = create_transform(224, is_training=True, auto_augment='rand-m9-mstd0.5-inc1', use_prefetcher=True)
+        # The recipe's interpolation (bicubic, as the official RepLKNet training) for both pipelines.
+        t = create_transform(224, is_training=True, auto_augment='rand-m9-mstd0.5-inc1', interpolation='bicubic',
+                             use_prefetcher=True)
         _patch_posterize(t)
         pipe = pipe.map_tuple(t, lambda j: j)
     return iter(pipe)
