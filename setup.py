@@ -42,6 +42,7 @@ setup(
             'replk-models = pretrain.model_summary:main',
             'replk-smoke = pretrain.smoke:main',
             'replk-shards = shards.cli:main',
+            'replk-label = labeling.cli:main',
         ],
     },
 )

@@ -1,0 +1,119 @@
+"""``python -m labeling run|import-human|commit|validate|report`` (also ``replk-label``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+
+from shards import storage
+
+from .store import LabelError, LabelStore
+from .tasks import TaskRegistry
+
+
+def launcher_slot(environ=os.environ) -> tuple:
+    """(rank, world size, local rank) from torchrun / the deepspeed launcher / SLURM; (0, 1, 0) alone.
+
+    The only place in ``labeling`` that reads the environment.
+    """
+    rank = int(environ.get('RANK', environ.get('SLURM_PROCID', 0)))
+    world = int(environ.get('WORLD_SIZE', environ.get('SLURM_NTASKS', 1)))
+    local = int(environ.get('LOCAL_RANK', environ.get('SLURM_LOCALID', 0)))
+    return rank, world, local
+
+
+def _run(args) -> int:
+    from .config import load_job_config
+    from .job import run_job
+
+    cfg = load_job_config(args.config)
+    rank, world, local = launcher_slot()
+    if args.local_rank is not None:
+        local = args.local_rank
+    # Jobs (e.g. a SLURM array) x processes per job (one per GPU): each slot labels its own shards.
+    job_index, num_jobs = args.job_index * world + rank, args.num_jobs * world
+    device = torch.device(args.device) if args.device else (
+        torch.device('cuda', local) if torch.cuda.is_available() else torch.device('cpu'))
+    summary = run_job(cfg, job_index, num_jobs, device, progress=not args.no_progress)
+    print(json.dumps(summary))
+    return 0
+
+
+def _import_human(args) -> int:
+    from .human import import_human
+
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file))
+    written = import_human(store, args.shards, args.task)
+    for task, n in written.items():
+        print(f'{task}: {n} human labels imported')
+    return 0
+
+
+def _commit(args) -> int:
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file))
+    for task in args.task:
+        manifest = store.refresh_manifest(task)
+        print(f'{task}: {len(manifest["parts"])} parts listed in _task.json')
+    return 0
+
+
+def _validate(args) -> int:
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file))
+    faults = [f for task in args.task for f in store.validate(task)]
+    for f in faults:
+        print(f'FAULT {f}')
+    print(f'{len(faults)} faults')
+    return 1 if faults else 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    summary = write_report(LabelStore(args.store, TaskRegistry.from_json(args.tasks_file)), args.task, args.out)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python -m labeling', description=__doc__)
+    sub = p.add_subparsers(dest='command', required=True)
+    r = sub.add_parser('run', help='label image shards with the config\'s teachers')
+    r.add_argument('--config', required=True)
+    r.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs (e.g. $SLURM_ARRAY_TASK_ID)')
+    r.add_argument('--num-jobs', type=int, default=1)
+    r.add_argument('--device', help='default: cuda:LOCAL_RANK when there is a GPU, else cpu')
+    r.add_argument('--no-progress', action='store_true')
+    r.add_argument('--local_rank', '--local-rank', type=int, default=None, help='set by the deepspeed launcher')
+    r.set_defaults(func=_run)
+    for name, func, text in (('import-human', _import_human, 'human labels from the shards\' metadata'),
+                             ('commit', _commit, 'list every committed part in _task.json'),
+                             ('validate', _validate, 'check every part; exit 1 on a fault'),
+                             ('report', _report, 'coverage, confidence, teacher agreement')):
+        s = sub.add_parser(name, help=text)
+        s.add_argument('--store', required=True, help='label store root')
+        s.add_argument('--task', required=True, nargs='+')
+        s.add_argument('--tasks-file', help='JSON with user tasks')
+        if name == 'import-human':
+            s.add_argument('--shards', required=True, help='shard prefix holding _index.json')
+        if name == 'report':
+            s.add_argument('--out', required=True, help='folder for report.json and PNG plots')
+        s.set_defaults(func=func)
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (LabelError, ValueError, KeyError, FileNotFoundError, storage.StorageError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

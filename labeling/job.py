@@ -1,0 +1,151 @@
+"""The pseudo-labeling job: image shards in, one committed label part per shard out.
+
+Shards are split over ``num_jobs x world_size`` workers by a pure function; each shard is
+labeled in batches that never mix shards, so a shard's labels do not depend on which
+other shards a job happened to get (a rerun after a kill reproduces them exactly).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Dict, List, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from shards import storage
+from shards.images import BadImage, decode_rgb
+from shards.stream import ResolvedSource, resolve_source, tar_samples
+
+from .config import JobConfig
+from .store import LabelStore, Row
+from .tasks import TaskRegistry
+from .teachers import Ensemble, load_teacher
+
+log = logging.getLogger(__name__)
+
+
+def assign_shards(stems: Sequence[str], job_index: int, num_jobs: int) -> List[str]:
+    """Shards of job ``job_index`` of ``num_jobs``: every shard to exactly one job."""
+    if not 0 <= job_index < num_jobs:
+        raise ValueError(f'job index {job_index} is outside 0..{num_jobs - 1}')
+    return sorted(stems)[job_index::num_jobs]
+
+
+class ShardBatches(IterableDataset):
+    """Per worker, whole shards: batches of (uint8 images, keys, human labels), one shard each."""
+
+    def __init__(self, shards: List[tuple], task: str, transform, batch_size: int, retry):
+        super().__init__()
+        self.shards, self.task, self.transform, self.batch_size, self.retry = shards, task, transform, batch_size, retry
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, n = (info.id, info.num_workers) if info else (0, 1)
+        for stem, url in self.shards[worker::n]:
+            batch = []
+            with storage.open_read(url, self.retry) as stream:
+                for sample in tar_samples(stream):
+                    batch.append(self._prepare(sample))
+                    if len(batch) == self.batch_size:
+                        yield self._collate(stem, batch, last=False)
+                        batch = []
+            yield self._collate(stem, batch, last=True)
+
+    def _prepare(self, sample: dict):
+        meta = json.loads(sample.get('json', b'{}'))
+        label = (meta.get('labels') or {}).get(self.task, -1)
+        ext = next((e for e in ('jpg', 'png', 'webp') if e in sample), None)
+        try:
+            if ext is None:
+                raise BadImage('no image part')
+            return sample['__key__'], self.transform(decode_rgb(sample[ext])), int(label)
+        except BadImage as exc:
+            log.warning('%s: %s (left unlabeled)', sample['__key__'], exc)
+            return sample['__key__'], None, int(label)
+
+    @staticmethod
+    def _collate(stem, batch, last):
+        good = [b for b in batch if b[1] is not None]
+        images = torch.stack([b[1] for b in good]) if good else None
+        return dict(stem=stem, last=last, keys=[b[0] for b in good], images=images,
+                    human=[b[2] for b in good], failed=[b[0] for b in batch if b[1] is None])
+
+
+class Labeler:
+    """Runs a teacher ensemble over batches and turns probabilities into store rows."""
+
+    def __init__(self, ensemble: Ensemble, topk: int, device: torch.device, precision: str):
+        self.ensemble, self.topk, self.device = ensemble.to(device), topk, device
+        pre = ensemble.preprocess
+        self.mean = torch.tensor([m * 255 for m in pre.mean], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor([s * 255 for s in pre.std], device=device).view(1, 3, 1, 1)
+        self.autocast = dict(device_type=device.type, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision),
+                             enabled=device.type == 'cuda' and precision != 'fp32')
+        if device.type == 'cuda':
+            self.ensemble.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.to(self.device, non_blocking=True).float() - self.mean) / self.std
+        if self.device.type == 'cuda':
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(**self.autocast):
+            return self.ensemble(x).float()
+
+    def rows(self, keys, human, probs: torch.Tensor) -> List[Row]:
+        k = min(self.topk, probs.shape[1])
+        top_p, top_i = probs.topk(k, dim=1)
+        out = []
+        for key, label, p, i in zip(keys, human, top_p.cpu().tolist(), top_i.cpu().tolist()):
+            if label >= 0:
+                out.append(Row(key, [label], [1.0], 'human', teacher_idx=i))
+            else:
+                out.append(Row(key, i, p, 'pseudo'))
+        return out
+
+
+def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch.device = torch.device('cpu'),
+            progress: bool = True) -> dict:
+    """Label every not-yet-committed shard assigned to this job; returns a summary."""
+    registry = TaskRegistry.from_json(cfg.tasks_file)
+    task = registry.get(cfg.task)
+    sources: List[ResolvedSource] = [resolve_source(s) for s in cfg.sources]
+    shard_urls = {url.rsplit('/', 1)[1][:-len('.tar')]: (url, n)
+                  for src in sources for url, n in zip(src.urls, src.counts)}
+    mine = assign_shards(list(shard_urls), job_index, num_jobs)
+    ensemble = Ensemble([load_teacher(t, task.num_classes) for t in cfg.teachers])
+    store = LabelStore(cfg.store, registry)
+    store.open_task(cfg.task, teacher=dict(teachers=ensemble.identity(), topk=cfg.topk), topk=cfg.topk)
+    done = {s for s, r in store.commit_records(cfg.task).items() if r.get('kind') == 'teacher'}
+    todo = [s for s in mine if s not in done]
+    summary = dict(task=cfg.task, job_index=job_index, num_jobs=num_jobs, assigned=len(mine),
+                   already_done=len(mine) - len(todo), committed=0, images=0, unreadable=0)
+    if not todo:
+        store.refresh_manifest(cfg.task)
+        return summary
+    data = ShardBatches([(s, shard_urls[s][0]) for s in todo], cfg.task, ensemble.preprocess.transform(),
+                        cfg.batch_size, store.retry)
+    loader = DataLoader(data, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == 'cuda')
+    labeler = Labeler(ensemble, cfg.topk, device, cfg.precision)
+    pending: Dict[str, List[Row]] = {}
+    bar = tqdm(total=sum(shard_urls[s][1] for s in todo), unit='img', disable=not progress,
+               desc=f'label {cfg.task} job {job_index}/{num_jobs}')
+    start = time.monotonic()
+    for batch in loader:
+        rows = pending.setdefault(batch['stem'], [])
+        if batch['images'] is not None:
+            rows += labeler.rows(batch['keys'], batch['human'], labeler.probabilities(batch['images']))
+        summary['unreadable'] += len(batch['failed'])
+        bar.update(len(batch['keys']) + len(batch['failed']))
+        if batch['last']:
+            store.write_part(cfg.task, batch['stem'], pending.pop(batch['stem']), kind='teacher')
+            summary['committed'] += 1
+            store.refresh_manifest(cfg.task, force=False)
+        summary['images'] += len(batch['keys'])
+    bar.close()
+    store.refresh_manifest(cfg.task)
+    summary['images_per_s'] = summary['images'] / max(time.monotonic() - start, 1e-9)
+    return summary

@@ -1,0 +1,266 @@
+"""The multi-task label store (DESIGN.md, "The label store"), through fsspec (local or s3://).
+
+Layout under the store root::
+
+    labels/{task}/_task.json                       task, classes, class-map version, teacher, parts
+    labels/{task}/{shard_stem}.{sha12}.parquet     one part per image shard: key, idx, prob, source
+    labels/{task}/_commits/{shard_stem}.json       the commit record of that shard's part
+
+A part is written whole under a content-addressed name, then its commit record; two jobs
+racing on a shard each write a whole part, and the last commit record names one of them.
+``_task.json`` is rebuilt from the commit records (any job can do it, repeatedly, and all
+converge); readers trust only the parts it lists.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards import storage
+
+from .tasks import Task, TaskRegistry
+
+STORE_VERSION = 1
+PART_SCHEMA = pa.schema([
+    ('key', pa.string()),
+    ('idx', pa.list_(pa.int32())),          # top-k class indices (one for a human label)
+    ('prob', pa.list_(pa.float16())),       # their probabilities, re-normalized to sum 1
+    ('source', pa.string()),                # "human" | "pseudo"
+    ('teacher_idx', pa.list_(pa.int32())),  # the teacher's top-k on a human-labeled image, else null
+])
+SOURCES = ('human', 'pseudo')
+
+
+class LabelError(ValueError):
+    """Labels that break the store's contract; the message names task, shard and key."""
+
+
+@dataclass
+class Row:
+    key: str
+    idx: Sequence[int]
+    prob: Sequence[float]
+    source: str
+    teacher_idx: Optional[Sequence[int]] = None
+
+
+def shard_stem_of_key(key: str) -> str:
+    """``in1k/000012/000003`` -> ``in1k-000012`` (keys are built that way by shards/build.py)."""
+    parts = key.split('/')
+    if len(parts) != 3:
+        raise LabelError(f'key {key!r} is not of the form source/shard/index')
+    return f'{parts[0]}-{parts[1]}'
+
+
+def validate_rows(task: Task, stem: str, keys, idx, prob, source) -> None:
+    """Every rule of the store, checked on write and on read."""
+    where = f'task {task.name!r}, shard {stem}'
+    seen = set()
+    for i, key in enumerate(keys):
+        if key in seen:
+            raise LabelError(f'{where}: duplicate key {key}')
+        seen.add(key)
+        if shard_stem_of_key(key) != stem:
+            raise LabelError(f'{where}: key {key} belongs to shard {shard_stem_of_key(key)}, not this part')
+        if source[i] not in SOURCES:
+            raise LabelError(f'{where}, key {key}: source {source[i]!r} is not one of {SOURCES}')
+        ix, p = np.asarray(idx[i]), np.asarray(prob[i], dtype=np.float32)
+        if len(ix) == 0 or len(ix) != len(p):
+            raise LabelError(f'{where}, key {key}: {len(ix)} indices and {len(p)} probabilities')
+        bad = ix[(ix < 0) | (ix >= task.num_classes)]
+        if len(bad):
+            raise LabelError(f'{where}, key {key}: class index {int(bad[0])} out of range [0, {task.num_classes})')
+        if not np.isfinite(p).all() or (p < 0).any():
+            raise LabelError(f'{where}, key {key}: probabilities must be finite and >= 0, got {p.tolist()}')
+        if abs(float(p.sum()) - 1.0) > 1e-2:
+            raise LabelError(f'{where}, key {key}: probabilities sum to {p.sum():.4f}, not 1')
+
+
+def rows_to_table(rows: Iterable[Row]) -> pa.Table:
+    rows = sorted(rows, key=lambda r: r.key)
+    return pa.table({
+        'key': [r.key for r in rows],
+        'idx': [list(map(int, r.idx)) for r in rows],
+        'prob': [_renormalized_f16(r.prob) for r in rows],
+        'source': [r.source for r in rows],
+        'teacher_idx': [None if r.teacher_idx is None else list(map(int, r.teacher_idx)) for r in rows],
+    }, schema=PART_SCHEMA)
+
+
+def _renormalized_f16(prob) -> np.ndarray:
+    p = np.asarray(prob, dtype=np.float64)
+    total = p.sum()
+    if not math.isfinite(total) or total <= 0:
+        return np.asarray(p, dtype=np.float16)  # left for validation to reject with its context
+    return (p / total).astype(np.float16)
+
+
+class LabelStore:
+    """Reader and writer of one store root (local folder or ``s3://bucket/prefix``)."""
+
+    MANIFEST_REFRESH_S = 60.0
+
+    def __init__(self, root: str, registry: Optional[TaskRegistry] = None,
+                 retry: storage.RetryPolicy = storage.DEFAULT_RETRY):
+        self.root, self.registry, self.retry = root.rstrip('/'), registry or TaskRegistry(), retry
+        self._manifests: Dict[str, dict] = {}
+        self._last_refresh: Dict[str, float] = {}
+
+    # --- paths ----------------------------------------------------------------------------
+    def _task_dir(self, task: str) -> str:
+        return f'{self.root}/labels/{task}'
+
+    def _manifest_url(self, task: str) -> str:
+        return f'{self._task_dir(task)}/_task.json'
+
+    def _commit_url(self, task: str, stem: str) -> str:
+        return f'{self._task_dir(task)}/_commits/{stem}.json'
+
+    # --- the task header ------------------------------------------------------------------
+    def open_task(self, task_name: str, teacher: Optional[dict] = None, topk: Optional[int] = None) -> Task:
+        """Create the task's ``_task.json`` or check that it agrees with this registry and teacher."""
+        task = self.registry.get(task_name)
+        try:
+            manifest = self.manifest(task_name)
+        except FileNotFoundError:
+            manifest = dict(version=STORE_VERSION, task=task.name, num_classes=task.num_classes,
+                            class_map_version=task.class_map_version, teacher=teacher, topk=topk, parts={})
+            self._write_manifest(task_name, manifest)
+            return task
+        self.check_task(task, manifest)
+        if teacher is not None and manifest.get('teacher') not in (None, teacher):
+            raise LabelError(f'task {task_name!r}: the store was labeled by teacher {manifest["teacher"]}, '
+                             f'this job has {teacher}; one task holds one teacher\'s labels (use a new store)')
+        if teacher is not None and manifest.get('teacher') is None:
+            manifest.update(teacher=teacher, topk=topk)
+            self._write_manifest(task_name, manifest)
+        return task
+
+    @staticmethod
+    def check_task(task: Task, manifest: dict) -> None:
+        if manifest.get('version') != STORE_VERSION:
+            raise LabelError(f'task {task.name!r}: store version {manifest.get("version")!r}, '
+                             f'this code reads {STORE_VERSION}')
+        if manifest['class_map_version'] != task.class_map_version or manifest['num_classes'] != task.num_classes:
+            raise LabelError(f'task {task.name!r}: the store has class-map version {manifest["class_map_version"]} '
+                             f'({manifest["num_classes"]} classes), the registry {task.class_map_version} '
+                             f'({task.num_classes} classes)')
+
+    def manifest(self, task: str, reload: bool = False) -> dict:
+        if reload or task not in self._manifests:
+            raw = storage.read_bytes(self._manifest_url(task), self.retry)
+            self._manifests[task] = json.loads(raw)
+        return self._manifests[task]
+
+    def _write_manifest(self, task: str, manifest: dict) -> None:
+        storage.write_bytes_atomic(self._manifest_url(task), json.dumps(manifest, indent=1).encode(), self.retry)
+        self._manifests[task] = manifest
+
+    # --- writing --------------------------------------------------------------------------
+    def commit_records(self, task: str) -> Dict[str, dict]:
+        """Every committed part (the truth from which ``_task.json`` is rebuilt)."""
+        names = storage.list_names(f'{self._task_dir(task)}/_commits', self.retry)
+        out = {}
+        for name in names:
+            if name.endswith('.json'):
+                out[name[:-5]] = json.loads(storage.read_bytes(self._commit_url(task, name[:-5]), self.retry))
+        return out
+
+    def write_part(self, task_name: str, stem: str, rows: Iterable[Row], kind: str) -> dict:
+        """Validate, write the part whole, then its commit record. ``kind``: "teacher" or "human"."""
+        task = self.registry.get(task_name)
+        table = rows_to_table(rows)
+        cols = table.to_pydict()
+        validate_rows(task, stem, cols['key'], cols['idx'], cols['prob'], cols['source'])
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression='zstd')
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        file = f'{stem}.{digest[:12]}.parquet'
+        storage.write_bytes_atomic(f'{self._task_dir(task_name)}/{file}', data, self.retry)
+        counts = {s: cols['source'].count(s) for s in SOURCES}
+        record = dict(stem=stem, file=file, rows=table.num_rows, sha256=digest, kind=kind, **counts)
+        storage.write_bytes_atomic(self._commit_url(task_name, stem), json.dumps(record).encode(), self.retry)
+        return record
+
+    def refresh_manifest(self, task: str, force: bool = True) -> dict:
+        """Rebuild ``parts`` of ``_task.json`` from the commit records until they agree.
+
+        Jobs call it as they go (at most every minute) and when they end; records only
+        grow, so concurrent refreshes converge on the full set.
+        """
+        now = time.monotonic()
+        if not force and now - self._last_refresh.get(task, -1e9) < self.MANIFEST_REFRESH_S:
+            return self.manifest(task)
+        self._last_refresh[task] = now
+        while True:
+            records = self.commit_records(task)
+            manifest = dict(self.manifest(task, reload=True), parts=records)
+            self._write_manifest(task, manifest)
+            if self.commit_records(task).keys() == records.keys():
+                return manifest
+
+    # --- reading --------------------------------------------------------------------------
+    def committed_parts(self, task: str) -> Dict[str, dict]:
+        return self.manifest(task)['parts']
+
+    def read_part(self, task_name: str, stem: str) -> Optional[pa.Table]:
+        """The validated part of one image shard for one task, or None if none is committed."""
+        task = self.registry.get(task_name)
+        manifest = self.manifest(task_name)
+        self.check_task(task, manifest)
+        record = manifest['parts'].get(stem)
+        if record is None:
+            return None
+        url = f'{self._task_dir(task_name)}/{record["file"]}'
+        data = storage.read_bytes(url, self.retry)
+        if hashlib.sha256(data).hexdigest() != record['sha256']:
+            raise LabelError(f'task {task_name!r}, shard {stem}: part {record["file"]} does not match the '
+                             'hash it was committed with')
+        table = pq.read_table(io.BytesIO(data))
+        cols = table.to_pydict()
+        validate_rows(task, stem, cols['key'], cols['idx'], cols['prob'], cols['source'])
+        return table
+
+    def shard_targets(self, stem: str, tasks: Sequence[str]) -> Dict[str, Dict[str, tuple]]:
+        """For one image shard: ``{task: {key: (idx, prob, source)}}`` for every committed task."""
+        out = {}
+        for task in tasks:
+            table = self.read_part(task, stem)
+            if table is None:
+                out[task] = {}
+                continue
+            cols = table.to_pydict()
+            out[task] = {k: (i, p, s) for k, i, p, s in zip(cols['key'], cols['idx'], cols['prob'], cols['source'])}
+        return out
+
+    def orphans(self, task: str) -> List[str]:
+        """Part files no commit record names (a racing or killed job's leftovers)."""
+        named = {r['file'] for r in self.commit_records(task).values()}
+        return [n for n in storage.list_names(self._task_dir(task), self.retry)
+                if n.endswith('.parquet') and n not in named]
+
+    def validate(self, task: str) -> List[str]:
+        """All faults of one task: unreadable or invalid parts, uncommitted records, orphans."""
+        faults = []
+        records = self.commit_records(task)
+        listed = self.manifest(task, reload=True)['parts']
+        for stem in sorted(set(records) - set(listed)):
+            faults.append(f'task {task!r}, shard {stem}: committed but not yet listed in _task.json '
+                          '(run `python -m labeling commit`)')
+        for stem in sorted(listed):
+            try:
+                self.read_part(task, stem)
+            except (LabelError, FileNotFoundError) as exc:
+                faults.append(str(exc))
+        faults += [f'task {task!r}: orphan part {name} (no commit record names it)' for name in self.orphans(task)]
+        return faults

@@ -1,0 +1,143 @@
+"""Teachers: classifiers for one task (timm or transformers), from local files or a hub id.
+
+Each teacher brings its own eval preprocessing (from the model's config). An ensemble
+averages the teachers' tempered probabilities; its members must share a preprocessing.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import transforms as T
+
+KINDS = ('timm', 'transformers')
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    kind: str                         # "timm" or "transformers"
+    model: str                        # timm name, or a transformers model folder / hub id
+    weights: Optional[str] = None     # timm: a local .safetensors/.pth/.bin file, or "hub"
+    temperature: float = 1.0
+    model_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f'teacher kind {self.kind!r} is not one of {KINDS}')
+        if self.temperature <= 0:
+            raise ValueError(f'teacher temperature must be > 0, got {self.temperature}')
+        if self.kind == 'timm' and not self.weights:
+            raise ValueError(f'timm teacher {self.model!r} needs "weights": a local file or "hub"')
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    size: tuple                # (h, w) fed to the model
+    resize: object             # int (shorter side) or (h, w) (squash)
+    center_crop: bool
+    interpolation: str
+    mean: tuple
+    std: tuple
+
+    def transform(self):
+        """PIL -> uint8 CHW tensor; normalization happens on the device."""
+        steps = [T.Resize(self.resize, interpolation=T.InterpolationMode(self.interpolation))]
+        if self.center_crop:
+            steps.append(T.CenterCrop(self.size))
+        steps.append(T.PILToTensor())
+        return T.Compose(steps)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(16 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Teacher(nn.Module):
+    def __init__(self, spec: TeacherSpec, model: nn.Module, preprocess: Preprocess, weights_hash: str):
+        super().__init__()
+        self.spec, self.model, self.preprocess, self.weights_hash = spec, model, preprocess, weights_hash
+        self.is_hf = spec.kind == 'transformers'
+
+    def identity(self) -> dict:
+        return dict(kind=self.spec.kind, model=self.spec.model, weights_sha256=self.weights_hash,
+                    temperature=self.spec.temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=x).logits if self.is_hf else self.model(x)
+        return F.softmax(out.float() / self.spec.temperature, dim=-1)
+
+
+def _timm_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
+    import timm
+    from timm.data import resolve_data_config
+
+    if spec.weights == 'hub':
+        model = timm.create_model(spec.model, pretrained=True, num_classes=num_classes, **spec.model_kwargs)
+        digest = f'hub:{spec.model}'
+    else:
+        if not os.path.isfile(spec.weights):
+            raise FileNotFoundError(f'teacher weights {spec.weights} not found')
+        model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **spec.model_kwargs)
+        timm.models.load_checkpoint(model, spec.weights, strict=True)
+        digest = file_sha256(spec.weights)
+    cfg = resolve_data_config({}, model=model)
+    h, w = cfg['input_size'][1:]
+    crop_pct = cfg.get('crop_pct') or 1.0
+    pre = Preprocess(size=(h, w), resize=int(h / crop_pct), center_crop=True,
+                     interpolation=cfg.get('interpolation', 'bicubic'),
+                     mean=tuple(cfg['mean']), std=tuple(cfg['std']))
+    return Teacher(spec, model, pre, digest)
+
+
+def _hf_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(spec.model, **spec.model_kwargs)
+    if model.config.num_labels != num_classes:
+        raise ValueError(f'teacher {spec.model} predicts {model.config.num_labels} classes, the task has {num_classes}')
+    proc = AutoImageProcessor.from_pretrained(spec.model)
+    size = proc.size
+    h, w = (size['height'], size['width']) if 'height' in size else (size['shortest_edge'],) * 2
+    resample = {0: 'nearest', 2: 'bilinear', 3: 'bicubic'}.get(int(getattr(proc, 'resample', 2)), 'bilinear')
+    pre = Preprocess(size=(h, w), resize=(h, w), center_crop=False, interpolation=resample,
+                     mean=tuple(proc.image_mean), std=tuple(proc.image_std))
+    weights = [p for p in ('model.safetensors', 'pytorch_model.bin') if (Path(spec.model) / p).is_file()]
+    digest = file_sha256(str(Path(spec.model) / weights[0])) if weights else f'hub:{spec.model}'
+    return Teacher(spec, model, pre, digest)
+
+
+def load_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
+    teacher = _timm_teacher(spec, num_classes) if spec.kind == 'timm' else _hf_teacher(spec, num_classes)
+    return teacher.eval()
+
+
+class Ensemble(nn.Module):
+    """Average of the members' probabilities; all members see the same preprocessed batch."""
+
+    def __init__(self, teachers: List[Teacher]):
+        super().__init__()
+        if not teachers:
+            raise ValueError('a task needs at least one teacher')
+        first = teachers[0].preprocess
+        for t in teachers[1:]:
+            if t.preprocess != first:
+                raise ValueError(f'ensemble members need one preprocessing: {teachers[0].spec.model} uses '
+                                 f'{asdict(first)}, {t.spec.model} uses {asdict(t.preprocess)}')
+        self.teachers = nn.ModuleList(teachers)
+        self.preprocess = first
+
+    def identity(self) -> list:
+        return [t.identity() for t in self.teachers]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([t(x) for t in self.teachers]).mean(0)
