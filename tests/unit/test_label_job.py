@@ -1,0 +1,123 @@
+"""The pseudo-labeling job with tiny timm and transformers ViTs, through the ViT-L code path."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from labeling_fixtures import job_config, timm_teacher_spec, tiny_hf_teacher, tiny_timm_weights, toy_shards
+from labeling.cli import main as cli
+from labeling.config import load_job_config
+from labeling.job import assign_shards, run_job
+from labeling.store import LabelStore
+from labeling.tasks import TaskRegistry
+from labeling.teachers import Ensemble, TeacherSpec, load_teacher
+
+
+@pytest.fixture
+def setup(tmp_path):
+    shards = toy_shards(tmp_path)
+    weights = tiny_timm_weights(tmp_path / 'teacher.safetensors')
+    return tmp_path, shards, weights
+
+
+def open_store(tmp_path, root):
+    return LabelStore(root, TaskRegistry.from_json(str(tmp_path / 'tasks.json')))
+
+
+def test_job_labels_every_shard_human_where_known_pseudo_elsewhere(setup):
+    tmp, shards, weights = setup
+    cfg = load_job_config(str(job_config(tmp, shards, str(tmp / 'store'), [timm_teacher_spec(weights)])))
+    summary = run_job(cfg, progress=False)
+    assert summary['committed'] == 4 and summary['images'] == 20
+    store = open_store(tmp, str(tmp / 'store'))
+    manifest = store.manifest('toy')
+    assert sorted(manifest['parts']) == ['toy-000000', 'toy-000001', 'toy-000002', 'toy-000003']
+    assert manifest['teacher']['teachers'][0]['weights_sha256'] and manifest['topk'] == 3
+    rows = store.read_part('toy', 'toy-000000').to_pylist()
+    by_key = {r['key']: r for r in rows}
+    human = by_key['toy/000000/000000']       # id 000 -> label 0
+    assert (human['source'], human['idx'], human['prob']) == ('human', [0], [1.0])
+    assert len(human['teacher_idx']) == 3
+    pseudo = by_key['toy/000000/000001']
+    assert pseudo['source'] == 'pseudo' and len(pseudo['idx']) == 3
+    assert sum(pseudo['prob']) == pytest.approx(1.0, abs=1e-2)
+    assert run_job(cfg, progress=False)['already_done'] == 4  # committed parts are skipped
+
+
+def test_pseudo_labels_are_the_teachers_top_k(setup):
+    tmp, shards, weights = setup
+    cfg = load_job_config(str(job_config(tmp, shards, str(tmp / 'store'), [timm_teacher_spec(weights)])))
+    run_job(cfg, progress=False)
+    teacher = load_teacher(TeacherSpec(**timm_teacher_spec(weights)), 4)
+    from PIL import Image
+    img = Image.open(tmp / 'img' / '1.jpg').convert('RGB')
+    x = teacher.preprocess.transform()(img).float()[None]
+    mean = torch.tensor(teacher.preprocess.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(teacher.preprocess.std).view(1, 3, 1, 1) * 255
+    with torch.no_grad():
+        probs = teacher((x - mean) / std)[0]
+    row = {r['key']: r for r in open_store(tmp, str(tmp / 'store')).read_part('toy', 'toy-000000').to_pylist()}
+    stored = row['toy/000000/000001']
+    assert stored['idx'] == probs.topk(3).indices.tolist()
+    expected = (probs.topk(3).values / probs.topk(3).values.sum()).numpy()
+    assert np.allclose(stored['prob'], expected, atol=2e-3)
+
+
+def test_jobs_split_shards_exactly_once():
+    stems = [f's-{i:06d}' for i in range(11)]
+    parts = [assign_shards(stems, i, 3) for i in range(3)]
+    assert sorted(sum(parts, [])) == stems
+    with pytest.raises(ValueError, match='outside'):
+        assign_shards(stems, 3, 3)
+
+
+def test_two_jobs_together_equal_one(setup):
+    tmp, shards, weights = setup
+    one = load_job_config(str(job_config(tmp, shards, str(tmp / 'one'), [timm_teacher_spec(weights)])))
+    run_job(one, progress=False)
+    two = load_job_config(str(job_config(tmp, shards, str(tmp / 'two'), [timm_teacher_spec(weights)])))
+    assert run_job(two, 0, 2, progress=False)['committed'] == 2
+    assert run_job(two, 1, 2, progress=False)['committed'] == 2
+    a, b = open_store(tmp, str(tmp / 'one')), open_store(tmp, str(tmp / 'two'))
+    assert {s: r['sha256'] for s, r in a.manifest('toy', reload=True)['parts'].items()} == \
+        {s: r['sha256'] for s, r in b.manifest('toy', reload=True)['parts'].items()}
+
+
+def test_transformers_teacher_and_ensembles(setup):
+    tmp, shards, weights = setup
+    hf = tiny_hf_teacher(tmp / 'hf')
+    cfg = load_job_config(str(job_config(tmp, shards, str(tmp / 'hfstore'),
+                                         [dict(kind='transformers', model=str(hf))])))
+    assert run_job(cfg, progress=False)['committed'] == 4
+    a = load_teacher(TeacherSpec(**timm_teacher_spec(weights)), 4)
+    b = load_teacher(TeacherSpec(**timm_teacher_spec(tiny_timm_weights(tmp / 't2.safetensors', seed=1))), 4)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(Ensemble([a, b])(x), (a(x) + b(x)) / 2)
+    hf_teacher = load_teacher(TeacherSpec(kind='transformers', model=str(hf)), 4)
+    with pytest.raises(ValueError, match='one preprocessing'):
+        Ensemble([a, hf_teacher])
+
+
+def test_config_errors_name_the_field(tmp_path):
+    path = tmp_path / 'c.json'
+    path.write_text(json.dumps(dict(task='toy', store='s', sources=[], teachers=[], tpok=3)))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['tpok'\]"):
+        load_job_config(str(path))
+    path.write_text(json.dumps(dict(task='toy', store='s', sources=[dict(name='a', url='u')],
+                                    teachers=[dict(kind='onnx', model='m')])))
+    with pytest.raises(ValueError, match="teacher kind 'onnx'"):
+        load_job_config(str(path))
+
+
+def test_import_human_then_cli_commit_validate(setup, capsys):
+    tmp, shards, _ = setup
+    (tmp / 'tasks.json').write_text(json.dumps({'toy': ['a', 'b', 'c', 'd']}))
+    store = str(tmp / 'hstore')
+    args = ['--store', store, '--task', 'toy', '--tasks-file', str(tmp / 'tasks.json')]
+    assert cli(['import-human', '--shards', shards, *args]) == 0
+    assert 'toy: 10 human labels imported' in capsys.readouterr().out
+    assert cli(['validate', *args]) == 0
+    rows = open_store(tmp, store).read_part('toy', 'toy-000001').to_pylist()
+    assert {r['source'] for r in rows} == {'human'} and len(rows) == 3
