@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     'pyarrow==26.0.1',
     'safetensors>=0.4',
     'numpy',
+    'matplotlib==3.11.2',
     'pillow',
 ]
 

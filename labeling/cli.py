@@ -73,7 +73,12 @@ def _validate(args) -> int:
 def _report(args) -> int:
     from .report import write_report
 
-    summary = write_report(LabelStore(args.store, TaskRegistry.from_json(args.tasks_file)), args.task, args.out)
+    totals = None
+    if args.shards:
+        from shards.index import ShardIndex
+        totals = {src: t['samples'] for src, t in ShardIndex.load(args.shards).totals().items()}
+    summary = write_report(LabelStore(args.store, TaskRegistry.from_json(args.tasks_file)), args.task, args.out,
+                           totals)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -101,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument('--shards', required=True, help='shard prefix holding _index.json')
         if name == 'report':
             s.add_argument('--out', required=True, help='folder for report.json and PNG plots')
+            s.add_argument('--shards', help='shard prefix: adds the images with no label to the coverage')
         s.set_defaults(func=func)
     return p
 

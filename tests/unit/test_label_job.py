@@ -121,3 +121,17 @@ def test_import_human_then_cli_commit_validate(setup, capsys):
     assert cli(['validate', *args]) == 0
     rows = open_store(tmp, store).read_part('toy', 'toy-000001').to_pylist()
     assert {r['source'] for r in rows} == {'human'} and len(rows) == 3
+
+
+def test_report_gives_coverage_confidence_and_teacher_agreement(setup, capsys):
+    tmp, shards, weights = setup
+    cfg = load_job_config(str(job_config(tmp, shards, str(tmp / 'store'), [timm_teacher_spec(weights)])))
+    run_job(cfg, progress=False)
+    assert cli(['report', '--store', str(tmp / 'store'), '--task', 'toy', '--tasks-file', str(tmp / 'tasks.json'),
+                '--out', str(tmp / 'report'), '--shards', shards]) == 0
+    report = json.loads((tmp / 'report' / 'report.json').read_text())['toy']
+    assert report['coverage'] == {'toy': {'human': 10, 'pseudo': 10, 'none': 0}}
+    assert report['teacher_agreement']['images'] == 10
+    assert 0 <= report['teacher_agreement']['top1'] <= report['teacher_agreement']['top5'] <= 1
+    assert 0.25 <= report['pseudo']['mean_confidence'] <= 1  # 4 classes: the top-1 is at least 1/4
+    assert (tmp / 'report' / 'toy_confidence.png').stat().st_size > 1000
