@@ -135,3 +135,13 @@ def test_report_gives_coverage_confidence_and_teacher_agreement(setup, capsys):
     assert 0 <= report['teacher_agreement']['top1'] <= report['teacher_agreement']['top5'] <= 1
     assert 0.25 <= report['pseudo']['mean_confidence'] <= 1  # 4 classes: the top-1 is at least 1/4
     assert (tmp / 'report' / 'toy_confidence.png').stat().st_size > 1000
+
+
+def test_the_paper_teacher_configs_load_strictly():
+    from pathlib import Path
+    paths = sorted(Path(__file__).resolve().parents[2].glob('configs/label_*_vitl.json'))
+    assert [p.name for p in paths] == ['label_in1k_vitl.json', 'label_in22k_vitl.json', 'label_places365_vitl.json']
+    for p in paths:
+        cfg = load_job_config(str(p))
+        assert cfg.teachers[0].model == 'vit_large_patch16_224' and cfg.topk == 10
+        assert TaskRegistry().get(cfg.task)  # a built-in task
