@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     'safetensors>=0.4',
     'numpy',
     'matplotlib==3.11.2',
+    'tensorboard==2.21.0',
     'pillow',
 ]
 

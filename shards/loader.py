@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import plan as P
@@ -21,8 +22,11 @@ class ShardStream(IterableDataset):
     """Batches of ``{"image", "key", "source", "meta"}`` for one rank; see ``plan.py`` for the order."""
 
     def __init__(self, sources: Sequence[SourceSpec], cfg: StreamConfig, transform: Callable,
-                 rank: int, world_size: int, workers: int, decode_min_side: Optional[int] = None):
+                 rank: int, world_size: int, workers: int, decode_min_side: Optional[int] = None,
+                 batch_transform: Optional[Callable[[dict], dict]] = None):
+        """``batch_transform`` runs on each collated batch inside the worker (e.g. a label join)."""
         super().__init__()
+        self.batch_transform = batch_transform
         if not sources:
             raise ValueError('no sources given')
         weights = [s.weight for s in sources]
@@ -64,12 +68,15 @@ class ShardStream(IterableDataset):
         seq = P.mix_sequence(self.plan, self.cfg.seed, self.epoch, slot)
         pos = P.source_positions(self.plan, self.cfg.seed, self.epoch, slot, start)
         streams = [source_stream(s, self.cfg, slot, self.slots, pos[s.name]) for s in self.sources]
-        yield from self._batches(seq[start:], streams)
+        yield from self._batches(seq[start:], streams, slot, start)
 
-    def _batches(self, seq: np.ndarray, streams):
+    def _batches(self, seq: np.ndarray, streams, slot: int, start: int):
         counter, last_good, batch, names = CorruptCounter(self.cfg), None, [], []
-        for label in seq:
+        for offset, label in enumerate(seq):
             raw = next(streams[label])
+            # Augmentation randomness as a function of the sample's place: a resumed run
+            # draws exactly the crops and ops the uninterrupted run drew.
+            P.seed_global_rngs(self.cfg.seed, self.epoch, slot, start + offset)
             try:
                 sample = decode_sample(raw, self.transform, self.decode_min_side)
                 counter.ok()
@@ -83,7 +90,8 @@ class ShardStream(IterableDataset):
                 fill = last_good or next((s for s in batch if s is not None), None)
                 if fill is None:
                     raise RuntimeError('a whole batch failed to decode; run `python -m shards verify`')
-                yield collate([s if s is not None else fill for s in batch], names)
+                out = collate([s if s is not None else fill for s in batch], names)
+                yield self.batch_transform(out) if self.batch_transform else out
                 batch, names = [], []
 
     def expected_per_source(self, epoch: int, batches_done: int) -> Dict[str, int]:
@@ -122,7 +130,10 @@ class ResumableLoader:
     def __iter__(self):
         """The rest of the current epoch; the next call continues with the following epoch."""
         self.dataset.resume_batches = self.batches_in_epoch
-        for batch in DataLoader(self.dataset, **self.loader_kwargs):
+        # Its own generator: creating the iterator must not draw from the global RNG the
+        # training step uses (a resumed run creates iterators at other moments).
+        generator = torch.Generator().manual_seed(self.dataset.cfg.seed)
+        for batch in DataLoader(self.dataset, generator=generator, **self.loader_kwargs):
             self.batches_in_epoch += 1
             self.per_source.update(batch['source'])
             yield batch

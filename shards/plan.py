@@ -93,3 +93,15 @@ def source_positions(plan: MixPlan, seed: int, epoch: int, slot: int, samples_do
     seq = mix_sequence(plan, seed, epoch, slot)[:samples_done]
     done = np.bincount(seq, minlength=len(plan.sources))
     return {s: epoch * plan.per_slot[i] + int(done[i]) for i, s in enumerate(plan.sources)}
+
+
+def seed_global_rngs(*parts: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (what transforms draw from) from ``parts``."""
+    import random
+
+    import torch
+
+    value = int(rng(*parts).integers(2 ** 63))
+    random.seed(value)
+    np.random.seed(value % 2 ** 32)
+    torch.manual_seed(value)

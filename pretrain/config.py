@@ -1,0 +1,254 @@
+"""Typed, strict run configs (DESIGN.md, "Training"): one JSON file, sections as dataclasses.
+
+Unknown keys, wrong types and inconsistent values are errors naming the field;
+``--set section.field=value`` overrides parse the value as JSON (bare words as strings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    name: str = 'replknet_xl'                 # any timm-registered model
+    drop_path_rate: float = 0.0
+    kwargs: Dict[str, Any] = field(default_factory=dict)    # extra timm.create_model arguments
+    grad_checkpointing: bool = False
+    channels_last: bool = True                # on GPU
+    sync_bn: bool = True                      # convert BN to SyncBN when several GPUs train
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    url: str                                   # shard prefix with _index.json, or a brace pattern
+    weight: Optional[float] = None
+
+
+@dataclass
+class DataConfig:
+    sources: List[SourceConfig] = field(default_factory=list)
+    label_store: Optional[str] = None         # labels/{task}/... root; None: human labels from shard metadata
+    image_size: int = 224
+    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+    auto_augment: Optional[str] = 'rand-m9-mstd0.5-inc1'
+    re_prob: float = 0.0
+    interpolation: str = 'bicubic'
+    workers: int = 8
+    shuffle_buffer: int = 500
+    few_shards: str = 'error'
+    max_corrupt_fraction: float = 0.01
+    tasks_file: Optional[str] = None
+    val_sources: List[SourceConfig] = field(default_factory=list)
+    val_crop_pct: float = 0.875
+
+
+@dataclass
+class TaskConfig:
+    num_classes: int
+    weight: float = 1.0
+    label_smoothing: float = 0.1              # applied to human labels only
+    class_map_version: Optional[str] = None   # checked against the label store when given
+
+
+@dataclass
+class OptimConfig:
+    name: str = 'adamw'                       # adamw | sgd
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    betas: Tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9                     # sgd
+
+
+@dataclass
+class ScheduleConfig:
+    epochs: float = 15.0
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0
+    max_steps: Optional[int] = None           # stop early (quick runs, tests)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    micro_batch: int = 32                     # per rank
+    grad_accum: int = 1
+    precision: str = 'bf16'                   # fp32 | bf16 (autocast; BatchNorm stays fp32)
+    max_nonfinite_steps: int = 5              # stop after this many non-finite steps in a row
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0                      # 0: only at the end
+    max_batches: Optional[int] = None
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = 'runs/default'
+    every_steps: int = 1000
+    keep: int = 2
+    resume: str = 'auto'                      # auto | must | never
+    universal: bool = False                   # allow a changed world size via DeepSpeed's universal checkpoint
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 10
+    tensorboard: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: Dict[str, TaskConfig] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    deepspeed: Dict[str, Any] = field(default_factory=dict)   # passed to deepspeed.initialize unchanged
+    description: str = ''
+    launch: str = ''
+
+
+# --- parsing ----------------------------------------------------------------------------------
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(f'{where}: expected a list, got {value!r}')
+        return [_convert(v, args[0], f'{where}[{i}]') for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f'{where}: expected {len(args)} values, got {value!r}')
+        return tuple(_convert(v, a, f'{where}[{i}]') for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f'{where}: expected an object, got {value!r}')
+        return {k: _convert(v, args[1], f'{where}.{k}') for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f'{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}')
+    return value
+
+
+def build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f'{where}: expected an object, got {type(data).__name__}')
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f'{where}: unknown key(s) {unknown}; known: {sorted(fields)}')
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], f'{where}.{name}' if where else name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f'{where}.{name}: required' if where else f'{name}: required')
+    return cls(**kwargs)
+
+
+def apply_overrides(doc: dict, overrides: List[str]) -> dict:
+    """``["optim.lr=1e-3", "train.precision=fp32"]`` onto the raw JSON document."""
+    for item in overrides:
+        if '=' not in item:
+            raise ConfigError(f'override {item!r}: expected section.field=value')
+        path, raw = item.split('=', 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = doc
+        keys = path.split('.')
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f'override {item!r}: {k} is not a section')
+        node[keys[-1]] = value
+    return doc
+
+
+def load_config(path: str, overrides: Optional[List[str]] = None) -> RunConfig:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f'config {path} not found') from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f'{path}: not valid JSON ({exc})') from None
+    cfg = build(RunConfig, apply_overrides(doc, overrides or []), '')
+    check_static(cfg)
+    return cfg
+
+
+CHOICES = {
+    ('train', 'precision'): ('fp32', 'bf16'),
+    ('checkpoint', 'resume'): ('auto', 'must', 'never'),
+    ('optim', 'name'): ('adamw', 'sgd'),
+    ('data', 'few_shards'): ('error', 'share'),
+}
+
+
+def check_static(cfg: RunConfig) -> None:
+    """Consistency that does not depend on the launch."""
+    for (section, name), allowed in CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f'{section}.{name}: {value!r} is not one of {allowed}')
+    if not cfg.tasks:
+        raise ConfigError('tasks: name at least one task (one head each)')
+    for name, task in cfg.tasks.items():
+        if task.num_classes < 1:
+            raise ConfigError(f'tasks.{name}.num_classes: must be >= 1')
+    if cfg.train.micro_batch < 1 or cfg.train.grad_accum < 1:
+        raise ConfigError('train.micro_batch and train.grad_accum must be >= 1')
+    if cfg.checkpoint.keep < 2:
+        raise ConfigError('checkpoint.keep: keep at least 2 checkpoints (one may be mid-write)')
+    for key in ('train_micro_batch_size_per_gpu', 'gradient_accumulation_steps'):
+        if key in cfg.deepspeed:
+            raise ConfigError(f'deepspeed.{key}: set by train.micro_batch / train.grad_accum; remove it')
+    for key in ('optimizer', 'scheduler'):
+        if key in cfg.deepspeed:
+            raise ConfigError(f'deepspeed.{key}: the optimizer and schedule come from the optim and schedule '
+                              'sections (stage-wise lr ratios need our own schedule)')
+
+
+def check_launch(cfg: RunConfig, world_size: int) -> None:
+    """Consistency with the actual world size."""
+    total = cfg.deepspeed.get('train_batch_size')
+    expected = cfg.train.micro_batch * cfg.train.grad_accum * world_size
+    if total is not None and total != expected:
+        raise ConfigError(f'deepspeed.train_batch_size={total} but train.micro_batch {cfg.train.micro_batch} x '
+                          f'train.grad_accum {cfg.train.grad_accum} x world size {world_size} = {expected}')
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)

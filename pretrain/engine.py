@@ -1,0 +1,223 @@
+"""The training engine shared by pretraining and fine-tuning: model, data, DeepSpeed, the step."""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Dict, List, Optional
+
+import numpy as np
+import timm
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import pretrain.models  # noqa: F401  (registers RepLKNet with timm)
+from shards.loader import ResumableLoader, ShardStream
+from shards.plan import seed_global_rngs
+from shards.stream import SourceSpec, StreamConfig
+from shards.transforms import DeviceNormalize, TransformConfig, eval_transform, train_transform
+
+from .config import RunConfig
+from .distributed import DistEnv
+from .labels import LabelJoiner
+from .loss import dense_targets, multitask_loss
+from .mixup import MultiTaskMixup
+from .models import RepLKNet
+
+log = logging.getLogger(__name__)
+
+
+class MultiHead(nn.Module):
+    """One linear head per task on any timm backbone without native dict heads."""
+
+    def __init__(self, backbone: nn.Module, heads: Dict[str, int]):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict({t: nn.Linear(backbone.num_features, n) for t, n in heads.items()})
+
+    def forward(self, x):
+        feats = self.backbone(x)
+        return {t: head(feats) for t, head in self.heads.items()}
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    heads = {t: c.num_classes for t, c in cfg.tasks.items()}
+    kwargs = dict(cfg.model.kwargs, drop_path_rate=cfg.model.drop_path_rate)
+    model = timm.create_model(cfg.model.name, num_classes=0, **kwargs)
+    if isinstance(model, RepLKNet):
+        model.reset_classifier(heads)
+    else:
+        model = MultiHead(model, heads)
+    if cfg.model.grad_checkpointing:
+        (model.backbone if isinstance(model, MultiHead) else model).set_grad_checkpointing(True)
+    return model
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
+    """No weight decay on norms and biases (every 1-d parameter)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith('.bias') else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def build_optimizer(cfg: RunConfig, groups: List[dict]) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == 'sgd':
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+
+
+def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
+    ds = copy.deepcopy(cfg.deepspeed)
+    ds.update(train_micro_batch_size_per_gpu=cfg.train.micro_batch,
+              gradient_accumulation_steps=cfg.train.grad_accum,
+              train_batch_size=cfg.train.micro_batch * cfg.train.grad_accum * world_size)
+    ds.setdefault('steps_per_print', 10 ** 9)
+    if cfg.checkpoint.universal:
+        ds.setdefault('checkpoint', {})['load_universal'] = True
+    return ds
+
+
+def transform_config(cfg: RunConfig) -> TransformConfig:
+    d = cfg.data
+    return TransformConfig(image_size=d.image_size, mean=d.mean, std=d.std, auto_augment=d.auto_augment,
+                           interpolation=d.interpolation, re_prob=d.re_prob, crop_pct=d.val_crop_pct)
+
+
+def build_loader(cfg: RunConfig, env: DistEnv, sources, train: bool) -> ResumableLoader:
+    tcfg = transform_config(cfg)
+    joiner = LabelJoiner({t: c.num_classes for t, c in cfg.tasks.items()}, cfg.data.label_store,
+                         cfg.data.tasks_file)
+    stream_cfg = StreamConfig(seed=cfg.train.seed, batch_size=cfg.train.micro_batch,
+                              shuffle_buffer=cfg.data.shuffle_buffer if train else 1,
+                              few_shards=cfg.data.few_shards if train else 'share',
+                              max_corrupt_fraction=cfg.data.max_corrupt_fraction)
+    stream = ShardStream([SourceSpec(s.name, s.url, s.weight) for s in sources], stream_cfg,
+                         train_transform(tcfg) if train else eval_transform(tcfg), env.rank, env.world_size,
+                         cfg.data.workers, decode_min_side=tcfg.decode_min_side(train), batch_transform=joiner)
+    return ResumableLoader(stream, num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
+
+
+class Trainer:
+    """Owns the DeepSpeed engine and runs steps; rank and world size come in, nothing is read from env."""
+
+    def __init__(self, cfg: RunConfig, env: DistEnv, device: torch.device, model: Optional[nn.Module] = None,
+                 groups: Optional[List[dict]] = None):
+        import deepspeed
+
+        from .schedule import build_scheduler
+
+        self.cfg, self.env, self.device = cfg, env, device
+        seed_global_rngs(cfg.train.seed)  # the same initial weights on every rank
+        model = model if model is not None else build_model(cfg)
+        if device.type == 'cuda':
+            if env.world_size > 1 and cfg.model.sync_bn:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if cfg.model.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        self.loader = build_loader(cfg, env, cfg.data.sources, train=True)
+        self.steps_per_epoch = max(1, len(self.loader) // cfg.train.grad_accum)
+        total = int(cfg.schedule.epochs * self.steps_per_epoch)
+        self.total_steps = min(total, cfg.schedule.max_steps) if cfg.schedule.max_steps else total
+        optimizer = build_optimizer(cfg, groups if groups is not None else param_groups(model, cfg.optim.weight_decay))
+        scheduler = build_scheduler(optimizer, total, int(cfg.schedule.warmup_epochs * self.steps_per_epoch),
+                                    cfg.schedule.min_lr_ratio)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, env.world_size))
+        seed_global_rngs(cfg.train.seed, env.rank)  # drop path and mixup differ per rank
+        self.normalize = DeviceNormalize(transform_config(cfg), device, train=True)
+        self.mixup = MultiTaskMixup(cfg.train.mixup, cfg.train.cutmix, cfg.train.mixup_prob,
+                                    cfg.train.mixup_switch_prob)
+        self.weights = {t: c.weight for t, c in cfg.tasks.items()}
+        self.smoothing = {t: c.label_smoothing for t, c in cfg.tasks.items()}
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+
+    @property
+    def step(self) -> int:
+        return self.engine.global_steps
+
+    def device_targets(self, targets: Dict[str, dict]) -> Dict[str, dict]:
+        out = {}
+        for task, t in targets.items():
+            n = self.cfg.tasks[task].num_classes
+            out[task] = dict(target=dense_targets(t['idx'].to(self.device), t['prob'].to(self.device), n),
+                             mask=t['mask'].to(self.device), human=t['human'].to(self.device))
+        return out
+
+    def micro_step(self, batch: dict) -> Optional[Dict[str, float]]:
+        """Forward, backward and (at the accumulation boundary) the optimizer step.
+
+        A non-finite loss on any rank skips the micro-step on every rank; after
+        ``train.max_nonfinite_steps`` in a row the run stops.
+        """
+        images = self.normalize(batch['image'])
+        if self.device.type == 'cuda' and self.cfg.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = self.device_targets(batch['targets'])
+        if self.mixup.enabled:
+            images, targets = self.mixup(images, targets, np.random)  # global: saved in checkpoints
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == 'bf16'):
+            logits = self.engine(images)
+        loss, per_task = multitask_loss(logits, targets, self.weights, self.smoothing)
+        if not self._finite_everywhere(loss):
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            log.warning('non-finite loss at step %d on some rank: micro-step skipped on every rank (%d in a row)',
+                        self.step, self.nonfinite_in_a_row)
+            if self.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_steps:
+                raise FloatingPointError(f'{self.nonfinite_in_a_row} non-finite losses in a row at step {self.step}: '
+                                         'stopping; resume from the last checkpoint with a lower optim.lr')
+            return None
+        self.nonfinite_in_a_row = 0
+        self.engine.backward(loss)
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        if boundary:
+            norm = self.engine.get_global_grad_norm()
+            if norm is not None and not np.isfinite(float(norm)):
+                raise FloatingPointError(f'non-finite gradient norm at step {self.step}: the update may already be '
+                                         'applied; resume from the last checkpoint')
+        metrics = {'loss': loss.item(), **{f'loss/{t}': v.item() for t, v in per_task.items()}}
+        metrics['lr'] = self.scheduler.get_last_lr()[0]
+        metrics['skipped_steps'] = self.engine.skipped_steps  # DeepSpeed's own (fp16 overflow), never silent
+        metrics['nonfinite_total'] = self.nonfinite_total
+        return metrics
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bad.item() == 0.0
+
+    @torch.no_grad()
+    def evaluate(self, max_batches: Optional[int] = None) -> Dict[str, float]:
+        """Top-1/top-5 per task on the validation sources' labeled samples, summed over ranks."""
+        if not self.cfg.data.val_sources:
+            return {}
+        loader = build_loader(self.cfg, self.env, self.cfg.data.val_sources, train=False)
+        normalize = DeviceNormalize(transform_config(self.cfg), self.device, train=False)
+        counts = {t: torch.zeros(3, device=self.device) for t in self.cfg.tasks}  # n, top1, top5
+        self.engine.eval()
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == 'bf16'):
+                logits = self.engine(normalize(batch['image']))
+            for task, t in batch['targets'].items():
+                mask = t['mask'].to(self.device)
+                label = t['idx'][:, 0].to(self.device)
+                top5 = logits[task].float().topk(min(5, logits[task].shape[1]), dim=1).indices
+                counts[task] += torch.stack([mask.sum(), ((top5[:, 0] == label) & mask).sum(),
+                                             ((top5 == label[:, None]).any(1) & mask).sum()]).float()
+        self.engine.train()
+        out = {}
+        for task, c in counts.items():
+            if dist.is_initialized():
+                dist.all_reduce(c)
+            if c[0] > 0:
+                out[f'val/{task}/top1'] = (c[1] / c[0]).item()
+                out[f'val/{task}/top5'] = (c[2] / c[0]).item()
+        return out

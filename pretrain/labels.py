@@ -1,0 +1,89 @@
+"""Joining labels to a batch by ``__key__``: the label store's parts, else the shard's human labels.
+
+Runs inside DataLoader workers (as the stream's ``batch_transform``), so the join overlaps
+training. Targets stay sparse (top-k) until the device: ``{task: {idx, prob, mask, human}}``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import torch
+
+from labeling.store import LabelStore, shard_stem_of_key
+from labeling.tasks import TaskRegistry
+
+
+class LabelJoiner:
+    """Picklable: each worker opens the store lazily and caches the parts of recent shards."""
+
+    def __init__(self, tasks: Dict[str, int], store_root: Optional[str], tasks_file: Optional[str] = None,
+                 cache_shards: int = 16):
+        self.tasks, self.store_root, self.tasks_file, self.cache_shards = tasks, store_root, tasks_file, cache_shards
+        self._store: Optional[LabelStore] = None
+        self._cache: OrderedDict = OrderedDict()
+
+    def _targets_of(self, stem: str) -> dict:
+        if self._store is None:
+            self._store = LabelStore(self.store_root, TaskRegistry.from_json(self.tasks_file))
+            self._store_tasks = [t for t in self.tasks if _has_task(self._store, t)]
+        if stem not in self._cache:
+            self._cache[stem] = self._store.shard_targets(stem, self._store_tasks)
+            if len(self._cache) > self.cache_shards:
+                self._cache.popitem(last=False)
+        return self._cache[stem]
+
+    def __call__(self, batch: dict) -> dict:
+        rows: Dict[str, List] = {t: [] for t in self.tasks}
+        for key, meta in zip(batch['key'], batch['meta']):
+            stored = self._targets_of(shard_stem_of_key(key)) if self.store_root else {}
+            human = meta.get('labels') or {}
+            for task in self.tasks:
+                row = stored.get(task, {}).get(key)
+                if row is None and task in human:
+                    row = ([int(human[task])], [1.0], 'human')
+                rows[task].append(row)
+        batch['targets'] = {t: _pack(r) for t, r in rows.items()}
+        return batch
+
+
+def _has_task(store: LabelStore, task: str) -> bool:
+    try:
+        store.manifest(task)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _pack(rows: List) -> dict:
+    k = max((len(r[0]) for r in rows if r is not None), default=1)
+    idx = torch.zeros(len(rows), k, dtype=torch.long)
+    prob = torch.zeros(len(rows), k)
+    mask = torch.zeros(len(rows), dtype=torch.bool)
+    human = torch.zeros(len(rows), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r is None:
+            continue
+        n = len(r[0])
+        idx[i, :n] = torch.as_tensor(r[0])
+        prob[i, :n] = torch.as_tensor(r[1], dtype=torch.float32)
+        mask[i], human[i] = True, r[2] == 'human'
+    return dict(idx=idx, prob=prob, mask=mask, human=human)
+
+
+def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks_file: Optional[str]) -> None:
+    """The store's class count and class-map version must match the config's heads."""
+    if not store_root:
+        return
+    store = LabelStore(store_root, TaskRegistry.from_json(tasks_file))
+    for name, task_cfg in tasks.items():
+        if not _has_task(store, name):
+            continue
+        manifest = store.manifest(name)
+        if manifest['num_classes'] != task_cfg.num_classes:
+            raise ValueError(f'tasks.{name}.num_classes={task_cfg.num_classes} but the label store has '
+                             f'{manifest["num_classes"]} classes for {name}')
+        expected = task_cfg.class_map_version
+        if expected is not None and manifest['class_map_version'] != expected:
+            raise ValueError(f'tasks.{name}.class_map_version={expected} but the label store has '
+                             f'{manifest["class_map_version"]}')

@@ -1,0 +1,134 @@
+"""pretrain/run.py for real: 2 CPU processes on gloo, every launcher, resume and kill -9."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN_DIR, REPO_ROOT
+from pretrain.tiny_data import make
+
+pytestmark = pytest.mark.multiprocess
+CONFIG = 'configs/tiny_cpu.json'
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    return make(str(tmp_path_factory.mktemp('tiny_data')), per_source=32)
+
+
+def overrides(tiny, run_dir, *extra):
+    sets = {
+        'data.sources': [{'name': 'lab', 'url': tiny['shards']}, {'name': 'unl', 'url': tiny['shards']}],
+        'data.val_sources': [{'name': 'val', 'url': tiny['shards']}],
+        'data.label_store': tiny['labels'], 'data.tasks_file': tiny['tasks_file'],
+        'checkpoint.dir': str(run_dir), 'log.tensorboard': False,
+    }
+    args = [f'--set={k}={json.dumps(v)}' for k, v in sets.items()]
+    return args + [f'--set={e}' for e in extra]
+
+
+def metrics(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / 'metrics.jsonl').read_text().splitlines()]
+    return {r['step']: r['loss'] for r in rows if 'loss' in r}
+
+
+def kill_tree(pid):
+    """SIGKILL the launcher and every worker (torchrun starts workers in their own sessions)."""
+    import psutil
+    parent = psutil.Process(pid)
+    for p in parent.children(recursive=True) + [parent]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def torchrun(port, *args):
+    return ['torchrun', '--nproc_per_node', '2', '--master_port', str(port), 'pretrain/run.py', '--config', CONFIG, *args]
+
+
+@pytest.mark.parametrize('stage', [1, 2, 3])
+def test_zero_stage_trains_with_two_processes(stage, tiny, tmp_path, free_port, launch):
+    run_dir = tmp_path / 'run'
+    launch(torchrun(free_port, *overrides(tiny, run_dir, 'schedule.max_steps=4', 'checkpoint.every_steps=2',
+                                          f'deepspeed.zero_optimization.stage={stage}')))
+    losses = metrics(run_dir)
+    assert sorted(losses) == [1, 2, 3, 4]
+    assert sorted(p.name for p in (run_dir / 'ckpt').glob('step-*')) == ['step-2', 'step-4']
+    assert json.loads((run_dir / 'config.json').read_text())['deepspeed']['zero_optimization']['stage'] == stage
+    result = json.loads((run_dir / 'result.json').read_text())
+    assert 'val/shape/top1' in result and result['step'] == 4
+
+
+def test_deepspeed_launcher_and_a_plain_process(tiny, tmp_path, free_port, launch):
+    launch(['deepspeed', '--num_gpus', '2', '--master_port', str(free_port), 'pretrain/run.py', '--config', CONFIG,
+            *overrides(tiny, tmp_path / 'ds', 'schedule.max_steps=2')])
+    assert sorted(metrics(tmp_path / 'ds')) == [1, 2]
+    launch([sys.executable, 'pretrain/run.py', '--config', CONFIG,
+            *overrides(tiny, tmp_path / 'plain', 'schedule.max_steps=2')])
+    assert sorted(metrics(tmp_path / 'plain')) == [1, 2]
+
+
+def test_two_nodes_simulated_on_one_machine(tiny, tmp_path, free_port):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}')
+    procs = [subprocess.Popen(['torchrun', '--nnodes', '2', '--node_rank', str(node), '--nproc_per_node', '1',
+                               '--master_addr', '127.0.0.1', '--master_port', str(free_port),
+                               'pretrain/run.py', '--config', CONFIG,
+                               *overrides(tiny, tmp_path / 'run', 'schedule.max_steps=2')],
+                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for node in (0, 1)]
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert sorted(metrics(tmp_path / 'run')) == [1, 2]
+
+
+def test_resumed_run_equals_uninterrupted_run_step_for_step(tiny, tmp_path, free_port, launch):
+    launch(torchrun(free_port, *overrides(tiny, tmp_path / 'straight', 'schedule.max_steps=8',
+                                          'checkpoint.every_steps=4')))
+    launch(torchrun(free_port, *overrides(tiny, tmp_path / 'resumed', 'schedule.max_steps=4',
+                                          'checkpoint.every_steps=4')))
+    launch(torchrun(free_port, *overrides(tiny, tmp_path / 'resumed', 'schedule.max_steps=8',
+                                          'checkpoint.every_steps=4')))
+    straight, resumed = metrics(tmp_path / 'straight'), metrics(tmp_path / 'resumed')
+    assert sorted(resumed) == list(range(1, 9))
+    assert [resumed[s] for s in range(1, 9)] == [straight[s] for s in range(1, 9)]
+
+
+def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_one(tiny, tmp_path, free_port):
+    run_dir = tmp_path / 'run'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}')
+    proc = subprocess.Popen(torchrun(free_port, *overrides(tiny, run_dir, 'schedule.max_steps=40',
+                                                           'checkpoint.every_steps=1', 'checkpoint.keep=3')),
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckpt, killed_at = run_dir / 'ckpt', None
+    deadline = time.monotonic() + 240
+    while killed_at is None:
+        assert proc.poll() is None, 'the run ended before a checkpoint write could be interrupted'
+        assert time.monotonic() < deadline
+        steps = sorted(ckpt.glob('step-*')) if ckpt.is_dir() else []
+        partial = [p for p in steps if not (p / 'COMMITTED').exists()]
+        if partial and any((p / 'COMMITTED').exists() for p in steps):
+            kill_tree(proc.pid)
+            killed_at = partial[-1].name
+        time.sleep(0.001)
+    proc.wait()
+    committed = sorted(int(p.name.split('-')[1]) for p in ckpt.glob('step-*') if (p / 'COMMITTED').exists())
+    assert committed, 'no committed checkpoint before the kill'
+    # Whatever the kill interrupted has no marker; add a write killed even earlier (files cut short).
+    partial = ckpt / 'step-999'
+    partial.mkdir()
+    (partial / 'mp_rank_00_model_states.pt').write_bytes(b'PK\x03\x04 cut short')
+    leftovers = [p.name for p in ckpt.glob('step-*') if not (p / 'COMMITTED').exists()]
+    assert 'step-999' in leftovers
+    resumed = subprocess.run(torchrun(free_port + 1, *overrides(tiny, run_dir, f'schedule.max_steps={committed[-1] + 2}',
+                                                                'checkpoint.every_steps=1', 'checkpoint.keep=3')),
+                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f'resumed from step-{committed[-1]}' in resumed.stderr
+    assert sorted(metrics(run_dir))[-1] == committed[-1] + 2

@@ -1,0 +1,108 @@
+"""Run configs (strict), the multi-task loss, the schedule and mixup: pure pieces of pretraining."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.config import ConfigError, check_launch, load_config
+from pretrain.loss import dense_targets, multitask_loss, smooth_human, task_loss
+from pretrain.mixup import MultiTaskMixup
+from pretrain.schedule import build_scheduler, lr_factor
+
+TINY = 'configs/tiny_cpu.json'
+
+
+def write(tmp_path, doc):
+    path = tmp_path / 'c.json'
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def test_shipped_configs_load(tmp_path):
+    cfg = load_config(TINY)
+    assert cfg.tasks['stripes'].weight == 0.5 and cfg.deepspeed['zero_optimization']['stage'] == 2
+    xl = load_config('configs/xl_megadata.json')
+    assert xl.model.name == 'replknet_xl' and set(xl.tasks) == {'in1k', 'in22k', 'places365'}
+    assert (xl.optim.lr, xl.optim.weight_decay, xl.model.drop_path_rate) == (1.5e-3, 0.05, 0.2)
+    assert xl.train.mixup == 0 and xl.train.cutmix == 0 and xl.train.precision == 'bf16'
+    assert xl.deepspeed['train_batch_size'] == 2048 and xl.schedule.epochs == 15
+    assert xl.data.auto_augment == 'rand-m9-mstd0.5-inc1'
+
+
+@pytest.mark.parametrize('patch, message', [
+    ({'optim': {'lrr': 1}}, r"optim: unknown key\(s\) \['lrr'\]"),
+    ({'optim': {'lr': 'fast'}}, r'optim.lr: expected float'),
+    ({'train': {'precision': 'fp8'}}, r"train.precision: 'fp8' is not one of"),
+    ({'tasks': {'a': {'num_classes': 0}}}, r'tasks.a.num_classes'),
+    ({'tasks': {'a': {}}}, r'tasks.a.num_classes: required'),
+    ({'checkpoint': {'keep': 1}}, r'checkpoint.keep'),
+    ({'deepspeed': {'scheduler': {}}}, r'deepspeed.scheduler'),
+    ({'bogus': 1}, r"unknown key\(s\) \['bogus'\]"),
+])
+def test_config_errors_name_the_field(tmp_path, patch, message):
+    doc = json.loads(open(TINY).read())
+    for section, value in patch.items():
+        doc[section] = {**doc.get(section, {}), **value} if section in doc and section != 'tasks' else value
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, doc))
+
+
+def test_overrides_and_launch_consistency(tmp_path):
+    cfg = load_config(TINY, ['optim.lr=1e-4', 'train.precision=bf16', 'deepspeed.train_batch_size=48'])
+    assert cfg.optim.lr == 1e-4 and cfg.train.precision == 'bf16'
+    with pytest.raises(ConfigError, match=r'train_batch_size=48 but train.micro_batch 8 x train.grad_accum 1 x '
+                                          r'world size 2 = 16'):
+        check_launch(cfg, 2)
+    check_launch(load_config(TINY, ['deepspeed.train_batch_size=16']), 2)
+    with pytest.raises(ConfigError, match='override'):
+        load_config(TINY, ['optim.lr'])
+
+
+def test_loss_counts_only_labeled_samples_and_smooths_only_human_labels():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 9.0]], requires_grad=True)
+    idx = torch.tensor([[0, 0], [1, 2], [0, 0]])
+    prob = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 0.0]])
+    target = dense_targets(idx, prob, 3)
+    assert torch.equal(target[1], torch.tensor([0.0, 0.5, 0.5]))
+    mask, human = torch.tensor([True, True, False]), torch.tensor([True, False, False])
+    smoothed = smooth_human(target, human, 0.3)
+    assert torch.allclose(smoothed[0], torch.tensor([0.8, 0.1, 0.1])) and torch.equal(smoothed[1], target[1])
+    loss = task_loss(logits, smoothed, mask)
+    logp = torch.log_softmax(logits, -1)
+    expected = (-(smoothed[0] * logp[0]).sum() - (smoothed[1] * logp[1]).sum()) / 2
+    assert torch.allclose(loss, expected)
+    total, per_task = multitask_loss({'a': logits, 'b': logits}, {
+        'a': dict(target=target, mask=mask, human=human),
+        'b': dict(target=target, mask=torch.zeros(3, dtype=torch.bool), human=human)},
+        weights={'a': 1.0, 'b': 0.5}, smoothing={'a': 0.3, 'b': 0.0})
+    assert per_task['b'].item() == 0.0 and torch.allclose(total, expected)
+    total.backward()
+    assert logits.grad is not None
+
+
+def test_schedule_warms_up_then_decays_and_keeps_group_ratios():
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1) and lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    p1, p2 = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([dict(params=[p1], lr=1.0), dict(params=[p2], lr=0.4)], lr=1.0)
+    sched = build_scheduler(opt, 20, 5)
+    for _ in range(12):
+        opt.step()
+        sched.step()
+        lrs = [g['lr'] for g in opt.param_groups]
+        assert lrs[1] == pytest.approx(0.4 * lrs[0])
+
+
+def test_mixup_mixes_images_and_targets_and_keeps_masks_honest():
+    mix = MultiTaskMixup(mixup_alpha=0.8, cutmix_alpha=0.0)
+    images = torch.stack([torch.zeros(3, 4, 4), torch.ones(3, 4, 4)])
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    targets = {'t': dict(target=target, mask=torch.tensor([True, False]), human=torch.tensor([True, True]))}
+    np.random.seed(3)
+    out, mixed = mix(images, targets, np.random)
+    lam = 1 - out[0, 0, 0, 0].item()
+    assert 0 < lam < 1 and torch.allclose(mixed['t']['target'][0], torch.tensor([lam, 1 - lam]))
+    assert mixed['t']['mask'].tolist() == [False, False]  # a mix with an unlabeled sample has no label
