@@ -132,3 +132,13 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_one(tiny, tm
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f'resumed from step-{committed[-1]}' in resumed.stderr
     assert sorted(metrics(run_dir))[-1] == committed[-1] + 2
+
+
+def test_non_finite_losses_stop_the_run_with_a_clear_message(tiny, tmp_path, free_port):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}')
+    proc = subprocess.run(torchrun(free_port, *overrides(tiny, tmp_path / 'run', 'optim.lr=1e30',
+                                                         'deepspeed.gradient_clipping=0', 'schedule.max_steps=20',
+                                                         'train.max_nonfinite_steps=2', 'schedule.warmup_epochs=0')),
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert 'non-finite' in proc.stderr and ('in a row' in proc.stderr or 'gradient norm' in proc.stderr)
