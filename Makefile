@@ -20,10 +20,13 @@ $(STAMP): setup.py
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-# Until the full demo lands: two DeepSpeed ZeRO-2 ranks train a small RepLKNet on
-# synthetic images (CPU with gloo, or two GPUs with nccl), then the model table.
+# Until the full demo lands: a synthetic two-task image set is packed into shards with a
+# label store, then two DeepSpeed ZeRO-2 ranks pretrain a toy RepLKNet on it with
+# pretrain/run.py (CPU with gloo, or two GPUs with nccl), then the model table.
 demo: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/deepspeed --num_gpus 2 pretrain/smoke.py --zero-stage 2 --steps 10
+	$(BIN)/python -m pretrain.tiny_data runs/tiny_data
+	rm -rf runs/tiny_cpu
+	OMP_NUM_THREADS=1 $(BIN)/deepspeed --num_gpus 2 pretrain/run.py --config configs/tiny_cpu.json
 	$(BIN)/replk-models
 
 test: $(STAMP)
