@@ -47,11 +47,16 @@ def _write_json_atomic(path: Path, doc: dict) -> None:
 
 
 def save(engine, run_dir: str, step: int, rank: int, world_size: int, data_state: dict, keep: int,
-         client_state: Optional[dict] = None) -> str:
-    """Collective: every rank calls it. Returns the tag."""
+         client_state: Optional[dict] = None, rank0_tensors: Optional[dict] = None) -> str:
+    """Collective: every rank calls it. ``rank0_tensors``: extra state dicts rank 0 saves as
+    ``{name}.pt`` beside DeepSpeed's files (e.g. the EMA weights). Returns the tag."""
     tag = f'step-{step}'
     root = ckpt_root(run_dir)
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state or {}, save_latest=False)
+    if rank == 0:
+        for name, state in (rank0_tensors or {}).items():
+            torch.save(state, root / tag / f'{name}.pt.tmp')
+            os.replace(root / tag / f'{name}.pt.tmp', root / tag / f'{name}.pt')
     _write_json_atomic(root / tag / f'data_state_rank{rank}.json', data_state)
     rng_file = root / tag / f'rng_rank{rank}.pt'
     torch.save(rng_states(), rng_file.with_suffix('.tmp'))
@@ -105,6 +110,11 @@ def load(engine, run_dir: str, tag: str, rank: int, world_size: int, universal: 
     if same_world and (folder / f'rng_rank{rank}.pt').is_file():
         set_rng_states(torch.load(folder / f'rng_rank{rank}.pt', weights_only=False))
     return client_state, data_state
+
+
+def load_rank0_tensors(run_dir: str, tag: str, name: str) -> Optional[dict]:
+    path = ckpt_root(run_dir) / tag / f'{name}.pt'
+    return torch.load(path, map_location='cpu', weights_only=True) if path.is_file() else None
 
 
 def rng_states() -> dict:

@@ -69,6 +69,8 @@ class OptimConfig:
     betas: Tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     momentum: float = 0.9                     # sgd
+    layer_decay: Optional[float] = None       # stage-wise lr decay (fine-tuning), e.g. 0.4
+    layer_decay_granularity: str = 'stage'    # stage (stem, stages, head) | block
 
 
 @dataclass
@@ -90,6 +92,15 @@ class TrainConfig:
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
+    ema_decay: Optional[float] = None         # EMA of the weights (the paper's momentum 1e-4 = 0.9999)
+
+
+@dataclass
+class InitConfig:
+    """Starting weights: a run folder (its ZeRO checkpoint is consolidated), a .pt/.pth/.bin
+    file (ours, consolidated fp32, or an official RepLKNet release) or a .safetensors file."""
+    checkpoint: str
+    tag: Optional[str] = None                 # run folder: this step-N instead of the newest committed
 
 
 @dataclass
@@ -124,6 +135,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    init: Optional[InitConfig] = None
     deepspeed: Dict[str, Any] = field(default_factory=dict)   # passed to deepspeed.initialize unchanged
     description: str = ''
     launch: str = ''
@@ -213,6 +225,7 @@ CHOICES = {
     ('train', 'precision'): ('fp32', 'bf16'),
     ('checkpoint', 'resume'): ('auto', 'must', 'never'),
     ('optim', 'name'): ('adamw', 'sgd'),
+    ('optim', 'layer_decay_granularity'): ('stage', 'block'),
     ('data', 'few_shards'): ('error', 'share'),
 }
 
@@ -235,6 +248,10 @@ def check_static(cfg: RunConfig) -> None:
     for key in ('train_micro_batch_size_per_gpu', 'gradient_accumulation_steps'):
         if key in cfg.deepspeed:
             raise ConfigError(f'deepspeed.{key}: set by train.micro_batch / train.grad_accum; remove it')
+    if cfg.train.ema_decay is not None and cfg.deepspeed.get('zero_optimization', {}).get('stage', 0) == 3:
+        raise ConfigError('train.ema_decay: EMA needs the full weights on every rank: use ZeRO stage 1 or 2')
+    if cfg.optim.layer_decay is not None and not 0 < cfg.optim.layer_decay <= 1:
+        raise ConfigError(f'optim.layer_decay: {cfg.optim.layer_decay} is not in (0, 1]')
     for key in ('optimizer', 'scheduler'):
         if key in cfg.deepspeed:
             raise ConfigError(f'deepspeed.{key}: the optimizer and schedule come from the optim and schedule '

@@ -12,7 +12,9 @@ import torch.distributed as dist
 from torch import nn
 
 import pretrain.models  # noqa: F401  (registers RepLKNet with timm)
-from shards.loader import ResumableLoader, ShardStream
+from torch.utils.data import DataLoader
+
+from shards.loader import EvalShards, ResumableLoader, ShardStream
 from shards.plan import seed_global_rngs
 from shards.stream import SourceSpec, StreamConfig
 from shards.transforms import DeviceNormalize, TransformConfig, eval_transform, train_transform
@@ -112,6 +114,17 @@ class Trainer:
         self.cfg, self.env, self.device = cfg, env, device
         seed_global_rngs(cfg.train.seed)  # the same initial weights on every rank
         model = model if model is not None else build_model(cfg)
+        self.init_report = None
+        if cfg.init is not None:
+            from .weights import load_initial_weights
+            self.init_report = load_initial_weights(model, cfg.init.checkpoint,
+                                                    {t: c.num_classes for t, c in cfg.tasks.items()}, cfg.init.tag)
+            if env.is_main:
+                print(f'starting weights: {self.init_report["loaded"]} tensors from {cfg.init.checkpoint}; '
+                      f'new: {self.init_report["new"] or "none"}; dropped: {self.init_report["dropped"] or "none"}',
+                      flush=True)
+        if groups is None:
+            groups = self._param_groups(model)
         if device.type == 'cuda':
             if env.world_size > 1 and cfg.model.sync_bn:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -121,11 +134,15 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.loader) // cfg.train.grad_accum)
         total = int(cfg.schedule.epochs * self.steps_per_epoch)
         self.total_steps = min(total, cfg.schedule.max_steps) if cfg.schedule.max_steps else total
-        optimizer = build_optimizer(cfg, groups if groups is not None else param_groups(model, cfg.optim.weight_decay))
+        optimizer = build_optimizer(cfg, groups)
         scheduler = build_scheduler(optimizer, total, int(cfg.schedule.warmup_epochs * self.steps_per_epoch),
                                     cfg.schedule.min_lr_ratio)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, env.world_size))
+        self.ema = None
+        if cfg.train.ema_decay is not None:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(self.engine.module, decay=cfg.train.ema_decay)
         seed_global_rngs(cfg.train.seed, env.rank)  # drop path and mixup differ per rank
         self.normalize = DeviceNormalize(transform_config(cfg), device, train=True)
         self.mixup = MultiTaskMixup(cfg.train.mixup, cfg.train.cutmix, cfg.train.mixup_prob,
@@ -134,6 +151,14 @@ class Trainer:
         self.smoothing = {t: c.label_smoothing for t, c in cfg.tasks.items()}
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+
+    def _param_groups(self, model: nn.Module) -> List[dict]:
+        o = self.cfg.optim
+        if o.layer_decay is None:
+            return param_groups(model, o.weight_decay)
+        from .layer_decay import apply_lr_scale, layer_decay_groups
+        groups = layer_decay_groups(model, o.weight_decay, o.layer_decay, coarse=o.layer_decay_granularity == 'stage')
+        return apply_lr_scale(groups, o.lr)
 
     @property
     def step(self) -> int:
@@ -175,6 +200,8 @@ class Trainer:
         self.engine.backward(loss)
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
+        if boundary and self.ema is not None:
+            self.ema.update(self.engine.module, step=self.step)
         if boundary:
             norm = self.engine.get_global_grad_norm()
             if norm is not None and not np.isfinite(float(norm)):
@@ -192,32 +219,56 @@ class Trainer:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         return bad.item() == 0.0
 
+    def evaluate_all(self, max_batches: Optional[int] = None) -> Dict[str, float]:
+        """The raw weights, and the EMA weights beside them when there are any."""
+        out = self.evaluate(max_batches)
+        if self.ema is not None:
+            out.update({k.replace('val/', 'val_ema/', 1): v
+                        for k, v in self.evaluate(max_batches, model=self.ema.module).items()})
+        return out
+
     @torch.no_grad()
-    def evaluate(self, max_batches: Optional[int] = None) -> Dict[str, float]:
+    def evaluate(self, max_batches: Optional[int] = None, model: Optional[nn.Module] = None) -> Dict[str, float]:
         """Top-1/top-5 per task on the validation sources' labeled samples, summed over ranks."""
         if not self.cfg.data.val_sources:
             return {}
-        loader = build_loader(self.cfg, self.env, self.cfg.data.val_sources, train=False)
-        normalize = DeviceNormalize(transform_config(self.cfg), self.device, train=False)
-        counts = {t: torch.zeros(3, device=self.device) for t in self.cfg.tasks}  # n, top1, top5
-        self.engine.eval()
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == 'bf16'):
-                logits = self.engine(normalize(batch['image']))
-            for task, t in batch['targets'].items():
-                mask = t['mask'].to(self.device)
-                label = t['idx'][:, 0].to(self.device)
-                top5 = logits[task].float().topk(min(5, logits[task].shape[1]), dim=1).indices
-                counts[task] += torch.stack([mask.sum(), ((top5[:, 0] == label) & mask).sum(),
-                                             ((top5 == label[:, None]).any(1) & mask).sum()]).float()
-        self.engine.train()
-        out = {}
-        for task, c in counts.items():
-            if dist.is_initialized():
-                dist.all_reduce(c)
-            if c[0] > 0:
-                out[f'val/{task}/top1'] = (c[1] / c[0]).item()
-                out[f'val/{task}/top5'] = (c[2] / c[0]).item()
-        return out
+        net = model if model is not None else self.engine
+        return evaluate_model(net, self.cfg, self.env, self.device, max_batches)
+
+
+def eval_loader(cfg: RunConfig, env: DistEnv) -> DataLoader:
+    """Every validation sample once, with the eval transform (resize, center crop) and the label join."""
+    joiner = LabelJoiner({t: c.num_classes for t, c in cfg.tasks.items()}, cfg.data.label_store, cfg.data.tasks_file)
+    data = EvalShards([SourceSpec(s.name, s.url) for s in cfg.data.val_sources], eval_transform(transform_config(cfg)),
+                      env.rank, env.world_size, cfg.train.micro_batch, batch_transform=joiner)
+    return DataLoader(data, batch_size=None, num_workers=cfg.data.workers)
+
+
+@torch.no_grad()
+def evaluate_model(net: nn.Module, cfg: RunConfig, env: DistEnv, device: torch.device,
+                   max_batches: Optional[int] = None) -> Dict[str, float]:
+    normalize = DeviceNormalize(transform_config(cfg), device, train=False)
+    counts = {t: torch.zeros(3, device=device, dtype=torch.float64) for t in cfg.tasks}  # n, top1, top5
+    was_training = net.training
+    net.eval()
+    for i, batch in enumerate(eval_loader(cfg, env)):
+        if max_batches is not None and i >= max_batches:
+            break
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == 'bf16'):
+            logits = net(normalize(batch['image']))
+        for task, t in batch['targets'].items():
+            mask = t['mask'].to(device) & t['human'].to(device)  # accuracy against human labels
+            label = t['idx'][:, 0].to(device)
+            top5 = logits[task].float().topk(min(5, logits[task].shape[1]), dim=1).indices
+            counts[task] += torch.stack([mask.sum(), ((top5[:, 0] == label) & mask).sum(),
+                                         ((top5 == label[:, None]).any(1) & mask).sum()]).double()
+    net.train(was_training)
+    out = {}
+    for task, c in counts.items():
+        if dist.is_initialized():
+            dist.all_reduce(c)
+        if c[0] > 0:
+            out[f'val/{task}/top1'] = (c[1] / c[0]).item()
+            out[f'val/{task}/top5'] = (c[2] / c[0]).item()
+            out[f'val/{task}/images'] = int(c[0].item())
+    return out

@@ -41,6 +41,11 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter) -> dict:
     if tag:
         client, data_state = checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size,
                                              cfg.checkpoint.universal)
+        if trainer.ema is not None:
+            ema = checkpoint.load_rank0_tensors(run_dir, tag, 'ema')
+            if ema is None:
+                raise FileNotFoundError(f'{run_dir}/ckpt/{tag} has no EMA weights but train.ema_decay is set')
+            trainer.ema.module.load_state_dict(ema)
         if data_state is not None:
             trainer.loader.load_state_dict(data_state)
         else:  # re-partitioned: continue from the next epoch boundary
@@ -60,12 +65,12 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter) -> dict:
                 metrics.write(step, dict(out, epoch=trainer.loader.epoch,
                                          images_per_s=_rate(step, cfg, env, start)))
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
-                metrics.write(step, trainer.evaluate(cfg.eval.max_batches))
+                metrics.write(step, trainer.evaluate_all(cfg.eval.max_batches))
             if step % cfg.checkpoint.every_steps == 0 or step == trainer.total_steps:
                 _save(trainer, cfg, run_dir)
             if step >= trainer.total_steps:
                 break
-    final = trainer.evaluate(cfg.eval.max_batches)
+    final = trainer.evaluate_all(cfg.eval.max_batches)
     metrics.write(trainer.step, final)
     return dict(last, **final, step=trainer.step)
 
@@ -78,13 +83,17 @@ def _save(trainer, cfg: RunConfig, run_dir: str) -> None:
     loader = trainer.loader
     checkpoint.save(trainer.engine, run_dir, trainer.step, trainer.env.rank, trainer.env.world_size,
                     loader.state_dict(), cfg.checkpoint.keep,
-                    client_state=dict(epoch=loader.epoch, config=to_dict(cfg)))
+                    client_state=dict(epoch=loader.epoch, config=to_dict(cfg)),
+                    rank0_tensors={'ema': trainer.ema.module.state_dict()} if trainer.ema is not None else None)
 
 
-def main(argv=None) -> dict:
+def main(argv=None, check=None) -> dict:
+    """``check``: an extra config check of the entry point (fine-tuning requires ``init``)."""
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s: %(message)s')
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
+    if check is not None:
+        check(cfg)
     env, device = init_distributed(args.local_rank)
     check_launch(cfg, env.world_size)
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file)

@@ -170,3 +170,44 @@ class ResumableLoader:
                              f'current sources would give {expected}: the shards or weights changed')
         d.epoch, self.batches_in_epoch = state['epoch'], state['batches_in_epoch']
         self.per_source = Counter(state['samples_per_source'])
+
+
+class EvalShards(IterableDataset):
+    """Every sample exactly once, for evaluation: shard ``i`` goes to rank ``i % world_size`` (then
+    to its workers); the last batch may be short and ranks may differ in batch count."""
+
+    def __init__(self, sources: Sequence[SourceSpec], transform: Callable, rank: int, world_size: int,
+                 batch_size: int, batch_transform: Optional[Callable[[dict], dict]] = None,
+                 retry=None):
+        super().__init__()
+        from .storage import DEFAULT_RETRY
+        shards = [(src.name, url, n) for s in sources for src in [resolve_source(s)]
+                  for url, n in zip(src.urls, src.counts)]
+        self.shards = shards[rank::world_size]
+        self.transform, self.batch_size, self.batch_transform = transform, batch_size, batch_transform
+        self.retry = retry or DEFAULT_RETRY
+
+    def __iter__(self):
+        from .stream import read_shard
+        info = get_worker_info()
+        worker, n = (info.id, info.num_workers) if info else (0, 1)
+        batch, names = [], []
+        for name, url, count in self.shards[worker::n]:
+            for raw in read_shard(url, 0, count, self.retry):
+                if raw is None:
+                    log.warning('evaluation: %s is short of samples (truncated)', url)
+                    continue
+                try:
+                    batch.append(decode_sample(raw, self.transform, None))
+                    names.append(name)
+                except (BadImage, ValueError) as exc:
+                    log.warning('evaluation skips %s: %s', raw.get('__key__'), exc)
+                if len(batch) == self.batch_size:
+                    yield self._out(batch, names)
+                    batch, names = [], []
+        if batch:
+            yield self._out(batch, names)
+
+    def _out(self, batch, names):
+        out = collate(batch, names)
+        return self.batch_transform(out) if self.batch_transform else out

@@ -51,21 +51,36 @@ def _describe(keys, limit: int = 8) -> str:
     return ', '.join(keys[:limit]) + more
 
 
+_FORMS = ('train', 'merged', 'fused')
+
+
+def checkpoint_form(keys) -> str:
+    """'train' (BN branches), 'merged' (large kernels merged) or 'fused' (no BatchNorm left)."""
+    keys = list(keys)
+    if not any('lkb_reparam' in k for k in keys):
+        return 'train'
+    return 'merged' if any(k.endswith('running_mean') for k in keys) else 'fused'
+
+
 def checkpoint_filter_fn(state_dict: Any, model: nn.Module) -> Dict[str, torch.Tensor]:
     """Map an official RepLKNet (or our own) checkpoint onto ``model``'s parameter names.
 
-    Raises a ``KeyError`` naming the missing and unexpected keys when the layouts do not
-    match, except for the classifier, which timm drops itself when the class counts differ.
+    A re-parameterized checkpoint (e.g. from ``python -m pretrain.export``) converts the
+    freshly built model to the same form first, so ``timm.create_model(..., pretrained=True,
+    pretrained_cfg_overlay=dict(file=...))`` loads it as it is. Raises a ``KeyError`` naming
+    the missing and unexpected keys when the layouts do not match, except for the
+    classifier, which timm drops itself when the class counts differ.
     """
     state_dict = {rename_official_key(k): v for k, v in unwrap_state_dict(state_dict).items()}
+    theirs, ours = checkpoint_form(state_dict), checkpoint_form(model.state_dict())
+    if _FORMS.index(theirs) > _FORMS.index(ours) and hasattr(model, 'reparameterize'):
+        model.reparameterize(merge_only=theirs == 'merged')
     expected = set(model.state_dict())
     missing = {k for k in expected - set(state_dict) if not k.startswith('head.fc')}
     unexpected = {k for k in set(state_dict) - expected if not k.startswith('head.fc')}
     if missing or unexpected:
         hint = ''
-        if any('lkb_reparam' in k for k in unexpected):
-            hint = " (the checkpoint is re-parameterized: build the model with reparam='merged')"
-        elif any('lkb_origin' in k for k in unexpected):
+        if any('lkb_origin' in k for k in unexpected):
             hint = ' (the checkpoint is in training form: build the model without reparam)'
         raise KeyError(f'checkpoint does not match {type(model).__name__}{hint}; '
                        f'missing: [{_describe(missing)}]; unexpected: [{_describe(unexpected)}]')

@@ -120,13 +120,18 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     assert 'stages.9.extra.weight' in str(err.value)
 
 
-def test_reparameterized_checkpoint_into_training_form_says_how_to_build(tmp_path):
-    model = timm.create_model('replknet_31b', num_classes=NUM_CLASSES, **CFG).reparameterize(merge_only=True)
-    path = tmp_path / 'merged.pth'
+@pytest.mark.parametrize('merge_only', [True, False], ids=['merged', 'fused'])
+def test_reparameterized_checkpoint_converts_the_model_to_its_form(tmp_path, merge_only):
+    model = timm.create_model('replknet_31b', num_classes=NUM_CLASSES, **CFG).eval().reparameterize(merge_only)
+    path = tmp_path / 'deployed.pth'
     torch.save(model.state_dict(), path)
-    with pytest.raises(KeyError, match="reparam='merged'"):
-        timm.create_model('replknet_31b', pretrained=True, num_classes=NUM_CLASSES,
-                          pretrained_cfg_overlay=dict(file=str(path), num_classes=NUM_CLASSES), **CFG)
-    loaded = timm.create_model('replknet_31b', pretrained=True, num_classes=NUM_CLASSES, reparam='merged',
-                               pretrained_cfg_overlay=dict(file=str(path), num_classes=NUM_CLASSES), **CFG)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    loaded = timm.create_model('replknet_31b', pretrained=True, num_classes=NUM_CLASSES,
+                               pretrained_cfg_overlay=dict(file=str(path), num_classes=NUM_CLASSES), **CFG).eval()
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    with pytest.raises(KeyError, match='training form'):
+        train_form = timm.create_model('replknet_31b', num_classes=NUM_CLASSES, **CFG)
+        merged_model = timm.create_model('replknet_31b', num_classes=NUM_CLASSES, reparam='merged', **CFG)
+        from pretrain.models import checkpoint_filter_fn
+        checkpoint_filter_fn(train_form.state_dict(), merged_model)

@@ -106,3 +106,21 @@ def test_mixup_mixes_images_and_targets_and_keeps_masks_honest():
     lam = 1 - out[0, 0, 0, 0].item()
     assert 0 < lam < 1 and torch.allclose(mixed['t']['target'][0], torch.tensor([lam, 1 - lam]))
     assert mixed['t']['mask'].tolist() == [False, False]  # a mix with an unlabeled sample has no label
+
+
+@pytest.mark.parametrize('name', ['xl_finetune_in1k_320', 'replknet31b_in1k_finetune_384',
+                                  'replknet31b_in22k_ft_in1k_224', 'replknet31b_in22k_ft_in1k_384',
+                                  'replknet31l_in22k_ft_in1k_384'])
+def test_finetune_configs_carry_the_appendix_numbers(name):
+    cfg = load_config(f'configs/{name}.json')
+    assert cfg.init is not None and cfg.train.mixup == 0 and cfg.train.cutmix == 0
+    assert cfg.schedule.epochs == 30 and cfg.train.ema_decay == 0.9999
+    if name.startswith('xl'):
+        assert (cfg.optim.lr, cfg.optim.layer_decay, cfg.data.image_size) == (1e-4, 0.4, 320)
+        assert cfg.data.mean == (0.5, 0.5, 0.5) and cfg.data.val_crop_pct == pytest.approx(320 / 365)
+    else:
+        assert cfg.optim.lr == 4e-4
+    total = cfg.deepspeed['train_batch_size']
+    assert total == {'xl_finetune_in1k_320': 512, 'replknet31b_in1k_finetune_384': 1024,
+                     'replknet31b_in22k_ft_in1k_224': 512, 'replknet31b_in22k_ft_in1k_384': 512,
+                     'replknet31l_in22k_ft_in1k_384': 512}[name]

@@ -1,0 +1,88 @@
+"""``python -m pretrain.export``: run folder -> consolidated fp32 -> re-parameterized -> safetensors.
+
+    python -m pretrain.export runs/xl_ft320 --task in1k --out exported/replknet_xl_in1k_320
+
+Writes ``model.safetensors`` (the deploy form: large kernels merged, every BatchNorm folded)
+and ``config.json``. Load it the timm way::
+
+    timm.create_model('replknet_xl', pretrained=True, pretrained_cfg_overlay=dict(file='.../model.safetensors'))
+
+(plus the run's ``model.kwargs`` for a non-standard shape). The export checks that the deployed
+model's outputs equal the training form's within 1e-4 before writing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig, build
+
+
+def single_task_model(cfg: RunConfig, task: str, state: dict):
+    """The run's model with only ``task``'s head, as a plain single-head classifier."""
+    import timm
+
+    import pretrain.models  # noqa: F401
+    if task not in cfg.tasks:
+        raise SystemExit(f'task {task!r} is not one of the run\'s tasks {sorted(cfg.tasks)}')
+    n = cfg.tasks[task].num_classes
+    model = timm.create_model(cfg.model.name, num_classes=n, **cfg.model.kwargs)
+    prefix = f'head.fc.{task}.'
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    trunk = {k: v for k, v in state.items() if not k.startswith('head.fc.')}
+    trunk.update({f'head.fc.{k}': v for k, v in own.items()})
+    model.load_state_dict(trunk, strict=True)
+    return model.eval(), n
+
+
+def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False, check_size: int = 64) -> dict:
+    from safetensors.torch import save_file
+
+    from .weights import consolidate_run
+    from .checkpoint import committed_tags, load_rank0_tensors
+
+    cfg = build(RunConfig, json.loads((Path(run_dir) / 'config.json').read_text()), '')
+    tag = tag or committed_tags(run_dir)[-1]
+    state = load_rank0_tensors(run_dir, tag, 'ema') if ema else consolidate_run(run_dir, tag)
+    if state is None:
+        raise SystemExit(f'{run_dir}/ckpt/{tag} has no EMA weights')
+    model, n = single_task_model(cfg, task, state)
+    x = torch.randn(2, 3, check_size, check_size)
+    with torch.no_grad():
+        reference = model(x)
+        model.reparameterize()
+        deployed = model(x)
+    err = ((reference - deployed).abs().max() / reference.abs().max()).item()
+    if err > 1e-4:
+        raise RuntimeError(f'the re-parameterized model differs from the training form by {err:.2e} (relative)')
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / 'model.safetensors'))
+    meta = dict(architecture=cfg.model.name, num_classes=n, task=task, form='fused', model_kwargs=cfg.model.kwargs,
+                source=dict(run=str(run_dir), tag=tag, ema=ema), max_relative_error=err,
+                pretrained_cfg=dict(getattr(model, 'pretrained_cfg', {}) or {},
+                                    mean=list(cfg.data.mean), std=list(cfg.data.std),
+                                    input_size=[3, cfg.data.image_size, cfg.data.image_size],
+                                    crop_pct=cfg.data.val_crop_pct, num_classes=n))
+    (folder / 'config.json').write_text(json.dumps(meta, indent=2, default=str))
+    return meta
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('run_dir', help='a pretraining or fine-tuning run folder')
+    p.add_argument('--task', required=True, help='the head to keep')
+    p.add_argument('--out', required=True)
+    p.add_argument('--tag', help='step-N (default: the newest committed checkpoint)')
+    p.add_argument('--ema', action='store_true', help='export the EMA weights')
+    args = p.parse_args(argv)
+    meta = export(args.run_dir, args.task, args.out, args.tag, args.ema)
+    print(json.dumps(meta, indent=2, default=str))
+    return meta
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,41 @@
+"""Stage-wise (or block-wise) learning-rate decay from the model's ``group_matcher`` (BEiT style)."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+from timm.models import group_parameters
+from torch import nn
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, coarse: bool = True) -> List[dict]:
+    """Parameter groups with ``lr_scale = decay ** (last_id - id)``: the head trains at the full lr,
+    each earlier stage (or block) at ``decay`` times the next. No weight decay on norms and biases.
+
+    With ``coarse`` (the default) the groups are stem, stage 1..N, head; else one per block.
+    """
+    if not hasattr(model, 'group_matcher'):
+        raise ValueError(f'{type(model).__name__} has no group_matcher: layer decay needs one (timm convention)')
+    groups_by_id = group_parameters(model, model.group_matcher(coarse=coarse))  # ordered: stem ... head
+    last = len(groups_by_id) - 1
+    params = dict(model.named_parameters())
+    out: List[dict] = []
+    for layer_id, names in enumerate(groups_by_id.values()):
+        scale = decay ** (last - layer_id)
+        decay_p = [params[n] for n in names if params[n].requires_grad and params[n].ndim > 1 and not n.endswith('.bias')]
+        plain_p = [params[n] for n in names if params[n].requires_grad and (params[n].ndim <= 1 or n.endswith('.bias'))]
+        for plist, wd, kind in ((decay_p, weight_decay, 'decay'), (plain_p, 0.0, 'no_decay')):
+            if plist:
+                out.append(dict(params=plist, weight_decay=wd, lr_scale=scale, layer_id=layer_id,
+                                name=f'layer{layer_id}_{kind}'))
+    return out
+
+
+def apply_lr_scale(groups: List[dict], base_lr: float) -> List[dict]:
+    """Each group's lr = base lr x its scale; the schedule then multiplies every group alike."""
+    for g in groups:
+        g['lr'] = base_lr * g.get('lr_scale', 1.0)
+    return groups
+
+
+def describe(groups: List[dict]) -> Dict[str, float]:
+    return {g.get('name', str(i)): g['lr'] for i, g in enumerate(groups)}

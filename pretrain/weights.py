@@ -1,0 +1,91 @@
+"""Starting weights for fine-tuning, evaluation and export, from any of the forms we produce or accept."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .models.checkpoint import rename_official_key, unwrap_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def consolidate_run(run_dir: str, tag: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """fp32 weights of a run's newest committed (or the given) ZeRO checkpoint, via DeepSpeed's own
+    zero-to-fp32 utility (works for stages 1, 2 and 3)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    tags = ckpt.committed_tags(run_dir)
+    tag = tag or (tags[-1] if tags else None)
+    if tag is None or tag not in tags:
+        raise FileNotFoundError(f'{run_dir}: no committed checkpoint {tag or ""} to start from '
+                                f'(committed: {tags})')
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.ckpt_root(run_dir)), tag=tag)
+
+
+def read_weights(source: str, tag: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """A state dict from a run folder, a .safetensors file, or a torch file (any usual container)."""
+    if os.path.isdir(source):
+        return consolidate_run(source, tag)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f'starting weights {source} not found')
+    if source.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(source)
+    return unwrap_state_dict(torch.load(source, map_location='cpu', weights_only=False))
+
+
+def _retarget_head(state: Dict[str, torch.Tensor], model_keys, tasks: Dict[str, int]) -> Dict[str, torch.Tensor]:
+    """A single-head checkpoint (official release, timm) feeds the task head of the same size."""
+    if 'head.fc.weight' not in state or 'head.fc.weight' in model_keys:
+        return state
+    for task, n in tasks.items():
+        if f'head.fc.{task}.weight' in model_keys and state['head.fc.weight'].shape[0] == n:
+            state[f'head.fc.{task}.weight'] = state.pop('head.fc.weight')
+            state[f'head.fc.{task}.bias'] = state.pop('head.fc.bias')
+            break
+    return state
+
+
+def load_initial_weights(model: nn.Module, source: str, tasks: Dict[str, int], tag: Optional[str] = None) -> dict:
+    """Load what fits; report what was loaded, what is new (initialised here) and what was dropped.
+
+    Backbone keys must all be present (a missing one is an error naming it); heads of other
+    tasks are dropped, heads of new tasks start fresh.
+    """
+    state = {rename_official_key(k): v for k, v in read_weights(source, tag).items()}
+    own = model.state_dict()
+    state = _retarget_head(state, own, tasks)
+    loaded, dropped, mismatched = {}, [], []
+    for k, v in state.items():
+        if k not in own:
+            dropped.append(k)
+        elif own[k].shape != v.shape:
+            mismatched.append(f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}')
+        else:
+            loaded[k] = v
+    new = [k for k in own if k not in loaded]
+    missing_backbone = [k for k in new if not k.startswith('head.fc.')]
+    if missing_backbone or [m for m in mismatched if not m.startswith('head.fc.')]:
+        raise KeyError(f'{source}: the backbone does not match the model: missing {missing_backbone[:8]}, '
+                       f'shape mismatches {[m for m in mismatched if not m.startswith("head.fc.")][:8]}')
+    model.load_state_dict(loaded, strict=False)
+    report = dict(source=str(source), loaded=len(loaded), new=sorted(new), dropped=sorted(dropped + mismatched))
+    log.info('starting weights from %s: %d tensors loaded; new: %s; dropped: %s', source, len(loaded),
+             report['new'] or 'none', report['dropped'] or 'none')
+    return report
+
+
+def load_ema_weights(model: nn.Module, run_dir: str, tag: Optional[str] = None) -> None:
+    """The EMA weights a fine-tuning run saved beside its DeepSpeed checkpoint."""
+    tags = ckpt.committed_tags(run_dir)
+    tag = tag or (tags[-1] if tags else None)
+    state = ckpt.load_rank0_tensors(run_dir, tag, 'ema') if tag else None
+    if state is None:
+        raise FileNotFoundError(f'{run_dir}: no EMA weights in checkpoint {tag} (was train.ema_decay set?)')
+    model.load_state_dict(state)
