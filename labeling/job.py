@@ -128,7 +128,9 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
         return summary
     data = ShardBatches([(s, shard_urls[s][0]) for s in todo], cfg.task, ensemble.preprocess.transform(),
                         cfg.batch_size, store.retry)
-    loader = DataLoader(data, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == 'cuda')
+    loader = DataLoader(data, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == 'cuda',
+                        multiprocessing_context=storage.worker_start_method(
+                            [shard_urls[s][0] for s in todo] + [cfg.store]) if cfg.workers else None)
     labeler = Labeler(ensemble, cfg.topk, device, cfg.precision)
     pending: Dict[str, List[Row]] = {}
     bar = tqdm(total=sum(shard_urls[s][1] for s in todo), unit='img', disable=not progress,

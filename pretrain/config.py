@@ -44,6 +44,8 @@ class DataConfig:
     auto_augment: Optional[str] = 'rand-m9-mstd0.5-inc1'
     re_prob: float = 0.0
     interpolation: str = 'bicubic'
+    crop_scale: Tuple[float, float] = (0.08, 1.0)   # RandomResizedCrop area range
+    hflip: float = 0.5
     workers: int = 8
     shuffle_buffer: int = 500
     few_shards: str = 'error'

