@@ -85,6 +85,20 @@ def write_image(path: Path, seed: int, size=(24, 20), mode='RGB', fmt=None) -> P
     return path
 
 
+def rewrite_tar_member(shard, member: str, payload: bytes) -> None:
+    """Replace one member's bytes in a tar file (to plant a fault after a valid build)."""
+    import io
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, 'w') as tar:
+        for m, data in members:
+            data = payload if m.name == member else data
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+
+
 @pytest.fixture
 def image_tree(tmp_path) -> Path:
     """An ImageFolder tree: 3 classes x 6 JPEGs."""

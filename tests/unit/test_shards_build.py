@@ -1,11 +1,10 @@
 """Building, verifying and counting shards on local disk."""
 import io
 import json
-import tarfile
 
 import pytest
 import webdataset as wds
-from conftest import write_image
+from conftest import rewrite_tar_member, write_image
 
 from shards import build as build_mod
 from shards.build import BuildOptions, build
@@ -129,23 +128,13 @@ def test_unlabeled_folder_and_list(tmp_path):
     assert [it.id for it in unlabeled_items(str(tmp_path / 'paths.txt'))] == ['u/0.jpg', 'u/2.jpg']
 
 
-def _rewrite_member(shard, member, data):
-    with tarfile.open(shard) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(shard, 'w') as tar:
-        for m, payload in members:
-            payload = data if m.name == member else payload
-            m.size = len(payload)
-            tar.addfile(m, io.BytesIO(payload))
-
-
 def test_verify_names_every_fault(image_tree, tmp_path, capsys):
     out = tmp_path / 'shards'
     build_tree(image_tree, out, samples_per_shard=4)
     (out / 'zoo-000000.tar').unlink()                                        # missing
     data = (out / 'zoo-000001.tar').read_bytes()
     (out / 'zoo-000001.tar').write_bytes(data[:len(data) // 2])              # truncated
-    _rewrite_member(out / 'zoo-000002.tar', 'zoo/000002/000001.jpg', b'junk')  # undecodable image
+    rewrite_tar_member(out / 'zoo-000002.tar', 'zoo/000002/000001.jpg', b'junk')  # undecodable image
     index = ShardIndex.load(str(out))                                        # a duplicate key
     dup = index.shards['zoo-000003.tar']
     (out / 'zoo-000099.tar').write_bytes((out / 'zoo-000003.tar').read_bytes())

@@ -1,12 +1,10 @@
 """The training stream: partitioning, determinism, exact resume, faults."""
-import io
-import tarfile
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
+from conftest import rewrite_tar_member, write_image
 
 from shards import plan as P
 from shards.build import BuildOptions, build
@@ -130,20 +128,9 @@ def test_brace_pattern_selects_shards_with_counts_from_the_index(two_sources):
                     StreamConfig(), to_tensor, 0, 1, 1)
 
 
-def _replace_image(prefix, shard, member, payload):
-    path = f'{prefix}/{shard}'
-    with tarfile.open(path) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(path, 'w') as tar:
-        for m, data in members:
-            data = payload if m.name == member else data
-            m.size = len(data)
-            tar.addfile(m, io.BytesIO(data))
-
-
 def test_corrupt_samples_are_replaced_and_counted_then_stop_the_run(two_sources, caplog):
     for i in range(6):  # a whole shard of undecodable images: some of it is read by every epoch
-        _replace_image(two_sources, 'lab-000000.tar', f'lab/000000/{i:06d}.jpg', b'junk')
+        rewrite_tar_member(f'{two_sources}/lab-000000.tar', f'lab/000000/{i:06d}.jpg', b'junk')
     batches = [b for r in range(2) for b in loader(two_sources, rank=r, workers=0, max_corrupt_fraction=0.5)]
     assert len(batches) == 2 * len(loader(two_sources, workers=0))  # counts unchanged: ranks stay in step
     assert 'skipping corrupt sample lab/000000/' in caplog.text
