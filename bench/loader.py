@@ -13,7 +13,6 @@ Both get the same Pillow-13-safe posterize (timm's own crashes on Pillow 13).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics

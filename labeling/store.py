@@ -155,6 +155,13 @@ class LabelStore:
                              f'({manifest["num_classes"]} classes), the registry {task.class_map_version} '
                              f'({task.num_classes} classes)')
 
+    def has_task(self, task: str) -> bool:
+        try:
+            self.manifest(task)
+            return True
+        except FileNotFoundError:
+            return False
+
     def manifest(self, task: str, reload: bool = False) -> dict:
         if reload or task not in self._manifests:
             raw = storage.read_bytes(self._manifest_url(task), self.retry)

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 
-class ConfigError(ValueError):
-    pass
+from shards.typed import ConfigError, build  # noqa: F401  (re-exported: the loaders share one builder)
 
 
 @dataclass
@@ -141,54 +139,6 @@ class RunConfig:
     deepspeed: Dict[str, Any] = field(default_factory=dict)   # passed to deepspeed.initialize unchanged
     description: str = ''
     launch: str = ''
-
-
-# --- parsing ----------------------------------------------------------------------------------
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin is typing.Union:  # Optional[X]
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], where)
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, where)
-    if origin in (list, List):
-        if not isinstance(value, list):
-            raise ConfigError(f'{where}: expected a list, got {value!r}')
-        return [_convert(v, args[0], f'{where}[{i}]') for i, v in enumerate(value)]
-    if origin in (tuple, Tuple):
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f'{where}: expected {len(args)} values, got {value!r}')
-        return tuple(_convert(v, a, f'{where}[{i}]') for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f'{where}: expected an object, got {value!r}')
-        return {k: _convert(v, args[1], f'{where}.{k}') for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f'{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}')
-    return value
-
-
-def build(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f'{where}: expected an object, got {type(data).__name__}')
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f'{where}: unknown key(s) {unknown}; known: {sorted(fields)}')
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], f'{where}.{name}' if where else name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f'{where}.{name}: required' if where else f'{name}: required')
-    return cls(**kwargs)
 
 
 def apply_overrides(doc: dict, overrides: List[str]) -> dict:

@@ -89,17 +89,17 @@ def transform_config(cfg: RunConfig) -> TransformConfig:
                            scale=d.crop_scale, hflip=d.hflip)
 
 
-def build_loader(cfg: RunConfig, env: DistEnv, sources, train: bool) -> ResumableLoader:
+def build_loader(cfg: RunConfig, env: DistEnv) -> ResumableLoader:
+    """The training stream over ``data.sources`` with augmentation and the label join."""
     tcfg = transform_config(cfg)
     joiner = LabelJoiner({t: c.num_classes for t, c in cfg.tasks.items()}, cfg.data.label_store,
                          cfg.data.tasks_file)
     stream_cfg = StreamConfig(seed=cfg.train.seed, batch_size=cfg.train.micro_batch,
-                              shuffle_buffer=cfg.data.shuffle_buffer if train else 1,
-                              few_shards=cfg.data.few_shards if train else 'share',
+                              shuffle_buffer=cfg.data.shuffle_buffer, few_shards=cfg.data.few_shards,
                               max_corrupt_fraction=cfg.data.max_corrupt_fraction)
-    stream = ShardStream([SourceSpec(s.name, s.url, s.weight) for s in sources], stream_cfg,
-                         train_transform(tcfg) if train else eval_transform(tcfg), env.rank, env.world_size,
-                         cfg.data.workers, decode_min_side=tcfg.decode_min_side(train), batch_transform=joiner)
+    stream = ShardStream([SourceSpec(s.name, s.url, s.weight) for s in cfg.data.sources], stream_cfg,
+                         train_transform(tcfg), env.rank, env.world_size, cfg.data.workers,
+                         decode_min_side=tcfg.decode_min_side(train=True), batch_transform=joiner)
     return ResumableLoader(stream, num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
 
 
@@ -131,7 +131,7 @@ class Trainer:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             if cfg.model.channels_last:
                 model = model.to(memory_format=torch.channels_last)
-        self.loader = build_loader(cfg, env, cfg.data.sources, train=True)
+        self.loader = build_loader(cfg, env)
         self.steps_per_epoch = max(1, len(self.loader) // cfg.train.grad_accum)
         total = int(cfg.schedule.epochs * self.steps_per_epoch)
         self.total_steps = min(total, cfg.schedule.max_steps) if cfg.schedule.max_steps else total

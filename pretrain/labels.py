@@ -26,7 +26,7 @@ class LabelJoiner:
     def _targets_of(self, stem: str) -> dict:
         if self._store is None:
             self._store = LabelStore(self.store_root, TaskRegistry.from_json(self.tasks_file))
-            self._store_tasks = [t for t in self.tasks if _has_task(self._store, t)]
+            self._store_tasks = [t for t in self.tasks if self._store.has_task(t)]
         if stem not in self._cache:
             self._cache[stem] = self._store.shard_targets(stem, self._store_tasks)
             if len(self._cache) > self.cache_shards:
@@ -45,14 +45,6 @@ class LabelJoiner:
                 rows[task].append(row)
         batch['targets'] = {t: _pack(r) for t, r in rows.items()}
         return batch
-
-
-def _has_task(store: LabelStore, task: str) -> bool:
-    try:
-        store.manifest(task)
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def _pack(rows: List) -> dict:
@@ -77,7 +69,7 @@ def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks
         return
     store = LabelStore(store_root, TaskRegistry.from_json(tasks_file))
     for name, task_cfg in tasks.items():
-        if not _has_task(store, name):
+        if not store.has_task(name):
             continue
         manifest = store.manifest(name)
         if manifest['num_classes'] != task_cfg.num_classes:

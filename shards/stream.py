@@ -10,7 +10,7 @@ import logging
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional
 
 import torch
 from braceexpand import braceexpand

@@ -8,7 +8,7 @@ import torch
 
 import pretrain.models  # noqa: F401  (registers RepLKNet with timm)
 
-from test_pretrain_run import metrics, overrides, tiny, torchrun  # noqa: F401  (the tiny fixture)
+from test_pretrain_run import overrides, tiny, torchrun  # noqa: F401, F811  (tiny: the shared fixture)
 
 pytestmark = pytest.mark.multiprocess
 

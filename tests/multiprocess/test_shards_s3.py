@@ -75,3 +75,13 @@ def test_endpoint_down_fails_in_bounded_time_with_a_clear_error(monkeypatch):
         ShardIndex.load('s3://nobucket', policy=policy)
     assert time.monotonic() - start < 15
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_plain_webdataset_reads_s3_shards_through_our_opener(image_tree, s3_prefix):
+    import webdataset as wds
+    prefix = f'{s3_prefix}/wds'
+    items, _ = imagefolder_items(str(image_tree), 'animals')
+    build(items, BuildOptions(prefix, 'zoo', samples_per_shard=10, progress=False))
+    storage.register_webdataset_opener()
+    samples = list(wds.WebDataset(f'{prefix}/zoo-{{000000..000001}}.tar', shardshuffle=False))
+    assert len(samples) == 18 and samples[0]['__key__'] == 'zoo/000000/000000'
