@@ -1,11 +1,14 @@
 """The labeling job end to end vs the bare teacher forward on the same batches.
 
-A tiny ViT (timm ``vit_tiny_patch16_224``, random weights from a local file) labels shards of
-photo-like 500x375 JPEGs. "bare" times only the teacher forward over the job's batches,
-preprocessed in advance; "job" is ``run_job`` with one DataLoader worker decoding while the
-main process infers, writing and committing parts. ratio = job / bare (goal >= 0.9).
+A ViT (timm ``vit_tiny_patch16_224`` by default; ``--model vit_large_patch16_224`` for the
+recipe's teacher; random weights from a local file) labels shards of photo-like 500x375 JPEGs.
+"bare" times only the teacher forward over the job's batches, preprocessed in advance and
+already on the device; "job" is ``run_job`` with DataLoader workers decoding while the main
+process infers, writing and committing parts. ratio = job / bare (goal >= 0.9).
 
     python bench/label_job.py --images 512
+    python bench/label_job.py --model vit_large_patch16_224 --device cuda --precision bf16 \
+        --images 2048 --batch-size 256 --workers 12 [--decode device]
 """
 from __future__ import annotations
 
@@ -39,12 +42,23 @@ def photo_like(path: Path, seed: int) -> Path:
     return path
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--images', type=int, default=512)
     ap.add_argument('--batch-size', type=int, default=32)
     ap.add_argument('--threads', type=int, default=1, help='torch threads for inference (both sides)')
+    ap.add_argument('--model', default='vit_tiny_patch16_224')
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'))
+    ap.add_argument('--workers', type=int, default=1, help='decode workers of the job')
+    ap.add_argument('--decode', default='workers', choices=('workers', 'device'))
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix='replk-jobbench-'))
     (tmp / 'img').mkdir()
@@ -54,32 +68,39 @@ def main(argv=None) -> dict:
     import timm
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    save_file(timm.create_model('vit_tiny_patch16_224', num_classes=1000).state_dict(), str(tmp / 'vit.safetensors'))
-    spec = TeacherSpec(kind='timm', model='vit_tiny_patch16_224', weights=str(tmp / 'vit.safetensors'))
+    save_file(timm.create_model(args.model, num_classes=1000).state_dict(), str(tmp / 'vit.safetensors'))
+    spec = TeacherSpec(kind='timm', model=args.model, weights=str(tmp / 'vit.safetensors'))
 
     # bare: the same preprocessing done in advance, then only the forward, batch by batch
     ensemble = Ensemble([load_teacher(spec, 1000)])
-    labeler = Labeler(ensemble, 10, torch.device('cpu'), 'fp32')
+    labeler = Labeler(ensemble, 10, device, args.precision)
     transform = ensemble.preprocess.transform()
     tensors = [transform(Image.open(it.path).convert('RGB')) for it in items]
-    batches = [torch.stack(tensors[i:i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]
+    batches = [torch.stack(tensors[i:i + args.batch_size]).to(device)
+               for i in range(0, len(tensors), args.batch_size)]
     labeler.probabilities(batches[0])  # warm-up
+    _sync(device)
     start = time.perf_counter()
     for b in batches:
         labeler.probabilities(b)
+    _sync(device)
     bare = len(items) / (time.perf_counter() - start)
 
     cfg = JobConfig(task='in1k', store=str(tmp / 'store'), sources=[SourceSpec('photos', str(tmp / 'shards'))],
-                    teachers=[spec], topk=10, batch_size=args.batch_size, workers=1, precision='fp32')
-    summary = run_job(cfg, progress=False)
+                    teachers=[spec], topk=10, batch_size=args.batch_size, workers=args.workers,
+                    precision=args.precision, decode=args.decode)
+    summary = run_job(cfg, device=device, progress=False)
     job = summary['images_per_s']
-    print(f'{args.images} photos 500x375, vit_tiny_patch16_224 at 224, batch {args.batch_size}, '
-          f'{args.threads} inference thread(s) + 1 decode worker')
+    print(f'{args.images} photos 500x375, {args.model} at 224 on {device} in {args.precision}, batch '
+          f'{args.batch_size}, {args.threads} inference thread(s) + {args.workers} decode worker(s), '
+          f'decode on {args.decode}')
     print(f'{"bare teacher forward":24} {bare:8.1f} images/s')
     print(f'{"labeling job":24} {job:8.1f} images/s')
     headline = dict(bench='label_job', metric='images/s', ours=round(job, 1), peer=round(bare, 1),
                     ratio=round(job / bare, 3),
-                    config=dict(images=args.images, batch_size=args.batch_size, threads=args.threads))
+                    config=dict(images=args.images, batch_size=args.batch_size, threads=args.threads,
+                                model=args.model, device=str(device), precision=args.precision,
+                                workers=args.workers, decode=args.decode))
     print(json.dumps(headline))
     return headline
 

@@ -38,6 +38,8 @@ def _run(args) -> int:
     job_index, num_jobs = args.job_index * world + rank, args.num_jobs * world
     device = torch.device(args.device) if args.device else (
         torch.device('cuda', local) if torch.cuda.is_available() else torch.device('cpu'))
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)  # else every process opens a context (and allocates) on GPU 0
     summary = run_job(cfg, job_index, num_jobs, device, progress=not args.no_progress)
     print(json.dumps(summary))
     return 0

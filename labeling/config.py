@@ -12,6 +12,10 @@ from shards.typed import build
 from .teachers import TeacherSpec
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
+# workers: JPEGs decoded by Pillow in DataLoader workers at the reduced DCT scale the teacher needs.
+# device: workers only read the tar; JPEGs are decoded in batches by torchvision on the labeling
+# device (nvJPEG on a GPU), then resized and cropped there: for when CPU workers cannot keep up.
+DECODES = ('workers', 'device')
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,9 @@ class JobConfig:
     topk: int = 10
     batch_size: int = 64
     workers: int = 4
-    precision: str = 'bf16'                      # autocast dtype on GPU; CPU runs in fp32
+    precision: str = 'bf16'                      # autocast dtype of the teacher forward (any device)
+    decode: str = 'workers'                      # workers: Pillow in DataLoader workers | device: nvJPEG
+    compile: Optional[str] = None                # a torch.compile backend for the teachers, e.g. "inductor"
     tasks_file: Optional[str] = None             # user tasks, see labeling/tasks.py
     description: str = ''
     launch: str = ''                             # how to run it (documentation only)
@@ -33,6 +39,8 @@ class JobConfig:
             raise ValueError(f'topk: must be >= 1, got {self.topk}')
         if self.batch_size < 1 or self.workers < 0:
             raise ValueError('batch_size must be >= 1 and workers >= 0')
+        if self.decode not in DECODES:
+            raise ValueError(f'decode: {self.decode!r} is not one of {DECODES}')
         if self.precision not in PRECISIONS:
             raise ValueError(f'precision: {self.precision!r} is not one of {PRECISIONS}')
         if not self.sources or not self.teachers:

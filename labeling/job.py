@@ -9,20 +9,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from shards import storage
-from shards.images import BadImage, decode_rgb
+from shards.images import BadImage, decode_rgb, is_plain_jpeg
 from shards.stream import ResolvedSource, resolve_source, tar_samples
 
 from .config import JobConfig
 from .store import LabelStore, Row
 from .tasks import TaskRegistry
-from .teachers import Ensemble, load_teacher
+from .device_decode import decode_batch
+from .teachers import Ensemble, Preprocess, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,17 @@ def assign_shards(stems: Sequence[str], job_index: int, num_jobs: int) -> List[s
 
 
 class ShardBatches(IterableDataset):
-    """Per worker, whole shards: batches of (uint8 images, keys, human labels), one shard each."""
+    """Per worker, whole shards: batches of (images, keys, human labels), one shard each.
 
-    def __init__(self, shards: List[tuple], task: str, transform, batch_size: int, retry):
+    ``decode='workers'``: each image is decoded here at the reduced JPEG scale the teacher needs
+    and preprocessed to a uint8 tensor. ``decode='device'``: plain JPEGs stay bytes, decoded in
+    batches on the labeling device (labeling/device_decode.py); other images are decoded here."""
+
+    def __init__(self, shards: List[tuple], task: str, preprocess: Preprocess, batch_size: int, retry,
+                 decode: str = 'workers'):
         super().__init__()
-        self.shards, self.task, self.transform, self.batch_size, self.retry = shards, task, transform, batch_size, retry
+        self.shards, self.task, self.batch_size, self.retry = shards, task, batch_size, retry
+        self.preprocess, self.transform, self.decode = preprocess, preprocess.transform(), decode
 
     def __iter__(self):
         info = get_worker_info()
@@ -61,7 +68,10 @@ class ShardBatches(IterableDataset):
         try:
             if ext is None:
                 raise BadImage('no image part')
-            return sample['__key__'], self.transform(decode_rgb(sample[ext])), int(label)
+            if self.decode == 'device' and is_plain_jpeg(sample[ext]):
+                return sample['__key__'], sample[ext], int(label)
+            image = decode_rgb(sample[ext], min_side=self.preprocess.min_decode_side())
+            return sample['__key__'], self.transform(image), int(label)
         except BadImage as exc:
             log.warning('%s: %s (left unlabeled)', sample['__key__'], exc)
             return sample['__key__'], None, int(label)
@@ -69,31 +79,42 @@ class ShardBatches(IterableDataset):
     @staticmethod
     def _collate(stem, batch, last):
         good = [b for b in batch if b[1] is not None]
-        images = torch.stack([b[1] for b in good]) if good else None
-        return dict(stem=stem, last=last, keys=[b[0] for b in good], images=images,
+        payloads = [b[1] for b in good]
+        if payloads and all(torch.is_tensor(p) for p in payloads):
+            payloads = torch.stack(payloads)
+        return dict(stem=stem, last=last, keys=[b[0] for b in good], images=payloads if good else None,
                     human=[b[2] for b in good], failed=[b[0] for b in batch if b[1] is None])
 
 
 class Labeler:
-    """Runs a teacher ensemble over batches and turns probabilities into store rows."""
+    """Runs a teacher ensemble over batches and turns probabilities into store rows.
 
-    def __init__(self, ensemble: Ensemble, topk: int, device: torch.device, precision: str):
-        self.ensemble, self.topk, self.device = ensemble.to(device), topk, device
+    The same on every device: autocast in ``precision``, channels-last inputs (CPUs have both);
+    ``compile`` names a torch.compile backend for the ensemble."""
+
+    def __init__(self, ensemble: Ensemble, topk: int, device: torch.device, precision: str,
+                 compile: Optional[str] = None):
+        self.topk, self.device, self.preprocess = topk, device, ensemble.preprocess
+        self.ensemble = ensemble.to(device)
+        self.forward = torch.compile(self.ensemble, backend=compile) if compile else self.ensemble
         pre = ensemble.preprocess
         self.mean = torch.tensor([m * 255 for m in pre.mean], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor([s * 255 for s in pre.std], device=device).view(1, 3, 1, 1)
-        self.autocast = dict(device_type=device.type, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision),
-                             enabled=device.type == 'cuda' and precision != 'fp32')
-        if device.type == 'cuda':
-            self.ensemble.to(memory_format=torch.channels_last)
+        self.autocast = dict(device_type=device.type, enabled=precision != 'fp32',
+                             dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision, torch.bfloat16))
+
+    def images(self, payloads) -> Tuple[Optional[torch.Tensor], List[int]]:
+        """A worker-decoded uint8 batch as is, or JPEG bytes decoded on the device."""
+        if torch.is_tensor(payloads):
+            return payloads, []
+        return decode_batch(payloads, self.preprocess, self.device)
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.to(self.device, non_blocking=True).float() - self.mean) / self.std
-        if self.device.type == 'cuda':
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(**self.autocast):
-            return self.ensemble(x).float()
+            return self.forward(x).float()
 
     def rows(self, keys, human, probs: torch.Tensor) -> List[Row]:
         k = min(self.topk, probs.shape[1])
@@ -105,6 +126,24 @@ class Labeler:
             else:
                 out.append(Row(key, i, p, 'pseudo'))
         return out
+
+
+def label_batch(labeler: Labeler, batch: dict) -> Tuple[List[Row], List[str]]:
+    """Rows for a batch's readable images, and the keys of the unreadable ones."""
+    failed_keys = list(batch['failed'])
+    if batch['images'] is None:
+        return [], failed_keys
+    images, failed = labeler.images(batch['images'])
+    for i in failed:
+        log.warning('%s: not decodable on %s nor by Pillow (left unlabeled)', batch['keys'][i], labeler.device)
+    bad = set(failed)
+    keep = [i for i in range(len(batch['keys'])) if i not in bad]
+    failed_keys += [batch['keys'][i] for i in failed]
+    if images is None:
+        return [], failed_keys
+    rows = labeler.rows([batch['keys'][i] for i in keep], [batch['human'][i] for i in keep],
+                        labeler.probabilities(images))
+    return rows, failed_keys
 
 
 def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch.device = torch.device('cpu'),
@@ -126,27 +165,26 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
     if not todo:
         store.refresh_manifest(cfg.task)
         return summary
-    data = ShardBatches([(s, shard_urls[s][0]) for s in todo], cfg.task, ensemble.preprocess.transform(),
-                        cfg.batch_size, store.retry)
+    data = ShardBatches([(s, shard_urls[s][0]) for s in todo], cfg.task, ensemble.preprocess,
+                        cfg.batch_size, store.retry, decode=cfg.decode)
     loader = DataLoader(data, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == 'cuda',
                         multiprocessing_context=storage.worker_start_method(
                             [shard_urls[s][0] for s in todo] + [cfg.store]) if cfg.workers else None)
-    labeler = Labeler(ensemble, cfg.topk, device, cfg.precision)
+    labeler = Labeler(ensemble, cfg.topk, device, cfg.precision, cfg.compile)
     pending: Dict[str, List[Row]] = {}
     bar = tqdm(total=sum(shard_urls[s][1] for s in todo), unit='img', disable=not progress,
                desc=f'label {cfg.task} job {job_index}/{num_jobs}')
     start = time.monotonic()
     for batch in loader:
-        rows = pending.setdefault(batch['stem'], [])
-        if batch['images'] is not None:
-            rows += labeler.rows(batch['keys'], batch['human'], labeler.probabilities(batch['images']))
-        summary['unreadable'] += len(batch['failed'])
-        bar.update(len(batch['keys']) + len(batch['failed']))
+        rows, failed = label_batch(labeler, batch)
+        pending.setdefault(batch['stem'], []).extend(rows)
+        summary['unreadable'] += len(failed)
+        summary['images'] += len(rows)
+        bar.update(len(rows) + len(failed))
         if batch['last']:
             store.write_part(cfg.task, batch['stem'], pending.pop(batch['stem']), kind='teacher')
             summary['committed'] += 1
             store.refresh_manifest(cfg.task, force=False)
-        summary['images'] += len(batch['keys'])
     bar.close()
     store.refresh_manifest(cfg.task)
     summary['images_per_s'] = summary['images'] / max(time.monotonic() - start, 1e-9)

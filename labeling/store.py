@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards import storage
+from shards.safe_files import check_name
 
 from .tasks import Task, TaskRegistry
 
@@ -117,13 +118,13 @@ class LabelStore:
 
     # --- paths ----------------------------------------------------------------------------
     def _task_dir(self, task: str) -> str:
-        return f'{self.root}/labels/{task}'
+        return f'{self.root}/labels/{check_name(task, "task name")}'
 
     def _manifest_url(self, task: str) -> str:
         return f'{self._task_dir(task)}/_task.json'
 
     def _commit_url(self, task: str, stem: str) -> str:
-        return f'{self._task_dir(task)}/_commits/{stem}.json'
+        return f'{self._task_dir(task)}/_commits/{check_name(stem, "shard stem")}.json'
 
     # --- the task header ------------------------------------------------------------------
     def open_task(self, task_name: str, teacher: Optional[dict] = None, topk: Optional[int] = None) -> Task:
@@ -185,6 +186,7 @@ class LabelStore:
     def write_part(self, task_name: str, stem: str, rows: Iterable[Row], kind: str) -> dict:
         """Validate, write the part whole, then its commit record. ``kind``: "teacher" or "human"."""
         task = self.registry.get(task_name)
+        check_name(stem, 'shard stem')  # it becomes part of two file names
         table = rows_to_table(rows)
         cols = table.to_pydict()
         validate_rows(task, stem, cols['key'], cols['idx'], cols['prob'], cols['source'])
@@ -228,7 +230,7 @@ class LabelStore:
         record = manifest['parts'].get(stem)
         if record is None:
             return None
-        url = f'{self._task_dir(task_name)}/{record["file"]}'
+        url = f'{self._task_dir(task_name)}/{check_name(record["file"], f"part file of {stem} in _task.json")}'
         data = storage.read_bytes(url, self.retry)
         if hashlib.sha256(data).hexdigest() != record['sha256']:
             raise LabelError(f'task {task_name!r}, shard {stem}: part {record["file"]} does not match the '

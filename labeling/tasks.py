@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from shards.safe_files import check_name
+
 
 @dataclass(frozen=True)
 class Task:
@@ -79,6 +81,7 @@ class TaskRegistry:
             return registry
         doc = json.loads(Path(path).read_text())
         for name, spec in doc.items():
+            check_name(name, f'{path}: task')
             if isinstance(spec, list):
                 names = tuple(str(x) for x in spec)
             elif isinstance(spec, dict) and isinstance(spec.get('num_classes'), int):

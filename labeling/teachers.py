@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
+from shards.safe_files import load_torch_file
+
 KINDS = ('timm', 'transformers')
 
 
@@ -26,6 +28,8 @@ class TeacherSpec:
     weights: Optional[str] = None     # timm: a local .safetensors/.pth/.bin file, or "hub"
     temperature: float = 1.0
     model_kwargs: dict = field(default_factory=dict)
+    trust_pickle: bool = False        # timm .pth/.bin: allow code execution when unpickling (trusted files only)
+    trust_remote_code: bool = False   # transformers: run the model repository's own Python code
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -34,6 +38,9 @@ class TeacherSpec:
             raise ValueError(f'teacher temperature must be > 0, got {self.temperature}')
         if self.kind == 'timm' and not self.weights:
             raise ValueError(f'timm teacher {self.model!r} needs "weights": a local file or "hub"')
+        if 'trust_remote_code' in self.model_kwargs:
+            raise ValueError(f'teacher {self.model!r}: set "trust_remote_code": true on the teacher itself, '
+                             'not inside model_kwargs (it runs code from the model repository)')
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,11 @@ class Preprocess:
     interpolation: str
     mean: tuple
     std: tuple
+
+    def min_decode_side(self) -> int:
+        """The shorter side a decoded image needs so that resizing never upsamples what a full
+        decode would have downsampled (JPEG draft mode may decode at 1/2, 1/4, 1/8 scale)."""
+        return self.resize if isinstance(self.resize, int) else max(self.resize)
 
     def transform(self):
         """PIL -> uint8 CHW tensor; normalization happens on the device."""
@@ -77,6 +89,24 @@ class Teacher(nn.Module):
         return F.softmax(out.float() / self.spec.temperature, dim=-1)
 
 
+def read_timm_weights(path: str, trust_pickle: bool = False) -> dict:
+    """A state dict from .safetensors, or from a torch file loaded without code execution (unless
+    trusted), unwrapped from the usual ``state_dict``/``model`` containers."""
+    from timm.models import clean_state_dict
+
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path)
+    state = load_torch_file(path, trust_pickle)
+    while isinstance(state, dict) and not all(torch.is_tensor(v) for v in state.values()):
+        inner = next((state[k] for k in ('state_dict', 'model')  # timm's load_checkpoint order
+                      if isinstance(state.get(k), dict)), None)
+        if inner is None:
+            raise ValueError(f'{path}: no state dict of tensors inside (keys {sorted(state)[:8]})')
+        state = inner
+    return clean_state_dict(state)
+
+
 def _timm_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
     import timm
     from timm.data import resolve_data_config
@@ -88,7 +118,7 @@ def _timm_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
         if not os.path.isfile(spec.weights):
             raise FileNotFoundError(f'teacher weights {spec.weights} not found')
         model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **spec.model_kwargs)
-        timm.models.load_checkpoint(model, spec.weights, strict=True)
+        model.load_state_dict(read_timm_weights(spec.weights, spec.trust_pickle), strict=True)
         digest = file_sha256(spec.weights)
     cfg = resolve_data_config({}, model=model)
     h, w = cfg['input_size'][1:]
@@ -102,10 +132,11 @@ def _timm_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
 def _hf_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    model = AutoModelForImageClassification.from_pretrained(spec.model, **spec.model_kwargs)
+    model = AutoModelForImageClassification.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code,
+                                                            **spec.model_kwargs)
     if model.config.num_labels != num_classes:
         raise ValueError(f'teacher {spec.model} predicts {model.config.num_labels} classes, the task has {num_classes}')
-    proc = AutoImageProcessor.from_pretrained(spec.model)
+    proc = AutoImageProcessor.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
     size = proc.size
     h, w = (size['height'], size['width']) if 'height' in size else (size['shortest_edge'],) * 2
     resample = {0: 'nearest', 2: 'bilinear', 3: 'bicubic'}.get(int(getattr(proc, 'resample', 2)), 'bilinear')

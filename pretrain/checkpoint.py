@@ -16,9 +16,11 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from shards.safe_files import check_checkpoint_folder, load_torch_file
+
 log = logging.getLogger(__name__)
 MARKER = 'COMMITTED'
-STATE_VERSION = 1
+STATE_VERSION = 2   # 2: RNG states as tensors and plain data (loadable without unpickling numpy)
 
 
 def ckpt_root(run_dir: str) -> Path:
@@ -101,6 +103,7 @@ def load(engine, run_dir: str, tag: str, rank: int, world_size: int, universal: 
         raise ValueError(f'{folder} was written by world size {marker["world_size"]}, this run has {world_size}. '
                          'Convert it with DeepSpeed\'s ds_to_universal and set checkpoint.universal=true to '
                          're-partition, or launch with the same world size')
+    check_checkpoint_folder(folder)  # DeepSpeed unpickles fully: only tensors, plain data, its own classes
     _, client_state = engine.load_checkpoint(str(ckpt_root(run_dir)), tag=tag)
     if client_state is None:
         raise RuntimeError(f'{folder}: DeepSpeed could not load the checkpoint')
@@ -108,13 +111,13 @@ def load(engine, run_dir: str, tag: str, rank: int, world_size: int, universal: 
     same_world = marker['world_size'] == world_size
     data_state = json.loads(data_file.read_text()) if same_world and data_file.is_file() else None
     if same_world and (folder / f'rng_rank{rank}.pt').is_file():
-        set_rng_states(torch.load(folder / f'rng_rank{rank}.pt', weights_only=False))
+        set_rng_states(load_torch_file(folder / f'rng_rank{rank}.pt'))
     return client_state, data_state
 
 
 def load_rank0_tensors(run_dir: str, tag: str, name: str) -> Optional[dict]:
     path = ckpt_root(run_dir) / tag / f'{name}.pt'
-    return torch.load(path, map_location='cpu', weights_only=True) if path.is_file() else None
+    return load_torch_file(path) if path.is_file() else None
 
 
 def rng_states() -> dict:
@@ -122,8 +125,10 @@ def rng_states() -> dict:
     import random
 
     import numpy as np
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    # Tensors and plain data only, so that loading never needs to unpickle numpy objects.
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(python=random.getstate(), numpy=(kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
 
 
 def set_rng_states(states: dict) -> None:
@@ -131,7 +136,8 @@ def set_rng_states(states: dict) -> None:
 
     import numpy as np
     random.setstate(states['python'])
-    np.random.set_state(states['numpy'])
+    kind, keys, pos, has_gauss, gauss = states['numpy']
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(states['torch'])
     if states.get('cuda') is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states['cuda'])

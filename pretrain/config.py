@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 
+from shards.safe_files import check_name
 from shards.typed import ConfigError, build  # noqa: F401  (re-exported: the loaders share one builder)
 
 
@@ -21,8 +22,8 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     kwargs: Dict[str, Any] = field(default_factory=dict)    # extra timm.create_model arguments
     grad_checkpointing: bool = False
-    channels_last: bool = True                # on GPU
-    sync_bn: bool = True                      # convert BN to SyncBN when several GPUs train
+    channels_last: bool = True                # inputs (not parameters) in channels-last, on every device
+    sync_bn: str = 'none'                     # none | node | global: BN statistics over this rank, its node, all ranks
 
 
 @dataclass
@@ -101,6 +102,7 @@ class InitConfig:
     file (ours, consolidated fp32, or an official RepLKNet release) or a .safetensors file."""
     checkpoint: str
     tag: Optional[str] = None                 # run folder: this step-N instead of the newest committed
+    trust_pickle: bool = False                # allow code execution when unpickling it (trusted files only)
 
 
 @dataclass
@@ -179,6 +181,7 @@ CHOICES = {
     ('optim', 'name'): ('adamw', 'sgd'),
     ('optim', 'layer_decay_granularity'): ('stage', 'block'),
     ('data', 'few_shards'): ('error', 'share'),
+    ('model', 'sync_bn'): ('none', 'node', 'global'),
 }
 
 
@@ -191,6 +194,10 @@ def check_static(cfg: RunConfig) -> None:
     if not cfg.tasks:
         raise ConfigError('tasks: name at least one task (one head each)')
     for name, task in cfg.tasks.items():
+        try:
+            check_name(name, 'tasks: task name')
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if task.num_classes < 1:
             raise ConfigError(f'tasks.{name}.num_classes: must be >= 1')
     if cfg.train.micro_batch < 1 or cfg.train.grad_accum < 1:
@@ -204,10 +211,23 @@ def check_static(cfg: RunConfig) -> None:
         raise ConfigError('train.ema_decay: EMA needs the full weights on every rank: use ZeRO stage 1 or 2')
     if cfg.optim.layer_decay is not None and not 0 < cfg.optim.layer_decay <= 1:
         raise ConfigError(f'optim.layer_decay: {cfg.optim.layer_decay} is not in (0, 1]')
+    check_precision_sections(cfg.deepspeed, cfg.train.precision)
     for key in ('optimizer', 'scheduler'):
         if key in cfg.deepspeed:
             raise ConfigError(f'deepspeed.{key}: the optimizer and schedule come from the optim and schedule '
                               'sections (stage-wise lr ratios need our own schedule)')
+
+
+def check_precision_sections(ds: dict, precision: str) -> None:
+    """Mixed precision has one source, train.precision (see pretrain/ds_config.py)."""
+    for key in ('bf16', 'fp16', 'amp'):
+        if ds.get(key, {}).get('enabled'):
+            raise ConfigError(f'deepspeed.{key}: mixed precision comes from train.precision (torch autocast, '
+                              'parameters and BatchNorm in fp32); remove this section')
+    user = ds.get('torch_autocast')
+    if user is not None and bool(user.get('enabled')) != (precision == 'bf16'):
+        raise ConfigError(f'deepspeed.torch_autocast.enabled={user.get("enabled")} contradicts '
+                          f'train.precision={precision!r}; remove the section or make them agree')
 
 
 def check_launch(cfg: RunConfig, world_size: int) -> None:

@@ -19,6 +19,8 @@ class DistEnv:
     rank: int
     world_size: int
     local_rank: int
+    local_world_size: Optional[int] = None   # processes on this node, when the launcher says
+
 
     @property
     def is_main(self) -> bool:
@@ -41,7 +43,12 @@ def read_dist_env(environ: Mapping[str, str] = os.environ,
     local_rank = get('LOCAL_RANK', local_rank_arg if local_rank_arg is not None else 0)
     if not 0 <= rank < world_size:
         raise ValueError(f'RANK={rank} is outside WORLD_SIZE={world_size}')
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank)
+    # torchrun: LOCAL_WORLD_SIZE; the deepspeed launcher: LOCAL_SIZE; Slurm: SLURM_NTASKS_PER_NODE.
+    local_world_size = next((get(k, 0) for k in ('LOCAL_WORLD_SIZE', 'LOCAL_SIZE', 'SLURM_NTASKS_PER_NODE')
+                             if environ.get(k)), None)
+    if world_size == 1:
+        local_world_size = 1
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, local_world_size=local_world_size)
 
 
 def _free_port() -> int:

@@ -1,9 +1,8 @@
 """The training engine shared by pretraining and fine-tuning: model, data, DeepSpeed, the step."""
 from __future__ import annotations
 
-import copy
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import timm
@@ -19,7 +18,9 @@ from shards.plan import seed_global_rngs
 from shards.stream import SourceSpec, StreamConfig
 from shards.transforms import DeviceNormalize, TransformConfig, eval_transform, train_transform
 
+from .batchnorm import apply_sync_bn, average_running_stats
 from .config import RunConfig
+from .ds_config import deepspeed_config  # noqa: F401  (re-exported for benches)
 from .distributed import DistEnv
 from .labels import LabelJoiner
 from .loss import dense_targets, multitask_loss
@@ -71,17 +72,6 @@ def build_optimizer(cfg: RunConfig, groups: List[dict]) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
-def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
-    ds = copy.deepcopy(cfg.deepspeed)
-    ds.update(train_micro_batch_size_per_gpu=cfg.train.micro_batch,
-              gradient_accumulation_steps=cfg.train.grad_accum,
-              train_batch_size=cfg.train.micro_batch * cfg.train.grad_accum * world_size)
-    ds.setdefault('steps_per_print', 10 ** 9)
-    if cfg.checkpoint.universal:
-        ds.setdefault('checkpoint', {})['load_universal'] = True
-    return ds
-
-
 def transform_config(cfg: RunConfig) -> TransformConfig:
     d = cfg.data
     return TransformConfig(image_size=d.image_size, mean=d.mean, std=d.std, auto_augment=d.auto_augment,
@@ -119,7 +109,8 @@ class Trainer:
         if cfg.init is not None:
             from .weights import load_initial_weights
             self.init_report = load_initial_weights(model, cfg.init.checkpoint,
-                                                    {t: c.num_classes for t, c in cfg.tasks.items()}, cfg.init.tag)
+                                                    {t: c.num_classes for t, c in cfg.tasks.items()}, cfg.init.tag,
+                                                    cfg.init.trust_pickle)
             if env.is_main:
                 print(f'starting weights: {self.init_report["loaded"]} tensors from {cfg.init.checkpoint}; '
                       f'new: {self.init_report["new"] or "none"}; dropped: {self.init_report["dropped"] or "none"}',
@@ -127,10 +118,12 @@ class Trainer:
         if groups is None:
             groups = self._param_groups(model)
         if device.type == 'cuda':
-            if env.world_size > 1 and cfg.model.sync_bn:
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            if cfg.model.channels_last:
-                model = model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # input shapes are fixed: pick each conv's algorithm once
+        # Parameters stay contiguous: DeepSpeed's initial broadcast views each one as bytes, which a
+        # channels-last conv weight refuses. Channels-last *inputs* are enough: cuDNN and the CPU
+        # kernels follow the input's layout, and RepLKNet's depthwise and 1x1 weights have one
+        # layout under both formats, so only the stem and downsample weights are converted per call.
+        model = apply_sync_bn(model, cfg.model.sync_bn, device, env.rank, env.world_size, env.local_world_size)
         self.loader = build_loader(cfg, env)
         self.steps_per_epoch = max(1, len(self.loader) // cfg.train.grad_accum)
         total = int(cfg.schedule.epochs * self.steps_per_epoch)
@@ -152,6 +145,7 @@ class Trainer:
         self.smoothing = {t: c.label_smoothing for t, c in cfg.tasks.items()}
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        self._pending_norm = None   # (step, grad norm): checked at the next host sync
 
     def _param_groups(self, model: nn.Module) -> List[dict]:
         o = self.cfg.optim
@@ -165,30 +159,35 @@ class Trainer:
     def step(self) -> int:
         return self.engine.global_steps
 
+    def device_images(self, images: torch.Tensor) -> torch.Tensor:
+        return to_model_input(self.normalize(images), self.cfg)
+
     def device_targets(self, targets: Dict[str, dict]) -> Dict[str, dict]:
         out = {}
         for task, t in targets.items():
             n = self.cfg.tasks[task].num_classes
-            out[task] = dict(target=dense_targets(t['idx'].to(self.device), t['prob'].to(self.device), n),
-                             mask=t['mask'].to(self.device), human=t['human'].to(self.device))
+            idx, prob = (t[k].to(self.device, non_blocking=True) for k in ('idx', 'prob'))
+            out[task] = dict(target=dense_targets(idx, prob, n), mask=t['mask'].to(self.device, non_blocking=True),
+                             human=t['human'].to(self.device, non_blocking=True))
         return out
 
-    def micro_step(self, batch: dict) -> Optional[Dict[str, float]]:
+    def micro_step(self, batch: dict) -> Optional[Dict[str, object]]:
         """Forward, backward and (at the accumulation boundary) the optimizer step.
 
-        A non-finite loss on any rank skips the micro-step on every rank; after
-        ``train.max_nonfinite_steps`` in a row the run stops.
+        The engine runs the forward in the configured precision (its ``torch_autocast`` section).
+        One host sync per micro-step: a flag all-reduced between forward and backward, so that a
+        non-finite loss on any rank skips the micro-step on every rank before its backward can
+        poison accumulated gradients; after ``train.max_nonfinite_steps`` in a row the run stops.
+        The same flag carries the previous optimizer step's gradient-norm check. Metrics come
+        back as device tensors; :func:`materialize` turns them into numbers at logging steps.
         """
-        images = self.normalize(batch['image'])
-        if self.device.type == 'cuda' and self.cfg.model.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = self.device_images(batch['image'])
         targets = self.device_targets(batch['targets'])
         if self.mixup.enabled:
             images, targets = self.mixup(images, targets, np.random)  # global: saved in checkpoints
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == 'bf16'):
-            logits = self.engine(images)
+        logits = self.engine(images)
         loss, per_task = multitask_loss(logits, targets, self.weights, self.smoothing)
-        if not self._finite_everywhere(loss):
+        if self._nonfinite_loss_anywhere(loss):
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1
             log.warning('non-finite loss at step %d on some rank: micro-step skipped on every rank (%d in a row)',
@@ -201,32 +200,56 @@ class Trainer:
         self.engine.backward(loss)
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
-        if boundary and self.ema is not None:
-            self.ema.update(self.engine.module, step=self.step)
         if boundary:
-            norm = self.engine.get_global_grad_norm()
-            if norm is not None and not np.isfinite(float(norm)):
-                raise FloatingPointError(f'non-finite gradient norm at step {self.step}: the update may already be '
-                                         'applied; resume from the last checkpoint')
-        metrics = {'loss': loss.item(), **{f'loss/{t}': v.item() for t, v in per_task.items()}}
+            if self.ema is not None:
+                self.ema.update(self.engine.module, step=self.step)
+            self._pending_norm = (self.step, self.engine.get_global_grad_norm())
+        metrics = {'loss': loss.detach(), **{f'loss/{t}': v.detach() for t, v in per_task.items()}}
         metrics['lr'] = self.scheduler.get_last_lr()[0]
         metrics['skipped_steps'] = self.engine.skipped_steps  # DeepSpeed's own (fp16 overflow), never silent
         metrics['nonfinite_total'] = self.nonfinite_total
         return metrics
 
-    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
-        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
+    def _nonfinite_loss_anywhere(self, loss: torch.Tensor) -> bool:
+        """The micro-step's one host sync: [loss non-finite, last grad norm non-finite], max over ranks."""
+        flags = torch.stack([(~torch.isfinite(loss.detach())).float(), self._pending_norm_flag()])
         if dist.is_initialized():
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        return bad.item() == 0.0
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        bad_loss, bad_norm = flags.tolist()
+        if bad_norm:
+            self._raise_nonfinite_norm()
+        self._pending_norm = None
+        return bool(bad_loss)
+
+    def _pending_norm_flag(self) -> torch.Tensor:
+        norm = None if self._pending_norm is None else self._pending_norm[1]
+        if norm is None:
+            return torch.zeros((), device=self.device)
+        return (~torch.isfinite(torch.as_tensor(norm, dtype=torch.float32))).float().to(self.device)
+
+    def _raise_nonfinite_norm(self):
+        raise FloatingPointError(f'non-finite gradient norm at step {self._pending_norm[0]}: the update may already '
+                                 'be applied; resume from the last checkpoint')
+
+    def check_last_step(self) -> None:
+        """The gradient-norm check of the newest step, which no later micro-step has made yet."""
+        if self._pending_norm is not None and self._pending_norm_flag().item():
+            self._raise_nonfinite_norm()
+        self._pending_norm = None
 
     def evaluate_all(self, max_batches: Optional[int] = None) -> Dict[str, float]:
         """The raw weights, and the EMA weights beside them when there are any."""
+        self.sync_running_stats()
         out = self.evaluate(max_batches)
         if self.ema is not None:
+            average_running_stats(self.ema.module)
             out.update({k.replace('val/', 'val_ema/', 1): v
                         for k, v in self.evaluate(max_batches, model=self.ema.module).items()})
         return out
+
+    def sync_running_stats(self) -> None:
+        """Every rank's BN running statistics averaged: what is evaluated and saved is one model."""
+        average_running_stats(self.engine.module)
 
     @torch.no_grad()
     def evaluate(self, max_batches: Optional[int] = None, model: Optional[nn.Module] = None) -> Dict[str, float]:
@@ -237,29 +260,60 @@ class Trainer:
         return evaluate_model(net, self.cfg, self.env, self.device, max_batches)
 
 
-def eval_loader(cfg: RunConfig, env: DistEnv) -> DataLoader:
+def to_model_input(images: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
+    """The memory format the model trains in, for training and evaluation alike."""
+    return images.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else images
+
+
+def eval_loader(cfg: RunConfig, env: DistEnv, device: torch.device) -> DataLoader:
     """Every validation sample once, with the eval transform (resize, center crop) and the label join."""
     joiner = LabelJoiner({t: c.num_classes for t, c in cfg.tasks.items()}, cfg.data.label_store, cfg.data.tasks_file)
     data = EvalShards([SourceSpec(s.name, s.url) for s in cfg.data.val_sources], eval_transform(transform_config(cfg)),
                       env.rank, env.world_size, cfg.train.micro_batch, batch_transform=joiner)
     from shards.storage import worker_start_method
     urls = [s.url for s in cfg.data.val_sources] + ([cfg.data.label_store] if cfg.data.label_store else [])
-    return DataLoader(data, batch_size=None, num_workers=cfg.data.workers,
+    return DataLoader(data, batch_size=None, num_workers=cfg.data.workers, pin_memory=device.type == 'cuda',
                       multiprocessing_context=worker_start_method(urls) if cfg.data.workers else None)
+
+
+def lockstep(batches: Iterable, device: torch.device, max_batches: Optional[int] = None) -> Iterator[Optional[dict]]:
+    """Batches until *every* rank is out of them; a rank that ran out gets ``None`` meanwhile.
+
+    Ranks hold different numbers of evaluation batches, and a ZeRO-3 forward is collective (it
+    gathers each layer's parameters from all ranks): a rank that stopped early would leave the
+    others waiting forever. One tiny all-reduce per batch keeps the ranks' forwards matched."""
+    distributed = dist.is_initialized() and dist.get_world_size() > 1
+    it = iter(batches)
+    count = 0
+    while max_batches is None or count < max_batches:
+        batch = next(it, None)
+        if distributed:
+            more = torch.tensor([0.0 if batch is None else 1.0], device=device)
+            dist.all_reduce(more, op=dist.ReduceOp.MAX)
+            if more.item() == 0.0:
+                return
+        elif batch is None:
+            return
+        yield batch
+        count += 1
 
 
 @torch.no_grad()
 def evaluate_model(net: nn.Module, cfg: RunConfig, env: DistEnv, device: torch.device,
                    max_batches: Optional[int] = None) -> Dict[str, float]:
+    """In the training precision and memory format; a DeepSpeed engine applies its own autocast
+    section (derived from the same ``train.precision``), a bare module gets the same autocast here."""
     normalize = DeviceNormalize(transform_config(cfg), device, train=False)
     counts = {t: torch.zeros(3, device=device, dtype=torch.float64) for t in cfg.tasks}  # n, top1, top5
+    standin = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size, device=device)
     was_training = net.training
     net.eval()
-    for i, batch in enumerate(eval_loader(cfg, env)):
-        if max_batches is not None and i >= max_batches:
-            break
+    for batch in lockstep(eval_loader(cfg, env, device), device, max_batches):
+        images = standin if batch is None else normalize(batch['image'])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == 'bf16'):
-            logits = net(normalize(batch['image']))
+            logits = net(to_model_input(images, cfg))
+        if batch is None:
+            continue  # this rank ran out: its forward only kept a collective forward matched
         for task, t in batch['targets'].items():
             mask = t['mask'].to(device) & t['human'].to(device)  # accuracy against human labels
             label = t['idx'][:, 0].to(device)
@@ -276,3 +330,4 @@ def evaluate_model(net: nn.Module, cfg: RunConfig, env: DistEnv, device: torch.d
             out[f'val/{task}/top5'] = (c[2] / c[0]).item()
             out[f'val/{task}/images'] = int(c[0].item())
     return out
+

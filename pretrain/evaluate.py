@@ -59,6 +59,7 @@ def main(argv=None) -> dict:
     p.add_argument('--batch-size', type=int, default=64); p.add_argument('--workers', type=int, default=4)
     p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16'))
     p.add_argument('--ema', action='store_true', help='run folder: evaluate the EMA weights')
+    p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
     p.add_argument('--local_rank', '--local-rank', type=int, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -75,7 +76,7 @@ def main(argv=None) -> dict:
     if args.ema:
         load_ema_weights(model, args.checkpoint, args.tag)
     else:
-        load_initial_weights(model, args.checkpoint, tasks, args.tag)
+        load_initial_weights(model, args.checkpoint, tasks, args.tag, args.trust_pickle)
     env, device = init_distributed(args.local_rank)
     result = evaluate_model(model.to(device), cfg, env, device)
     result.update(size=cfg.data.image_size, crop_pct=cfg.data.val_crop_pct, checkpoint=args.checkpoint)

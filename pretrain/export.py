@@ -47,7 +47,7 @@ def single_task_model(cfg: RunConfig, task: str, state: dict):
     return model.eval(), n
 
 
-def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False) -> dict:
+def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False, trust_pickle: bool = False) -> dict:
     from safetensors.torch import save_file
 
     from .weights import consolidate_run
@@ -55,7 +55,7 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
 
     cfg = build(RunConfig, json.loads((Path(run_dir) / 'config.json').read_text()), '')
     tag = tag or committed_tags(run_dir)[-1]
-    state = load_rank0_tensors(run_dir, tag, 'ema') if ema else consolidate_run(run_dir, tag)
+    state = load_rank0_tensors(run_dir, tag, 'ema') if ema else consolidate_run(run_dir, tag, trust_pickle)
     if state is None:
         raise SystemExit(f'{run_dir}/ckpt/{tag} has no EMA weights')
     model, n = single_task_model(cfg, task, state)
@@ -89,8 +89,9 @@ def main(argv=None) -> dict:
     p.add_argument('--out', required=True)
     p.add_argument('--tag', help='step-N (default: the newest committed checkpoint)')
     p.add_argument('--ema', action='store_true', help='export the EMA weights')
+    p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
     args = p.parse_args(argv)
-    meta = export(args.run_dir, args.task, args.out, args.tag, args.ema)
+    meta = export(args.run_dir, args.task, args.out, args.tag, args.ema, args.trust_pickle)
     print(json.dumps(meta, indent=2, default=str))
     return meta
 

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Dict
 
+import torch
+
 
 class MetricsWriter:
     def __init__(self, run_dir: str, enabled: bool, tensorboard: bool):
@@ -33,3 +35,10 @@ class MetricsWriter:
             self._jsonl.close()
         if self._tb:
             self._tb.close()
+
+
+def materialize(metrics: Dict[str, object]) -> Dict[str, object]:
+    """Device tensors -> numbers, with one host sync for all of them (logging steps only)."""
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    values = torch.stack([metrics[k].detach().float() for k in keys]).tolist() if keys else []
+    return dict(metrics, **dict(zip(keys, values)))

@@ -20,7 +20,7 @@ from pretrain import checkpoint  # noqa: E402
 from pretrain.config import RunConfig, check_launch, load_config, to_dict  # noqa: E402
 from pretrain.distributed import init_distributed  # noqa: E402
 from pretrain.labels import check_store_tasks  # noqa: E402
-from pretrain.metrics import MetricsWriter  # noqa: E402
+from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
 
 log = logging.getLogger('pretrain')
 
@@ -62,7 +62,8 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter) -> dict:
             step = trainer.step
             last = out
             if step % cfg.log.every_steps == 0 or step == trainer.total_steps:
-                metrics.write(step, dict(out, epoch=trainer.loader.epoch,
+                last = materialize(out)  # the host sync of a logging step
+                metrics.write(step, dict(last, epoch=trainer.loader.epoch,
                                          images_per_s=_rate(step, cfg, env, start)))
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
                 metrics.write(step, trainer.evaluate_all(cfg.eval.max_batches))
@@ -70,9 +71,10 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter) -> dict:
                 _save(trainer, cfg, run_dir)
             if step >= trainer.total_steps:
                 break
+    trainer.check_last_step()
     final = trainer.evaluate_all(cfg.eval.max_batches)
     metrics.write(trainer.step, final)
-    return dict(last, **final, step=trainer.step)
+    return dict(materialize(last), **final, step=trainer.step)
 
 
 def _rate(step: int, cfg: RunConfig, env, start: float) -> float:
@@ -81,6 +83,7 @@ def _rate(step: int, cfg: RunConfig, env, start: float) -> float:
 
 def _save(trainer, cfg: RunConfig, run_dir: str) -> None:
     loader = trainer.loader
+    trainer.sync_running_stats()  # one set of BN statistics in every rank's copy
     checkpoint.save(trainer.engine, run_dir, trainer.step, trainer.env.rank, trainer.env.world_size,
                     loader.state_dict(), cfg.checkpoint.keep,
                     client_state=dict(epoch=loader.epoch, config=to_dict(cfg)),

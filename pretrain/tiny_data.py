@@ -52,6 +52,39 @@ def make(out: str, per_source: int = 48, seed: int = 0) -> dict:
     return dict(shards=str(root / 'shards'), labels=str(root / 'labels'), tasks_file=str(tasks_file))
 
 
+MEGADATA_SOURCES = ('in1k', 'in22k', 'places365', 'yfcc')   # the source names of configs/xl_megadata.json
+BUILTIN_CLASSES = {'in1k': 1000, 'in22k': 21841, 'places365': 365}
+
+
+def make_megadata(out: str, per_source: int = 8, samples_per_shard: int = 4, seed: int = 0) -> dict:
+    """Random images under the recipe's source names, with human labels of the built-in tasks
+    (in1k, in22k, places365; yfcc unlabeled) in a label store: configs/xl_megadata.json runs on
+    it with only locations and sizes overridden."""
+    root = Path(out)
+    rng = np.random.default_rng(seed)
+    (root / 'images').mkdir(parents=True, exist_ok=True)
+    for prefix, source in [('megadata', s) for s in MEGADATA_SOURCES] + [('megadata_val', 'in1k_val')]:
+        task = 'in1k' if source == 'in1k_val' else source
+        items = []
+        for i in range(per_source):
+            path = root / 'images' / f'{source}_{i:05d}.jpg'
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path, 'JPEG', quality=90)
+            labels = {task: int(rng.integers(BUILTIN_CLASSES[task]))} if task in BUILTIN_CLASSES else {}
+            items.append(Item(str(path), path.name, labels))
+        build(items, BuildOptions(str(root / prefix), source, samples_per_shard=samples_per_shard, progress=False))
+    store = LabelStore(str(root / 'labels'), TaskRegistry())
+    for prefix in ('megadata', 'megadata_val'):
+        import_human(store, str(root / prefix), list(BUILTIN_CLASSES))
+    return dict(shards=str(root / 'megadata'), val_shards=str(root / 'megadata_val'), labels=str(root / 'labels'))
+
+
+def megadata_overrides(data: dict) -> dict:
+    """``--set`` values that point configs/xl_megadata.json at :func:`make_megadata`'s output."""
+    return {'data.sources': [{'name': s, 'url': data['shards']} for s in MEGADATA_SOURCES],
+            'data.val_sources': [{'name': 'in1k_val', 'url': data['val_shards']}],
+            'data.label_store': data['labels']}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('out')

@@ -8,15 +8,18 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from shards.safe_files import check_checkpoint_folder, load_torch_file
+
 from . import checkpoint as ckpt
 from .models.checkpoint import rename_official_key, unwrap_state_dict
 
 log = logging.getLogger(__name__)
 
 
-def consolidate_run(run_dir: str, tag: Optional[str] = None) -> Dict[str, torch.Tensor]:
+def consolidate_run(run_dir: str, tag: Optional[str] = None, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:
     """fp32 weights of a run's newest committed (or the given) ZeRO checkpoint, via DeepSpeed's own
-    zero-to-fp32 utility (works for stages 1, 2 and 3)."""
+    zero-to-fp32 utility (works for stages 1, 2 and 3). DeepSpeed unpickles its files fully, so
+    each is checked first for globals beyond tensors, plain data and DeepSpeed's own classes."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tags = ckpt.committed_tags(run_dir)
@@ -24,19 +27,21 @@ def consolidate_run(run_dir: str, tag: Optional[str] = None) -> Dict[str, torch.
     if tag is None or tag not in tags:
         raise FileNotFoundError(f'{run_dir}: no committed checkpoint {tag or ""} to start from '
                                 f'(committed: {tags})')
+    check_checkpoint_folder(ckpt.ckpt_root(run_dir) / tag, trust_pickle)
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.ckpt_root(run_dir)), tag=tag)
 
 
-def read_weights(source: str, tag: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """A state dict from a run folder, a .safetensors file, or a torch file (any usual container)."""
+def read_weights(source: str, tag: Optional[str] = None, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:
+    """A state dict from a run folder, a .safetensors file, or a torch file (any usual container;
+    loaded without code execution unless ``trust_pickle``)."""
     if os.path.isdir(source):
-        return consolidate_run(source, tag)
+        return consolidate_run(source, tag, trust_pickle)
     if not os.path.isfile(source):
         raise FileNotFoundError(f'starting weights {source} not found')
     if source.endswith('.safetensors'):
         from safetensors.torch import load_file
         return load_file(source)
-    return unwrap_state_dict(torch.load(source, map_location='cpu', weights_only=False))
+    return unwrap_state_dict(load_torch_file(source, trust_pickle))
 
 
 def _retarget_head(state: Dict[str, torch.Tensor], model_keys, tasks: Dict[str, int]) -> Dict[str, torch.Tensor]:
@@ -51,13 +56,14 @@ def _retarget_head(state: Dict[str, torch.Tensor], model_keys, tasks: Dict[str, 
     return state
 
 
-def load_initial_weights(model: nn.Module, source: str, tasks: Dict[str, int], tag: Optional[str] = None) -> dict:
+def load_initial_weights(model: nn.Module, source: str, tasks: Dict[str, int], tag: Optional[str] = None,
+                         trust_pickle: bool = False) -> dict:
     """Load what fits; report what was loaded, what is new (initialised here) and what was dropped.
 
     Backbone keys must all be present (a missing one is an error naming it); heads of other
     tasks are dropped, heads of new tasks start fresh.
     """
-    state = {rename_official_key(k): v for k, v in read_weights(source, tag).items()}
+    state = {rename_official_key(k): v for k, v in read_weights(source, tag, trust_pickle).items()}
     own = model.state_dict()
     state = _retarget_head(state, own, tasks)
     loaded, dropped, mismatched = {}, [], []

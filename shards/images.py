@@ -76,6 +76,16 @@ def check_and_normalize(data: bytes, max_side: Optional[int] = None, quality: in
     return out.getvalue(), 'png'
 
 
+def is_plain_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
+    """A JPEG in RGB or grayscale within the pixel limit, judged from its header alone: what a
+    batched device decoder can take (anything else goes through :func:`decode_rgb`)."""
+    try:
+        img = _open(data, max_pixels)
+    except BadImage:
+        return False
+    return img.format == 'JPEG' and img.mode in ('RGB', 'L')
+
+
 def decode_rgb(data: bytes, min_side: Optional[int] = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode to RGB. With ``min_side``, JPEGs decode at a reduced DCT scale that keeps the

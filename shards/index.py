@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from . import storage
+from .safe_files import check_name
 
 INDEX_NAME = '_index.json'
 INDEX_VERSION = 1
@@ -53,7 +54,8 @@ class ShardIndex:
             raise IndexError_(f'{url} is not valid JSON: {exc}') from None
         if doc.get('version') != INDEX_VERSION:
             raise IndexError_(f'{url} has version {doc.get("version")!r}; this code reads version {INDEX_VERSION}')
-        shards = {s['name']: ShardEntry(**s) for s in doc['shards']}
+        # Names from storage are data: a crafted index must not point a reader or writer elsewhere.
+        shards = {check_name(s['name'], f'shard name in {url}'): ShardEntry(**s) for s in doc['shards']}
         return cls(shards=shards, builds=doc.get('builds', {}))
 
     def save(self, prefix: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> None:

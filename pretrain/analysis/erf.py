@@ -106,14 +106,14 @@ def table(rows: Dict[str, Dict[float, Optional[float]]]) -> str:
     return '\n'.join(lines)
 
 
-def build(name: str, checkpoint: Optional[str], kwargs: Optional[dict] = None):
+def build(name: str, checkpoint: Optional[str], kwargs: Optional[dict] = None, trust_pickle: bool = False):
     import timm
 
     import pretrain.models  # noqa: F401
     model = timm.create_model(name, num_classes=0, **(kwargs or {}))
     if checkpoint:
         from pretrain.weights import read_weights
-        state = {k: v for k, v in read_weights(checkpoint).items() if not k.startswith(('head.fc', 'head.weight', 'head.bias', 'fc.'))}
+        state = {k: v for k, v in read_weights(checkpoint, trust_pickle=trust_pickle).items() if not k.startswith(('head.fc', 'head.weight', 'head.bias', 'fc.'))}
         missing, _ = model.load_state_dict(state, strict=False)
         if [k for k in missing if not k.startswith('head')]:
             raise KeyError(f'{checkpoint} lacks {missing[:5]} of {name}')
@@ -132,6 +132,7 @@ def main(argv=None) -> dict:
     p.add_argument('--batch', type=int, default=4)
     p.add_argument('--out', required=True)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
     args = p.parse_args(argv)
     ckpts = dict(c.split('=', 1) for c in args.checkpoint)
     model_kwargs = {k: json.loads(v) for k, v in (c.split('=', 1) for c in args.model_kwargs)}
@@ -140,7 +141,7 @@ def main(argv=None) -> dict:
     rows, timing = {}, {}
     for name in args.model:
         start = time.monotonic()
-        model = build(name, ckpts.get(name), model_kwargs.get(name))
+        model = build(name, ckpts.get(name), model_kwargs.get(name), args.trust_pickle)
         cfg = model.pretrained_cfg
         batches = load_images(args.images, args.num, args.size, cfg.get('mean', (0.485, 0.456, 0.406)),
                               cfg.get('std', (0.229, 0.224, 0.225)), args.batch)

@@ -65,9 +65,10 @@ def main(argv=None) -> dict:
     p.add_argument('--layer', help='module name (default: the first large-kernel conv of the last stage)')
     p.add_argument('--out', required=True)
     p.add_argument('--model-kwargs', default='{}', help='JSON kwargs for timm.create_model')
+    p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
     args = p.parse_args(argv)
     from .erf import build
-    model = build(args.model, args.checkpoint, json.loads(args.model_kwargs))
+    model = build(args.model, args.checkpoint, json.loads(args.model_kwargs), args.trust_pickle)
     layers = large_kernel_layers(model)
     name = args.layer or default_layer(model)
     if name not in layers:

@@ -118,6 +118,7 @@ def main(argv=None) -> dict:
     p.add_argument('--batch', type=int, default=32)
     p.add_argument('--out', required=True)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
     args = p.parse_args(argv)
     import timm
 
@@ -134,7 +135,7 @@ def main(argv=None) -> dict:
         model = timm.create_model(name, num_classes=1000, **kwargs.get(name, {}))
         if name in ckpts:
             from pretrain.models.checkpoint import rename_official_key
-            model.load_state_dict({rename_official_key(k): v for k, v in read_weights(ckpts[name]).items()})
+            model.load_state_dict({rename_official_key(k): v for k, v in read_weights(ckpts[name], trust_pickle=args.trust_pickle).items()})
         cfg = model.pretrained_cfg
         records = evaluate(model, images, mapping, args.size, cfg.get('mean', (0.485, 0.456, 0.406)),
                            cfg.get('std', (0.229, 0.224, 0.225)), args.batch, torch.device(args.device))

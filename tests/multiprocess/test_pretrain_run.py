@@ -142,3 +142,27 @@ def test_non_finite_losses_stop_the_run_with_a_clear_message(tiny, tmp_path, fre
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert 'non-finite' in proc.stderr and ('in a row' in proc.stderr or 'gradient norm' in proc.stderr)
+
+
+def test_zero3_evaluation_with_uneven_batches_per_rank_finishes(tmp_path_factory, tmp_path, free_port):
+    # 5 validation shards of 8 over 2 ranks: rank 0 holds 3 batches, rank 1 holds 2. A ZeRO-3 forward
+    # gathers parameters from every rank, so a rank that stops early used to leave the other hanging.
+    uneven = make(str(tmp_path_factory.mktemp('uneven')), per_source=40)
+    env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}')
+    proc = subprocess.Popen(torchrun(free_port, *overrides(uneven, tmp_path / 'run', 'schedule.max_steps=1',
+                                                           'deepspeed.zero_optimization.stage=3',
+                                                           # as with a large model: every parameter partitioned
+                                                           # and gathered again for every forward
+                                                           *[f'deepspeed.zero_optimization.stage3_{k}=0' for k in (
+                                                               'param_persistence_threshold', 'max_live_parameters',
+                                                               'max_reuse_distance', 'prefetch_bucket_size')])),
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        out = proc.communicate(timeout=120)[0].decode()
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        pytest.fail('evaluation under ZeRO-3 hung with uneven batches per rank')
+    assert proc.returncode == 0, out[-3000:]
+    result = json.loads((tmp_path / 'run' / 'result.json').read_text())
+    assert result['val/shape/images'] == 40

@@ -145,3 +145,42 @@ def test_the_paper_teacher_configs_load_strictly():
         cfg = load_job_config(str(p))
         assert cfg.teachers[0].model == 'vit_large_patch16_224' and cfg.topk == 10
         assert TaskRegistry().get(cfg.task)  # a built-in task
+
+
+def _pseudo_top1(tmp, store):
+    s = open_store(tmp, store)
+    return {r['key']: r['idx'][0] for stem in s.manifest('toy')['parts'] for r in s.read_part('toy', stem).to_pylist()
+            if r['source'] == 'pseudo'}
+
+
+def test_device_decode_labels_like_worker_decode_and_counts_unreadable_images(tmp_path):
+    from conftest import rewrite_tar_member
+    shards = toy_shards(tmp_path, n=24)
+    rewrite_tar_member(f'{shards}/toy-000001.tar', 'toy/000001/000003.jpg', b'\xff\xd8\xff garbage')
+    weights = tiny_timm_weights(tmp_path / 'teacher.safetensors')
+    summaries, top1 = {}, {}
+    for mode in ('workers', 'device'):
+        cfg = load_job_config(str(job_config(tmp_path, shards, str(tmp_path / mode), [timm_teacher_spec(weights)],
+                                             decode=mode)))
+        summaries[mode] = run_job(cfg, progress=False)
+        top1[mode] = _pseudo_top1(tmp_path, str(tmp_path / mode))
+    assert summaries['workers']['unreadable'] == summaries['device']['unreadable'] == 1
+    assert summaries['device']['images'] == summaries['workers']['images'] == 23
+    assert top1['device'].keys() == top1['workers'].keys()
+    agree = np.mean([top1['device'][k] == top1['workers'][k] for k in top1['device']])
+    assert agree >= 0.8, agree  # resize of a decoded tensor vs Pillow's: the same teacher decision
+
+
+def test_bf16_teacher_forward_and_a_compile_backend_on_cpu(setup):
+    tmp, shards, weights = setup
+    cfg = load_job_config(str(job_config(tmp, shards, str(tmp / 'store'), [timm_teacher_spec(weights)],
+                                         compile='eager')))
+    from dataclasses import replace
+    summary = run_job(replace(cfg, precision='bf16'), progress=False)
+    assert summary['committed'] == 4 and summary['images'] == 20
+
+
+def test_decode_mode_typo_is_refused(tmp_path):
+    with pytest.raises(ValueError, match='decode'):
+        load_job_config(str(job_config(tmp_path, 'x', 'y', [dict(kind='timm', model='m', weights='w')],
+                                       decode='gpu')))

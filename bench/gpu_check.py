@@ -1,0 +1,114 @@
+"""The GPU path, proven on one NVIDIA GPU in at most 8 minutes (run through bench/gpu_check.sh).
+
+Steps, each timed and bounded, each result in the final JSON line:
+  a. the GPU test tier (tests/gpu): among others configs/xl_megadata.json at 224 through our
+     Trainer (deepspeed.initialize, nccl, world size 1, ZeRO-2, bf16 inside the engine,
+     channels-last inputs, a few real steps on synthetic shards);
+  b. bench/gpu_train.py: XL training img/s and peak memory at micro-batch 32 and 64, through our
+     Trainer, a bare timm loop, and timm convnext_xlarge in the same bare loop;
+  c. the large-kernel convolution timings of the kernel issue (#15): reported as not landed until
+     bench/lk_conv.py exists;
+  d. bench/label_job.py: the labeling job vs a bare ViT-L/16 forward, synthetic 500x375 JPEGs.
+
+``--cpu-dry-run`` runs every step on tiny shapes on CPU (step a runs the same Trainer probe the
+GPU test runs, with the model shrunk), so the script cannot rot: ``make test`` runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'tests'))
+
+
+def run(cmd, timeout: float) -> dict:
+    """A step as a subprocess: its exit status, wall time, last JSON line and output tail."""
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(ok=False, seconds=round(time.monotonic() - start, 1), error=f'timed out after {timeout} s')
+    out = dict(ok=proc.returncode == 0, seconds=round(time.monotonic() - start, 1))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
+    if lines:
+        out['result'] = json.loads(lines[-1])
+    if proc.returncode != 0:
+        out['error'] = (proc.stdout[-1500:] + proc.stderr[-2500:])
+    else:
+        out['tail'] = proc.stdout.strip().splitlines()[-6:]
+    return out
+
+
+def step_a(dry: bool) -> dict:
+    if not dry:
+        return run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/gpu'], timeout=240)
+    from pretrain.tiny_data import make_megadata, megadata_overrides
+    from trainer_probe import run_probe
+    tmp = Path(tempfile.mkdtemp(prefix='replk-gpucheck-'))
+    start = time.monotonic()
+    sets = dict(megadata_overrides(make_megadata(str(tmp / 'data'))),
+                **{'model.kwargs': {'depths': [1, 1], 'channels': [16, 32], 'kernel_sizes': [7, 5]},
+                   'data.image_size': 32, 'train.micro_batch': 4, 'deepspeed.train_batch_size': 4,
+                   'data.workers': 1, 'checkpoint.dir': str(tmp / 'run'), 'log.tensorboard': False})
+    report = run_probe('configs/xl_megadata.json', sets, '--cuda-autocast-query')
+    ok = (report['optimizer_steps'] >= 1 and set(report['conv_out_dtype']) == {'torch.bfloat16'}
+          and report['conv_inputs_channels_last'].get('False', 0) == 0)
+    return dict(ok=ok, seconds=round(time.monotonic() - start, 1), result=report)
+
+
+def step_b(dry: bool) -> dict:
+    return run([sys.executable, 'bench/gpu_train.py'] + (['--cpu-dry-run'] if dry else []), timeout=300)
+
+
+def step_c(dry: bool) -> dict:
+    bench = REPO / 'bench' / 'lk_conv.py'
+    if not bench.exists():
+        return dict(ok=True, skipped='the large-kernel convolution (issue 15) has not landed: nothing to time')
+    return run([sys.executable, str(bench)] + (['--cpu-dry-run'] if dry else []), timeout=120)
+
+
+def step_d(dry: bool) -> dict:
+    if dry:
+        args = ['--images', '32', '--batch-size', '16']
+    else:
+        args = ['--model', 'vit_large_patch16_224', '--device', 'cuda', '--precision', 'bf16', '--images', '1024',
+                '--batch-size', '256', '--workers', '12', '--threads', '4']
+    return run([sys.executable, 'bench/label_job.py'] + args, timeout=150)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--cpu-dry-run', action='store_true')
+    ap.add_argument('--out', default='runs/gpu_check', help='folder for gpu_check.json')
+    args = ap.parse_args(argv)
+    import torch
+    if not args.cpu_dry_run and not torch.cuda.is_available():
+        raise SystemExit('gpu_check: no CUDA device here; use --cpu-dry-run to check the script on CPU')
+    device = 'cpu (dry run)' if args.cpu_dry_run else torch.cuda.get_device_name()
+    started = time.monotonic()
+    steps = {}
+    for name, fn in (('a_gpu_tests', step_a), ('b_train_throughput', step_b), ('c_lk_conv', step_c),
+                     ('d_label_job', step_d)):
+        print(f'gpu_check: {name} ...', flush=True)
+        steps[name] = fn(args.cpu_dry_run)
+        print(f'gpu_check: {name} {"ok" if steps[name]["ok"] else "FAILED"} '
+              f'({steps[name].get("seconds", 0)} s)', flush=True)
+    summary = dict(check='gpu_check', device=device, torch=torch.__version__, ok=all(s['ok'] for s in steps.values()),
+                   seconds=round(time.monotonic() - started, 1), steps=steps)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / 'gpu_check.json').write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary), flush=True)
+    if not summary['ok']:
+        raise SystemExit(1)
+    return summary
+
+
+if __name__ == '__main__':
+    main()

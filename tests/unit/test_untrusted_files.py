@@ -1,0 +1,157 @@
+"""Files from outside are data: a code-running pickle is refused at every loading entry point, names
+read from storage never become paths, and the official release container still loads."""
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from labeling.store import LabelStore
+from labeling.tasks import TaskRegistry
+from labeling.teachers import TeacherSpec, load_teacher
+from labeling_fixtures import TINY_VIT
+from pretrain import checkpoint
+from pretrain.config import ConfigError, load_config
+from pretrain.models import RepLKNet
+from pretrain.weights import consolidate_run, read_weights
+from shards.index import ShardIndex
+from shards.safe_files import UnsafeFileError
+
+
+class Payload:
+    """Creates a file when unpickled: proof that unpickling ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+@pytest.fixture
+def evil(tmp_path):
+    marker = tmp_path / 'payload-ran'
+    path = tmp_path / 'weights.pth'
+    torch.save({'model': {'w': torch.zeros(2)}, 'extra': Payload(marker)}, path)
+    return path, marker
+
+
+def test_starting_weights_refuse_a_code_running_pickle(evil):
+    path, marker = evil
+    with pytest.raises(UnsafeFileError, match=r'weights\.pth.*io\.open.*--trust-pickle'):
+        read_weights(str(path))
+    assert not marker.exists()
+
+
+def test_trust_pickle_is_an_explicit_opt_in(evil):
+    path, marker = evil
+    assert set(read_weights(str(path), trust_pickle=True)) == {'w'}
+    assert marker.exists()
+
+
+def test_evaluate_cli_refuses_a_code_running_pickle(evil):
+    from pretrain.evaluate import main as evaluate
+    path, marker = evil
+    with pytest.raises(UnsafeFileError):
+        evaluate(['--checkpoint', str(path), '--data', 'val=/nowhere', '--model', 'replknet_31b',
+                  '--model-kwargs', json.dumps(dict(kernel_sizes=[7, 5], depths=[1, 1], channels=[16, 32])),
+                  '--task', 'a=2'])
+    assert not marker.exists()
+
+
+def test_timm_teacher_refuses_a_code_running_pickle(evil):
+    path, marker = evil
+    with pytest.raises(UnsafeFileError):
+        load_teacher(TeacherSpec(kind='timm', model='vit_large_patch16_224', weights=str(path),
+                                 model_kwargs=TINY_VIT), 4)
+    assert not marker.exists()
+
+
+def test_transformers_remote_code_is_only_set_on_the_teacher():
+    with pytest.raises(ValueError, match='trust_remote_code'):
+        TeacherSpec(kind='transformers', model='x', model_kwargs={'trust_remote_code': True})
+
+
+def _run_folder(tmp_path, payload_file: str, marker: Path) -> Path:
+    folder = tmp_path / 'run' / 'ckpt' / 'step-1'
+    folder.mkdir(parents=True)
+    (folder / 'COMMITTED').write_text(json.dumps(dict(version=checkpoint.STATE_VERSION, world_size=1, step=1)))
+    torch.save({'module': {'w': torch.zeros(1)}, 'x': Payload(marker)}, folder / payload_file)
+    return tmp_path / 'run'
+
+
+@pytest.mark.parametrize('payload_file', ['mp_rank_00_model_states.pt', 'rng_rank0.pt'])
+def test_run_folders_are_checked_before_deepspeed_unpickles_them(tmp_path, payload_file):
+    marker = tmp_path / 'payload-ran'
+    run = _run_folder(tmp_path, payload_file, marker)
+    with pytest.raises(UnsafeFileError, match=payload_file):
+        consolidate_run(str(run))           # starting weights, evaluate, export from a run folder
+    with pytest.raises(UnsafeFileError, match=payload_file):
+        checkpoint.load(None, str(run), 'step-1', rank=0, world_size=1, universal=False)  # resume
+    assert not marker.exists()
+
+
+def test_official_release_container_loads_without_the_opt_in(tmp_path):
+    model = RepLKNet(num_classes=10, kernel_sizes=(7, 5), depths=(1, 1), channels=(16, 32), small_kernel=3)
+    sd = model.state_dict()
+    path = tmp_path / 'RepLKNet-31B_ImageNet-1K_224.pth'
+    # the official trainer's save_model(): model, optimizer, epoch, scaler, args (a Namespace), model_ema
+    torch.save({'model': sd, 'optimizer': {'state': {}, 'param_groups': [{'lr': 4e-4, 'params': [0, 1]}]},
+                'epoch': 119, 'scaler': {'scale': 65536.0, 'growth_factor': 2.0},
+                'args': argparse.Namespace(model='RepLKNet-31B', lr=4e-4, drop_path=0.3, data_path='/x'),
+                'model_ema': sd}, path)
+    loaded = read_weights(str(path))
+    assert loaded.keys() == sd.keys() and all(torch.equal(loaded[k], sd[k]) for k in sd)
+
+
+def test_our_rng_states_round_trip_through_the_safe_loader(tmp_path):
+    import random
+
+    import numpy as np
+    from shards.safe_files import load_torch_file
+    torch.save(checkpoint.rng_states(), tmp_path / 'rng.pt')
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    checkpoint.set_rng_states(load_torch_file(tmp_path / 'rng.pt'))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+# --- names read from storage or configs are data, not paths --------------------------------------
+
+@pytest.mark.parametrize('name', ['../../escape.tar', '/etc/passwd', 'a/b.tar', 'x\x00.tar', '..'])
+def test_crafted_shard_name_in_an_index_is_refused_before_use(tmp_path, name):
+    (tmp_path / '_index.json').write_text(json.dumps(dict(version=1, builds={}, shards=[
+        dict(name=name, source='s', samples=1, bytes=1, sha256='0' * 64)])))
+    with pytest.raises(ValueError, match='shard name'):
+        ShardIndex.load(str(tmp_path))
+
+
+def _store(tmp_path):
+    (tmp_path / 'tasks.json').write_text(json.dumps({'toy': ['a', 'b']}))
+    return LabelStore(str(tmp_path / 'store'), TaskRegistry.from_json(str(tmp_path / 'tasks.json')))
+
+
+def test_label_store_refuses_crafted_stems_and_part_files(tmp_path):
+    from labeling.store import Row
+    store = _store(tmp_path)
+    store.open_task('toy')
+    with pytest.raises(ValueError, match='shard stem'):
+        store.write_part('toy', '../../outside', [Row('k', [0], [1.0], 'human')], kind='human')
+    record = store.write_part('toy', 'toy-000000', [Row('toy/000000/000000', [0], [1.0], 'human')], kind='human')
+    store.refresh_manifest('toy')
+    manifest_path = tmp_path / 'store' / 'labels' / 'toy' / '_task.json'
+    manifest = json.loads(manifest_path.read_text())
+    manifest['parts']['toy-000000'] = dict(record, file='../../../secret.parquet')
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match='part file'):
+        _store(tmp_path).read_part('toy', 'toy-000000')
+    assert not list((tmp_path).glob('outside*'))
+
+
+@pytest.mark.parametrize('task', ['../x', 'a/b', '/abs'])
+def test_task_names_that_are_paths_are_refused_in_configs_and_tasks_files(tmp_path, task):
+    with pytest.raises(ConfigError, match='task name'):
+        load_config('configs/tiny_cpu.json', [f'tasks={json.dumps({task: {"num_classes": 2}})}'])
+    (tmp_path / 'tasks.json').write_text(json.dumps({task: ['a', 'b']}))
+    with pytest.raises(ValueError, match='task'):
+        TaskRegistry.from_json(str(tmp_path / 'tasks.json'))
