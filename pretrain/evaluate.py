@@ -48,6 +48,20 @@ def configure_eval(cfg: RunConfig, args, pretrained_cfg: dict, from_run: bool) -
     return cfg
 
 
+def exported_model(file, args):
+    """An export folder: its config.json says the architecture, form, classes and preprocessing;
+    ``--task NAME=N`` may name the labels of the evaluation data differently."""
+    from .export import TaskOutput, load_export
+
+    model, meta = load_export(file)
+    task = args.task[0].split('=')[0] if args.task else meta['task']
+    cfg = RunConfig(tasks={task: TaskConfig(num_classes=meta['num_classes'])})
+    cfg.model.name, cfg.model.kwargs = meta['architecture'], meta['model_kwargs']
+    cfg.data.image_size = meta['pretrained_cfg']['input_size'][-1]
+    cfg.data.interpolation = meta['pretrained_cfg'].get('interpolation', cfg.data.interpolation)
+    return TaskOutput(model, task), configure_eval(cfg, args, meta['pretrained_cfg'], from_run=False)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', required=True, help='run folder, .pt/.pth/.bin or .safetensors file')
@@ -66,17 +80,22 @@ def main(argv=None) -> dict:
 
     from .distributed import init_distributed
     from .engine import build_model, evaluate_model
+    from .export import export_file
     from .weights import load_initial_weights, load_ema_weights
 
-    cfg = run_config(args)
-    cfg.init = None
-    model = build_model(cfg)
-    cfg = configure_eval(cfg, args, getattr(model, 'pretrained_cfg', {}) or {}, from_run=not args.model)
-    tasks = {t: c.num_classes for t, c in cfg.tasks.items()}
-    if args.ema:
-        load_ema_weights(model, args.checkpoint, args.tag)
+    exported = export_file(args.checkpoint)
+    if exported is not None:
+        model, cfg = exported_model(exported, args)
     else:
-        load_initial_weights(model, args.checkpoint, tasks, args.tag, args.trust_pickle)
+        cfg = run_config(args)
+        cfg.init = None
+        model = build_model(cfg)
+        cfg = configure_eval(cfg, args, getattr(model, 'pretrained_cfg', {}) or {}, from_run=not args.model)
+        tasks = {t: c.num_classes for t, c in cfg.tasks.items()}
+        if args.ema:
+            load_ema_weights(model, args.checkpoint, args.tag)
+        else:
+            load_initial_weights(model, args.checkpoint, tasks, args.tag, args.trust_pickle)
     env, device = init_distributed(args.local_rank)
     result = evaluate_model(model.to(device), cfg, env, device)
     result.update(size=cfg.data.image_size, crop_pct=cfg.data.val_crop_pct, checkpoint=args.checkpoint)

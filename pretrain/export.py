@@ -7,14 +7,17 @@ and ``config.json``. Load it the timm way::
 
     timm.create_model('replknet_xl', pretrained=True, pretrained_cfg_overlay=dict(file='.../model.safetensors'))
 
-(plus the run's ``model.kwargs`` for a non-standard shape). The export checks that the deployed
-model's outputs equal the training form's within 1e-4 before writing.
+The ``config.json`` beside the file tells timm (through the RepLKNet entry points) the exported
+class count, class names, input size, crop and shape arguments, so no other argument is needed.
+The export checks that the deployed model's outputs equal the training form's within 1e-4
+before writing.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -48,16 +51,25 @@ def single_task_model(cfg: RunConfig, task: str, state: dict):
 
 
 def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False, trust_pickle: bool = False) -> dict:
-    from safetensors.torch import save_file
-
     from .weights import consolidate_run
     from .checkpoint import committed_tags, load_rank0_tensors
 
     cfg = build(RunConfig, json.loads((Path(run_dir) / 'config.json').read_text()), '')
-    tag = tag or committed_tags(run_dir)[-1]
+    tags = committed_tags(run_dir)
+    if not tags and tag is None:
+        raise SystemExit(f'{run_dir}: no committed checkpoint to export (is it a run folder? did it save?)')
+    tag = tag or tags[-1]
     state = load_rank0_tensors(run_dir, tag, 'ema') if ema else consolidate_run(run_dir, tag, trust_pickle)
     if state is None:
         raise SystemExit(f'{run_dir}/ckpt/{tag} has no EMA weights')
+    return write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema))
+
+
+def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict) -> dict:
+    """Deploy form of ``task``'s model -> ``model.safetensors`` + ``config.json`` (what it is, how it
+    was evaluated: timm reads the ``pretrained_cfg`` when loading the file)."""
+    from safetensors.torch import save_file
+
     model, n = single_task_model(cfg, task, state)
     x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size)
     with torch.no_grad():
@@ -73,13 +85,63 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / 'model.safetensors'))
     form = 'fused' if hasattr(model, 'reparameterize') else 'plain'
     meta = dict(architecture=cfg.model.name, num_classes=n, task=task, form=form, model_kwargs=cfg.model.kwargs,
-                source=dict(run=str(run_dir), tag=tag, ema=ema), max_relative_error=err,
-                pretrained_cfg=dict(getattr(model, 'pretrained_cfg', {}) or {},
-                                    mean=list(cfg.data.mean), std=list(cfg.data.std),
-                                    input_size=[3, cfg.data.image_size, cfg.data.image_size],
-                                    crop_pct=cfg.data.val_crop_pct, num_classes=n))
+                source=source, max_relative_error=err, pretrained_cfg=exported_pretrained_cfg(cfg, task, n))
     (folder / 'config.json').write_text(json.dumps(meta, indent=2, default=str))
     return meta
+
+
+def exported_pretrained_cfg(cfg: RunConfig, task: str, num_classes: int) -> dict:
+    """timm's pretrained_cfg of the exported model: its classes, input size, crop and statistics."""
+    size = cfg.data.image_size
+    out = dict(architecture=cfg.model.name, tag=f'export_{task}', num_classes=num_classes,
+               input_size=[3, size, size], pool_size=[-(-size // 32)] * 2, crop_pct=cfg.data.val_crop_pct,
+               interpolation=cfg.data.interpolation, mean=list(cfg.data.mean), std=list(cfg.data.std),
+               classifier='head.fc', first_conv='stem.0.conv', description=f'exported by pretrain.export ({task})')
+    names = _class_names(cfg, task)
+    if names is not None:
+        out['label_names'] = names
+    return out
+
+
+def _class_names(cfg: RunConfig, task: str):
+    from labeling.tasks import TaskRegistry
+    try:
+        names = TaskRegistry.from_json(cfg.data.tasks_file).get(task).class_names
+    except (KeyError, OSError, ValueError):
+        return None  # a task known only by its class count in this run
+    return list(names) if len(names) == cfg.tasks[task].num_classes else None
+
+
+def export_file(path: str) -> Optional[Path]:
+    """The ``model.safetensors`` of an export (the folder, or the file with its config.json beside)."""
+    p = Path(path)
+    file = p / 'model.safetensors' if p.is_dir() else p
+    meta = file.with_name('config.json')
+    if file.suffix != '.safetensors' or not file.is_file() or not meta.is_file():
+        return None
+    return file if 'pretrained_cfg' in json.loads(meta.read_text()) else None
+
+
+class TaskOutput(torch.nn.Module):
+    """A single-head classifier answering ``{task: logits}`` like the multi-task models."""
+
+    def __init__(self, model: torch.nn.Module, task: str):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, x):
+        return {self.task: self.model(x)}
+
+
+def load_export(file: Path):
+    """(timm model in the exported form with its head, the export's config.json)."""
+    import timm
+
+    import pretrain.models  # noqa: F401  (registers RepLKNet)
+    meta = json.loads(file.with_name('config.json').read_text())
+    model = timm.create_model(meta['architecture'], pretrained=True,
+                              pretrained_cfg_overlay=dict(meta['pretrained_cfg'], file=str(file)), **meta['model_kwargs'])
+    return model, meta
 
 
 def main(argv=None) -> dict:

@@ -64,13 +64,21 @@ def _pack(rows: List) -> dict:
 
 
 def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks_file: Optional[str]) -> None:
-    """The store's class count and class-map version must match the config's heads."""
+    """A configured store exists and holds every configured task, with the heads' class counts
+    and (when given) class-map versions: a typo in the path must not train without pseudo-labels."""
     if not store_root:
         return
     store = LabelStore(store_root, TaskRegistry.from_json(tasks_file))
+    present = [name for name in tasks if store.has_task(name)]
+    if not present:
+        raise ValueError(f'data.label_store={store_root}: no label store there (no labels/<task>/_task.json for '
+                         f'any of {sorted(tasks)}); check the path, or remove data.label_store to train on the '
+                         "shards' human labels only")
     for name, task_cfg in tasks.items():
-        if not store.has_task(name):
-            continue
+        if name not in present:
+            raise ValueError(f'tasks.{name}: the label store {store_root} has no task {name!r} (it has {present}); '
+                             f'label it (python -m labeling run) or import its human labels '
+                             f'(python -m labeling import-human), or remove the task')
         manifest = store.manifest(name)
         if manifest['num_classes'] != task_cfg.num_classes:
             raise ValueError(f'tasks.{name}.num_classes={task_cfg.num_classes} but the label store has '
@@ -79,3 +87,28 @@ def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks
         if expected is not None and manifest['class_map_version'] != expected:
             raise ValueError(f'tasks.{name}.class_map_version={expected} but the label store has '
                              f'{manifest["class_map_version"]}')
+
+
+def label_coverage(sources, tasks: List[str], store_root: Optional[str],
+                   tasks_file: Optional[str] = None) -> Dict[str, tuple]:
+    """Per source: (samples labeled for its best-covered task, samples), from the shard index's
+    human-label counts and the label store's committed rows (no image is read); zero means no
+    sample of the source has any label."""
+    from shards.stream import source_entries
+
+    store = LabelStore(store_root, TaskRegistry.from_json(tasks_file)) if store_root else None
+    parts = {t: store.committed_parts(t) for t in tasks if store.has_task(t)} if store else {}
+    out = {}
+    for spec in sources:
+        _, entries = source_entries(spec)
+        labeled = sum(min(e.samples, max([parts[t][e.stem]['rows'] if e.stem in parts.get(t, {}) else
+                                          e.tasks.get(t, 0) for t in tasks] or [0])) for e in entries)
+        out[spec.name] = (labeled, sum(e.samples for e in entries))
+    return out
+
+
+def warn_unlabeled_sources(coverage: Dict[str, tuple], log) -> None:
+    for name, (labeled, total) in coverage.items():
+        if total and labeled == 0:
+            log.warning('source %s: none of its %d samples has a label for any task (no label-store part, no '
+                        'human label): it contributes nothing to the loss; label it first', name, total)

@@ -19,7 +19,8 @@ if __package__ in (None, ''):  # run as a script by a launcher: make the repo im
 from pretrain import checkpoint  # noqa: E402
 from pretrain.config import RunConfig, check_launch, load_config, to_dict  # noqa: E402
 from pretrain.distributed import init_distributed  # noqa: E402
-from pretrain.labels import check_store_tasks  # noqa: E402
+from pretrain.labels import check_store_tasks, label_coverage, warn_unlabeled_sources  # noqa: E402
+from shards.stream import SourceSpec  # noqa: E402
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
 
 log = logging.getLogger('pretrain')
@@ -100,6 +101,9 @@ def main(argv=None, check=None) -> dict:
     env, device = init_distributed(args.local_rank)
     check_launch(cfg, env.world_size)
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file)
+    if env.is_main:
+        warn_unlabeled_sources(label_coverage([SourceSpec(s.name, s.url) for s in cfg.data.sources], list(cfg.tasks),
+                                              cfg.data.label_store, cfg.data.tasks_file), log)
     run_dir = cfg.checkpoint.dir
     if env.is_main:
         Path(run_dir).mkdir(parents=True, exist_ok=True)

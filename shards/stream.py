@@ -46,6 +46,12 @@ class ResolvedSource:
 
 def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> ResolvedSource:
     """Shard URLs and exact sample counts, from the index beside the shards."""
+    urls, entries = source_entries(spec, retry)
+    return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries))
+
+
+def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> tuple:
+    """(shard URLs, their index entries) of one source."""
     if spec.url.endswith('.tar'):
         urls = list(braceexpand(spec.url))
         prefix = urls[0].rsplit('/', 1)[0]
@@ -61,7 +67,7 @@ def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
         if not entries:
             raise ValueError(f'source {spec.name!r}: no shards of that source in {prefix}/_index.json')
         urls = [storage.join(prefix, e.name) for e in entries]
-    return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries))
+    return urls, entries
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,12 @@ def build(name: str, checkpoint: Optional[str], kwargs: Optional[dict] = None, t
     import timm
 
     import pretrain.models  # noqa: F401
+    from pretrain.export import export_file, load_export
+    exported = export_file(checkpoint) if checkpoint else None
+    if exported is not None:  # an export folder: its config.json says the form and shape
+        model, _ = load_export(exported)
+        model.reset_classifier(0)
+        return model
     model = timm.create_model(name, num_classes=0, **(kwargs or {}))
     if checkpoint:
         from pretrain.weights import read_weights

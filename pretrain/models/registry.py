@@ -1,21 +1,55 @@
 """RepLKNet variants registered with timm: ``timm.create_model('replknet_31b', ...)``."""
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .checkpoint import checkpoint_filter_fn
 from .replknet import RepLKNet
 
+log = logging.getLogger(__name__)
 OFFICIAL_REPO = 'https://github.com/DingXiaoH/RepLKNet-pytorch'
 
 
-def _create_replknet(variant: str, pretrained: bool = False, **kwargs) -> RepLKNet:
+def _create_replknet(variant: str, pretrained: bool = False, defaults: Optional[dict] = None, **kwargs) -> RepLKNet:
+    """``defaults``: the variant's shape; an export's own shape arguments come next, then the caller's."""
+    exported = _export_beside(variant, kwargs) if pretrained else {}
+    kwargs = {**(defaults or {}), **exported.get('model_kwargs', {}), **kwargs}
+    if exported:
+        # The export's pretrained_cfg describes the exported model (classes, input size, crop);
+        # the caller's overlay (its file, at least) wins. With it, timm keeps the trained head.
+        kwargs['pretrained_cfg_overlay'] = dict(exported['pretrained_cfg'], **kwargs['pretrained_cfg_overlay'])
+        asked = kwargs.get('num_classes', exported['num_classes'])
+        if asked != exported['num_classes']:
+            log.warning('%s: the export classifies %d classes; num_classes=%s was asked, so its head is not '
+                        'loaded and a new, random one is built (omit num_classes to keep the trained head)',
+                        kwargs['pretrained_cfg_overlay']['file'], exported['num_classes'], asked)
     return build_model_with_cfg(
         RepLKNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
         **kwargs)
+
+
+def _export_beside(variant: str, kwargs: dict) -> dict:
+    """The ``config.json`` that ``pretrain.export`` writes beside ``model.safetensors``, if the
+    file being loaded has one."""
+    file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
+    meta_path = Path(file).with_name('config.json') if file else None
+    if meta_path is None or not meta_path.is_file():
+        return {}
+    meta = json.loads(meta_path.read_text())
+    if 'pretrained_cfg' not in meta or 'architecture' not in meta:
+        return {}  # a config.json of something else
+    if meta['architecture'] != variant:
+        raise ValueError(f'{file} is an export of {meta["architecture"]}, not {variant}: '
+                         f'timm.create_model({meta["architecture"]!r}, ...)')
+    return meta
 
 
 def _cfg(**kwargs) -> dict:
@@ -50,14 +84,14 @@ default_cfgs = generate_default_cfgs({
 def replknet_31b(pretrained: bool = False, **kwargs) -> RepLKNet:
     args = dict(kernel_sizes=(31, 29, 27, 13), depths=(2, 2, 18, 2), channels=(128, 256, 512, 1024),
                 small_kernel=5)
-    return _create_replknet('replknet_31b', pretrained, **dict(args, **kwargs))
+    return _create_replknet('replknet_31b', pretrained, args, **kwargs)
 
 
 @register_model
 def replknet_31l(pretrained: bool = False, **kwargs) -> RepLKNet:
     args = dict(kernel_sizes=(31, 29, 27, 13), depths=(2, 2, 18, 2), channels=(192, 384, 768, 1536),
                 small_kernel=5)
-    return _create_replknet('replknet_31l', pretrained, **dict(args, **kwargs))
+    return _create_replknet('replknet_31l', pretrained, args, **kwargs)
 
 
 @register_model
@@ -65,7 +99,7 @@ def replknet_xl(pretrained: bool = False, **kwargs) -> RepLKNet:
     """XL: inverted bottleneck (the RepLK block runs at 1.5x width), no small-kernel branch."""
     args = dict(kernel_sizes=(27, 27, 27, 13), depths=(2, 2, 18, 2), channels=(256, 512, 1024, 2048),
                 small_kernel=None, dw_ratio=1.5)
-    return _create_replknet('replknet_xl', pretrained, **dict(args, **kwargs))
+    return _create_replknet('replknet_xl', pretrained, args, **kwargs)
 
 
 @register_model
@@ -73,7 +107,7 @@ def replknet_13(pretrained: bool = False, **kwargs) -> RepLKNet:
     """31B with 13x13 kernels everywhere: the paper's ERF baseline (Table 10)."""
     args = dict(kernel_sizes=(13, 13, 13, 13), depths=(2, 2, 18, 2), channels=(128, 256, 512, 1024),
                 small_kernel=5)
-    return _create_replknet('replknet_13', pretrained, **dict(args, **kwargs))
+    return _create_replknet('replknet_13', pretrained, args, **kwargs)
 
 
 @register_model
@@ -81,4 +115,4 @@ def replknet_3(pretrained: bool = False, **kwargs) -> RepLKNet:
     """31B with 3x3 kernels and no re-param branch: the small-kernel baseline of Appendix C."""
     args = dict(kernel_sizes=(3, 3, 3, 3), depths=(2, 2, 18, 2), channels=(128, 256, 512, 1024),
                 small_kernel=None)
-    return _create_replknet('replknet_3', pretrained, **dict(args, **kwargs))
+    return _create_replknet('replknet_3', pretrained, args, **kwargs)

@@ -1,0 +1,43 @@
+"""A configured label store that is absent, a task it lacks, a source nobody labeled: errors (or a
+loud warning with the count) before the first step, never a quiet run without pseudo-labels."""
+import logging
+
+import pytest
+
+from pretrain.config import TaskConfig
+from pretrain.labels import check_store_tasks, label_coverage, warn_unlabeled_sources
+from pretrain.tiny_data import make
+from shards.stream import SourceSpec
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    return make(str(tmp_path_factory.mktemp('tiny')), per_source=16)
+
+
+TASKS = {'shape': TaskConfig(num_classes=4), 'stripes': TaskConfig(num_classes=3)}
+
+
+def test_a_label_store_path_that_holds_no_store_is_an_error(tiny, tmp_path):
+    with pytest.raises(ValueError, match=r'data\.label_store=.*no label store there'):
+        check_store_tasks(str(tmp_path / 'labelz'), TASKS, tiny['tasks_file'])
+
+
+def test_a_configured_task_the_store_lacks_is_an_error(tiny, tmp_path):
+    tasks_file = tmp_path / 'tasks.json'
+    tasks_file.write_text('{"shape": {"num_classes": 4}, "stripes": {"num_classes": 3}, "colour": {"num_classes": 2}}')
+    with pytest.raises(ValueError, match=r"tasks\.colour: the label store .* has no task 'colour'"):
+        check_store_tasks(tiny['labels'], dict(TASKS, colour=TaskConfig(num_classes=2)), str(tasks_file))
+
+
+def test_the_store_matching_the_config_passes(tiny):
+    check_store_tasks(tiny['labels'], TASKS, tiny['tasks_file'])
+
+
+def test_a_source_without_any_label_is_counted_and_warned_about(tiny, caplog):
+    sources = [SourceSpec('lab', tiny['shards']), SourceSpec('unl', tiny['shards'])]
+    coverage = label_coverage(sources, list(TASKS), tiny['labels'], tiny['tasks_file'])
+    assert coverage == {'lab': (16, 16), 'unl': (0, 16)}
+    with caplog.at_level(logging.WARNING):
+        warn_unlabeled_sources(coverage, logging.getLogger('test'))
+    assert 'source unl: none of its 16 samples has a label' in caplog.text and 'source lab' not in caplog.text
