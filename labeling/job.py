@@ -155,7 +155,7 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
     shard_urls = {url.rsplit('/', 1)[1][:-len('.tar')]: (url, n)
                   for src in sources for url, n in zip(src.urls, src.counts)}
     mine = assign_shards(list(shard_urls), job_index, num_jobs)
-    ensemble = Ensemble([load_teacher(t, task.num_classes) for t in cfg.teachers])
+    ensemble = Ensemble([load_teacher(t, task.num_classes, task.class_names) for t in cfg.teachers])
     store = LabelStore(cfg.store, registry)
     store.open_task(cfg.task, teacher=dict(teachers=ensemble.identity(), topk=cfg.topk), topk=cfg.topk)
     done = {s for s, r in store.commit_records(cfg.task).items() if r.get('kind') == 'teacher'}

@@ -134,7 +134,8 @@ class LabelStore:
             manifest = self.manifest(task_name)
         except FileNotFoundError:
             manifest = dict(version=STORE_VERSION, task=task.name, num_classes=task.num_classes,
-                            class_map_version=task.class_map_version, teacher=teacher, topk=topk, parts={})
+                            class_map_version=task.class_map_version, class_names=list(task.class_names),
+                            teacher=teacher, topk=topk, parts={})
             self._write_manifest(task_name, manifest)
             return task
         self.check_task(task, manifest)
@@ -222,9 +223,23 @@ class LabelStore:
     def committed_parts(self, task: str) -> Dict[str, dict]:
         return self.manifest(task)['parts']
 
+    def task(self, task_name: str) -> Task:
+        """The registry's task, else the one the store records (its class names in ``_task.json``),
+        so reading a store needs no tasks file."""
+        try:
+            return self.registry.get(task_name)
+        except KeyError as unknown:
+            try:
+                names = self.manifest(task_name).get('class_names')
+            except FileNotFoundError:
+                raise unknown from None
+            if not names:
+                raise KeyError(f'{unknown.args[0]} (this store predates recorded class names)') from None
+            return Task(task_name, tuple(names))
+
     def read_part(self, task_name: str, stem: str) -> Optional[pa.Table]:
         """The validated part of one image shard for one task, or None if none is committed."""
-        task = self.registry.get(task_name)
+        task = self.task(task_name)
         manifest = self.manifest(task_name)
         self.check_task(task, manifest)
         record = manifest['parts'].get(stem)

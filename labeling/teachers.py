@@ -9,7 +9,7 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -129,13 +129,31 @@ def _timm_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
     return Teacher(spec, model, pre, digest)
 
 
-def _hf_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
+def check_class_names(teacher: str, theirs: List[str], ours: Optional[Sequence[str]]) -> None:
+    """A teacher naming its classes in the task's own words must name them in the task's order.
+
+    Names in another scheme (WordNet ids vs descriptions) or generic ones (``LABEL_3``) share no
+    name with the task and cannot be compared; a shared name at another index is a wrong mapping."""
+    if not ours:
+        return
+    norm = [str(n).strip().lower() for n in theirs]
+    task_norm = [str(n).strip().lower() for n in ours]
+    if not set(norm) & set(task_norm) or norm == task_norm:
+        return
+    wrong = [(i, t, o) for i, (t, o) in enumerate(zip(theirs, ours)) if str(t).strip().lower() != str(o).strip().lower()]
+    raise ValueError(f'teacher {teacher}: its class names do not match the task\'s (index: teacher vs task) '
+                     + ', '.join(f'{i}: {t!r} vs {o!r}' for i, t, o in wrong[:5])
+                     + ': reorder the tasks file or the teacher\'s id2label')
+
+
+def _hf_teacher(spec: TeacherSpec, num_classes: int, class_names: Optional[Sequence[str]] = None) -> Teacher:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     model = AutoModelForImageClassification.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code,
                                                             **spec.model_kwargs)
     if model.config.num_labels != num_classes:
         raise ValueError(f'teacher {spec.model} predicts {model.config.num_labels} classes, the task has {num_classes}')
+    check_class_names(spec.model, [model.config.id2label[i] for i in range(num_classes)], class_names)
     proc = AutoImageProcessor.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
     size = proc.size
     h, w = (size['height'], size['width']) if 'height' in size else (size['shortest_edge'],) * 2
@@ -147,8 +165,10 @@ def _hf_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
     return Teacher(spec, model, pre, digest)
 
 
-def load_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
-    teacher = _timm_teacher(spec, num_classes) if spec.kind == 'timm' else _hf_teacher(spec, num_classes)
+def load_teacher(spec: TeacherSpec, num_classes: int, class_names: Optional[Sequence[str]] = None) -> Teacher:
+    """``class_names``: the task's, checked against a transformers teacher's ``id2label``."""
+    teacher = (_timm_teacher(spec, num_classes) if spec.kind == 'timm'
+               else _hf_teacher(spec, num_classes, class_names))
     return teacher.eval()
 
 

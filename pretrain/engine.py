@@ -111,10 +111,6 @@ class Trainer:
             self.init_report = load_initial_weights(model, cfg.init.checkpoint,
                                                     {t: c.num_classes for t, c in cfg.tasks.items()}, cfg.init.tag,
                                                     cfg.init.trust_pickle)
-            if env.is_main:
-                print(f'starting weights: {self.init_report["loaded"]} tensors from {cfg.init.checkpoint}; '
-                      f'new: {self.init_report["new"] or "none"}; dropped: {self.init_report["dropped"] or "none"}',
-                      flush=True)
         if groups is None:
             groups = self._param_groups(model)
         if device.type == 'cuda':
@@ -205,10 +201,20 @@ class Trainer:
                 self.ema.update(self.engine.module, step=self.step)
             self._pending_norm = (self.step, self.engine.get_global_grad_norm())
         metrics = {'loss': loss.detach(), **{f'loss/{t}': v.detach() for t, v in per_task.items()}}
-        metrics['lr'] = self.scheduler.get_last_lr()[0]
+        metrics.update(self.learning_rates())
         metrics['skipped_steps'] = self.engine.skipped_steps  # DeepSpeed's own (fp16 overflow), never silent
         metrics['nonfinite_total'] = self.nonfinite_total
         return metrics
+
+    def learning_rates(self) -> Dict[str, float]:
+        """``lr``: the base lr (the head's, under layer decay); ``lr/<group>``: each decayed group's."""
+        lrs = self.scheduler.get_last_lr()
+        out = {'lr': max(lrs)}
+        if self.cfg.optim.layer_decay is not None:
+            names = [g.get('name', str(i)) for i, g in enumerate(self.optimizer.param_groups)]
+            out.update({f'lr/{n[:-len("_decay")]}': lr for n, lr in zip(names, lrs) if n.endswith('_decay')
+                        and not n.endswith('_no_decay')})
+        return out
 
     def _nonfinite_loss_anywhere(self, loss: torch.Tensor) -> bool:
         """The micro-step's one host sync: [loss non-finite, last grad norm non-finite], max over ranks."""

@@ -25,7 +25,7 @@ def require_init(cfg) -> None:
 
 
 def main(argv=None) -> dict:
-    return run.main(argv, check=require_init)
+    return run.main(argv, check=require_init, doc=__doc__)
 
 
 if __name__ == '__main__':

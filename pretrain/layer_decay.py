@@ -21,12 +21,14 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, coar
     out: List[dict] = []
     for layer_id, names in enumerate(groups_by_id.values()):
         scale = decay ** (last - layer_id)
+        label = ('stem' if layer_id == 0 else 'head' if layer_id == last else f'stage{layer_id}') if coarse \
+            else f'layer{layer_id}'
         decay_p = [params[n] for n in names if params[n].requires_grad and params[n].ndim > 1 and not n.endswith('.bias')]
         plain_p = [params[n] for n in names if params[n].requires_grad and (params[n].ndim <= 1 or n.endswith('.bias'))]
         for plist, wd, kind in ((decay_p, weight_decay, 'decay'), (plain_p, 0.0, 'no_decay')):
             if plist:
                 out.append(dict(params=plist, weight_decay=wd, lr_scale=scale, layer_id=layer_id,
-                                name=f'layer{layer_id}_{kind}'))
+                                name=f'{label}_{kind}'))
     return out
 
 

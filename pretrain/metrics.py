@@ -3,22 +3,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool):
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, resume_step: Optional[int] = None):
+        """``resume_step``: the run resumes after this step; rows of later (replayed) steps are dropped."""
         self.enabled = enabled
         self._jsonl = self._tb = None
         if not enabled:
             return
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(Path(run_dir) / 'metrics.jsonl', 'a')
+        path = Path(run_dir) / 'metrics.jsonl'
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and resume_step is not None and json.loads(line)['step'] <= resume_step]
+            path.write_text(''.join(line + '\n' for line in kept))
+        self._jsonl = open(path, 'a')
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(Path(run_dir) / 'tb'))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(Path(run_dir) / 'tb'), purge_step=purge)
 
     def write(self, step: int, values: Dict[str, float]) -> None:
         if not self.enabled or not values:

@@ -17,69 +17,111 @@ if __package__ in (None, ''):  # run as a script by a launcher: make the repo im
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pretrain import checkpoint  # noqa: E402
-from pretrain.config import RunConfig, check_launch, load_config, to_dict  # noqa: E402
-from pretrain.distributed import init_distributed  # noqa: E402
+from pretrain.config import ConfigError, RunConfig, check_launch, load_config, to_dict  # noqa: E402
+from pretrain.console import (eval_line, log_to_file, save_traceback, setup_logging, startup_summary,  # noqa: E402
+                              step_line)
+from pretrain.distributed import init_distributed, read_dist_env  # noqa: E402
 from pretrain.labels import check_store_tasks, label_coverage, warn_unlabeled_sources  # noqa: E402
-from shards.stream import SourceSpec  # noqa: E402
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
+from shards.safe_files import UnsafeFileError  # noqa: E402
+from shards.stream import SourceSpec  # noqa: E402
 
 log = logging.getLogger('pretrain')
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--config', required=True)
+# What a user can act on: one line naming the fault, the traceback only in the run's train.log.
+USER_ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError, FloatingPointError, UnsafeFileError)
+
+
+def parse_args(argv=None, doc: str = __doc__) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config', required=True, help='a run config (configs/*.json)')
     p.add_argument('--set', action='append', default=[], metavar='SECTION.FIELD=VALUE',
                    help='override a config value (JSON value; repeatable)')
+    p.add_argument('--debug', action='store_true', help='show full tracebacks of user errors')
     p.add_argument('--local_rank', '--local-rank', type=int, default=None, help='set by the deepspeed launcher')
     return p.parse_args(argv)
 
 
-def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter) -> dict:
+class Pace:
+    """Images per second, the share of time spent waiting for data, and the time left."""
+
+    def __init__(self, first_step: int, images_per_step: int):
+        self.first_step, self.images_per_step = first_step, images_per_step
+        self.start = self.mark = time.monotonic()
+        self.waiting = 0.0
+
+    def waited(self) -> None:
+        now = time.monotonic()
+        self.waiting += now - self.mark
+        self.mark = now
+
+    def computed(self) -> None:
+        self.mark = time.monotonic()
+
+    def report(self, step: int, total: int) -> dict:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        done = max(step - self.first_step, 1)
+        return dict(images_per_s=done * self.images_per_step / elapsed, data_wait=self.waiting / elapsed,
+                    eta_s=(total - step) * elapsed / done)
+
+
+def resume(trainer, cfg: RunConfig, run_dir: str, tag: str) -> None:
+    env = trainer.env
+    client, data_state = checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size,
+                                         cfg.checkpoint.universal)
+    if trainer.ema is not None:
+        ema = checkpoint.load_rank0_tensors(run_dir, tag, 'ema')
+        if ema is None:
+            raise FileNotFoundError(f'{run_dir}/ckpt/{tag} has no EMA weights but train.ema_decay is set')
+        trainer.ema.module.load_state_dict(ema)
+    if data_state is not None:
+        trainer.loader.load_state_dict(data_state)
+    else:  # re-partitioned: continue from the next epoch boundary
+        trainer.loader.dataset.epoch = client['epoch'] + 1
+    log.info('resumed from %s at step %d', tag, trainer.step)
+
+
+def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None) -> dict:
     """The loop: steps until the schedule ends, checkpoints and evaluation on the way."""
     env = trainer.env
-    tag = checkpoint.resume_tag(run_dir, cfg.checkpoint.resume)
     if tag:
-        client, data_state = checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size,
-                                             cfg.checkpoint.universal)
-        if trainer.ema is not None:
-            ema = checkpoint.load_rank0_tensors(run_dir, tag, 'ema')
-            if ema is None:
-                raise FileNotFoundError(f'{run_dir}/ckpt/{tag} has no EMA weights but train.ema_decay is set')
-            trainer.ema.module.load_state_dict(ema)
-        if data_state is not None:
-            trainer.loader.load_state_dict(data_state)
-        else:  # re-partitioned: continue from the next epoch boundary
-            trainer.loader.dataset.epoch = client['epoch'] + 1
-        log.info('resumed from %s at step %d', tag, trainer.step)
+        resume(trainer, cfg, run_dir, tag)
     last = {}
-    start = time.monotonic()
+    pace = Pace(trainer.step, cfg.train.micro_batch * cfg.train.grad_accum * env.world_size)
     while trainer.step < trainer.total_steps:
         for batch in trainer.loader:
+            pace.waited()
             before = trainer.step
             out = trainer.micro_step(batch)
+            pace.computed()
             if out is None or trainer.step == before:
                 continue  # skipped (non-finite), or inside gradient accumulation
             step = trainer.step
             last = out
             if step % cfg.log.every_steps == 0 or step == trainer.total_steps:
                 last = materialize(out)  # the host sync of a logging step
-                metrics.write(step, dict(last, epoch=trainer.loader.epoch,
-                                         images_per_s=_rate(step, cfg, env, start)))
+                rates = pace.report(step, trainer.total_steps)
+                log.info(step_line(step, trainer.total_steps, trainer.loader.epoch, last, **rates))
+                metrics.write(step, dict(last, epoch=trainer.loader.epoch, **rates))
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
-                metrics.write(step, trainer.evaluate_all(cfg.eval.max_batches))
+                _evaluate(trainer, cfg, metrics, step)
             if step % cfg.checkpoint.every_steps == 0 or step == trainer.total_steps:
                 _save(trainer, cfg, run_dir)
+            pace.computed()  # evaluation and checkpoints are not data wait
             if step >= trainer.total_steps:
                 break
     trainer.check_last_step()
-    final = trainer.evaluate_all(cfg.eval.max_batches)
-    metrics.write(trainer.step, final)
+    final = _evaluate(trainer, cfg, metrics, trainer.step)
     return dict(materialize(last), **final, step=trainer.step)
 
 
-def _rate(step: int, cfg: RunConfig, env, start: float) -> float:
-    return step * cfg.train.micro_batch * cfg.train.grad_accum * env.world_size / max(time.monotonic() - start, 1e-9)
+def _evaluate(trainer, cfg: RunConfig, metrics: MetricsWriter, step: int) -> dict:
+    results = trainer.evaluate_all(cfg.eval.max_batches)
+    if cfg.data.val_sources:
+        log.info(eval_line(step, results))
+    metrics.write(step, results)
+    return results
 
 
 def _save(trainer, cfg: RunConfig, run_dir: str) -> None:
@@ -89,36 +131,63 @@ def _save(trainer, cfg: RunConfig, run_dir: str) -> None:
                     loader.state_dict(), cfg.checkpoint.keep,
                     client_state=dict(epoch=loader.epoch, config=to_dict(cfg)),
                     rank0_tensors={'ema': trainer.ema.module.state_dict()} if trainer.ema is not None else None)
+    log.info('checkpoint step-%d written to %s', trainer.step, checkpoint.ckpt_root(run_dir))
 
 
-def main(argv=None, check=None) -> dict:
-    """``check``: an extra config check of the entry point (fine-tuning requires ``init``)."""
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s: %(message)s')
-    args = parse_args(argv)
+def main(argv=None, check=None, doc: str = __doc__) -> dict:
+    """``check``: an extra config check of the entry point (fine-tuning requires ``init``);
+    ``doc``: the entry point's own help text."""
+    args = parse_args(argv, doc)
+    rank = read_dist_env(local_rank_arg=args.local_rank).rank
+    setup_logging(rank)
+    try:
+        return train(args, check)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        save_traceback()  # into train.log when the run folder exists
+        if rank == 0:
+            print(f'error: {exc}', file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def train(args, check=None) -> dict:
     cfg = load_config(args.config, args.set)
     if check is not None:
         check(cfg)
     env, device = init_distributed(args.local_rank)
     check_launch(cfg, env.world_size)
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file)
-    if env.is_main:
-        warn_unlabeled_sources(label_coverage([SourceSpec(s.name, s.url) for s in cfg.data.sources], list(cfg.tasks),
-                                              cfg.data.label_store, cfg.data.tasks_file), log)
     run_dir = cfg.checkpoint.dir
     if env.is_main:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
+        log_to_file(run_dir)
         (Path(run_dir) / 'config.json').write_text(json.dumps(to_dict(cfg), indent=2))
     from pretrain.engine import Trainer
     trainer = Trainer(cfg, env, device)
-    metrics = MetricsWriter(run_dir, enabled=env.is_main, tensorboard=cfg.log.tensorboard)
+    tag = checkpoint.resume_tag(run_dir, cfg.checkpoint.resume)
+    if env.is_main:
+        _announce(trainer, cfg, tag)
+    metrics = MetricsWriter(run_dir, enabled=env.is_main, tensorboard=cfg.log.tensorboard,
+                            resume_step=checkpoint.step_of(tag) if tag else None)
     try:
-        result = fit(trainer, cfg, run_dir, metrics)
+        result = fit(trainer, cfg, run_dir, metrics, tag)
     finally:
         metrics.close()
     if env.is_main:
         (Path(run_dir) / 'result.json').write_text(json.dumps(result, indent=2))
         print(json.dumps(result), flush=True)
     return result
+
+
+def _announce(trainer, cfg: RunConfig, tag) -> None:
+    specs = [SourceSpec(s.name, s.url) for s in cfg.data.sources]
+    coverage = label_coverage(specs, list(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file)
+    warn_unlabeled_sources(coverage, log)
+    sources = {s.name: (coverage[s.name][1], coverage[s.name][0], s.weight) for s in cfg.data.sources}
+    params = sum(p.numel() for p in trainer.engine.module.parameters())
+    log.info(startup_summary(cfg, trainer.env.world_size, params, trainer.steps_per_epoch, trainer.total_steps,
+                             sources, tag))
 
 
 if __name__ == '__main__':

@@ -47,9 +47,10 @@ class ShardStream(IterableDataset):
         if src.samples < self.slots:
             raise ValueError(f'source {src.name!r} has {src.samples} samples for {where}')
         if len(src.counts) < self.slots and self.cfg.few_shards == 'error':
-            raise ValueError(f'source {src.name!r} has {len(src.counts)} shards for {where}: build more, '
-                             'smaller shards, use fewer workers, or set few_shards="share" (slots then '
-                             'read disjoint parts of the same shards)')
+            raise ValueError(f'source {src.name!r} has {len(src.counts)} shards for {where}: rebuild it with '
+                             f'smaller shards (replk-shards build --samples-per-shard <= {src.samples // self.slots}), '
+                             'use fewer workers (data.workers), or set data.few_shards="share" (slots then read '
+                             'disjoint parts of the same shards)')
 
     def batches_per_epoch(self) -> int:
         """Per rank: every worker yields the same number of batches."""

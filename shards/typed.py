@@ -3,6 +3,7 @@ naming the field (``optim.lr: expected float, got str 'fast'``). Shared by every
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from typing import Any, Dict, List, Tuple
 
@@ -48,7 +49,9 @@ def build(cls, data: Any, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f'{where}: unknown key(s) {unknown}; known: {sorted(fields)}')
+        close = {k: difflib.get_close_matches(k, list(fields), n=1) for k in unknown}
+        hint = ''.join(f'; did you mean {c[0]!r} for {k!r}?' for k, c in close.items() if c)
+        raise ConfigError(f'{where or "config"}: unknown key(s) {unknown}{hint} (known: {sorted(fields)})')
     kwargs = {}
     for name, f in fields.items():
         if name in data:

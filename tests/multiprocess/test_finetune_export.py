@@ -26,6 +26,10 @@ def test_pretrain_finetune_evaluate_export_and_load_through_timm(tiny, tmp_path,
                    '--config', 'configs/tiny_cpu.json', *finetune_args(tiny, ft, pre, 'schedule.max_steps=6')])
     assert "dropped: ['head.fc.stripes.bias', 'head.fc.stripes.weight']" in proc.stdout
     assert 'new: none' in proc.stdout  # the shape head came from pretraining
+    assert proc.stdout.count('starting weights from') == 1  # rank 0, once
+    logged = [json.loads(line) for line in (ft / 'metrics.jsonl').read_text().splitlines()]
+    row = next(r for r in logged if 'lr/stem' in r)
+    assert row['lr'] == pytest.approx(row['lr/head']) and row['lr/stem'] == pytest.approx(row['lr'] * 0.4 ** 3)
     result = json.loads((ft / 'result.json').read_text())
     assert 'val/shape/top1' in result and 'val_ema/shape/top1' in result  # EMA evaluated beside the raw weights
 
@@ -52,6 +56,12 @@ def test_pretrain_finetune_evaluate_export_and_load_through_timm(tiny, tmp_path,
         a, b = trained(x), loaded(x)
     assert ((a - b).abs().max() / a.abs().max()).item() < 1e-4
     assert torch.equal(a.argmax(1), b.argmax(1))
+
+
+def test_finetune_help_is_its_own():
+    import subprocess
+    proc = subprocess.run([sys.executable, 'pretrain/finetune.py', '--help'], capture_output=True, text=True, timeout=60)
+    assert 'Fine-tuning' in proc.stdout and 'Semi-supervised multi-task pretraining' not in proc.stdout
 
 
 def test_finetune_without_starting_weights_is_refused(tiny, tmp_path):

@@ -184,3 +184,24 @@ def test_decode_mode_typo_is_refused(tmp_path):
     with pytest.raises(ValueError, match='decode'):
         load_job_config(str(job_config(tmp_path, 'x', 'y', [dict(kind='timm', model='m', weights='w')],
                                        decode='gpu')))
+
+
+def test_validate_and_report_read_a_user_task_from_the_store_without_a_tasks_file(setup):
+    tmp, shards, weights = setup
+    cfg = load_job_config(str(job_config(tmp, shards, str(tmp / 'store'), [timm_teacher_spec(weights)])))
+    run_job(cfg, progress=False)
+    assert cli(['validate', '--store', str(tmp / 'store'), '--task', 'toy']) == 0
+    assert cli(['report', '--store', str(tmp / 'store'), '--task', 'toy', '--out', str(tmp / 'report')]) == 0
+
+
+def test_a_teacher_naming_the_task_classes_in_another_order_is_refused(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, num_labels=4, id2label={0: 'b', 1: 'a', 2: 'c', 3: 'd'},
+                       label2id={'b': 0, 'a': 1, 'c': 2, 'd': 3})
+    ViTForImageClassification(config).save_pretrained(tmp_path / 'hf')
+    ViTImageProcessor(size={'height': 32, 'width': 32}).save_pretrained(tmp_path / 'hf')
+    spec = TeacherSpec(kind='transformers', model=str(tmp_path / 'hf'))
+    with pytest.raises(ValueError, match=r"class names do not match the task's .* 0: 'b' vs 'a'"):
+        load_teacher(spec, 4, ['a', 'b', 'c', 'd'])
+    load_teacher(spec, 4, ['n01', 'n02', 'n03', 'n04'])  # another naming scheme: nothing to compare

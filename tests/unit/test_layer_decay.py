@@ -47,4 +47,4 @@ def test_group_lr_ratios_hold_at_every_step_of_the_schedule(capsys):
     for step, lrs in snapshots.items():  # shown in the issue note
         print(f'step {step}: ' + ', '.join(f'{k}={v:.3e}' for k, v in lrs.items() if k.endswith('_decay')
                                             and not k.endswith('no_decay')))
-    assert snapshots[10]['layer5_decay'] > snapshots[25]['layer5_decay']
+    assert snapshots[10]['head_decay'] > snapshots[25]['head_decay']
