@@ -6,6 +6,11 @@ A = log10(sum / (3n) + 1); rescaled to [0, 1] by its maximum. The high-contribut
 ratio r(t) is the smallest centered square whose share of the total contribution of A
 passes t, as a fraction of the image area (Table 10).
 
+``--definition paper`` (the default) is the appendix's formula above. ``--definition official``
+is the official script (erf/visualize_erf.py of RepLKNet-pytorch), which differs in two ways that
+change the numbers: it applies a ReLU to the central points before summing them, and it averages
+over images (divides by n, not 3n). Every output names the definition used.
+
     python -m pretrain.analysis.erf --model replknet_31b --model replknet_13 --images val_images/ \\
         --num 50 --size 1024 --out erf/ [--checkpoint replknet_31b=RepLKNet-31B.pth]
 """
@@ -22,6 +27,7 @@ import torch
 from PIL import Image
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
+DEFINITIONS = ('paper', 'official')
 
 
 def last_stage_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -34,26 +40,32 @@ def last_stage_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor
     return out
 
 
-def contribution_sum(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Sum over the batch and input channels of max(d(sum of central points)/dI, 0)."""
+def contribution_sum(model: torch.nn.Module, images: torch.Tensor, relu_center: bool = False) -> torch.Tensor:
+    """Sum over the batch and input channels of max(d(sum of central points)/dI, 0); with
+    ``relu_center`` the central points pass a ReLU first (the official script)."""
     x = images.clone().requires_grad_(True)
     feats = last_stage_features(model, x)
     h, w = feats.shape[-2:]
-    feats[:, :, h // 2, w // 2].sum().backward()
+    center = feats[:, :, h // 2, w // 2]
+    (center.relu() if relu_center else center).sum().backward()
     return x.grad.clamp(min=0).sum(dim=(0, 1))
 
 
-def aggregate(model: torch.nn.Module, batches: Iterable[torch.Tensor], device) -> np.ndarray:
-    """A = log10(mean contribution + 1) rescaled to [0, 1] (Appendix B, eq. 1-2)."""
+def aggregate(model: torch.nn.Module, batches: Iterable[torch.Tensor], device,
+              definition: str = 'paper') -> np.ndarray:
+    """A = log10(contribution / (3n) + 1) (paper) or log10(contribution / n + 1) with ReLU'd central
+    points (official), rescaled to [0, 1] (Appendix B, eq. 1-2)."""
+    if definition not in DEFINITIONS:
+        raise ValueError(f'ERF definition {definition!r} is not one of {DEFINITIONS}')
     model.eval().to(device)
     total, n = None, 0
     for images in batches:
-        c = contribution_sum(model, images.to(device)).double().cpu()
+        c = contribution_sum(model, images.to(device), relu_center=definition == 'official').double().cpu()
         total = c if total is None else total + c
         n += images.shape[0]
     if total is None:
         raise ValueError('no images')
-    a = torch.log10(total / (3 * n) + 1).numpy()
+    a = torch.log10(total / ((3 if definition == 'paper' else 1) * n) + 1).numpy()
     return a / a.max() if a.max() > 0 else a
 
 
@@ -138,6 +150,9 @@ def main(argv=None) -> dict:
     p.add_argument('--batch', type=int, default=4)
     p.add_argument('--out', required=True)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--definition', choices=DEFINITIONS, default='paper',
+                   help="paper: Appendix B's formula; official: the official script's (ReLU on the central "
+                        'points, mean over images)')
     p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
     args = p.parse_args(argv)
     ckpts = dict(c.split('=', 1) for c in args.checkpoint)
@@ -151,14 +166,14 @@ def main(argv=None) -> dict:
         cfg = model.pretrained_cfg
         batches = load_images(args.images, args.num, args.size, cfg.get('mean', (0.485, 0.456, 0.406)),
                               cfg.get('std', (0.229, 0.224, 0.225)), args.batch)
-        a = aggregate(model, batches, torch.device(args.device))
+        a = aggregate(model, batches, torch.device(args.device), args.definition)
         np.save(out / f'{name}_erf.npy', a)
         heatmap(a, out / f'{name}_erf.png', f'{name} ERF')
         rows[name] = {t: area_ratio(a, t) for t in THRESHOLDS}
         timing[name] = time.monotonic() - start
-    md = table(rows)
+    md = f'ERF definition: {args.definition}\n\n' + table(rows)
     (out / 'erf_table.md').write_text(md + '\n')
-    summary = dict(size=args.size, images=sum(b.shape[0] for b in batches), seconds=timing,
+    summary = dict(definition=args.definition, size=args.size, images=sum(b.shape[0] for b in batches), seconds=timing,
                    ratios={n: {str(t): r for t, r in rows[n].items()} for n in rows})
     (out / 'erf.json').write_text(json.dumps(summary, indent=1))
     print(md)

@@ -103,3 +103,25 @@ def test_shape_bias_cli_on_a_cue_conflict_folder(tmp_path):
     (tmp_path / 'bad.json').write_text(json.dumps({'cat': [1]}))
     with pytest.raises(ValueError, match='have no ImageNet classes'):
         shape_bias.load_mapping(str(tmp_path / 'bad.json'))
+
+
+def test_official_erf_definition_reproduces_the_official_script_algorithm():
+    # The official erf/visualize_erf.py, image by image (its batch size is 1): ReLU on the central
+    # points, gradient, ReLU, summed over channels, averaged over images; then log10(x + 1) / max.
+    from pretrain.models import RepLKNet
+    torch.manual_seed(0)
+    model = RepLKNet(num_classes=0, kernel_sizes=(7, 5), depths=(1, 1), channels=(8, 16), small_kernel=3).eval()
+    images = torch.randn(3, 3, 64, 64)
+    maps = []
+    for image in images:
+        x = image[None].clone().requires_grad_(True)
+        out = model.forward_features(x)
+        central = torch.nn.functional.relu(out[:, :, out.shape[2] // 2, out.shape[3] // 2]).sum()
+        grad = torch.nn.functional.relu(torch.autograd.grad(central, x)[0])
+        maps.append(grad.sum((0, 1)).double())
+    expected = torch.log10(torch.stack(maps).mean(0) + 1)
+    expected = (expected / expected.max()).numpy()
+    ours = erf.aggregate(model, [images[:2], images[2:]], torch.device('cpu'), definition='official')
+    assert np.allclose(ours, expected, rtol=1e-6, atol=1e-9)
+    paper = erf.aggregate(model, [images], torch.device('cpu'), definition='paper')
+    assert not np.allclose(paper, expected)  # the two definitions differ on the same model and images
