@@ -11,6 +11,8 @@ import torch
 
 from shards import storage
 
+from shards.helpformat import HelpFormatter
+
 from .store import LabelError, LabelStore
 from .tasks import TaskRegistry
 
@@ -86,9 +88,9 @@ def _report(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m labeling', description=__doc__)
+    p = argparse.ArgumentParser(prog='python -m labeling', description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
-    r = sub.add_parser('run', help='label image shards with the config\'s teachers')
+    r = sub.add_parser('run', formatter_class=HelpFormatter, help='label image shards with the config\'s teachers')
     r.add_argument('--config', required=True)
     r.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs (e.g. $SLURM_ARRAY_TASK_ID)')
     r.add_argument('--num-jobs', type=int, default=1)
@@ -100,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
                              ('commit', _commit, 'list every committed part in _task.json'),
                              ('validate', _validate, 'check every part; exit 1 on a fault'),
                              ('report', _report, 'coverage, confidence, teacher agreement')):
-        s = sub.add_parser(name, help=text)
+        s = sub.add_parser(name, formatter_class=HelpFormatter, help=text)
         s.add_argument('--store', required=True, help='label store root')
         s.add_argument('--task', required=True, nargs='+')
         s.add_argument('--tasks-file', help='JSON with user tasks')

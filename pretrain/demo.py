@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from shards.helpformat import HelpFormatter
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {'digit': 10, 'parity': 2}
@@ -267,7 +268,7 @@ def write_report(out: Path, summary: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--out', default='runs/demo')
     p.add_argument('--local', action='store_true', help='a local folder instead of a SeaweedFS S3 server')
     p.add_argument('--quick', action='store_true', help='fewer images and steps (the CI test)')

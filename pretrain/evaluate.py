@@ -16,6 +16,8 @@ import logging
 import os
 from pathlib import Path
 
+from shards.helpformat import HelpFormatter
+
 from .config import DataConfig, RunConfig, SourceConfig, TaskConfig, build, load_config
 
 
@@ -63,7 +65,7 @@ def exported_model(file, args):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--checkpoint', required=True, help='run folder, .pt/.pth/.bin or .safetensors file')
     p.add_argument('--tag', help='run folder: step-N (default: the newest committed)')
     p.add_argument('--data', action='append', required=True, metavar='SOURCE=URL', help='labeled shards (repeatable)')

@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from shards.helpformat import HelpFormatter
+
 from .config import RunConfig, build
 
 
@@ -145,7 +147,7 @@ def load_export(file: Path):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('run_dir', help='a pretraining or fine-tuning run folder')
     p.add_argument('--task', required=True, help='the head to keep')
     p.add_argument('--out', required=True)

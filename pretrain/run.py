@@ -23,6 +23,7 @@ from pretrain.console import (eval_line, log_to_file, save_traceback, setup_logg
 from pretrain.distributed import init_distributed, read_dist_env  # noqa: E402
 from pretrain.labels import check_store_tasks, label_coverage, warn_unlabeled_sources  # noqa: E402
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
+from shards.helpformat import HelpFormatter  # noqa: E402
 from shards.safe_files import UnsafeFileError  # noqa: E402
 from shards.stream import SourceSpec  # noqa: E402
 
@@ -34,7 +35,7 @@ USER_ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError, FloatingPoi
 
 
 def parse_args(argv=None, doc: str = __doc__) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
     p.add_argument('--config', required=True, help='a run config (configs/*.json)')
     p.add_argument('--set', action='append', default=[], metavar='SECTION.FIELD=VALUE',
                    help='override a config value (JSON value; repeatable)')

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from shards.helpformat import HelpFormatter
 
 if __package__ in (None, ''):  # run as a script by a launcher: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--zero-stage', type=int, default=2, choices=(0, 1, 2, 3))
     p.add_argument('--steps', type=int, default=8)
     p.add_argument('--micro-batch', type=int, default=4)

@@ -11,6 +11,7 @@ from .build import BuildOptions, build
 from .index import ShardIndex
 from .inputs import InputError, filelist_items, imagefolder_items, unlabeled_items
 from .verify import orphans, verify
+from .helpformat import HelpFormatter
 
 
 def _build(args) -> int:
@@ -58,9 +59,9 @@ def _stat(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m shards', description=__doc__)
+    p = argparse.ArgumentParser(prog='python -m shards', description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
-    b = sub.add_parser('build', help='pack images into tar shards (resumes an interrupted build)')
+    b = sub.add_parser('build', formatter_class=HelpFormatter, help='pack images into tar shards (resumes an interrupted build)')
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument('--imagefolder', help='class subfolders become labels of --task')
     src.add_argument('--filelist', help='CSV/TSV (path, [id], one column per task) or JSONL')
@@ -76,11 +77,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     b.add_argument('--no-progress', action='store_true')
     b.set_defaults(func=_build)
-    v = sub.add_parser('verify', help='check tars, hashes, keys and that every image decodes')
+    v = sub.add_parser('verify', formatter_class=HelpFormatter, help='check tars, hashes, keys and that every image decodes')
     v.add_argument('prefix')
     v.add_argument('--no-decode', action='store_true', help='skip decoding images (faster)')
     v.set_defaults(func=_verify)
-    s = sub.add_parser('stat', help='samples per source and task')
+    s = sub.add_parser('stat', formatter_class=HelpFormatter, help='samples per source and task')
     s.add_argument('prefix')
     s.add_argument('--json', action='store_true')
     s.set_defaults(func=_stat)

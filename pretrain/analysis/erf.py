@@ -25,6 +25,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 import torch
 from PIL import Image
+from shards.helpformat import HelpFormatter
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 DEFINITIONS = ('paper', 'official')
@@ -139,7 +140,7 @@ def build(name: str, checkpoint: Optional[str], kwargs: Optional[dict] = None, t
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--model', action='append', required=True, help='registered or timm model (repeatable)')
     p.add_argument('--checkpoint', action='append', default=[], metavar='MODEL=PATH')
     p.add_argument('--model-kwargs', action='append', default=[], metavar='MODEL=JSON',

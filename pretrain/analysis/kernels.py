@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from pretrain.models.layers import ReparamLargeKernelConv, fuse_conv_bn_weights
+from shards.helpformat import HelpFormatter
 
 
 def large_kernel_layers(model: torch.nn.Module) -> dict:
@@ -59,7 +60,7 @@ def plot(maps: dict, path: Path, title: str) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--model', required=True)
     p.add_argument('--checkpoint')
     p.add_argument('--layer', help='module name (default: the first large-kernel conv of the last stage)')

@@ -24,6 +24,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 from PIL import Image
+from shards.helpformat import HelpFormatter
 
 CATEGORIES = ('airplane', 'bear', 'bicycle', 'bird', 'boat', 'bottle', 'car', 'cat', 'chair', 'clock', 'dog',
               'elephant', 'keyboard', 'knife', 'oven', 'truck')
@@ -108,7 +109,7 @@ def evaluate(model, images: List[Path], mapping, size: int, mean, std, batch: in
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--model', action='append', required=True)
     p.add_argument('--checkpoint', action='append', default=[], metavar='MODEL=PATH')
     p.add_argument('--model-kwargs', action='append', default=[], metavar='MODEL=JSON')
