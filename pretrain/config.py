@@ -19,45 +19,45 @@ from shards.typed import ConfigError, build  # noqa: F401  (re-exported: the loa
 @dataclass
 class ModelConfig:
     name: str = 'replknet_xl'                 # any timm-registered model
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = 0.0                 # stochastic depth rate
     kwargs: Dict[str, Any] = field(default_factory=dict)    # extra timm.create_model arguments
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False            # recompute activations in backward (saves memory)
     channels_last: bool = True                # inputs (not parameters) in channels-last, on every device
     sync_bn: str = 'none'                     # none | node | global: BN statistics over this rank, its node, all ranks
 
 
 @dataclass
 class SourceConfig:
-    name: str
+    name: str                                   # a source name in the shard index (e.g. in1k, yfcc)
     url: str                                   # shard prefix with _index.json, or a brace pattern
-    weight: Optional[float] = None
+    weight: Optional[float] = None              # mixing weight; null: by sample count
 
 
 @dataclass
 class DataConfig:
-    sources: List[SourceConfig] = field(default_factory=list)
+    sources: List[SourceConfig] = field(default_factory=list)  # training sources: [{name, url, weight}]
     label_store: Optional[str] = None         # labels/{task}/... root; None: human labels from shard metadata
-    image_size: int = 224
-    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
-    auto_augment: Optional[str] = 'rand-m9-mstd0.5-inc1'
-    re_prob: float = 0.0
-    interpolation: str = 'bicubic'
+    image_size: int = 224                       # training and evaluation input size
+    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)  # normalization mean (RGB, 0-1)
+    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)  # normalization std
+    auto_augment: Optional[str] = 'rand-m9-mstd0.5-inc1'  # timm RandAugment spec; null: none
+    re_prob: float = 0.0                        # random erasing probability
+    interpolation: str = 'bicubic'              # resize interpolation
     crop_scale: Tuple[float, float] = (0.08, 1.0)   # RandomResizedCrop area range
-    hflip: float = 0.5
-    workers: int = 8
-    shuffle_buffer: int = 500
-    few_shards: str = 'error'
-    max_corrupt_fraction: float = 0.01
-    tasks_file: Optional[str] = None
-    val_sources: List[SourceConfig] = field(default_factory=list)
-    val_crop_pct: float = 0.875
+    hflip: float = 0.5                          # horizontal flip probability
+    workers: int = 8                            # DataLoader workers per rank (decode + augment + label join)
+    shuffle_buffer: int = 500                   # samples shuffled within each worker
+    few_shards: str = 'error'                   # fewer shards than ranks x workers: error / share (slots read parts of shards)
+    max_corrupt_fraction: float = 0.01          # stop when more samples than this are undecodable
+    tasks_file: Optional[str] = None            # JSON of user tasks (class names or counts); built in: in1k, in22k, places365
+    val_sources: List[SourceConfig] = field(default_factory=list)  # evaluation sources (labeled); every sample once
+    val_crop_pct: float = 0.875                 # evaluation: resize to size / crop_pct, center crop
 
 
 @dataclass
 class TaskConfig:
-    num_classes: int
-    weight: float = 1.0
+    num_classes: int                            # head size; must match the label store's task
+    weight: float = 1.0                         # weight of this task's loss
     label_smoothing: float = 0.1              # applied to human labels only
     class_map_version: Optional[str] = None   # checked against the label store when given
 
@@ -65,10 +65,10 @@ class TaskConfig:
 @dataclass
 class OptimConfig:
     name: str = 'adamw'                       # adamw | sgd
-    lr: float = 1.5e-3
-    weight_decay: float = 0.05
-    betas: Tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    lr: float = 1.5e-3                          # base lr (the head's under layer decay), per total batch
+    weight_decay: float = 0.05                  # none on norms and biases
+    betas: Tuple[float, float] = (0.9, 0.999)   # adamw
+    eps: float = 1e-8                           # adamw
     momentum: float = 0.9                     # sgd
     layer_decay: Optional[float] = None       # stage-wise lr decay (fine-tuning), e.g. 0.4
     layer_decay_granularity: str = 'stage'    # stage (stem, stages, head) | block
@@ -76,23 +76,23 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    epochs: float = 15.0
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.0
+    epochs: float = 15.0                        # length of the cosine schedule
+    warmup_epochs: float = 1.0                  # linear warm-up
+    min_lr_ratio: float = 0.0                   # final lr / base lr
     max_steps: Optional[int] = None           # stop early (quick runs, tests)
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = 0                               # weights, data order and augmentation
     micro_batch: int = 32                     # per rank
-    grad_accum: int = 1
+    grad_accum: int = 1                         # micro-batches per optimizer step
     precision: str = 'bf16'                   # fp32 | bf16 (autocast; BatchNorm stays fp32)
     max_nonfinite_steps: int = 5              # stop after this many non-finite steps in a row
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
+    mixup: float = 0.0                          # mixup alpha (0: off)
+    cutmix: float = 0.0                         # CutMix alpha (0: off)
+    mixup_prob: float = 1.0                     # probability of mixing a batch
+    mixup_switch_prob: float = 0.5              # probability of CutMix instead of mixup
     ema_decay: Optional[float] = None         # EMA of the weights (the paper's momentum 1e-4 = 0.9999)
 
 
@@ -100,30 +100,30 @@ class TrainConfig:
 class InitConfig:
     """Starting weights: a run folder (its ZeRO checkpoint is consolidated), a .pt/.pth/.bin
     file (ours, consolidated fp32, or an official RepLKNet release) or a .safetensors file."""
-    checkpoint: str
+    checkpoint: str                             # run folder, .pt/.pth/.bin, .safetensors or an official release
     tag: Optional[str] = None                 # run folder: this step-N instead of the newest committed
     trust_pickle: bool = False                # allow code execution when unpickling it (trusted files only)
 
 
 @dataclass
 class EvalConfig:
-    every_steps: int = 0                      # 0: only at the end
-    max_batches: Optional[int] = None
+    every_steps: int = 0                      # evaluation interval; 0: only at the end
+    max_batches: Optional[int] = None           # evaluation batches per rank (null: all)
 
 
 @dataclass
 class CheckpointConfig:
-    dir: str = 'runs/default'
-    every_steps: int = 1000
-    keep: int = 2
+    dir: str = 'runs/default'                   # run folder: config.json, ckpt/, metrics.jsonl, tb/, train.log
+    every_steps: int = 1000                     # checkpoint interval (and at the end)
+    keep: int = 2                               # newest committed checkpoints kept
     resume: str = 'auto'                      # auto | must | never
     universal: bool = False                   # allow a changed world size via DeepSpeed's universal checkpoint
 
 
 @dataclass
 class LogConfig:
-    every_steps: int = 10
-    tensorboard: bool = True
+    every_steps: int = 10                       # a console line and a metrics row every this many steps
+    tensorboard: bool = True                    # TensorBoard scalars under {dir}/tb
 
 
 @dataclass

@@ -12,11 +12,11 @@ FORMAT = '%(asctime)s %(levelname)s %(message)s'
 
 
 def setup_logging(rank: int) -> None:
-    """Rank 0 talks (INFO); the other ranks only warn, so every line appears once."""
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=FORMAT, stream=sys.stdout,
-                        force=True)
-    for noisy in ('DeepSpeed', 'deepspeed', 'torch.distributed', 'aiobotocore', 'botocore'):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Rank 0 talks (INFO from this project's modules); the other ranks and the libraries only warn,
+    so every line appears once."""
+    logging.basicConfig(level=logging.WARNING, format=FORMAT, stream=sys.stdout, force=True)
+    for ours in ('pretrain', 'labeling', 'shards'):
+        logging.getLogger(ours).setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
 def log_to_file(run_dir: str) -> None:
@@ -40,7 +40,7 @@ def startup_summary(cfg, world_size: int, params: int, steps_per_epoch: int, tot
                     sources: Dict[str, tuple], resume: Optional[str]) -> str:
     """``sources``: name -> (samples, labeled samples, mixing weight or None)."""
     t = cfg.train
-    lines = [f'model {cfg.model.name}: {params / 1e6:.1f}M parameters, heads '
+    lines = [f'model {cfg.model.name}: {params:,} parameters, heads '
              + ', '.join(f'{name} ({task.num_classes})' for name, task in cfg.tasks.items()),
              f'world size {world_size}; batch {t.micro_batch} per rank x {t.grad_accum} accumulation x {world_size} '
              f'ranks = {t.micro_batch * t.grad_accum * world_size} images per step; precision {t.precision}, '

@@ -88,7 +88,7 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None)
     env = trainer.env
     if tag:
         resume(trainer, cfg, run_dir, tag)
-    last = {}
+    last, evaluated = {}, (None, None)
     pace = Pace(trainer.step, cfg.train.micro_batch * cfg.train.grad_accum * env.world_size)
     while trainer.step < trainer.total_steps:
         for batch in trainer.loader:
@@ -106,14 +106,14 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None)
                 log.info(step_line(step, trainer.total_steps, trainer.loader.epoch, last, **rates))
                 metrics.write(step, dict(last, epoch=trainer.loader.epoch, **rates))
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
-                _evaluate(trainer, cfg, metrics, step)
+                evaluated = (step, _evaluate(trainer, cfg, metrics, step))
             if step % cfg.checkpoint.every_steps == 0 or step == trainer.total_steps:
                 _save(trainer, cfg, run_dir)
             pace.computed()  # evaluation and checkpoints are not data wait
             if step >= trainer.total_steps:
                 break
     trainer.check_last_step()
-    final = _evaluate(trainer, cfg, metrics, trainer.step)
+    final = evaluated[1] if evaluated[0] == trainer.step else _evaluate(trainer, cfg, metrics, trainer.step)
     return dict(materialize(last), **final, step=trainer.step)
 
 
