@@ -130,7 +130,7 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_one(tiny, tm
                                                                 'checkpoint.every_steps=1', 'checkpoint.keep=3')),
                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f'resumed from step-{committed[-1]}' in resumed.stderr
+    assert f'resumed from step-{committed[-1]}' in resumed.stdout
     assert sorted(metrics(run_dir))[-1] == committed[-1] + 2
 
 
