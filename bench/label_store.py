@@ -22,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labeling.store import LabelStore, Row  # noqa: E402
+
+BENCH_TEACHER = {'teachers': [{'kind': 'synthetic', 'model': 'teacher-like soft labels'}]}
 from labeling.tasks import Task, TaskRegistry  # noqa: E402
 
 
@@ -57,7 +59,7 @@ def measure(classes: int, images: int, per_shard: int, tmp: Path) -> dict:
         out['kl_nats'][k] = float(np.mean(-np.log(mass)))   # KL(top-k renormalized || full)
         out['mass'][k] = float(np.mean(mass))
         store = LabelStore(str(tmp / f'store_{classes}_{k}'), registry)
-        store.open_task(f'c{classes}', topk=k)
+        store.open_task(f'c{classes}', teacher=BENCH_TEACHER, topk=k)
         total = 0
         for s in range(0, images, per_shard):
             rows = [Row(keys[i], idx[i], vals[i], 'pseudo') for i in range(s, min(s + per_shard, images))]
@@ -72,7 +74,7 @@ def measure(classes: int, images: int, per_shard: int, tmp: Path) -> dict:
 def _part_bytes(store, task, first_key, rows):
     from labeling.store import shard_stem_of_key
     from shards import storage
-    record = store.write_part(task, shard_stem_of_key(first_key), rows, kind='teacher')
+    record = store.write_part(task, shard_stem_of_key(first_key), rows, kind='teacher', teacher=BENCH_TEACHER)
     return storage.read_bytes(f'{store.root}/labels/{task}/{record["file"]}')
 
 

@@ -157,7 +157,8 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
     mine = assign_shards(list(shard_urls), job_index, num_jobs)
     ensemble = Ensemble([load_teacher(t, task.num_classes, task.class_names) for t in cfg.teachers])
     store = LabelStore(cfg.store, registry)
-    store.open_task(cfg.task, teacher=dict(teachers=ensemble.identity(), topk=cfg.topk), topk=cfg.topk)
+    identity = dict(teachers=ensemble.identity(), topk=cfg.topk)
+    store.open_task(cfg.task, teacher=identity, topk=cfg.topk)
     done = {s for s, r in store.commit_records(cfg.task).items() if r.get('kind') == 'teacher'}
     todo = [s for s in mine if s not in done]
     summary = dict(task=cfg.task, job_index=job_index, num_jobs=num_jobs, assigned=len(mine),
@@ -182,7 +183,7 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
         summary['images'] += len(rows)
         bar.update(len(rows) + len(failed))
         if batch['last']:
-            store.write_part(cfg.task, batch['stem'], pending.pop(batch['stem']), kind='teacher')
+            store.write_part(cfg.task, batch['stem'], pending.pop(batch['stem']), kind='teacher', teacher=identity)
             summary['committed'] += 1
             store.refresh_manifest(cfg.task, force=False)
     bar.close()

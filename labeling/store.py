@@ -62,6 +62,13 @@ def shard_stem_of_key(key: str) -> str:
     return f'{parts[0]}-{parts[1]}'
 
 
+def teacher_id(teacher: Optional[dict]) -> Optional[str]:
+    """A short, stable identity of a teacher description (kind, model, weights hash, temperature...)."""
+    if teacher is None:
+        return None
+    return hashlib.sha256(json.dumps(teacher, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def validate_rows(task: Task, stem: str, keys, idx, prob, source) -> None:
     """Every rule of the store, checked on write and on read."""
     where = f'task {task.name!r}, shard {stem}'
@@ -123,29 +130,44 @@ class LabelStore:
     def _manifest_url(self, task: str) -> str:
         return f'{self._task_dir(task)}/_task.json'
 
+    def _teacher_url(self, task: str) -> str:
+        return f'{self._task_dir(task)}/_teacher.json'
+
     def _commit_url(self, task: str, stem: str) -> str:
         return f'{self._task_dir(task)}/_commits/{check_name(stem, "shard stem")}.json'
 
     # --- the task header ------------------------------------------------------------------
     def open_task(self, task_name: str, teacher: Optional[dict] = None, topk: Optional[int] = None) -> Task:
-        """Create the task's ``_task.json`` or check that it agrees with this registry and teacher."""
+        """Create the task's records, or check that they agree with this registry and teacher.
+
+        Both records are created first-writer-wins (``storage.create_exclusive``): ``_task.json``
+        fixes the class map, ``_teacher.json`` the one teacher whose labels the task holds. Of two
+        jobs with different teachers racing on a fresh store, one claims the task and the other
+        fails naming both teachers.
+        """
         task = self.registry.get(task_name)
-        try:
-            manifest = self.manifest(task_name)
-        except FileNotFoundError:
-            manifest = dict(version=STORE_VERSION, task=task.name, num_classes=task.num_classes,
-                            class_map_version=task.class_map_version, class_names=list(task.class_names),
-                            teacher=teacher, topk=topk, parts={})
-            self._write_manifest(task_name, manifest)
-            return task
+        header = dict(version=STORE_VERSION, task=task.name, num_classes=task.num_classes,
+                      class_map_version=task.class_map_version, class_names=list(task.class_names),
+                      teacher=None, topk=None, parts={})
+        storage.create_exclusive(self._manifest_url(task_name), json.dumps(header, indent=1).encode(), self.retry)
+        manifest = self.manifest(task_name, reload=True)
         self.check_task(task, manifest)
-        if teacher is not None and manifest.get('teacher') not in (None, teacher):
-            raise LabelError(f'task {task_name!r}: the store was labeled by teacher {manifest["teacher"]}, '
-                             f'this job has {teacher}; one task holds one teacher\'s labels (use a new store)')
-        if teacher is not None and manifest.get('teacher') is None:
+        if teacher is not None:
+            self._claim_teacher(task_name, teacher, topk, manifest)
+        return task
+
+    def _claim_teacher(self, task_name: str, teacher: dict, topk: Optional[int], manifest: dict) -> None:
+        claim = json.dumps(dict(teacher=teacher, topk=topk), sort_keys=True).encode()
+        storage.create_exclusive(self._teacher_url(task_name), claim, self.retry)
+        holder = json.loads(storage.read_bytes(self._teacher_url(task_name), self.retry))['teacher']
+        for other in (holder, manifest.get('teacher')):
+            if other is not None and other != teacher:
+                raise LabelError(f'task {task_name!r} of {self.root} holds the labels of teacher {other}; this job\'s '
+                                 f'teacher is {teacher}. One task holds one teacher\'s labels: use another store '
+                                 'or the same teacher')
+        if manifest.get('teacher') is None:
             manifest.update(teacher=teacher, topk=topk)
             self._write_manifest(task_name, manifest)
-        return task
 
     @staticmethod
     def check_task(task: Task, manifest: dict) -> None:
@@ -184,8 +206,12 @@ class LabelStore:
                 out[name[:-5]] = json.loads(storage.read_bytes(self._commit_url(task, name[:-5]), self.retry))
         return out
 
-    def write_part(self, task_name: str, stem: str, rows: Iterable[Row], kind: str) -> dict:
-        """Validate, write the part whole, then its commit record. ``kind``: "teacher" or "human"."""
+    def write_part(self, task_name: str, stem: str, rows: Iterable[Row], kind: str,
+                   teacher: Optional[dict] = None) -> dict:
+        """Validate, write the part whole, then its commit record. ``kind``: "teacher" or "human".
+        A teacher part's record carries the identity of its teacher (``teacher``, else the task's)."""
+        if kind == 'teacher' and teacher is None:
+            teacher = self.manifest(task_name).get('teacher')
         task = self.registry.get(task_name)
         check_name(stem, 'shard stem')  # it becomes part of two file names
         table = rows_to_table(rows)
@@ -199,6 +225,8 @@ class LabelStore:
         storage.write_bytes_atomic(f'{self._task_dir(task_name)}/{file}', data, self.retry)
         counts = {s: cols['source'].count(s) for s in SOURCES}
         record = dict(stem=stem, file=file, rows=table.num_rows, sha256=digest, kind=kind, **counts)
+        if teacher is not None:
+            record['teacher_id'] = teacher_id(teacher)
         storage.write_bytes_atomic(self._commit_url(task_name, stem), json.dumps(record).encode(), self.retry)
         return record
 
@@ -245,6 +273,10 @@ class LabelStore:
         record = manifest['parts'].get(stem)
         if record is None:
             return None
+        if record.get('teacher_id') not in (None, teacher_id(manifest.get('teacher'))):
+            raise LabelError(f'task {task_name!r}, shard {stem}: its part was written by teacher '
+                             f'{record["teacher_id"]}, but the task holds teacher {teacher_id(manifest.get("teacher"))} '
+                             f'({manifest.get("teacher")}): relabel the shard with the task\'s teacher')
         url = f'{self._task_dir(task_name)}/{check_name(record["file"], f"part file of {stem} in _task.json")}'
         data = storage.read_bytes(url, self.retry)
         if hashlib.sha256(data).hexdigest() != record['sha256']:

@@ -80,6 +80,11 @@ def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks
                              f'label it (python -m labeling run) or import its human labels '
                              f'(python -m labeling import-human), or remove the task')
         manifest = store.manifest(name)
+        unlisted = sorted(set(store.commit_records(name)) - set(manifest['parts']))
+        if unlisted:  # a job killed before listing them: training would silently miss their labels
+            raise ValueError(f'tasks.{name}: {len(unlisted)} committed label parts (e.g. {unlisted[0]}) are not yet '
+                             f'listed in {store_root}/labels/{name}/_task.json; list them with '
+                             f'`python -m labeling commit --store {store_root} --task {name}`')
         if manifest['num_classes'] != task_cfg.num_classes:
             raise ValueError(f'tasks.{name}.num_classes={task_cfg.num_classes} but the label store has '
                              f'{manifest["num_classes"]} classes for {name}')

@@ -125,6 +125,41 @@ def put_file_atomic(local_path: str, url: str, policy: RetryPolicy = DEFAULT_RET
         with_retries(lambda: fs.put_file(local_path, path), f'uploading {url}', policy)
 
 
+def create_exclusive(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY) -> bool:
+    """Write ``url`` only if nothing is there; True if this call created it, False if it existed.
+
+    First writer wins: on local (and shared POSIX) disks by a hard link, which fails if the name
+    exists; on S3 by a conditional PUT (``If-None-Match: *``, AWS since 2024, SeaweedFS). A retried
+    PUT that had in fact succeeded answers False: callers compare the content they read back."""
+    fs, path = filesystem(url)
+    if is_local(url):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        staged = f'{path}.tmp-{os.getpid()}-{random.getrandbits(32):08x}'
+        with open(staged, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(staged, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(staged)
+    if not url.startswith('s3://'):
+        raise NotImplementedError(f'{url}: exclusive creation is implemented for local paths and s3:// only')
+
+    def put() -> bool:
+        try:
+            fs.pipe_file(path, data, IfNoneMatch='*')
+            return True
+        except OSError as exc:
+            if 'pre-condition' in str(exc).lower() or 'PreconditionFailed' in str(exc) or '412' in str(exc):
+                return False
+            raise
+    return with_retries(put, f'creating {url}', policy)
+
+
 def list_names(prefix: str, policy: RetryPolicy = DEFAULT_RETRY) -> list[str]:
     fs, path = filesystem(prefix)
     if not with_retries(lambda: fs.exists(path), f'listing {prefix}', policy):

@@ -100,7 +100,7 @@ def test_another_class_map_version_is_refused(store, tmp_path):
 
 
 def test_a_second_teacher_cannot_write_into_the_same_task(store):
-    with pytest.raises(LabelError, match='one task holds one teacher'):
+    with pytest.raises(LabelError, match="One task holds one teacher's labels"):
         store.open_task('toy', teacher={'model': 'other'}, topk=2)
 
 

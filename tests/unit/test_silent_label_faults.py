@@ -41,3 +41,18 @@ def test_a_source_without_any_label_is_counted_and_warned_about(tiny, caplog):
     with caplog.at_level(logging.WARNING):
         warn_unlabeled_sources(coverage, logging.getLogger('test'))
     assert 'source unl: none of its 16 samples has a label' in caplog.text and 'source lab' not in caplog.text
+
+
+def test_committed_but_unlisted_label_parts_stop_the_run_before_it_starts(tiny, tmp_path):
+    import shutil
+
+    from labeling.store import LabelStore, Row
+    from labeling.tasks import TaskRegistry
+    root = tmp_path / 'labels'
+    shutil.copytree(tiny['labels'], root)
+    store = LabelStore(str(root), TaskRegistry.from_json(tiny['tasks_file']))
+    store.write_part('shape', 'unl-000000', [Row('unl/000000/000000', [1], [1.0], 'human')], 'human')  # not listed
+    with pytest.raises(ValueError, match=r'tasks\.shape: 1 committed label parts .* `python -m labeling commit'):
+        check_store_tasks(str(root), TASKS, tiny['tasks_file'])
+    store.refresh_manifest('shape')
+    check_store_tasks(str(root), TASKS, tiny['tasks_file'])
