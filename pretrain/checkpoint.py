@@ -93,16 +93,19 @@ def resume_tag(run_dir: str, mode: str) -> Optional[str]:
     return tags[-1] if tags else None
 
 
-def load(engine, run_dir: str, tag: str, rank: int, world_size: int, universal: bool) -> Tuple[dict, Optional[dict]]:
-    """Restore the engine; returns (client state, this rank's data state or None on a re-partition)."""
+def load(engine, run_dir: str, tag: str, rank: int, world_size: int) -> Tuple[dict, Optional[dict]]:
+    """Restore the engine; returns (client state, this rank's data state).
+
+    A checkpoint resumes at the world size that wrote it. Re-partitioning through DeepSpeed's
+    universal checkpoints is not offered: ``ds_to_universal`` needs state our saves do not store."""
     folder = ckpt_root(run_dir) / tag
     marker = json.loads((folder / MARKER).read_text())
     if marker.get('version') != STATE_VERSION:
         raise ValueError(f'{folder}: checkpoint state version {marker.get("version")}, this code reads {STATE_VERSION}')
-    if marker['world_size'] != world_size and not universal:
-        raise ValueError(f'{folder} was written by world size {marker["world_size"]}, this run has {world_size}. '
-                         'Convert it with DeepSpeed\'s ds_to_universal and set checkpoint.universal=true to '
-                         're-partition, or launch with the same world size')
+    if marker['world_size'] != world_size:
+        raise ValueError(f'{folder} was written by world size {marker["world_size"]}, this run has {world_size}: '
+                         f'resume with {marker["world_size"]} processes (re-partitioning a checkpoint is not '
+                         'supported), or start a new run from its weights with init.checkpoint')
     check_checkpoint_folder(folder)  # DeepSpeed unpickles fully: only tensors, plain data, its own classes
     _, client_state = engine.load_checkpoint(str(ckpt_root(run_dir)), tag=tag)
     if client_state is None:

@@ -117,7 +117,6 @@ class CheckpointConfig:
     every_steps: int = 1000                     # checkpoint interval (and at the end)
     keep: int = 2                               # newest committed checkpoints kept
     resume: str = 'auto'                      # auto | must | never
-    universal: bool = False                   # allow a changed world size via DeepSpeed's universal checkpoint
 
 
 @dataclass
@@ -185,8 +184,53 @@ CHOICES = {
 }
 
 
+# (section, field): (low, high, low inclusive, high inclusive); None: unbounded on that side.
+RANGES = {
+    ('model', 'drop_path_rate'): (0, 1, True, False),
+    ('data', 'image_size'): (8, None, True, True), ('data', 'workers'): (0, None, True, True),
+    ('data', 'shuffle_buffer'): (0, None, True, True), ('data', 'max_corrupt_fraction'): (0, 1, True, True),
+    ('data', 're_prob'): (0, 1, True, True), ('data', 'hflip'): (0, 1, True, True),
+    ('data', 'val_crop_pct'): (0, 1, False, True),
+    ('optim', 'lr'): (0, None, False, True), ('optim', 'weight_decay'): (0, None, True, True),
+    ('optim', 'eps'): (0, None, False, True), ('optim', 'momentum'): (0, 1, True, False),
+    ('schedule', 'epochs'): (0, None, False, True), ('schedule', 'warmup_epochs'): (0, None, True, True),
+    ('schedule', 'min_lr_ratio'): (0, 1, True, True), ('schedule', 'max_steps'): (1, None, True, True),
+    ('train', 'max_nonfinite_steps'): (1, None, True, True), ('train', 'mixup'): (0, None, True, True),
+    ('train', 'cutmix'): (0, None, True, True), ('train', 'mixup_prob'): (0, 1, True, True),
+    ('train', 'mixup_switch_prob'): (0, 1, True, True), ('train', 'ema_decay'): (0, 1, False, False),
+    ('eval', 'every_steps'): (0, None, True, True), ('eval', 'max_batches'): (1, None, True, True),
+    ('checkpoint', 'every_steps'): (1, None, True, True), ('log', 'every_steps'): (1, None, True, True),
+}
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    def bad(where: str, value, lo, hi, lo_in, hi_in) -> None:
+        left = '[' if lo_in else '('
+        right = ']' if hi_in else ')'
+        raise ConfigError(f'{where}={value!r} is outside {left}{"-inf" if lo is None else lo}, '
+                          f'{"inf" if hi is None else hi}{right}')
+
+    def check(where: str, value, lo, hi, lo_in, hi_in) -> None:
+        if value is None:
+            return  # optional and unset
+        if (lo is not None and (value < lo or (value == lo and not lo_in))) or \
+                (hi is not None and (value > hi or (value == hi and not hi_in))):
+            bad(where, value, lo, hi, lo_in, hi_in)
+    for (section, name), bounds in RANGES.items():
+        check(f'{section}.{name}', getattr(getattr(cfg, section), name), *bounds)
+    for i, beta in enumerate(cfg.optim.betas):
+        check(f'optim.betas[{i}]', beta, 0, 1, True, False)
+    lo, hi = cfg.data.crop_scale
+    if not 0 < lo <= hi <= 1:
+        raise ConfigError(f'data.crop_scale={list(cfg.data.crop_scale)}: need 0 < min <= max <= 1')
+    for name, task in cfg.tasks.items():
+        check(f'tasks.{name}.weight', task.weight, 0, None, True, True)
+        check(f'tasks.{name}.label_smoothing', task.label_smoothing, 0, 1, True, False)
+
+
 def check_static(cfg: RunConfig) -> None:
     """Consistency that does not depend on the launch."""
+    check_ranges(cfg)
     for (section, name), allowed in CHOICES.items():
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:

@@ -21,8 +21,14 @@ What this adds to the user's ``deepspeed`` section, and why:
 from __future__ import annotations
 
 import copy
+import difflib
+import importlib
+import logging
+from typing import Set
 
-from .config import RunConfig, check_precision_sections
+from .config import ConfigError, RunConfig, check_precision_sections
+
+log = logging.getLogger(__name__)
 
 BUCKET_ELEMENTS = int(2.5e7)
 
@@ -44,6 +50,37 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
     if zero is not None and zero.get('stage', 0) in (1, 2):
         zero.setdefault('reduce_bucket_size', BUCKET_ELEMENTS)
         zero.setdefault('allgather_bucket_size', BUCKET_ELEMENTS)
-    if cfg.checkpoint.universal:
-        ds.setdefault('checkpoint', {})['load_universal'] = True
     return ds
+
+
+# Where DeepSpeed names its config keys (string constants); plus monitors and sections named elsewhere.
+_KEY_MODULES = ('deepspeed.runtime.constants', 'deepspeed.runtime.zero.config', 'deepspeed.profiling.constants',
+                'deepspeed.runtime.activation_checkpointing.config', 'deepspeed.autotuning.constants',
+                'deepspeed.runtime.data_pipeline.constants', 'deepspeed.runtime.swap_tensor.constants',
+                'deepspeed.comm.constants', 'deepspeed.runtime.precision_config')
+_OTHER_KEYS = {'tensorboard', 'wandb', 'csv_monitor', 'comet', 'compression_training', 'nebula', 'elasticity',
+               'sparse_attention', 'pipeline', 'amp', 'zero_optimization'}
+
+
+def known_deepspeed_keys() -> Set[str]:
+    keys = set(_OTHER_KEYS)
+    for name in _KEY_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        keys |= {v for k, v in vars(module).items() if k.isupper() and isinstance(v, str) and v.isidentifier()
+                 and v.islower()}
+    return keys
+
+
+def check_deepspeed_keys(ds: dict) -> None:
+    """DeepSpeed ignores top-level keys it does not know, so a typo (``zero_optimisation``) would
+    silently train without ZeRO: a near-miss of a known key is an error, anything else unknown a
+    warning. (Inside sections DeepSpeed's own pydantic models refuse unknown keys.)"""
+    known = known_deepspeed_keys()
+    for key in sorted(set(ds) - known):
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
+        if close:
+            raise ConfigError(f'deepspeed.{key}: not a DeepSpeed key; did you mean {close[0]!r}?')
+        log.warning('deepspeed.%s is not a key this DeepSpeed version is known to read; it may be ignored', key)

@@ -21,6 +21,7 @@ from pretrain.config import ConfigError, RunConfig, check_launch, load_config, t
 from pretrain.console import (eval_line, log_to_file, save_traceback, setup_logging, startup_summary,  # noqa: E402
                               step_line)
 from pretrain.distributed import init_distributed, read_dist_env  # noqa: E402
+from pretrain.ds_config import check_deepspeed_keys  # noqa: E402
 from pretrain.labels import check_store_tasks, label_coverage, warn_unlabeled_sources  # noqa: E402
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
 from shards.helpformat import HelpFormatter  # noqa: E402
@@ -69,8 +70,7 @@ class Pace:
 
 def resume(trainer, cfg: RunConfig, run_dir: str, tag: str) -> None:
     env = trainer.env
-    client, data_state = checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size,
-                                         cfg.checkpoint.universal)
+    client, data_state = checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size)
     if trainer.ema is not None:
         ema = checkpoint.load_rank0_tensors(run_dir, tag, 'ema')
         if ema is None:
@@ -154,6 +154,7 @@ def main(argv=None, check=None, doc: str = __doc__) -> dict:
 
 def train(args, check=None) -> dict:
     cfg = load_config(args.config, args.set)
+    check_deepspeed_keys(cfg.deepspeed)
     if check is not None:
         check(cfg)
     env, device = init_distributed(args.local_rank)

@@ -146,6 +146,13 @@ def build(items: Sequence[Item], options: BuildOptions,
     if previous and previous['fingerprint'] != build_info['fingerprint']:
         raise ValueError(f'source {options.source!r} under {options.prefix} was built from other inputs or '
                          'shard sizes; resuming would mix two plans. Use a new source name or prefix.')
+    changed = [k for k in ('max_side', 'quality') if previous and previous.get(k) != build_info[k]]
+    if changed:  # the encoding is part of a build's identity: one source, one encoding
+        raise ValueError(f'source {options.source!r} under {options.prefix} was built with '
+                         + ', '.join(f'--{k.replace("_", "-")} {previous.get(k)}' for k in changed)
+                         + '; resuming with ' + ', '.join(f'--{k.replace("_", "-")} {build_info[k]}' for k in changed)
+                         + ' would mix two encodings in one source. Resume with the same options, or use a new '
+                         'source name or prefix.')
     index.builds[options.source] = build_info
     todo = [dict(options=options, shard=i, items=shard) for i, shard in enumerate(plan)
             if shard_name(options.source, i) not in index.shards]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from typing import Optional, Tuple
 
@@ -26,7 +27,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter('error', Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Exception as exc:
-        raise BadImage(f'not a readable image ({type(exc).__name__}: {exc})') from None
+        # Pillow names the in-memory file with its address: keep reasons deterministic.
+        reason = re.sub(r'<[^<>]* at 0x[0-9a-fA-F]+>', '<bytes>', str(exc))
+        raise BadImage(f'not a readable image ({type(exc).__name__}: {reason})') from None
     w, h = img.size
     if w * h > max_pixels:  # from the header, before any pixel is decoded
         raise BadImage(f'{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}')

@@ -82,7 +82,7 @@ class ShardStream(IterableDataset):
                 sample = decode_sample(raw, self.transform, self.decode_min_side)
                 counter.ok()
                 last_good = sample
-            except (BadImage, ValueError) as exc:
+            except BadImage as exc:
                 counter.failed(raw['__key__'] if raw else 'unknown', str(exc))
                 sample = None  # replaced below: every rank must yield the same number of samples
             batch.append(sample)
@@ -204,7 +204,7 @@ class EvalShards(IterableDataset):
                 try:
                     batch.append(decode_sample(raw, self.transform, None))
                     names.append(name)
-                except (BadImage, ValueError) as exc:
+                except BadImage as exc:
                     log.warning('evaluation skips %s: %s', raw.get('__key__'), exc)
                 if len(batch) == self.batch_size:
                     yield self._out(batch, names)

@@ -199,9 +199,17 @@ def decode_sample(raw: Optional[dict], transform: Callable, min_side: Optional[i
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None:
         raise BadImage(f'no image part among {sorted(k for k in raw if not k.startswith("__"))}')
-    meta = json.loads(raw['json']) if 'json' in raw else {}
-    image = transform(decode_rgb(raw[ext], min_side))
-    return dict(image=image, key=raw['__key__'], meta=meta)
+    try:
+        meta = json.loads(raw['json']) if 'json' in raw else {}
+    except ValueError as exc:
+        raise BadImage(f'unreadable metadata ({exc})') from None
+    image = decode_rgb(raw[ext], min_side)  # bad data raises BadImage: counted and replaced
+    try:
+        return dict(image=transform(image), key=raw['__key__'], meta=meta)
+    except Exception as exc:  # not the data's fault: stop, naming it
+        raise RuntimeError(f'the transform failed on {raw["__key__"]} ({type(exc).__name__}: {exc}): a configuration '
+                           'or code fault, not bad data (check data.image_size, data.crop_scale, '
+                           'data.auto_augment)') from exc
 
 
 def collate(samples: List[dict], sources: List[str]) -> dict:

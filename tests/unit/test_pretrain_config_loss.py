@@ -124,3 +124,40 @@ def test_finetune_configs_carry_the_appendix_numbers(name):
     assert total == {'xl_finetune_in1k_320': 512, 'replknet31b_in1k_finetune_384': 1024,
                      'replknet31b_in22k_ft_in1k_224': 512, 'replknet31b_in22k_ft_in1k_384': 512,
                      'replknet31l_in22k_ft_in1k_384': 512}[name]
+
+
+@pytest.mark.parametrize('override, message', [
+    ('checkpoint.every_steps=0', r'checkpoint\.every_steps=0 is outside \[1, inf\]'),
+    ('log.every_steps=0', r'log\.every_steps=0 is outside'),
+    ('schedule.epochs=-1', r'schedule\.epochs=-1\.0 is outside \(0, inf\]'),
+    ('optim.lr=-0.001', r'optim\.lr=-0\.001 is outside'),
+    ('optim.weight_decay=-1', r'optim\.weight_decay=-1\.0 is outside'),
+    ('data.image_size=0', r'data\.image_size=0 is outside'),
+    ('schedule.max_steps=0', r'schedule\.max_steps=0 is outside'),
+    ('data.crop_scale=[0.5, 0.2]', r'data\.crop_scale'),
+    ('tasks.shape.label_smoothing=1.5', r'tasks\.shape\.label_smoothing=1\.5'),
+])
+def test_out_of_range_values_are_config_errors_naming_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config('configs/tiny_cpu.json', [override])
+
+
+def test_a_typo_in_the_deepspeed_section_is_caught():
+    from pretrain.ds_config import check_deepspeed_keys
+    with pytest.raises(ConfigError, match="deepspeed.zero_optimisation: not a DeepSpeed key; did you mean 'zero_optimization'"):
+        check_deepspeed_keys({'zero_optimisation': {'stage': 2}})
+    check_deepspeed_keys(load_config('configs/xl_megadata.json').deepspeed)
+
+
+def test_a_transform_fault_stops_the_stream_naming_it_instead_of_counting_corrupt_samples(tmp_path):
+    from pretrain.tiny_data import make
+    from shards.loader import ShardStream
+    from shards.stream import SourceSpec, StreamConfig
+    data = make(str(tmp_path / 'd'), per_source=8)
+
+    def broken(image):
+        raise ValueError('size must be positive')
+    stream = ShardStream([SourceSpec('lab', data['shards'])], StreamConfig(batch_size=2, few_shards='share'),
+                         broken, 0, 1, 0)
+    with pytest.raises(RuntimeError, match='the transform failed on lab/.*not bad data'):
+        next(iter(stream))

@@ -41,6 +41,23 @@ def test_keys_are_stable_across_rebuilds(image_tree, tmp_path):
     assert {n: e.sha256 for n, e in a.shards.items()} == {n: e.sha256 for n, e in b.shards.items()}
 
 
+@pytest.mark.parametrize('change', [dict(max_side=16), dict(quality=70)])
+def test_resuming_with_another_encoding_is_refused(image_tree, tmp_path, change):
+    build_tree(image_tree, tmp_path / 'out', samples_per_shard=4)
+    with pytest.raises(ValueError, match='would mix two encodings in one source'):
+        build_tree(image_tree, tmp_path / 'out', samples_per_shard=4, **change)
+
+
+def test_skip_reasons_are_deterministic_so_identical_builds_give_identical_indexes(tmp_path):
+    root = tmp_path / 'in' / 'only'
+    write_image(root / 'ok.jpg', 1)
+    (root / 'html.jpg').write_bytes(b'<html>not an image</html>')
+    for out in ('a', 'b'):
+        build_tree(tmp_path / 'in', tmp_path / out)
+    assert (tmp_path / 'a' / '_index.json').read_bytes() == (tmp_path / 'b' / '_index.json').read_bytes()
+    assert ' at 0x' not in (tmp_path / 'a' / '_index.json').read_text()
+
+
 def test_corrupt_files_are_skipped_and_listed_odd_images_are_kept(tmp_path):
     root = tmp_path / 'in' / 'only'
     write_image(root / 'cmyk.jpg', 1, mode='CMYK')

@@ -88,7 +88,7 @@ def test_run_folders_are_checked_before_deepspeed_unpickles_them(tmp_path, paylo
     with pytest.raises(UnsafeFileError, match=payload_file):
         consolidate_run(str(run))           # starting weights, evaluate, export from a run folder
     with pytest.raises(UnsafeFileError, match=payload_file):
-        checkpoint.load(None, str(run), 'step-1', rank=0, world_size=1, universal=False)  # resume
+        checkpoint.load(None, str(run), 'step-1', rank=0, world_size=1)  # resume
     assert not marker.exists()
 
 
@@ -155,3 +155,11 @@ def test_task_names_that_are_paths_are_refused_in_configs_and_tasks_files(tmp_pa
     (tmp_path / 'tasks.json').write_text(json.dumps({task: ['a', 'b']}))
     with pytest.raises(ValueError, match='task'):
         TaskRegistry.from_json(str(tmp_path / 'tasks.json'))
+
+
+def test_a_checkpoint_resumes_only_at_its_world_size_and_says_how_to_continue(tmp_path):
+    folder = tmp_path / 'run' / 'ckpt' / 'step-4'
+    folder.mkdir(parents=True)
+    (folder / 'COMMITTED').write_text(json.dumps(dict(version=checkpoint.STATE_VERSION, world_size=2, step=4)))
+    with pytest.raises(ValueError, match='resume with 2 processes .* init.checkpoint'):
+        checkpoint.load(None, str(tmp_path / 'run'), 'step-4', rank=0, world_size=1)
