@@ -6,6 +6,8 @@ are stable and a rerun rebuilds exactly the shards the index does not list yet.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -90,13 +92,40 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+TEMP_PREFIX = 'replk-shard-'
+
+
+def remove_leftovers(options: BuildOptions) -> None:
+    """What a killed build of this source left: staged ``{source}-*.tar.tmp-*`` files beside the
+    shards (local outputs; S3 uploads are whole or absent) and its workers' temp tars."""
+    if storage.is_local(options.prefix) and os.path.isdir(options.prefix):
+        for name in os.listdir(options.prefix):
+            if name.startswith(f'{options.source}-') and '.tar.tmp-' in name:
+                os.unlink(os.path.join(options.prefix, name))
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f'{TEMP_PREFIX}*.tar')):
+        pid = os.path.basename(path)[len(TEMP_PREFIX):].split('-', 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_shard(job: dict) -> dict:
     """Write one shard to a local temp file, then move it into place whole. Runs in a worker."""
     opts: BuildOptions = job['options']
     shard, items = job['shard'], job['items']
     entry = ShardEntry(name=shard_name(opts.source, shard), source=opts.source, samples=0, bytes=0, sha256='')
     tasks: Dict[str, int] = {}
-    fd, tmp = tempfile.mkstemp(suffix='.tar')
+    fd, tmp = tempfile.mkstemp(prefix=f'{TEMP_PREFIX}{os.getpid()}-', suffix='.tar')
     try:
         with os.fdopen(fd, 'wb') as f, tarfile.open(fileobj=f, mode='w', format=tarfile.USTAR_FORMAT) as tar:
             for pos, it in enumerate(items):
@@ -154,6 +183,7 @@ def build(items: Sequence[Item], options: BuildOptions,
                          + ' would mix two encodings in one source. Resume with the same options, or use a new '
                          'source name or prefix.')
     index.builds[options.source] = build_info
+    remove_leftovers(options)
     todo = [dict(options=options, shard=i, items=shard) for i, shard in enumerate(plan)
             if shard_name(options.source, i) not in index.shards]
     done_before = len(plan) - len(todo)
@@ -171,9 +201,16 @@ def build(items: Sequence[Item], options: BuildOptions,
                 if time.monotonic() - last_save > INDEX_SAVE_INTERVAL_S:
                     index.save(options.prefix, options.retry)  # progress survives a kill
                     last_save = time.monotonic()
-    finally:
+    except BaseException:
         bar.close()
-        index.save(options.prefix, options.retry)  # also on an error: finished shards stay done
+        if written:  # finished shards stay done; the first error is the one reported
+            try:
+                index.save(options.prefix, options.retry)
+            except Exception as exc:
+                log.error('could not save the index of the finished shards either: %s', exc)
+        raise
+    bar.close()
+    index.save(options.prefix, options.retry)
     entries = index.shards_of(options.source)
     skipped = [s for e in entries for s in e.skipped]
     for s in skipped:

@@ -36,18 +36,20 @@ def _build(args) -> int:
 
 
 def _verify(args) -> int:
-    faults = verify(args.prefix, decode=not args.no_decode)
-    for name in orphans(args.prefix):
-        print(f'note: {name} is not in the index (left by an interrupted build; it does not count)')
+    retry = storage.RetryPolicy(budget_s=args.retry_budget)
+    faults = verify(args.prefix, decode=not args.no_decode, retry=retry)
+    for name in orphans(args.prefix, retry):
+        print(f'note: {name} is not in the index (left by an interrupted build; it does not count; '
+              'a rerun of the build removes it)')
     for fault in faults:
         print(f'FAULT {fault}')
-    index = ShardIndex.load(args.prefix)
+    index = ShardIndex.load(args.prefix, policy=retry)
     print(f'{len(index.shards)} shards checked, {len(faults)} faults')
     return 1 if faults else 0
 
 
 def _stat(args) -> int:
-    totals = ShardIndex.load(args.prefix).totals()
+    totals = ShardIndex.load(args.prefix, policy=storage.RetryPolicy(budget_s=args.retry_budget)).totals()
     if args.json:
         print(json.dumps(totals, indent=1))
         return 0
@@ -80,10 +82,12 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser('verify', formatter_class=HelpFormatter, help='check tars, hashes, keys and that every image decodes')
     v.add_argument('prefix')
     v.add_argument('--no-decode', action='store_true', help='skip decoding images (faster)')
+    v.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     v.set_defaults(func=_verify)
     s = sub.add_parser('stat', formatter_class=HelpFormatter, help='samples per source and task')
     s.add_argument('prefix')
     s.add_argument('--json', action='store_true')
+    s.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     s.set_defaults(func=_stat)
     return p
 

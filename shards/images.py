@@ -72,6 +72,12 @@ def check_and_normalize(data: bytes, max_side: Optional[int] = None, quality: in
         out = io.BytesIO()
         img.save(out, 'JPEG', quality=quality)
         return out.getvalue(), 'jpg'
+    if fmt == 'PNG' and img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
+        # 16-bit PNGs: plain webdataset/PIL decoders clip them to white; store what every reader
+        # decodes the same way (8-bit, scaled as decode_rgb scales them).
+        out = io.BytesIO()
+        to_rgb(img).save(out, 'PNG')
+        return out.getvalue(), 'png'
     if fmt in STORED_AS_IS:
         return data, STORED_AS_IS[fmt]
     out = io.BytesIO()

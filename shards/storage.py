@@ -23,6 +23,10 @@ PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotAD
                     ValueError, KeyError, TypeError)
 
 
+# botocore's errors when no credentials can be found or used: no retry fixes them.
+CREDENTIAL_ERRORS = ('NoCredentialsError', 'PartialCredentialsError', 'CredentialRetrievalError')
+
+
 class StorageError(RuntimeError):
     """Storage stayed unreachable for the whole retry budget."""
 
@@ -42,15 +46,31 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
+def _naming(exc: Exception, what: str) -> Exception:
+    if what in str(exc):
+        return exc
+    try:
+        return type(exc)(f'{what}: {exc}')
+    except Exception:  # an exception type with another constructor: keep it as it is
+        return exc
+
+
 def with_retries(fn: Callable[[], T], what: str, policy: RetryPolicy = DEFAULT_RETRY) -> T:
     start, backoff, attempt = time.monotonic(), policy.initial_backoff_s, 0
     while True:
         attempt += 1
         try:
             return fn()
-        except PERMANENT_ERRORS:
-            raise
+        except PERMANENT_ERRORS as exc:
+            named = _naming(exc, what)  # "Access Denied" alone does not say which object
+            if named is exc:
+                raise
+            raise named from exc
         except Exception as exc:  # network, throttling, 5xx: worth another try
+            if type(exc).__name__ in CREDENTIAL_ERRORS:
+                raise StorageError(f'{what}: no usable credentials ({type(exc).__name__}: {exc}); set '
+                                   'AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and '
+                                   'AWS_ENDPOINT_URL for a non-AWS server') from None
             elapsed = time.monotonic() - start
             if elapsed + backoff > policy.budget_s:
                 raise StorageError(f'{what}: still failing after {attempt} attempts over {elapsed:.1f}s '

@@ -5,6 +5,8 @@ Deterministic and exactly resumable (see ``plan.py`` for the order). Use it thro
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import tarfile
@@ -114,7 +116,9 @@ def read_shard(url: str, first: int, count: int, retry: storage.RetryPolicy) -> 
     delivered, start, backoff = 0, time.monotonic(), retry.initial_backoff_s
     while delivered < count:
         try:
-            with storage.open_read(url, retry) as stream:
+            # One budget for the whole read: opening gets only what is left of it.
+            remaining = dataclasses.replace(retry, budget_s=max(0.0, retry.budget_s - (time.monotonic() - start)))
+            with storage.open_read(url, remaining) as stream:
                 for pos, sample in enumerate(tar_samples(stream)):
                     if pos >= first + delivered:
                         yield sample
@@ -128,7 +132,7 @@ def read_shard(url: str, first: int, count: int, retry: storage.RetryPolicy) -> 
         except TRUNCATED as exc:
             log.warning('shard %s: truncated after %d of %d samples (%s)', url, delivered, count, exc)
             break
-        except storage.PERMANENT_ERRORS:
+        except (storage.StorageError, *storage.PERMANENT_ERRORS):
             raise
         except Exception as exc:  # a dropped connection: reopen and skip what was delivered
             if time.monotonic() - start + backoff > retry.budget_s:

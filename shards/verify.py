@@ -77,4 +77,5 @@ def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storag
 def orphans(prefix: str, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[str]:
     """Tar files beside the index that it does not list (left by an interrupted build)."""
     listed = set(ShardIndex.load(prefix, policy=retry).shards)
-    return [n for n in storage.list_names(prefix, retry) if n.endswith('.tar') and n not in listed]
+    return [n for n in storage.list_names(prefix, retry)
+            if (n.endswith('.tar') and n not in listed) or '.tar.tmp-' in n]

@@ -85,3 +85,24 @@ def test_plain_webdataset_reads_s3_shards_through_our_opener(image_tree, s3_pref
     storage.register_webdataset_opener()
     samples = list(wds.WebDataset(f'{prefix}/zoo-{{000000..000001}}.tar', shardshuffle=False))
     assert len(samples) == 18 and samples[0]['__key__'] == 'zoo/000000/000000'
+
+
+def test_missing_credentials_fail_at_once_naming_the_variables(s3_prefix, monkeypatch):
+    import s3fs
+    monkeypatch.delenv('AWS_ACCESS_KEY_ID')
+    monkeypatch.delenv('AWS_SECRET_ACCESS_KEY')
+    monkeypatch.setenv('AWS_SHARED_CREDENTIALS_FILE', '/nonexistent')
+    monkeypatch.setenv('AWS_CONFIG_FILE', '/nonexistent')
+    s3fs.S3FileSystem.clear_instance_cache()
+    start = time.monotonic()
+    with pytest.raises(storage.StorageError, match='no usable credentials.*AWS_ACCESS_KEY_ID'):
+        storage.read_bytes(f'{s3_prefix}/x/_index.json')
+    assert time.monotonic() - start < 20  # not the 300 s retry budget
+
+
+def test_a_build_into_a_missing_bucket_names_the_url(image_tree, s3_prefix):
+    items, classes = imagefolder_items(str(image_tree), 'animals')
+    with pytest.raises(Exception) as info:
+        build(items, BuildOptions('s3://no-such-bucket-replk/zoo', 'zoo', samples_per_shard=4, progress=False,
+                                  retry=storage.RetryPolicy(budget_s=5)), {'animals': classes})
+    assert 's3://no-such-bucket-replk/zoo' in str(info.value), repr(info.value)

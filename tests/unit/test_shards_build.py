@@ -177,3 +177,29 @@ def test_cli_build_and_stat(image_tree, tmp_path, capsys):
     assert totals['in1k']['samples'] == 18 and totals['in1k']['tasks'] == {'in1k': 18}
     assert cli(['stat', str(tmp_path / 'nowhere')]) == 2
     assert 'no shards were ever completed' in capsys.readouterr().err
+
+
+def test_a_rerun_removes_what_a_killed_build_left_and_verify_mentions_it(image_tree, tmp_path, capsys):
+    import os
+    import tempfile
+    out = tmp_path / 'out'
+    build_tree(image_tree, out, samples_per_shard=4)
+    (out / 'zoo-000001.tar.tmp-4242').write_bytes(b'half a shard')
+    dead = os.path.join(tempfile.gettempdir(), f'{build_mod.TEMP_PREFIX}999999999-x.tar')
+    open(dead, 'wb').close()
+    assert cli(['verify', str(out), '--no-decode']) == 0
+    assert 'zoo-000001.tar.tmp-4242 is not in the index' in capsys.readouterr().out
+    build_tree(image_tree, out, samples_per_shard=4)
+    assert not (out / 'zoo-000001.tar.tmp-4242').exists() and not os.path.exists(dead)
+
+
+def test_16_bit_pngs_are_stored_as_8_bit_that_every_decoder_reads_alike(tmp_path):
+    import numpy as np
+    from PIL import Image
+    root = tmp_path / 'in' / 'only'
+    root.mkdir(parents=True)
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 8).astype(np.uint16)).save(root / 'deep.png')
+    build_tree(tmp_path / 'in', tmp_path / 'out')
+    sample = next(iter(wds.WebDataset(str(tmp_path / 'out' / 'zoo-000000.tar'), shardshuffle=False).decode('pil')))
+    pixels = np.asarray(sample['png'].convert('L'))
+    assert pixels.min() < 10 and pixels.max() > 100 and (pixels < 255).all()  # a gradient, not all white
