@@ -141,6 +141,7 @@ class Trainer:
         self.smoothing = {t: c.label_smoothing for t, c in cfg.tasks.items()}
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        self.corrupt_total = 0
         self._pending_norm = None   # (step, grad norm): checked at the next host sync
 
     def _param_groups(self, model: nn.Module) -> List[dict]:
@@ -177,6 +178,7 @@ class Trainer:
         The same flag carries the previous optimizer step's gradient-norm check. Metrics come
         back as device tensors; :func:`materialize` turns them into numbers at logging steps.
         """
+        self.corrupt_total += batch.get('corrupt', 0)
         images = self.device_images(batch['image'])
         targets = self.device_targets(batch['targets'])
         if self.mixup.enabled:
@@ -204,6 +206,7 @@ class Trainer:
         metrics.update(self.learning_rates())
         metrics['skipped_steps'] = self.engine.skipped_steps  # DeepSpeed's own (fp16 overflow), never silent
         metrics['nonfinite_total'] = self.nonfinite_total
+        metrics['corrupt_samples'] = self.corrupt_total  # replaced undecodable samples seen by this rank
         return metrics
 
     def learning_rates(self) -> Dict[str, float]:

@@ -83,7 +83,7 @@ class ShardStream(IterableDataset):
                 counter.ok()
                 last_good = sample
             except BadImage as exc:
-                counter.failed(raw['__key__'] if raw else 'unknown', str(exc))
+                counter.failed(raw['__key__'], str(exc))
                 sample = None  # replaced below: every rank must yield the same number of samples
             batch.append(sample)
             names.append(self.sources[label].name)
@@ -92,6 +92,7 @@ class ShardStream(IterableDataset):
                 if fill is None:
                     raise RuntimeError('a whole batch failed to decode; run `python -m shards verify`')
                 out = collate([s if s is not None else fill for s in batch], names)
+                out['corrupt'] = sum(s is None for s in batch)  # replaced samples: a metric of the run
                 yield self.batch_transform(out) if self.batch_transform else out
                 batch, names = [], []
 
@@ -198,7 +199,7 @@ class EvalShards(IterableDataset):
         batch, names = [], []
         for name, url, count in self.shards[worker::n]:
             for raw in read_shard(url, 0, count, self.retry):
-                if raw is None:
+                if raw.get('__missing__'):
                     log.warning('evaluation: %s is short of samples (truncated)', url)
                     continue
                 try:

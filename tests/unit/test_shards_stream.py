@@ -136,7 +136,7 @@ def test_corrupt_samples_are_replaced_and_counted_then_stop_the_run(two_sources,
     assert 'skipping corrupt sample lab/000000/' in caplog.text
     with pytest.raises(RuntimeError, match='failed to decode'):
         for r in range(2):
-            list(loader(two_sources, rank=r, workers=0, max_corrupt_fraction=0.01, corrupt_grace=5))
+            list(loader(two_sources, rank=r, workers=0, max_corrupt_fraction=0.01, corrupt_window=5))
 
 
 def test_truncated_shard_keeps_batch_counts(two_sources, caplog):
@@ -178,3 +178,30 @@ def test_plan_slots_partition_each_source_epoch():
         taken += [(shard, i) for shard, first, n in ranges for i in range(first, first + n)]
         assert sum(n for _, _, n in ranges) == sum(counts) // 4
     assert len(taken) == len(set(taken))
+
+
+def test_a_few_early_corrupt_samples_do_not_stop_a_run_under_the_limit():
+    from shards.stream import CorruptCounter
+    counter = CorruptCounter(StreamConfig(max_corrupt_fraction=0.01), log_interval_s=0)
+    for i in range(3):
+        counter.failed(f'lab/000000/{i:06d}', 'junk')  # 3 bad among the first samples: 0.15% of 2000
+    for _ in range(1997):
+        counter.ok()
+    with pytest.raises(RuntimeError, match=r'21 of 2018 .*data\.max_corrupt_fraction; last: lab/000001/000017: junk'):
+        for i in range(30):
+            counter.failed(f'lab/000001/{i:06d}', 'junk')
+
+
+def test_batches_count_their_replaced_samples_and_a_truncated_shard_is_named(two_sources, caplog):
+    for i in range(2):
+        rewrite_tar_member(f'{two_sources}/lab-000000.tar', f'lab/000000/{i:06d}.jpg', b'junk')
+    batches = list(loader(two_sources, rank=0, workers=0, max_corrupt_fraction=0.5))
+    assert sum(b['corrupt'] for b in batches) >= 1 and all('corrupt' in b for b in batches)
+    from shards.stream import decode_sample, read_shard
+    from shards.storage import DEFAULT_RETRY
+    path = f'{two_sources}/unl-000001.tar'
+    open(path, 'wb').write(open(path, 'rb').read()[:3000])
+    missing = [s for s in read_shard(path, 0, 3, DEFAULT_RETRY) if s.get('__missing__')]
+    assert missing and missing[-1]['__key__'] == f'{path}#2'
+    with pytest.raises(Exception, match='truncated shard'):
+        decode_sample(missing[0], lambda x: x, None)
