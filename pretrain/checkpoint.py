@@ -54,15 +54,18 @@ def save(engine, run_dir: str, step: int, rank: int, world_size: int, data_state
     ``{name}.pt`` beside DeepSpeed's files (e.g. the EMA weights). Returns the tag."""
     tag = f'step-{step}'
     root = ckpt_root(run_dir)
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state or {}, save_latest=False)
-    if rank == 0:
-        for name, state in (rank0_tensors or {}).items():
-            torch.save(state, root / tag / f'{name}.pt.tmp')
-            os.replace(root / tag / f'{name}.pt.tmp', root / tag / f'{name}.pt')
-    _write_json_atomic(root / tag / f'data_state_rank{rank}.json', data_state)
-    rng_file = root / tag / f'rng_rank{rank}.pt'
-    torch.save(rng_states(), rng_file.with_suffix('.tmp'))
-    os.replace(rng_file.with_suffix('.tmp'), rng_file)
+    try:
+        engine.save_checkpoint(str(root), tag=tag, client_state=client_state or {}, save_latest=False)
+        if rank == 0:
+            for name, state in (rank0_tensors or {}).items():
+                torch.save(state, root / tag / f'{name}.pt.tmp')
+                os.replace(root / tag / f'{name}.pt.tmp', root / tag / f'{name}.pt')
+        _write_json_atomic(root / tag / f'data_state_rank{rank}.json', data_state)
+        rng_file = root / tag / f'rng_rank{rank}.pt'
+        torch.save(rng_states(), rng_file.with_suffix('.tmp'))
+        os.replace(rng_file.with_suffix('.tmp'), rng_file)
+    except (OSError, RuntimeError) as exc:
+        raise _write_failure(root, tag, exc) from exc
     dist.barrier()
     if rank == 0:
         _write_json_atomic(root / tag / MARKER, dict(version=STATE_VERSION, step=step, world_size=world_size,
@@ -70,6 +73,25 @@ def save(engine, run_dir: str, step: int, rank: int, world_size: int, data_state
         _prune(root, keep)
     dist.barrier()
     return tag
+
+
+def _write_failure(root: Path, tag: str, exc: Exception) -> Exception:
+    """A failed checkpoint write, said plainly: torch reports a full disk as
+    ``[enforce fail at inline_container.cc] . unexpected pos``."""
+    import errno
+    import shutil
+    full = getattr(exc, 'errno', None) == errno.ENOSPC or 'unexpected pos' in str(exc) or \
+        'No space left' in str(exc)
+    try:
+        full = full or shutil.disk_usage(root).free < (1 << 20)
+    except OSError:
+        pass
+    previous = [t for t in committed_tags(str(root.parent)) if t != tag]
+    intact = (f'the previous checkpoint {previous[-1]} is intact (it resumes from there)' if previous
+              else 'no earlier checkpoint exists')
+    what = f'no space left on {root}' if full else f'{type(exc).__name__}: {exc}'
+    return OSError(f'writing checkpoint {tag} failed: {what}; {intact}. Free space or move checkpoint.dir, '
+                   'then relaunch')
 
 
 def _prune(root: Path, keep: int) -> None:

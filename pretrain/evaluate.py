@@ -86,6 +86,10 @@ def main(argv=None) -> dict:
     from .weights import load_initial_weights, load_ema_weights
 
     exported = export_file(args.checkpoint)
+    is_run = os.path.isdir(args.checkpoint) and (Path(args.checkpoint) / 'config.json').is_file() and exported is None
+    if is_run and (args.model or args.task or args.model_kwargs):
+        raise SystemExit('error: a run folder names its own model and tasks (its config.json); drop --model/--task/'
+                         '--model-kwargs, or pass a weights file instead of the folder')
     if exported is not None:
         model, cfg = exported_model(exported, args)
     else:

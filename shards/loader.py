@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import plan as P
 from .images import BadImage
-from .stream import (CorruptCounter, SourceSpec, StreamConfig, collate, decode_sample, resolve_source,
+from .stream import (CorruptCounter, check_shards_present, SourceSpec, StreamConfig, collate, decode_sample, resolve_source,
                      source_stream)
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
         self.slots = world_size * self.workers
         self.sources = [resolve_source(s, cfg.retry) for s in sources]
+        check_shards_present([u for s in self.sources for u in s.urls], cfg.retry)
         for src in self.sources:
             self._check_enough_shards(src)
         self.plan = P.mix_plan([s.name for s in self.sources], [s.samples for s in self.sources],

@@ -52,6 +52,22 @@ def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
     return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries))
 
 
+def check_shards_present(urls, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> None:
+    """Every listed shard exists, checked at start-up with one listing per prefix (a LIST returns
+    1000 names per request), not one request per shard, and not when the stream reaches it."""
+    by_prefix: dict = {}
+    for url in urls:
+        prefix, name = url.rsplit('/', 1)
+        by_prefix.setdefault(prefix, []).append(name)
+    for prefix, names in by_prefix.items():
+        present = set(storage.list_names(prefix, retry))
+        missing = [n for n in names if n not in present]
+        if missing:
+            raise FileNotFoundError(f'{len(missing)} shard(s) listed in {prefix}/_index.json are missing from storage, '
+                                    f'e.g. {storage.join(prefix, missing[0])}; rerun the build that wrote them '
+                                    '(it writes only what is missing) or restore them')
+
+
 def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> tuple:
     """(shard URLs, their index entries) of one source."""
     if spec.url.endswith('.tar'):

@@ -82,3 +82,11 @@ def test_evaluate_and_erf_read_an_export_folder(exported, tmp_path):
     assert result['val/pets/images'] == 6 and result['size'] == 40
     backbone = erf_model('replknet_31b', str(file.parent))
     assert backbone(x).shape == (3, 32)
+
+
+def test_evaluate_refuses_model_arguments_that_a_run_folder_would_override(tmp_path):
+    from pretrain.evaluate import main as evaluate
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'config.json').write_text(json.dumps({'tasks': {'a': {'num_classes': 2}}}))
+    with pytest.raises(SystemExit, match='a run folder names its own model and tasks'):
+        evaluate(['--checkpoint', str(tmp_path / 'run'), '--data', 'v=/x', '--model', 'replknet_xl', '--task', 'a=2'])

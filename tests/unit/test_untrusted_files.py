@@ -163,3 +163,16 @@ def test_a_checkpoint_resumes_only_at_its_world_size_and_says_how_to_continue(tm
     (folder / 'COMMITTED').write_text(json.dumps(dict(version=checkpoint.STATE_VERSION, world_size=2, step=4)))
     with pytest.raises(ValueError, match='resume with 2 processes .* init.checkpoint'):
         checkpoint.load(None, str(tmp_path / 'run'), 'step-4', rank=0, world_size=1)
+
+
+def test_a_full_disk_during_a_checkpoint_says_so_and_names_the_intact_one(tmp_path):
+    import pytest as _pytest
+
+    class FullDisk:
+        def save_checkpoint(self, *args, **kwargs):
+            raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 5568 vs 5460')
+    run = tmp_path / 'run'
+    (run / 'ckpt' / 'step-2').mkdir(parents=True)
+    (run / 'ckpt' / 'step-2' / 'COMMITTED').write_text('{}')
+    with _pytest.raises(OSError, match=r'writing checkpoint step-4 failed: no space left on .*step-2 is intact'):
+        checkpoint.save(FullDisk(), str(run), 4, 0, 1, {}, keep=2)
