@@ -67,7 +67,7 @@ def _commit(args) -> int:
 
 def _validate(args) -> int:
     store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file))
-    faults = [f for task in args.task for f in store.validate(task)]
+    faults = [f for task in args.task for f in store.validate(task, args.shards)]
     for f in faults:
         print(f'FAULT {f}')
     print(f'{len(faults)} faults')
@@ -108,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument('--tasks-file', help='JSON with user tasks')
         if name == 'import-human':
             s.add_argument('--shards', required=True, help='shard prefix holding _index.json')
+        if name == 'validate':
+            s.add_argument('--shards', help='shard prefix: also check every label key against its shard\'s members')
         if name == 'report':
             s.add_argument('--out', required=True, help='folder for report.json and PNG plots')
             s.add_argument('--shards', help='shard prefix: adds the images with no label to the coverage')

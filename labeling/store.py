@@ -299,15 +299,37 @@ class LabelStore:
             out[task] = {k: (i, p, s) for k, i, p, s in zip(cols['key'], cols['idx'], cols['prob'], cols['source'])}
         return out
 
+    def _ghost_labels(self, task: str, shards: str) -> List[str]:
+        from shards.index import ShardIndex
+        from shards.stream import member_keys
+
+        index = ShardIndex.load(shards, policy=self.retry)
+        stems = {e.stem: e.name for e in index.shards.values()}
+        faults = []
+        for stem in sorted(self.manifest(task, reload=True)['parts']):
+            if stem not in stems:
+                faults.append(f'task {task!r}, shard {stem}: labeled, but {shards} has no such shard')
+                continue
+            members = member_keys(storage.join(shards, stems[stem]), self.retry)
+            ghosts = [k for k in self.read_part(task, stem).column('key').to_pylist() if k not in members]
+            if ghosts:
+                faults.append(f'task {task!r}, shard {stem}: {len(ghosts)} labels for keys the shard does not '
+                              f'hold, e.g. {ghosts[0]}')
+        return faults
+
     def orphans(self, task: str) -> List[str]:
         """Part files no commit record names (a racing or killed job's leftovers)."""
         named = {r['file'] for r in self.commit_records(task).values()}
         return [n for n in storage.list_names(self._task_dir(task), self.retry)
                 if n.endswith('.parquet') and n not in named]
 
-    def validate(self, task: str) -> List[str]:
-        """All faults of one task: unreadable or invalid parts, uncommitted records, orphans."""
+    def validate(self, task: str, shards: Optional[str] = None) -> List[str]:
+        """All faults of one task: unreadable or invalid parts, uncommitted records, orphans; with
+        ``shards`` (their prefix), also labels for keys their shard does not hold (tar member names
+        are read, not the images)."""
         faults = []
+        if shards is not None:
+            faults += self._ghost_labels(task, shards)
         records = self.commit_records(task)
         listed = self.manifest(task, reload=True)['parts']
         for stem in sorted(set(records) - set(listed)):

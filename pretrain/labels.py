@@ -106,6 +106,14 @@ def label_coverage(sources, tasks: List[str], store_root: Optional[str],
     out = {}
     for spec in sources:
         _, entries = source_entries(spec)
+        for task, task_parts in parts.items():
+            ghosts = [(e.stem, task_parts[e.stem]['rows'], e.samples) for e in entries
+                      if e.stem in task_parts and task_parts[e.stem]['rows'] > e.samples]
+            if ghosts:  # more labels than samples: some are for keys the shard does not hold
+                stem, rows, samples = ghosts[0]
+                raise ValueError(f'task {task}, shard {stem}: the label store holds {rows} labels for its {samples} '
+                                 f'samples ({len(ghosts)} such shards); find the keys with `python -m labeling '
+                                 f'validate --store {store_root} --task {task} --shards <shard prefix>`')
         labeled = sum(min(e.samples, max([parts[t][e.stem]['rows'] if e.stem in parts.get(t, {}) else
                                           e.tasks.get(t, 0) for t in tasks] or [0])) for e in entries)
         out[spec.name] = (labeled, sum(e.samples for e in entries))

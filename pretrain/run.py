@@ -160,6 +160,8 @@ def train(args, check=None) -> dict:
     env, device = init_distributed(args.local_rank)
     check_launch(cfg, env.world_size)
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file)
+    coverage = label_coverage([SourceSpec(s.name, s.url) for s in cfg.data.sources], list(cfg.tasks),
+                              cfg.data.label_store, cfg.data.tasks_file)  # every rank: it may refuse the store
     run_dir = cfg.checkpoint.dir
     if env.is_main:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,7 @@ def train(args, check=None) -> dict:
     trainer = Trainer(cfg, env, device)
     tag = checkpoint.resume_tag(run_dir, cfg.checkpoint.resume)
     if env.is_main:
-        _announce(trainer, cfg, tag)
+        _announce(trainer, cfg, tag, coverage)
     metrics = MetricsWriter(run_dir, enabled=env.is_main, tensorboard=cfg.log.tensorboard,
                             resume_step=checkpoint.step_of(tag) if tag else None)
     try:
@@ -182,9 +184,7 @@ def train(args, check=None) -> dict:
     return result
 
 
-def _announce(trainer, cfg: RunConfig, tag) -> None:
-    specs = [SourceSpec(s.name, s.url) for s in cfg.data.sources]
-    coverage = label_coverage(specs, list(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file)
+def _announce(trainer, cfg: RunConfig, tag, coverage: dict) -> None:
     warn_unlabeled_sources(coverage, log)
     sources = {s.name: (coverage[s.name][1], coverage[s.name][0], s.weight) for s in cfg.data.sources}
     params = sum(p.numel() for p in trainer.engine.module.parameters())

@@ -123,6 +123,17 @@ def tar_samples(stream) -> Iterator[dict]:
         yield sample
 
 
+def member_keys(url: str, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> set:
+    """The sample keys of a shard, from its tar headers (member data is skipped, not decoded)."""
+    keys = set()
+    with storage.open_read(url, retry) as stream, tarfile.open(fileobj=stream, mode='r|') as tar:
+        for info in tar:
+            if info.isreg():
+                keys.add(split_member(info.name)[0])
+            tar.members = []
+    return keys
+
+
 def read_shard(url: str, first: int, count: int, retry: storage.RetryPolicy) -> Iterator[Optional[dict]]:
     """Samples ``first .. first+count`` of a shard, reopening after a dropped connection.
 

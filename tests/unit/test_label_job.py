@@ -205,3 +205,21 @@ def test_a_teacher_naming_the_task_classes_in_another_order_is_refused(tmp_path)
     with pytest.raises(ValueError, match=r"class names do not match the task's .* 0: 'b' vs 'a'"):
         load_teacher(spec, 4, ['a', 'b', 'c', 'd'])
     load_teacher(spec, 4, ['n01', 'n02', 'n03', 'n04'])  # another naming scheme: nothing to compare
+
+
+def test_a_label_for_a_key_the_shard_does_not_hold_is_found_and_refused_by_training(setup):
+    from labeling.store import Row
+    from pretrain.labels import label_coverage
+    from shards.stream import SourceSpec
+    tmp, shards, _ = setup
+    (tmp / 'tasks.json').write_text(json.dumps({'toy': ['a', 'b', 'c', 'd']}))
+    store = open_store(tmp, str(tmp / 'ghost'))
+    store.open_task('toy')
+    real = [Row(f'toy/000000/{i:06d}', [1], [1.0], 'human') for i in range(6)]
+    store.write_part('toy', 'toy-000000', real + [Row('toy/000000/000042', [2], [1.0], 'human')], 'human')
+    store.refresh_manifest('toy')
+    faults = store.validate('toy', shards)
+    assert any('1 labels for keys the shard does not hold, e.g. toy/000000/000042' in f for f in faults), faults
+    assert cli(['validate', '--store', str(tmp / 'ghost'), '--task', 'toy', '--shards', shards]) == 1
+    with pytest.raises(ValueError, match='holds 7 labels for its 6 samples'):
+        label_coverage([SourceSpec('toy', shards)], ['toy'], str(tmp / 'ghost'), str(tmp / 'tasks.json'))
