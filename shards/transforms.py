@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
@@ -63,19 +64,34 @@ def _patch_posterize(transform) -> int:
     return patched
 
 
+class Uint8Tensor:
+    """timm's prefetcher transforms end in a uint8 CHW tensor (timm >= 1.0.16) or a uint8 CHW numpy
+    array (older timm, ``ToNumpy``): always a tensor out."""
+
+    def __call__(self, x):
+        return x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _tensor_out(transform):
+    from torchvision import transforms as T
+    steps = list(transform.transforms) if isinstance(transform, T.Compose) else [transform]
+    return T.Compose(steps + [Uint8Tensor()])
+
+
 def train_transform(cfg: TransformConfig):
     """RandomResizedCrop, flip, RandAugment -> uint8 CHW tensor."""
     t = create_transform(cfg.image_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio,
                          hflip=cfg.hflip, auto_augment=cfg.auto_augment, interpolation=cfg.interpolation,
                          mean=cfg.mean, std=cfg.std, use_prefetcher=True)
     _patch_posterize(t)
-    return t
+    return _tensor_out(t)
 
 
 def eval_transform(cfg: TransformConfig):
     """Resize to ``image_size / crop_pct``, center crop -> uint8 CHW tensor."""
-    return create_transform(cfg.image_size, is_training=False, crop_pct=cfg.crop_pct,
-                            interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std, use_prefetcher=True)
+    return _tensor_out(create_transform(cfg.image_size, is_training=False, crop_pct=cfg.crop_pct,
+                                        interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std,
+                                        use_prefetcher=True))
 
 
 class DeviceNormalize:

@@ -150,3 +150,22 @@ def s3_prefix(s3_server, monkeypatch, request) -> str:
     name = re.sub(r'[^a-z0-9]+', '-', request.node.name.lower()).strip('-')
     yield f's3://{S3_TEST_BUCKET}/{name}'
     _clear_s3fs_cache()
+
+
+DIST_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'LOCAL_WORLD_SIZE')
+
+
+@pytest.fixture(autouse=True)
+def no_process_group_leaks():
+    """A test that initialises torch.distributed in this process (a CLI's main run in-process) must not
+    leave its process group or its MASTER_PORT to later tests and the processes they start."""
+    before = {k: os.environ.get(k) for k in DIST_VARS}
+    yield
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

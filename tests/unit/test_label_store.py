@@ -80,7 +80,7 @@ def test_unnormalized_probabilities_on_disk_are_caught_on_read(store, tmp_path):
     path = tmp_path / 'store' / 'labels' / 'toy' / record['file']
     table = pq.read_table(path)
     import pyarrow as pa
-    probs = pa.array([[0.9, 0.9]] * 3, type=pa.list_(pa.float16()))
+    probs = pa.array([np.array([0.9, 0.9], dtype=np.float16)] * 3, type=pa.list_(pa.float16()))  # pyarrow 17: numpy
     pq.write_table(table.set_column(2, 'prob', probs), path)
     with pytest.raises(LabelError, match='does not match the hash'):
         store.read_part('toy', 'toy-000000')
