@@ -78,7 +78,7 @@ def resume(trainer, cfg: RunConfig, run_dir: str, tag: str) -> None:
         trainer.ema.module.load_state_dict(ema)
     if data_state is not None:
         trainer.loader.load_state_dict(data_state)
-    else:  # re-partitioned: continue from the next epoch boundary
+    else:  # a checkpoint without this rank's data position: continue from the next epoch boundary
         trainer.loader.dataset.epoch = client['epoch'] + 1
     log.info('resumed from %s at step %d', tag, trainer.step)
 

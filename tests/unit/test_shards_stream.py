@@ -204,3 +204,31 @@ def test_batches_count_their_replaced_samples_and_a_truncated_shard_is_named(two
     assert missing and missing[-1]['__key__'] == f'{path}#2'
     with pytest.raises(Exception, match='truncated shard'):
         decode_sample(missing[0], lambda x: x, None)
+
+
+def test_one_retry_budget_covers_a_whole_shard_read(two_sources, monkeypatch):
+    import io
+    import time
+
+    from shards import storage
+    from shards.stream import read_shard
+
+    class DropsMidRead(io.BytesIO):
+        def read(self, *args):
+            time.sleep(1.2)  # a long read, then the connection drops
+            raise ConnectionError('reset by peer')
+
+    opened = []
+
+    def flaky(url, policy=storage.DEFAULT_RETRY):
+        opened.append(policy.budget_s)
+        if len(opened) == 1:
+            return DropsMidRead()
+        return storage.with_retries(lambda: (_ for _ in ()).throw(ConnectionError('refused')), f'opening {url}',
+                                    policy)
+    monkeypatch.setattr(storage, 'open_read', flaky)
+    policy = storage.RetryPolicy(budget_s=2.0, initial_backoff_s=0.2, max_backoff_s=0.4)
+    start = time.monotonic()
+    with pytest.raises(storage.StorageError):
+        list(read_shard(f'{two_sources}/lab-000000.tar', 0, 3, policy))
+    assert time.monotonic() - start < 1.3 * policy.budget_s  # reopening gets what is left, not a new budget
