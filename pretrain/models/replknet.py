@@ -7,11 +7,12 @@ transitions in a separate list and the head at the top level;
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from timm.layers import DropPath
+from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from .layers import (ConvNorm, LargeKernelConvFactory, ReparamLargeKernelConv, depthwise_conv2d,
@@ -97,16 +98,25 @@ class RepLKStage(nn.Module):
 
 
 class RepLKHead(nn.Module):
-    """BN, global average pool, linear classifier (one per task when ``num_classes`` is a dict)."""
+    """BN, global average pool, linear classifier (one per task when ``num_classes`` is a dict).
 
-    def __init__(self, in_chs: int, num_classes: NumClasses):
+    ``global_pool=''`` (timm's convention, with ``num_classes=0``): no pooling, the normalized
+    NCHW feature map comes out."""
+
+    def __init__(self, in_chs: int, num_classes: NumClasses, global_pool: str = 'avg'):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_chs)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.in_chs = in_chs
-        self.reset(num_classes)
+        self.reset(num_classes, global_pool)
 
-    def reset(self, num_classes: NumClasses) -> None:
+    def reset(self, num_classes: NumClasses, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            if global_pool not in ('avg', ''):
+                raise ValueError(f'RepLKNet supports global_pool "avg" or "" (no pooling), got {global_pool!r}')
+            self.global_pool = global_pool
+            self.pool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
+        if not self.global_pool and num_classes:
+            raise ValueError('global_pool="" gives unpooled feature maps: it needs num_classes=0')
         self.num_classes = num_classes
         if isinstance(num_classes, dict):
             if not num_classes:
@@ -116,7 +126,10 @@ class RepLKHead(nn.Module):
             self.fc = nn.Linear(self.in_chs, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False):
-        x = self.pool(self.norm(x)).flatten(1)
+        x = self.pool(self.norm(x))
+        if not self.global_pool:
+            return x
+        x = x.flatten(1)
         if pre_logits:
             return x
         if isinstance(self.fc, nn.ModuleDict):
@@ -148,8 +161,8 @@ class RepLKNet(nn.Module):
         if not len(kernel_sizes) == len(depths) == len(channels):
             raise ValueError(f'kernel_sizes {kernel_sizes}, depths {depths} and channels {channels} '
                              'must have one entry per stage')
-        if global_pool != 'avg' or drop_rate:
-            raise ValueError('RepLKNet supports only global_pool="avg" and drop_rate=0')
+        if drop_rate:
+            raise ValueError('RepLKNet supports only drop_rate=0')
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = channels[-1]
         width = channels[0]
@@ -170,7 +183,7 @@ class RepLKNet(nn.Module):
             self.feature_info.append(dict(num_chs=chs, reduction=4 * 2 ** i, module=f'stages.{i}'))
             prev = chs
         self.stages = nn.Sequential(*stages)
-        self.head = RepLKHead(prev, num_classes)
+        self.head = RepLKHead(prev, num_classes, global_pool)
         if reparam != 'none':
             # Build directly in a deployed form, e.g. to load an exported checkpoint.
             self.reparameterize(merge_only={'merged': True, 'fused': False}[reparam])
@@ -196,10 +209,10 @@ class RepLKNet(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: NumClasses, global_pool: Optional[str] = None) -> None:
-        if global_pool not in (None, 'avg'):
-            raise ValueError(f'RepLKNet supports only global_pool="avg", got {global_pool!r}')
+        """timm's convention: ``global_pool=None`` keeps the pooling, ``''`` turns it off
+        (``model(x)`` then gives the normalized feature map, with ``num_classes=0``)."""
         self.num_classes = num_classes
-        self.head.reset(num_classes)
+        self.head.reset(num_classes, global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
@@ -210,13 +223,38 @@ class RepLKNet(nn.Module):
     def forward(self, x: torch.Tensor):
         return self.forward_head(self.forward_features(x))
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps after each stage (strides 4, 8, 16, 32) for dense downstream heads."""
-        x, feats = self.stem(x), []
-        for stage in self.stages:
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
+                              intermediates_only: bool = False):
+        """timm's feature API: the outputs of the stages ``indices`` names (an int n: the last n; a
+        list: those; None: all), at strides 4, 8, 16, 32. ``norm`` applies the head's norm to the
+        last stage's map; ``stop_early`` skips the stages after the last one taken. Returns the
+        intermediates, or ``(final features, intermediates)``."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f'RepLKNet gives NCHW feature maps, not {output_fmt!r}')
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        last = len(self.stages) - 1
+        x, intermediates = self.stem(x), []
+        for i, stage in enumerate(stages):
             x = stage(x)
-            feats.append(x)
-        return feats
+            if i in take:
+                intermediates.append(self.head.norm(x) if norm and i == last else x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last one ``indices`` takes (and the classifier, the head's norm)."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        if prune_norm or max_index < len(self.stages) - 1:  # the head's norm belongs to the last stage
+            self.head.norm = nn.Identity()
+        self.stages = self.stages[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
 
     # --- structural re-parameterization -----------------------------------------------------
     @torch.no_grad()
