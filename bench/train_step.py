@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 from pretrain.config import load_config  # noqa: E402
 from pretrain.distributed import init_distributed  # noqa: E402
-from pretrain.engine import Trainer, build_model, build_optimizer, deepspeed_config, param_groups  # noqa: E402
+from pretrain.ds_config import deepspeed_config  # noqa: E402
+from pretrain.engine import Trainer, build_model, build_optimizer, param_groups  # noqa: E402
 from pretrain.loss import multitask_loss  # noqa: E402
 from pretrain.tiny_data import make  # noqa: E402
 

@@ -20,7 +20,7 @@ from shards.transforms import DeviceNormalize, TransformConfig, eval_transform, 
 
 from .batchnorm import apply_sync_bn, average_running_stats
 from .config import RunConfig
-from .ds_config import deepspeed_config  # noqa: F401  (re-exported for benches)
+from .ds_config import deepspeed_config
 from .distributed import DistEnv
 from .labels import LabelJoiner
 from .loss import dense_targets, multitask_loss

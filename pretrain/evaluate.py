@@ -17,14 +17,19 @@ import os
 from pathlib import Path
 
 from shards.helpformat import HelpFormatter
+from shards.safe_files import add_trust_pickle_argument
 
 from .config import DataConfig, RunConfig, SourceConfig, TaskConfig, build, load_config
+
+
+def is_run_folder(path: str) -> bool:
+    return os.path.isdir(path) and (Path(path) / 'config.json').is_file()
 
 
 def run_config(args) -> RunConfig:
     if args.config:
         cfg = load_config(args.config)
-    elif os.path.isdir(args.checkpoint) and (Path(args.checkpoint) / 'config.json').is_file():
+    elif is_run_folder(args.checkpoint):
         cfg = build(RunConfig, json.loads((Path(args.checkpoint) / 'config.json').read_text()), '')
     elif args.model and args.task:
         cfg = RunConfig(tasks={t.split('=')[0]: TaskConfig(num_classes=int(t.split('=')[1])) for t in args.task})
@@ -75,7 +80,7 @@ def main(argv=None) -> dict:
     p.add_argument('--batch-size', type=int, default=64); p.add_argument('--workers', type=int, default=4)
     p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16'))
     p.add_argument('--ema', action='store_true', help='run folder: evaluate the EMA weights')
-    p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
+    add_trust_pickle_argument(p)
     p.add_argument('--local_rank', '--local-rank', type=int, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -86,8 +91,7 @@ def main(argv=None) -> dict:
     from .weights import load_initial_weights, load_ema_weights
 
     exported = export_file(args.checkpoint)
-    is_run = os.path.isdir(args.checkpoint) and (Path(args.checkpoint) / 'config.json').is_file() and exported is None
-    if is_run and (args.model or args.task or args.model_kwargs):
+    if exported is None and is_run_folder(args.checkpoint) and (args.model or args.task or args.model_kwargs):
         raise SystemExit('error: a run folder names its own model and tasks (its config.json); drop --model/--task/'
                          '--model-kwargs, or pass a weights file instead of the folder')
     if exported is not None:

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from shards.helpformat import HelpFormatter
+from shards.safe_files import add_trust_pickle_argument
 
 from .config import RunConfig, build
 
@@ -116,12 +117,10 @@ def _class_names(cfg: RunConfig, task: str):
 
 def export_file(path: str) -> Optional[Path]:
     """The ``model.safetensors`` of an export (the folder, or the file with its config.json beside)."""
+    from .models.checkpoint import export_meta
     p = Path(path)
     file = p / 'model.safetensors' if p.is_dir() else p
-    meta = file.with_name('config.json')
-    if file.suffix != '.safetensors' or not file.is_file() or not meta.is_file():
-        return None
-    return file if 'pretrained_cfg' in json.loads(meta.read_text()) else None
+    return file if file.suffix == '.safetensors' and export_meta(file) is not None else None
 
 
 class TaskOutput(torch.nn.Module):
@@ -153,7 +152,7 @@ def main(argv=None) -> dict:
     p.add_argument('--out', required=True)
     p.add_argument('--tag', help='step-N (default: the newest committed checkpoint)')
     p.add_argument('--ema', action='store_true', help='export the EMA weights')
-    p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
+    add_trust_pickle_argument(p)
     args = p.parse_args(argv)
     meta = export(args.run_dir, args.task, args.out, args.tag, args.ema, args.trust_pickle)
     print(json.dumps(meta, indent=2, default=str))

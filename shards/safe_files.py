@@ -74,6 +74,12 @@ def check_checkpoint_folder(folder, trust_pickle: bool = False) -> List[Path]:
     return files
 
 
+def add_trust_pickle_argument(parser) -> None:
+    """The command-line opt-in, worded the same in every command that reads torch files."""
+    parser.add_argument('--trust-pickle', action='store_true',
+                        help='unpickle torch files with code execution allowed: only for files you trust')
+
+
 def check_name(name: str, what: str) -> str:
     """A name read from storage or a config, about to become part of a path: one plain segment."""
     if not isinstance(name, str) or not name or name in ('.', '..') or '\x00' in name:

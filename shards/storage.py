@@ -167,7 +167,9 @@ def create_exclusive(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY)
         finally:
             os.unlink(staged)
     if not url.startswith('s3://'):
-        raise NotImplementedError(f'{url}: exclusive creation is implemented for local paths and s3:// only')
+        # No first-writer-wins primitive we can rely on elsewhere: refuse rather than race silently.
+        raise ValueError(f'{url}: records that must be created once (a label store\'s task and teacher) need a local '
+                         'or shared disk or s3://; other object stores lack a conditional create here')
 
     def put() -> bool:
         try:

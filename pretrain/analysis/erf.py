@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 from shards.helpformat import HelpFormatter
+from shards.safe_files import add_trust_pickle_argument
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 DEFINITIONS = ('paper', 'official')
@@ -154,7 +155,7 @@ def main(argv=None) -> dict:
     p.add_argument('--definition', choices=DEFINITIONS, default='paper',
                    help="paper: Appendix B's formula; official: the official script's (ReLU on the central "
                         'points, mean over images)')
-    p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
+    add_trust_pickle_argument(p)
     args = p.parse_args(argv)
     ckpts = dict(c.split('=', 1) for c in args.checkpoint)
     model_kwargs = {k: json.loads(v) for k, v in (c.split('=', 1) for c in args.model_kwargs)}

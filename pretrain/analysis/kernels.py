@@ -16,6 +16,7 @@ import torch
 
 from pretrain.models.layers import ReparamLargeKernelConv, fuse_conv_bn_weights
 from shards.helpformat import HelpFormatter
+from shards.safe_files import add_trust_pickle_argument
 
 
 def large_kernel_layers(model: torch.nn.Module) -> dict:
@@ -66,7 +67,7 @@ def main(argv=None) -> dict:
     p.add_argument('--layer', help='module name (default: the first large-kernel conv of the last stage)')
     p.add_argument('--out', required=True)
     p.add_argument('--model-kwargs', default='{}', help='JSON kwargs for timm.create_model')
-    p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
+    add_trust_pickle_argument(p)
     args = p.parse_args(argv)
     from .erf import build
     model = build(args.model, args.checkpoint, json.loads(args.model_kwargs), args.trust_pickle)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 from shards.helpformat import HelpFormatter
+from shards.safe_files import add_trust_pickle_argument
 
 CATEGORIES = ('airplane', 'bear', 'bicycle', 'bird', 'boat', 'bottle', 'car', 'cat', 'chair', 'clock', 'dog',
               'elephant', 'keyboard', 'knife', 'oven', 'truck')
@@ -119,7 +120,7 @@ def main(argv=None) -> dict:
     p.add_argument('--batch', type=int, default=32)
     p.add_argument('--out', required=True)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--trust-pickle', action='store_true', help='unpickle torch files with code execution allowed: only for files you trust')
+    add_trust_pickle_argument(p)
     args = p.parse_args(argv)
     import timm
 

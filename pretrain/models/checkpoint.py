@@ -1,8 +1,10 @@
 """Loading RepLKNet weights from the official releases and common containers (timm convention)."""
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -85,3 +87,13 @@ def checkpoint_filter_fn(state_dict: Any, model: nn.Module) -> Dict[str, torch.T
         raise KeyError(f'checkpoint does not match {type(model).__name__}{hint}; '
                        f'missing: [{_describe(missing)}]; unexpected: [{_describe(unexpected)}]')
     return state_dict
+
+
+def export_meta(file) -> Optional[dict]:
+    """The ``config.json`` that ``pretrain.export`` writes beside ``model.safetensors``, when ``file``
+    is such an export (a config.json of anything else does not count)."""
+    meta_path = Path(file).with_name('config.json')
+    if not Path(file).is_file() or not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    return meta if 'pretrained_cfg' in meta and 'architecture' in meta else None

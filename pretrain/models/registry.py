@@ -1,15 +1,13 @@
 """RepLKNet variants registered with timm: ``timm.create_model('replknet_31b', ...)``."""
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Optional
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .checkpoint import checkpoint_filter_fn
+from .checkpoint import checkpoint_filter_fn, export_meta
 from .replknet import RepLKNet
 
 log = logging.getLogger(__name__)
@@ -40,12 +38,9 @@ def _export_beside(variant: str, kwargs: dict) -> dict:
     """The ``config.json`` that ``pretrain.export`` writes beside ``model.safetensors``, if the
     file being loaded has one."""
     file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
-    meta_path = Path(file).with_name('config.json') if file else None
-    if meta_path is None or not meta_path.is_file():
+    meta = export_meta(file) if file else None
+    if meta is None:
         return {}
-    meta = json.loads(meta_path.read_text())
-    if 'pretrained_cfg' not in meta or 'architecture' not in meta:
-        return {}  # a config.json of something else
     if meta['architecture'] != variant:
         raise ValueError(f'{file} is an export of {meta["architecture"]}, not {variant}: '
                          f'timm.create_model({meta["architecture"]!r}, ...)')
