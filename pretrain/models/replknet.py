@@ -5,7 +5,6 @@ that precedes it as ``downsample``) -> ``head``. The official checkpoints keep
 transitions in a separate list and the head at the top level;
 ``checkpoint_filter_fn`` maps them. Inside blocks the official names are kept.
 """
-from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -19,6 +18,8 @@ from .layers import (ConvNorm, LargeKernelConvFactory, ReparamLargeKernelConv, d
                      fold_bn_into_following_linear, fold_bn_into_following_pointwise, is_bn)
 
 NumClasses = Union[int, Dict[str, int]]
+# One task: logits (or features); several: logits by task. TorchScript needs the union spelled out.
+HeadOutput = Union[torch.Tensor, Dict[str, torch.Tensor]]
 
 
 class RepLKBlock(nn.Module):
@@ -97,6 +98,20 @@ class RepLKStage(nn.Module):
         return self.blocks(x)
 
 
+class TaskLinears(nn.ModuleDict):
+    """One linear classifier per task, called in the fixed order the tasks were given.
+
+    A ``ModuleDict`` so checkpoints keep ``head.fc.{task}.weight``; a module with its own
+    ``forward`` so the head calls ``self.fc(x)`` whatever the classifier is, which is what lets
+    TorchScript compile the single-head model (no ``isinstance`` branch on the classifier type)."""
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}
+        for task, fc in self.items():
+            out[task] = fc(x)
+        return out
+
+
 class RepLKHead(nn.Module):
     """BN, global average pool, linear classifier (one per task when ``num_classes`` is a dict).
 
@@ -121,24 +136,22 @@ class RepLKHead(nn.Module):
         if isinstance(num_classes, dict):
             if not num_classes:
                 raise ValueError('num_classes dict is empty: name at least one task')
-            self.fc = nn.ModuleDict({task: nn.Linear(self.in_chs, n) for task, n in num_classes.items()})
+            self.fc = TaskLinears({task: nn.Linear(self.in_chs, n) for task, n in num_classes.items()})
         else:
             self.fc = nn.Linear(self.in_chs, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pre_logits: bool = False):
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> HeadOutput:
         x = self.pool(self.norm(x))
         if not self.global_pool:
             return x
         x = x.flatten(1)
         if pre_logits:
             return x
-        if isinstance(self.fc, nn.ModuleDict):
-            return {task: fc(x) for task, fc in self.fc.items()}
         return self.fc(x)
 
     @torch.no_grad()
     def reparameterize(self) -> None:
-        fcs = list(self.fc.values()) if isinstance(self.fc, nn.ModuleDict) else [self.fc]
+        fcs = list(self.fc.values()) if isinstance(self.fc, TaskLinears) else [self.fc]
         if not is_bn(self.norm) or not all(isinstance(fc, nn.Linear) for fc in fcs):
             return  # without a linear classifier the BN is the output's last op: keep it
         for fc in fcs:
@@ -217,10 +230,10 @@ class RepLKNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> HeadOutput:
         return self.head(x, pre_logits=pre_logits)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> HeadOutput:
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,

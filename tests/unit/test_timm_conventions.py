@@ -71,3 +71,24 @@ def test_multi_task_heads_keep_working_with_the_conventions():
     assert {k: v.shape for k, v in out.items()} == {'a': (2, 3), 'b': (2, 2)}
     model.reset_classifier({'c': 4})
     assert model(x)['c'].shape == (2, 4)
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_model_scripts_and_its_fx_graph_scripts(name):
+    model, x = tiny(name), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.allclose(torch.jit.script(model)(x), expected, atol=1e-5)
+        traced = torch.fx.symbolic_trace(model)
+        assert torch.allclose(traced(x), expected, atol=1e-5)
+        assert torch.allclose(torch.jit.script(traced)(x), expected, atol=1e-5)
+
+
+def test_multi_task_model_scripts_with_tasks_in_the_order_given():
+    model, x = tiny('replknet_31b', num_classes={'b': 2, 'a': 3}), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, scripted = model(x), torch.jit.script(model)(x)
+    assert list(scripted) == list(expected) == ['b', 'a']
+    assert all(torch.allclose(scripted[t], expected[t], atol=1e-5) for t in expected)
+    assert [k for k in model.state_dict() if k.startswith('head.fc')] == [
+        'head.fc.b.weight', 'head.fc.b.bias', 'head.fc.a.weight', 'head.fc.a.bias']  # checkpoint keys unchanged
