@@ -1,4 +1,4 @@
-"""Checkpoints: DeepSpeed's own save/load, per-rank data positions, and a commit marker written last.
+"""Checkpoints: DeepSpeed's own save/load, the registered parts (``train_state``), and a commit marker written last.
 
 ``{dir}/ckpt/step-{N}/`` counts only once ``COMMITTED`` is in it; a write killed half-way
 leaves an uncommitted folder that resume ignores (and the next save removes).
@@ -11,16 +11,18 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
 
 from shards.safe_files import check_checkpoint_folder, load_torch_file
 
+from .train_state import Part
+
 log = logging.getLogger(__name__)
 MARKER = 'COMMITTED'
-STATE_VERSION = 2   # 2: RNG states as tensors and plain data (loadable without unpickling numpy)
+STATE_VERSION = 3   # 3: registered parts, listed in the marker, each file versioned
 
 
 def ckpt_root(run_dir: str) -> Path:
@@ -48,31 +50,35 @@ def _write_json_atomic(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-def save(engine, run_dir: str, step: int, rank: int, world_size: int, data_state: dict, keep: int,
-         client_state: Optional[dict] = None, rank0_tensors: Optional[dict] = None) -> str:
-    """Collective: every rank calls it. ``rank0_tensors``: extra state dicts rank 0 saves as
-    ``{name}.pt`` beside DeepSpeed's files (e.g. the EMA weights). Returns the tag."""
+def save(engine, run_dir: str, step: int, rank: int, world_size: int, parts: Dict[str, Part], keep: int,
+         client_state: Optional[dict] = None) -> str:
+    """Collective: every rank calls it. DeepSpeed writes the model, optimizer and scheduler; each
+    registered part is written as ``{name}_rank{r}.pt`` (per rank) or ``{name}.pt`` (rank 0).
+    The marker, written last, lists the parts. Returns the tag."""
     tag = f'step-{step}'
     root = ckpt_root(run_dir)
     try:
         engine.save_checkpoint(str(root), tag=tag, client_state=client_state or {}, save_latest=False)
-        if rank == 0:
-            for name, state in (rank0_tensors or {}).items():
-                torch.save(state, root / tag / f'{name}.pt.tmp')
-                os.replace(root / tag / f'{name}.pt.tmp', root / tag / f'{name}.pt')
-        _write_json_atomic(root / tag / f'data_state_rank{rank}.json', data_state)
-        rng_file = root / tag / f'rng_rank{rank}.pt'
-        torch.save(rng_states(), rng_file.with_suffix('.tmp'))
-        os.replace(rng_file.with_suffix('.tmp'), rng_file)
+        for name, part in parts.items():
+            if part.per_rank or rank == 0:
+                _save_atomic(dict(version=part.obj.state_version, state=part.obj.state_dict()),
+                             root / tag / part.file_name(name, rank))
     except (OSError, RuntimeError) as exc:
         raise _write_failure(root, tag, exc) from exc
     dist.barrier()
     if rank == 0:
+        listed = {name: dict(per_rank=part.per_rank, version=part.obj.state_version) for name, part in parts.items()}
         _write_json_atomic(root / tag / MARKER, dict(version=STATE_VERSION, step=step, world_size=world_size,
-                                                   time=time.time()))
+                                                   parts=listed, time=time.time()))
         _prune(root, keep)
     dist.barrier()
     return tag
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def _write_failure(root: Path, tag: str, exc: Exception) -> Exception:
@@ -115,12 +121,32 @@ def resume_tag(run_dir: str, mode: str) -> Optional[str]:
     return tags[-1] if tags else None
 
 
-def load(engine, run_dir: str, tag: str, rank: int, world_size: int) -> Tuple[dict, Optional[dict]]:
-    """Restore the engine; returns (client state, this rank's data state).
+def load(engine, run_dir: str, tag: str, rank: int, world_size: int, parts: Dict[str, Part]) -> dict:
+    """Restore the engine and every registered part; returns DeepSpeed's client state.
 
-    A checkpoint resumes at the world size that wrote it. Re-partitioning through DeepSpeed's
-    universal checkpoints is not offered: ``ds_to_universal`` needs state our saves do not store."""
+    The parts registered now and the parts the checkpoint holds must be the same set: a part
+    the checkpoint lacks, or holds but this run does not register, is an error naming it.
+    A checkpoint resumes at the world size that wrote it (the only resume path): the ZeRO
+    optimizer partitions and the per-rank data cursors belong to that world size, and
+    re-partitioning through DeepSpeed's universal checkpoints needs state our saves do not store."""
     folder = ckpt_root(run_dir) / tag
+    marker = _read_marker(folder, world_size)
+    saved = marker['parts']
+    if set(saved) != set(parts):
+        raise ValueError(f'{folder} holds the parts {sorted(saved)}, this run registers {sorted(parts)} '
+                         f'(missing: {sorted(set(parts) - set(saved))}, not registered: '
+                         f'{sorted(set(saved) - set(parts))}): resume with the configuration that wrote it '
+                         '(e.g. train.ema_decay), or start a new run from its weights with init.checkpoint')
+    check_checkpoint_folder(folder)  # DeepSpeed unpickles fully: only tensors, plain data, its own classes
+    _, client_state = engine.load_checkpoint(str(ckpt_root(run_dir)), tag=tag)
+    if client_state is None:
+        raise RuntimeError(f'{folder}: DeepSpeed could not load the checkpoint')
+    for name, part in parts.items():
+        part.obj.load_state_dict(_read_part(folder, name, part.file_name(name, rank), part.obj.state_version))
+    return client_state
+
+
+def _read_marker(folder: Path, world_size: int) -> dict:
     marker = json.loads((folder / MARKER).read_text())
     if marker.get('version') != STATE_VERSION:
         raise ValueError(f'{folder}: checkpoint state version {marker.get("version")}, this code reads {STATE_VERSION}')
@@ -128,41 +154,23 @@ def load(engine, run_dir: str, tag: str, rank: int, world_size: int) -> Tuple[di
         raise ValueError(f'{folder} was written by world size {marker["world_size"]}, this run has {world_size}: '
                          f'resume with {marker["world_size"]} processes (re-partitioning a checkpoint is not '
                          'supported), or start a new run from its weights with init.checkpoint')
-    check_checkpoint_folder(folder)  # DeepSpeed unpickles fully: only tensors, plain data, its own classes
-    _, client_state = engine.load_checkpoint(str(ckpt_root(run_dir)), tag=tag)
-    if client_state is None:
-        raise RuntimeError(f'{folder}: DeepSpeed could not load the checkpoint')
-    data_file = folder / f'data_state_rank{rank}.json'
-    same_world = marker['world_size'] == world_size
-    data_state = json.loads(data_file.read_text()) if same_world and data_file.is_file() else None
-    if same_world and (folder / f'rng_rank{rank}.pt').is_file():
-        set_rng_states(load_torch_file(folder / f'rng_rank{rank}.pt'))
-    return client_state, data_state
+    return marker
 
 
-def load_rank0_tensors(run_dir: str, tag: str, name: str) -> Optional[dict]:
-    path = ckpt_root(run_dir) / tag / f'{name}.pt'
-    return load_torch_file(path) if path.is_file() else None
+def _read_part(folder: Path, name: str, file_name: str, version: int):
+    path = folder / file_name
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: the checkpoint lists the part {name!r} but its file is missing')
+    doc = load_torch_file(path)
+    if doc.get('version') != version:
+        raise ValueError(f'{path}: {name} state version {doc.get("version")!r}, this code reads {version}')
+    return doc['state']
 
 
-def rng_states() -> dict:
-    """Every RNG a training step draws from (drop path, mixup), to resume step for step."""
-    import random
-
-    import numpy as np
-    # Tensors and plain data only, so that loading never needs to unpickle numpy objects.
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return dict(python=random.getstate(), numpy=(kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-
-def set_rng_states(states: dict) -> None:
-    import random
-
-    import numpy as np
-    random.setstate(states['python'])
-    kind, keys, pos, has_gauss, gauss = states['numpy']
-    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(states['torch'])
-    if states.get('cuda') is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
+def load_part(run_dir: str, tag: str, name: str, version: int = 1) -> Optional[dict]:
+    """One replicated part (e.g. ``'ema'``) of a committed checkpoint, or None if it has none;
+    for readers outside training (export, starting weights)."""
+    folder = ckpt_root(run_dir) / tag
+    if not (folder / f'{name}.pt').is_file():
+        return None
+    return _read_part(folder, name, f'{name}.pt', version)

@@ -25,6 +25,7 @@ from .distributed import DistEnv
 from .labels import LabelJoiner
 from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
+from .train_state import ModuleWeights, Part, RngState
 from .models import RepLKNet
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,28 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.corrupt_total = 0
+        self.parts = self._register_parts()
         self._pending_norm = None   # (step, grad norm): checked at the next host sync
+
+    # --- checkpointed state: registered once, walked by pretrain.checkpoint ------------------
+    state_version = 1   # the trainer's own counters
+
+    def _register_parts(self) -> Dict[str, Part]:
+        """Everything a checkpoint holds besides DeepSpeed's model/optimizer/scheduler files."""
+        parts = dict(loader=Part(self.loader, per_rank=True), rng=Part(RngState(), per_rank=True),
+                     counters=Part(self, per_rank=True))
+        if self.ema is not None:
+            parts['ema'] = Part(ModuleWeights(self.ema.module), per_rank=False)
+        return parts
+
+    def state_dict(self) -> dict:
+        return dict(nonfinite_in_a_row=self.nonfinite_in_a_row, nonfinite_total=self.nonfinite_total,
+                    corrupt_total=self.corrupt_total)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.nonfinite_in_a_row = state['nonfinite_in_a_row']
+        self.nonfinite_total = state['nonfinite_total']
+        self.corrupt_total = state['corrupt_total']
 
     def _param_groups(self, model: nn.Module) -> List[dict]:
         o = self.cfg.optim

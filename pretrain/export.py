@@ -55,14 +55,14 @@ def single_task_model(cfg: RunConfig, task: str, state: dict):
 
 def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False, trust_pickle: bool = False) -> dict:
     from .weights import consolidate_run
-    from .checkpoint import committed_tags, load_rank0_tensors
+    from .checkpoint import committed_tags, load_part
 
     cfg = build(RunConfig, json.loads((Path(run_dir) / 'config.json').read_text()), '')
     tags = committed_tags(run_dir)
     if not tags and tag is None:
         raise SystemExit(f'{run_dir}: no committed checkpoint to export (is it a run folder? did it save?)')
     tag = tag or tags[-1]
-    state = load_rank0_tensors(run_dir, tag, 'ema') if ema else consolidate_run(run_dir, tag, trust_pickle)
+    state = load_part(run_dir, tag, 'ema') if ema else consolidate_run(run_dir, tag, trust_pickle)
     if state is None:
         raise SystemExit(f'{run_dir}/ckpt/{tag} has no EMA weights')
     return write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema))

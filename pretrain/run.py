@@ -68,18 +68,9 @@ class Pace:
                     eta_s=(total - step) * elapsed / done)
 
 
-def resume(trainer, cfg: RunConfig, run_dir: str, tag: str) -> None:
+def resume(trainer, run_dir: str, tag: str) -> None:
     env = trainer.env
-    client, data_state = checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size)
-    if trainer.ema is not None:
-        ema = checkpoint.load_rank0_tensors(run_dir, tag, 'ema')
-        if ema is None:
-            raise FileNotFoundError(f'{run_dir}/ckpt/{tag} has no EMA weights but train.ema_decay is set')
-        trainer.ema.module.load_state_dict(ema)
-    if data_state is not None:
-        trainer.loader.load_state_dict(data_state)
-    else:  # a checkpoint without this rank's data position: continue from the next epoch boundary
-        trainer.loader.dataset.epoch = client['epoch'] + 1
+    checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size, trainer.parts)
     log.info('resumed from %s at step %d', tag, trainer.step)
 
 
@@ -87,7 +78,7 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None)
     """The loop: steps until the schedule ends, checkpoints and evaluation on the way."""
     env = trainer.env
     if tag:
-        resume(trainer, cfg, run_dir, tag)
+        resume(trainer, run_dir, tag)
     last, evaluated = {}, (None, None)
     pace = Pace(trainer.step, cfg.train.micro_batch * cfg.train.grad_accum * env.world_size)
     while trainer.step < trainer.total_steps:
@@ -126,12 +117,9 @@ def _evaluate(trainer, cfg: RunConfig, metrics: MetricsWriter, step: int) -> dic
 
 
 def _save(trainer, cfg: RunConfig, run_dir: str) -> None:
-    loader = trainer.loader
     trainer.sync_running_stats()  # one set of BN statistics in every rank's copy
     checkpoint.save(trainer.engine, run_dir, trainer.step, trainer.env.rank, trainer.env.world_size,
-                    loader.state_dict(), cfg.checkpoint.keep,
-                    client_state=dict(epoch=loader.epoch, config=to_dict(cfg)),
-                    rank0_tensors={'ema': trainer.ema.module.state_dict()} if trainer.ema is not None else None)
+                    trainer.parts, cfg.checkpoint.keep, client_state=dict(config=to_dict(cfg)))
     log.info('checkpoint step-%d written to %s', trainer.step, checkpoint.ckpt_root(run_dir))
 
 

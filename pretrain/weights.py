@@ -90,7 +90,7 @@ def load_ema_weights(model: nn.Module, run_dir: str, tag: Optional[str] = None) 
     """The EMA weights a fine-tuning run saved beside its DeepSpeed checkpoint."""
     tags = ckpt.committed_tags(run_dir)
     tag = tag or (tags[-1] if tags else None)
-    state = ckpt.load_rank0_tensors(run_dir, tag, 'ema') if tag else None
+    state = ckpt.load_part(run_dir, tag, 'ema') if tag else None
     if state is None:
         raise FileNotFoundError(f'{run_dir}: no EMA weights in checkpoint {tag} (was train.ema_decay set?)')
     model.load_state_dict(state)

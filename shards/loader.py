@@ -109,7 +109,9 @@ class ShardStream(IterableDataset):
 
 
 class ResumableLoader:
-    """A DataLoader over a ShardStream that knows exactly where it is (``state_dict``)."""
+    """A DataLoader over a ShardStream that knows exactly where it is (``state_dict``): the one
+    owner of the data cursor (epoch, batches into it, samples per source)."""
+    state_version = STATE_VERSION
 
     def __init__(self, dataset: ShardStream, num_workers: int = 0, pin_memory: bool = False,
                  prefetch_factor: Optional[int] = None, multiprocessing_context=None):
@@ -148,28 +150,21 @@ class ResumableLoader:
 
     def state_dict(self) -> dict:
         d = self.dataset
-        return dict(version=STATE_VERSION, seed=d.cfg.seed, world_size=d.world_size, num_workers=d.workers,
+        return dict(seed=d.cfg.seed, world_size=d.world_size, num_workers=d.workers,
                     rank=d.rank, batch_size=d.cfg.batch_size, sources=list(d.plan.sources),
                     epoch=d.epoch, batches_in_epoch=self.batches_in_epoch,
                     samples_per_source={s: self.per_source.get(s, 0) for s in d.plan.sources})
 
-    def load_state_dict(self, state: dict, allow_repartition: bool = False) -> None:
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where ``state`` left off: same seed, batch size, sources, rank, world size and
+        workers (the cursor is a position in *this* partition of the data), else an error naming
+        the difference. Its version is checked by the checkpoint that carries it."""
         d = self.dataset
-        if state.get('version') != STATE_VERSION:
-            raise ValueError(f'loader state version {state.get("version")!r}, this code reads {STATE_VERSION}')
         for name, ours in (('seed', d.cfg.seed), ('batch_size', d.cfg.batch_size),
-                           ('sources', list(d.plan.sources)), ('rank', d.rank)):
+                           ('sources', list(d.plan.sources)), ('rank', d.rank), ('world_size', d.world_size),
+                           ('num_workers', d.workers)):
             if state[name] != ours:
                 raise ValueError(f'loader state has {name}={state[name]!r}, this run has {ours!r}')
-        if (state['world_size'], state['num_workers']) != (d.world_size, d.workers):
-            where = (f'the checkpoint was written with world size {state["world_size"]} x '
-                     f'{state["num_workers"]} workers, this run has world size {d.world_size} x {d.workers}')
-            if not allow_repartition:
-                raise ValueError(f'{where}; pass allow_repartition to restart from the next epoch boundary')
-            epoch = state['epoch'] + (1 if state['batches_in_epoch'] else 0)
-            log.warning('%s: re-partitioning, continuing at the start of epoch %d', where, epoch)
-            d.epoch, self.batches_in_epoch, self.per_source = epoch, 0, Counter()
-            return
         expected = d.expected_per_source(state['epoch'], state['batches_in_epoch'])
         if expected != state['samples_per_source']:
             raise ValueError(f'loader state counts {state["samples_per_source"]} samples per source, but the '

@@ -91,6 +91,9 @@ def main(argv=None) -> None:
     cuda_query = '--cuda-autocast-query' in argv
     if cuda_query:
         argv.remove('--cuda-autocast-query')
+    round_trip = '--checkpoint-round-trip' in argv
+    if round_trip:
+        argv.remove('--checkpoint-round-trip')
     os.environ.setdefault('OMP_NUM_THREADS', '1')
     from pretrain.config import load_config
     from pretrain.distributed import init_distributed
@@ -116,7 +119,47 @@ def main(argv=None) -> None:
     counter.active = False
     report.update(conv_inputs_channels_last=dict(seen['channels_last']), conv_out_dtype=dict(seen['out_dtype']),
                   host_syncs=dict(counter.calls), micro_steps=steps, optimizer_steps=trainer.step)
+    if round_trip:
+        report['round_trip'] = checkpoint_round_trip(trainer, cfg.checkpoint.dir, it)
     print(json.dumps(report), flush=True)
+
+
+def checkpoint_round_trip(trainer, run_dir: str, batches) -> dict:
+    """Save, change every registered part (more steps, other counters), load; for each part,
+    whether its state came back exactly as saved. The model weights are DeepSpeed's part."""
+    import copy
+
+    from pretrain import checkpoint
+    trainer.nonfinite_in_a_row, trainer.nonfinite_total, trainer.corrupt_total = 1, 5, 3
+    saved = {name: copy.deepcopy(part.obj.state_dict()) for name, part in trainer.parts.items()}
+    saved['model'] = copy.deepcopy(trainer.engine.module.state_dict())
+    env = trainer.env
+    tag = checkpoint.save(trainer.engine, run_dir, trainer.step, env.rank, env.world_size, trainer.parts, keep=1)
+    for batch, _ in zip(_forever(trainer.loader, batches), range(2)):
+        trainer.micro_step(batch)
+    torch.rand(3)  # the global RNGs move on
+    trainer.nonfinite_in_a_row, trainer.nonfinite_total, trainer.corrupt_total = 0, 0, 0
+    changed = {name: not _same(saved[name], part.obj.state_dict()) for name, part in trainer.parts.items()}
+    checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size, trainer.parts)
+    restored = {name: _same(saved[name], part.obj.state_dict()) for name, part in trainer.parts.items()}
+    restored['model'] = _same(saved['model'], trainer.engine.module.state_dict())
+    return dict(parts=sorted(trainer.parts), changed_before_load=changed, restored=restored)
+
+
+def _forever(loader, current):
+    yield from current
+    while True:
+        yield from loader
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _viewable(model) -> bool:

@@ -70,7 +70,7 @@ def test_resume_continues_with_exactly_the_next_samples(two_sources, stop_after)
         if i + 1 == stop_after:
             break
     state = run.state_dict()
-    assert state['batches_in_epoch'] == stop_after and state['version'] == 1
+    assert state['batches_in_epoch'] == stop_after
     fresh = loader(two_sources)
     fresh.load_state_dict(state)
     got += keys(fresh)   # the rest of epoch 0
@@ -90,15 +90,14 @@ def test_resume_at_an_epoch_boundary_starts_the_next_epoch(two_sources):
     assert keys(fresh) == keys(reference)
 
 
-def test_changed_world_size_is_an_error_naming_both_sizes(two_sources):
+def test_changed_world_size_or_workers_is_an_error_naming_both(two_sources):
     run = loader(two_sources)
     next(iter(run))
     state = run.state_dict()
-    other = loader(two_sources, world_size=1, workers=2)
-    with pytest.raises(ValueError, match=r'world size 2 x 2 workers.*world size 1 x 2'):
-        other.load_state_dict(state)
-    other.load_state_dict(state, allow_repartition=True)
-    assert other.epoch == 1 and other.state_dict()['batches_in_epoch'] == 0
+    with pytest.raises(ValueError, match=r'^loader state has world_size=2, this run has 1$'):
+        loader(two_sources, world_size=1, workers=2).load_state_dict(state)
+    with pytest.raises(ValueError, match=r'^loader state has num_workers=2, this run has 1$'):
+        loader(two_sources, workers=1).load_state_dict(state)
 
 
 def test_more_slots_than_shards_fails_at_start_or_shares_when_asked(two_sources):

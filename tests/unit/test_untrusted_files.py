@@ -76,7 +76,8 @@ def test_transformers_remote_code_is_only_set_on_the_teacher():
 def _run_folder(tmp_path, payload_file: str, marker: Path) -> Path:
     folder = tmp_path / 'run' / 'ckpt' / 'step-1'
     folder.mkdir(parents=True)
-    (folder / 'COMMITTED').write_text(json.dumps(dict(version=checkpoint.STATE_VERSION, world_size=1, step=1)))
+    (folder / 'COMMITTED').write_text(json.dumps(dict(version=checkpoint.STATE_VERSION, world_size=1, step=1,
+                                                      parts={})))
     torch.save({'module': {'w': torch.zeros(1)}, 'x': Payload(marker)}, folder / payload_file)
     return tmp_path / 'run'
 
@@ -88,7 +89,7 @@ def test_run_folders_are_checked_before_deepspeed_unpickles_them(tmp_path, paylo
     with pytest.raises(UnsafeFileError, match=payload_file):
         consolidate_run(str(run))           # starting weights, evaluate, export from a run folder
     with pytest.raises(UnsafeFileError, match=payload_file):
-        checkpoint.load(None, str(run), 'step-1', rank=0, world_size=1)  # resume
+        checkpoint.load(None, str(run), 'step-1', rank=0, world_size=1, parts={})  # resume
     assert not marker.exists()
 
 
@@ -109,10 +110,11 @@ def test_our_rng_states_round_trip_through_the_safe_loader(tmp_path):
     import random
 
     import numpy as np
+    from pretrain.train_state import RngState
     from shards.safe_files import load_torch_file
-    torch.save(checkpoint.rng_states(), tmp_path / 'rng.pt')
+    torch.save(RngState().state_dict(), tmp_path / 'rng.pt')
     first = (random.random(), np.random.rand(), torch.rand(1).item())
-    checkpoint.set_rng_states(load_torch_file(tmp_path / 'rng.pt'))
+    RngState().load_state_dict(load_torch_file(tmp_path / 'rng.pt'))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
 
 
@@ -162,7 +164,7 @@ def test_a_checkpoint_resumes_only_at_its_world_size_and_says_how_to_continue(tm
     folder.mkdir(parents=True)
     (folder / 'COMMITTED').write_text(json.dumps(dict(version=checkpoint.STATE_VERSION, world_size=2, step=4)))
     with pytest.raises(ValueError, match='resume with 2 processes .* init.checkpoint'):
-        checkpoint.load(None, str(tmp_path / 'run'), 'step-4', rank=0, world_size=1)
+        checkpoint.load(None, str(tmp_path / 'run'), 'step-4', rank=0, world_size=1, parts={})
 
 
 def test_a_full_disk_during_a_checkpoint_says_so_and_names_the_intact_one(tmp_path):
