@@ -72,7 +72,7 @@ def measure(classes: int, images: int, per_shard: int, tmp: Path) -> dict:
 
 
 def _part_bytes(store, task, first_key, rows):
-    from labeling.store import shard_stem_of_key
+    from shards.naming import shard_stem_of_key
     from shards import storage
     record = store.write_part(task, shard_stem_of_key(first_key), rows, kind='teacher', teacher=BENCH_TEACHER)
     return storage.read_bytes(f'{store.root}/labels/{task}/{record["file"]}')

@@ -31,7 +31,8 @@ from shards.build import BuildOptions, build  # noqa: E402
 from shards.images import decode_rgb  # noqa: E402
 from shards.inputs import Item  # noqa: E402
 from shards.loader import ResumableLoader, ShardStream  # noqa: E402
-from shards.stream import SourceSpec, StreamConfig, read_shard, resolve_source  # noqa: E402
+from shards.reader import iter_shard_samples  # noqa: E402
+from shards.stream import SourceSpec, StreamConfig, resolve_source  # noqa: E402
 from shards.transforms import TransformConfig, _patch_posterize, train_transform  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def make_photos(folder: Path, n: int, size: tuple, seed: int = 0) -> list:
 def ours(prefix: str, mode: str, n: int):
     cfg = TransformConfig()
     src = resolve_source(SourceSpec('photos', prefix))
-    raw = (s for url, c in zip(src.urls, src.counts) for s in read_shard(url, 0, c, storage.DEFAULT_RETRY))
+    raw = (s for url, c in zip(src.urls, src.counts) for s in iter_shard_samples(url, 0, c, storage.DEFAULT_RETRY))
     if mode == 'read':
         return raw
     min_side = cfg.decode_min_side(train=True)

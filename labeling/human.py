@@ -6,7 +6,7 @@ from typing import Dict, List
 
 from shards import storage
 from shards.index import ShardIndex
-from shards.stream import tar_samples
+from shards.reader import iter_shard_samples
 
 from .store import LabelStore, Row
 
@@ -14,12 +14,11 @@ from .store import LabelStore, Row
 def human_rows(shard_url: str, tasks: List[str], retry=storage.DEFAULT_RETRY) -> Dict[str, List[Row]]:
     """Per task, a one-hot row for every sample of the shard whose metadata labels that task."""
     rows: Dict[str, List[Row]] = {t: [] for t in tasks}
-    with storage.open_read(shard_url, retry) as stream:
-        for sample in tar_samples(stream):
-            labels = json.loads(sample['json']).get('labels') or {}
-            for task in tasks:
-                if task in labels:
-                    rows[task].append(Row(sample['__key__'], [int(labels[task])], [1.0], 'human'))
+    for sample in iter_shard_samples(shard_url, retry=retry):
+        labels = json.loads(sample['json']).get('labels') or {}
+        for task in tasks:
+            if task in labels:
+                rows[task].append(Row(sample['__key__'], [int(labels[task])], [1.0], 'human'))
     return rows
 
 

@@ -17,7 +17,10 @@ from tqdm import tqdm
 
 from shards import storage
 from shards.images import BadImage, decode_rgb, is_plain_jpeg
-from shards.stream import ResolvedSource, resolve_source, tar_samples
+from shards.images import IMAGE_EXTS
+from shards.naming import shard_stem
+from shards.reader import iter_shard_samples
+from shards.stream import ResolvedSource, resolve_source
 
 from .config import JobConfig
 from .store import LabelStore, Row
@@ -51,20 +54,23 @@ class ShardBatches(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, n = (info.id, info.num_workers) if info else (0, 1)
-        for stem, url in self.shards[worker::n]:
+        for stem, url, count in self.shards[worker::n]:
             batch = []
-            with storage.open_read(url, self.retry) as stream:
-                for sample in tar_samples(stream):
-                    batch.append(self._prepare(sample))
-                    if len(batch) == self.batch_size:
-                        yield self._collate(stem, batch, last=False)
-                        batch = []
+            # The shared reader: a dropped connection reopens the shard instead of failing the job.
+            for sample in iter_shard_samples(url, 0, count, self.retry):
+                batch.append(self._prepare(sample))
+                if len(batch) == self.batch_size:
+                    yield self._collate(stem, batch, last=False)
+                    batch = []
             yield self._collate(stem, batch, last=True)
 
     def _prepare(self, sample: dict):
+        if sample.get('__missing__'):  # the shard was cut short: nothing to label at this position
+            log.warning('%s: missing from a truncated shard (left unlabeled)', sample['__key__'])
+            return sample['__key__'], None, -1
         meta = json.loads(sample.get('json', b'{}'))
         label = (meta.get('labels') or {}).get(self.task, -1)
-        ext = next((e for e in ('jpg', 'png', 'webp') if e in sample), None)
+        ext = next((e for e in IMAGE_EXTS if e in sample), None)
         try:
             if ext is None:
                 raise BadImage('no image part')
@@ -152,7 +158,7 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
     registry = TaskRegistry.from_json(cfg.tasks_file)
     task = registry.get(cfg.task)
     sources: List[ResolvedSource] = [resolve_source(s) for s in cfg.sources]
-    shard_urls = {url.rsplit('/', 1)[1][:-len('.tar')]: (url, n)
+    shard_urls = {shard_stem(url.rsplit('/', 1)[1]): (url, n)
                   for src in sources for url, n in zip(src.urls, src.counts)}
     mine = assign_shards(list(shard_urls), job_index, num_jobs)
     ensemble = Ensemble([load_teacher(t, task.num_classes, task.class_names) for t in cfg.teachers])
@@ -166,7 +172,7 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
     if not todo:
         store.refresh_manifest(cfg.task)
         return summary
-    data = ShardBatches([(s, shard_urls[s][0]) for s in todo], cfg.task, ensemble.preprocess,
+    data = ShardBatches([(s, *shard_urls[s]) for s in todo], cfg.task, ensemble.preprocess,
                         cfg.batch_size, store.retry, decode=cfg.decode)
     loader = DataLoader(data, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == 'cuda',
                         multiprocessing_context=storage.worker_start_method(

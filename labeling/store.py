@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards import storage
+from shards.naming import shard_stem_of_key
 from shards.safe_files import check_name
 
 from .tasks import Task, TaskRegistry
@@ -54,14 +55,6 @@ class Row:
     teacher_idx: Optional[Sequence[int]] = None
 
 
-def shard_stem_of_key(key: str) -> str:
-    """``in1k/000012/000003`` -> ``in1k-000012`` (keys are built that way by shards/build.py)."""
-    parts = key.split('/')
-    if len(parts) != 3:
-        raise LabelError(f'key {key!r} is not of the form source/shard/index')
-    return f'{parts[0]}-{parts[1]}'
-
-
 def teacher_id(teacher: Optional[dict]) -> Optional[str]:
     """A short, stable identity of a teacher description (kind, model, weights hash, temperature...)."""
     if teacher is None:
@@ -77,8 +70,12 @@ def validate_rows(task: Task, stem: str, keys, idx, prob, source) -> None:
         if key in seen:
             raise LabelError(f'{where}: duplicate key {key}')
         seen.add(key)
-        if shard_stem_of_key(key) != stem:
-            raise LabelError(f'{where}: key {key} belongs to shard {shard_stem_of_key(key)}, not this part')
+        try:
+            owner = shard_stem_of_key(key)
+        except ValueError as exc:
+            raise LabelError(f'{where}: {exc}') from None
+        if owner != stem:
+            raise LabelError(f'{where}: key {key} belongs to shard {owner}, not this part')
         if source[i] not in SOURCES:
             raise LabelError(f'{where}, key {key}: source {source[i]!r} is not one of {SOURCES}')
         ix, p = np.asarray(idx[i]), np.asarray(prob[i], dtype=np.float32)
@@ -301,7 +298,7 @@ class LabelStore:
 
     def _ghost_labels(self, task: str, shards: str) -> List[str]:
         from shards.index import ShardIndex
-        from shards.stream import member_keys
+        from shards.reader import member_keys
 
         index = ShardIndex.load(shards, policy=self.retry)
         stems = {e.stem: e.name for e in index.shards.values()}

@@ -10,7 +10,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from labeling.store import LabelStore, shard_stem_of_key
+from labeling.store import LabelStore
+from shards.naming import shard_stem_of_key
 from labeling.tasks import TaskRegistry
 
 

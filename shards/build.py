@@ -26,6 +26,7 @@ from . import storage
 from .images import BadImage, check_and_normalize
 from .index import ShardEntry, ShardIndex
 from .inputs import Item
+from .naming import sample_key, shard_name
 
 log = logging.getLogger(__name__)
 INDEX_SAVE_INTERVAL_S = 30.0
@@ -82,10 +83,6 @@ def plan_shards(items: Sequence[Item], samples_per_shard: int,
     return plan
 
 
-def shard_name(source: str, shard: int) -> str:
-    return f'{source}-{shard:06d}.tar'
-
-
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: same input, same bytes
@@ -135,7 +132,7 @@ def write_shard(job: dict) -> dict:
                 except (OSError, BadImage) as exc:
                     entry.skipped.append(dict(id=it.id, path=it.path, reason=str(exc)))
                     continue
-                key = f'{opts.source}/{shard:06d}/{pos:06d}'
+                key = sample_key(opts.source, shard, pos)
                 meta = dict(source=opts.source, id=it.id, labels=it.labels)
                 _add_member(tar, f'{key}.{ext}', data)
                 _add_member(tar, f'{key}.json', json.dumps(meta).encode())

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from . import storage
+from .naming import shard_stem
 from .safe_files import check_name
 
 INDEX_NAME = '_index.json'
@@ -29,7 +30,7 @@ class ShardEntry:
 
     @property
     def stem(self) -> str:
-        return self.name[:-len('.tar')] if self.name.endswith('.tar') else self.name
+        return shard_stem(self.name)
 
 
 @dataclass

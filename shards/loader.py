@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import plan as P
 from .images import BadImage
+from .reader import iter_shard_samples
 from .stream import (CorruptCounter, check_shards_present, SourceSpec, StreamConfig, collate, decode_sample, resolve_source,
                      source_stream)
 
@@ -189,12 +190,11 @@ class EvalShards(IterableDataset):
         self.retry = retry or DEFAULT_RETRY
 
     def __iter__(self):
-        from .stream import read_shard
         info = get_worker_info()
         worker, n = (info.id, info.num_workers) if info else (0, 1)
         batch, names = [], []
         for name, url, count in self.shards[worker::n]:
-            for raw in read_shard(url, 0, count, self.retry):
+            for raw in iter_shard_samples(url, 0, count, self.retry):
                 if raw.get('__missing__'):
                     log.warning('evaluation: %s is short of samples (truncated)', url)
                     continue

@@ -5,13 +5,14 @@ S3 endpoints and credentials come from the standard AWS environment variables
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
+from typing import BinaryIO, Callable, Iterator, Optional, Tuple, TypeVar
 
 import fsspec
 
@@ -55,29 +56,70 @@ def _naming(exc: Exception, what: str) -> Exception:
         return exc
 
 
+class Backoff:
+    """The one retry loop's state: exponential backoff with jitter within one budget.
+
+    ``failed(exc)`` raises at once for what no retry fixes (named), raises ``StorageError`` when
+    the budget is spent, and otherwise sleeps; ``remaining()`` is the policy for a nested call
+    (reopening a stream) so that every attempt draws on the same budget."""
+
+    def __init__(self, what: str, policy: RetryPolicy = DEFAULT_RETRY):
+        self.what, self.policy = what, policy
+        self.start, self.delay, self.attempt = time.monotonic(), policy.initial_backoff_s, 0
+
+    def remaining(self) -> RetryPolicy:
+        spent = time.monotonic() - self.start
+        return dataclasses.replace(self.policy, budget_s=max(0.0, self.policy.budget_s - spent))
+
+    def failed(self, exc: Exception) -> None:
+        self.attempt += 1
+        if isinstance(exc, StorageError):
+            raise exc
+        if isinstance(exc, PERMANENT_ERRORS):
+            named = _naming(exc, self.what)  # "Access Denied" alone does not say which object
+            if named is exc:
+                raise exc
+            raise named from exc
+        if type(exc).__name__ in CREDENTIAL_ERRORS:
+            raise StorageError(f'{self.what}: no usable credentials ({type(exc).__name__}: {exc}); set '
+                               'AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and '
+                               'AWS_ENDPOINT_URL for a non-AWS server') from None
+        elapsed = time.monotonic() - self.start
+        if elapsed + self.delay > self.policy.budget_s:  # network, throttling, 5xx: worth another try
+            raise StorageError(f'{self.what}: still failing after {self.attempt} attempts over {elapsed:.1f}s '
+                               f'(retry budget {self.policy.budget_s:.0f}s): {type(exc).__name__}: {exc}') from exc
+        log.warning('%s failed (%s: %s); retry %d in %.1fs', self.what, type(exc).__name__, exc, self.attempt,
+                    self.delay)
+        time.sleep(self.delay * (0.5 + random.random() / 2))
+        self.delay = min(self.delay * 2, self.policy.max_backoff_s)
+
+
 def with_retries(fn: Callable[[], T], what: str, policy: RetryPolicy = DEFAULT_RETRY) -> T:
-    start, backoff, attempt = time.monotonic(), policy.initial_backoff_s, 0
+    backoff = Backoff(what, policy)
     while True:
-        attempt += 1
         try:
             return fn()
-        except PERMANENT_ERRORS as exc:
-            named = _naming(exc, what)  # "Access Denied" alone does not say which object
-            if named is exc:
-                raise
-            raise named from exc
-        except Exception as exc:  # network, throttling, 5xx: worth another try
-            if type(exc).__name__ in CREDENTIAL_ERRORS:
-                raise StorageError(f'{what}: no usable credentials ({type(exc).__name__}: {exc}); set '
-                                   'AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and '
-                                   'AWS_ENDPOINT_URL for a non-AWS server') from None
-            elapsed = time.monotonic() - start
-            if elapsed + backoff > policy.budget_s:
-                raise StorageError(f'{what}: still failing after {attempt} attempts over {elapsed:.1f}s '
-                                   f'(retry budget {policy.budget_s:.0f}s): {type(exc).__name__}: {exc}') from exc
-            log.warning('%s failed (%s: %s); retry %d in %.1fs', what, type(exc).__name__, exc, attempt, backoff)
-            time.sleep(backoff * (0.5 + random.random() / 2))
-            backoff = min(backoff * 2, policy.max_backoff_s)
+        except Exception as exc:
+            backoff.failed(exc)
+
+
+def resumable_items(url: str, items: Callable[[BinaryIO, int], Iterator[T]], policy: RetryPolicy = DEFAULT_RETRY,
+                    fatal: Tuple[type, ...] = ()) -> Iterator[T]:
+    """``items(stream, skip)`` of ``url``, reopened after a dropped connection: the new stream
+    is asked to skip what was already delivered. One budget for the whole read; exceptions in
+    ``fatal`` (e.g. a truncated file) propagate unretried."""
+    backoff, delivered = Backoff(f'reading {url}', policy), 0
+    while True:
+        try:
+            with open_read(url, backoff.remaining()) as stream:
+                for item in items(stream, delivered):
+                    yield item
+                    delivered += 1
+            return
+        except fatal:
+            raise
+        except Exception as exc:
+            backoff.failed(exc)
 
 
 def _storage_options(url: str) -> dict:

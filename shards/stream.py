@@ -5,11 +5,8 @@ Deterministic and exactly resumable (see ``plan.py`` for the order). Use it thro
 """
 from __future__ import annotations
 
-import dataclasses
-
 import json
 import logging
-import tarfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional
@@ -21,10 +18,9 @@ from . import plan as P
 from . import storage
 from .images import IMAGE_EXTS, BadImage, decode_rgb
 from .index import ShardIndex
-from .verify import split_member
+from .reader import iter_shard_samples
 
 log = logging.getLogger(__name__)
-TRUNCATED = (tarfile.ReadError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -106,73 +102,6 @@ class StreamConfig:
 
 
 # --- raw samples ---------------------------------------------------------------------------
-def tar_samples(stream) -> Iterator[dict]:
-    """Samples (members grouped by key, as webdataset groups them) of a tar stream."""
-    key, sample = None, None
-    with tarfile.open(fileobj=stream, mode='r|') as tar:
-        for info in tar:
-            if info.isreg():
-                k, ext = split_member(info.name)
-                if k != key:
-                    if sample is not None:
-                        yield sample
-                    key, sample = k, {'__key__': k}
-                sample[ext] = tar.extractfile(info).read()
-            tar.members = []  # stream mode keeps every header otherwise
-    if sample is not None:
-        yield sample
-
-
-def member_keys(url: str, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> set:
-    """The sample keys of a shard, from its tar headers (member data is skipped, not decoded)."""
-    keys = set()
-    with storage.open_read(url, retry) as stream, tarfile.open(fileobj=stream, mode='r|') as tar:
-        for info in tar:
-            if info.isreg():
-                keys.add(split_member(info.name)[0])
-            tar.members = []
-    return keys
-
-
-def read_shard(url: str, first: int, count: int, retry: storage.RetryPolicy) -> Iterator[Optional[dict]]:
-    """Samples ``first .. first+count`` of a shard, reopening after a dropped connection.
-
-    A shard that ends early (truncated) yields a ``{"__missing__": True}`` sample (its key names the
-    shard and position) for each missing sample, so every slot still yields its exact count; the
-    decoder counts those as corrupt.
-    """
-    delivered, start, backoff = 0, time.monotonic(), retry.initial_backoff_s
-    while delivered < count:
-        try:
-            # One budget for the whole read: opening gets only what is left of it.
-            remaining = dataclasses.replace(retry, budget_s=max(0.0, retry.budget_s - (time.monotonic() - start)))
-            with storage.open_read(url, remaining) as stream:
-                for pos, sample in enumerate(tar_samples(stream)):
-                    if pos >= first + delivered:
-                        yield sample
-                        delivered += 1
-                        if delivered == count:
-                            return
-            log.warning('shard %s: ended after %d of %d samples', url, delivered, count)
-            break
-        except FileNotFoundError:
-            raise FileNotFoundError(f'shard {url} is listed in the index but missing from storage') from None
-        except TRUNCATED as exc:
-            log.warning('shard %s: truncated after %d of %d samples (%s)', url, delivered, count, exc)
-            break
-        except (storage.StorageError, *storage.PERMANENT_ERRORS):
-            raise
-        except Exception as exc:  # a dropped connection: reopen and skip what was delivered
-            if time.monotonic() - start + backoff > retry.budget_s:
-                raise storage.StorageError(f'shard {url}: reading kept failing for {retry.budget_s:.0f}s: '
-                                           f'{type(exc).__name__}: {exc}') from exc
-            log.warning('shard %s: read failed (%s); reopening in %.1fs', url, exc, backoff)
-            time.sleep(backoff)
-            backoff = min(2 * backoff, retry.max_backoff_s)
-    for pos in range(first + delivered, first + count):
-        yield {'__key__': f'{url}#{pos}', '__missing__': True}
-
-
 def shuffled(samples: Iterator, buffer: int, gen) -> Iterator:
     """A seeded shuffle buffer: same inputs and seed, same output order."""
     pool = []
@@ -194,7 +123,7 @@ def source_stream(src: ResolvedSource, cfg: StreamConfig, slot: int, slots: int,
     while True:
         order = P.shard_order(len(src.counts), cfg.seed, src.name, source_epoch)
         ranges = P.slot_shard_ranges(src.counts, order, slots, slot)
-        raw = (s for shard, first, n in ranges for s in read_shard(src.urls[shard], first, n, cfg.retry))
+        raw = (s for shard, first, n in ranges for s in iter_shard_samples(src.urls[shard], first, n, cfg.retry))
         out = shuffled(raw, cfg.shuffle_buffer, P.rng(cfg.seed, 'buffer', src.name, source_epoch, slot))
         for i, sample in enumerate(out):
             if i >= skip:  # resume: replay without decoding

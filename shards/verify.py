@@ -10,13 +10,7 @@ from typing import Dict, List
 from . import storage
 from .images import IMAGE_EXTS, BadImage, decode_rgb
 from .index import INDEX_NAME, ShardIndex
-
-
-def split_member(name: str) -> tuple[str, str]:
-    """'in1k/000001/000002.jpg' -> ('in1k/000001/000002', 'jpg'), as webdataset splits names."""
-    head, _, base = name.rpartition('/')
-    stem, _, ext = base.partition('.')
-    return (f'{head}/{stem}' if head else stem), ext.lower()
+from .naming import split_member
 
 
 def _check_samples(shard: str, members: Dict[str, Dict[str, bytes]], faults: List[str]) -> None:

@@ -195,11 +195,12 @@ def test_batches_count_their_replaced_samples_and_a_truncated_shard_is_named(two
         rewrite_tar_member(f'{two_sources}/lab-000000.tar', f'lab/000000/{i:06d}.jpg', b'junk')
     batches = list(loader(two_sources, rank=0, workers=0, max_corrupt_fraction=0.5))
     assert sum(b['corrupt'] for b in batches) >= 1 and all('corrupt' in b for b in batches)
-    from shards.stream import decode_sample, read_shard
+    from shards.reader import iter_shard_samples
+    from shards.stream import decode_sample
     from shards.storage import DEFAULT_RETRY
     path = f'{two_sources}/unl-000001.tar'
     open(path, 'wb').write(open(path, 'rb').read()[:3000])
-    missing = [s for s in read_shard(path, 0, 3, DEFAULT_RETRY) if s.get('__missing__')]
+    missing = [s for s in iter_shard_samples(path, 0, 3, DEFAULT_RETRY) if s.get('__missing__')]
     assert missing and missing[-1]['__key__'] == f'{path}#2'
     with pytest.raises(Exception, match='truncated shard'):
         decode_sample(missing[0], lambda x: x, None)
@@ -210,7 +211,7 @@ def test_one_retry_budget_covers_a_whole_shard_read(two_sources, monkeypatch):
     import time
 
     from shards import storage
-    from shards.stream import read_shard
+    from shards.reader import iter_shard_samples
 
     class DropsMidRead(io.BytesIO):
         def read(self, *args):
@@ -229,5 +230,5 @@ def test_one_retry_budget_covers_a_whole_shard_read(two_sources, monkeypatch):
     policy = storage.RetryPolicy(budget_s=2.0, initial_backoff_s=0.2, max_backoff_s=0.4)
     start = time.monotonic()
     with pytest.raises(storage.StorageError):
-        list(read_shard(f'{two_sources}/lab-000000.tar', 0, 3, policy))
+        list(iter_shard_samples(f'{two_sources}/lab-000000.tar', 0, 3, policy))
     assert time.monotonic() - start < 1.3 * policy.budget_s  # reopening gets what is left, not a new budget

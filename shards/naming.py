@@ -1,0 +1,38 @@
+"""The names of the data format, in one place: shard files, sample keys, tar members.
+
+    shard file   {source}-{shard:06d}.tar        (its stem, {source}-{shard:06d}, names label parts)
+    sample key   {source}/{shard:06d}/{index:06d}
+    tar member   {key}.{ext}                      (grouped into samples as webdataset groups them)
+"""
+from typing import Tuple
+
+SHARD_SUFFIX = '.tar'
+
+
+def shard_name(source: str, shard: int) -> str:
+    return f'{source}-{shard:06d}{SHARD_SUFFIX}'
+
+
+def shard_stem(name: str) -> str:
+    """``in1k-000012.tar`` -> ``in1k-000012``."""
+    return name[:-len(SHARD_SUFFIX)] if name.endswith(SHARD_SUFFIX) else name
+
+
+def sample_key(source: str, shard: int, index: int) -> str:
+    return f'{source}/{shard:06d}/{index:06d}'
+
+
+def shard_stem_of_key(key: str) -> str:
+    """``in1k/000012/000003`` -> ``in1k-000012``: the shard (and label part) a sample belongs to."""
+    parts = key.split('/')
+    if len(parts) != 3:
+        raise ValueError(f'key {key!r} is not of the form source/shard/index')
+    return f'{parts[0]}-{parts[1]}'
+
+
+def split_member(name: str) -> Tuple[str, str]:
+    """``in1k/000001/000002.jpg`` -> (``in1k/000001/000002``, ``jpg``): the key is everything before
+    the first dot of the base name, the extension is lower-cased, as webdataset's grouping does."""
+    head, _, base = name.rpartition('/')
+    stem, _, ext = base.partition('.')
+    return (f'{head}/{stem}' if head else stem), ext.lower()
