@@ -16,6 +16,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is typing.Literal:  # a choice: the field's type lists what it may be
+        if not any(value == a and type(value) is type(a) for a in args):
+            raise ConfigError(f'{where}: {value!r} is not one of {args}')
+        return value
     if origin is typing.Union:  # Optional[X]
         if value is None and type(None) in args:
             return None

@@ -181,7 +181,7 @@ def test_bf16_teacher_forward_and_a_compile_backend_on_cpu(setup):
 
 
 def test_decode_mode_typo_is_refused(tmp_path):
-    with pytest.raises(ValueError, match='decode'):
+    with pytest.raises(ValueError, match=r"label_toy.json.decode: 'gpu' is not one of \('workers', 'device'\)"):
         load_job_config(str(job_config(tmp_path, 'x', 'y', [dict(kind='timm', model='m', weights='w')],
                                        decode='gpu')))
 
