@@ -29,7 +29,7 @@ $(STAMP): setup.py $(LOCK)
 # `make demo DEMO_ARGS=--local` keeps everything in a local folder instead of S3.
 DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/python -m pretrain.demo --out runs/demo $(DEMO_ARGS)
+	$(BIN)/python -m pretrain.apps.demo --out runs/demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -48,7 +48,6 @@ setup(
     entry_points={
         'console_scripts': [
             'replk-models = pretrain.model_summary:main',
-            'replk-smoke = pretrain.smoke:main',
             'replk-shards = shards.cli:main',
             'replk-label = labeling.cli:main',
         ],

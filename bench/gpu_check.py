@@ -49,7 +49,7 @@ def run(cmd, timeout: float) -> dict:
 def step_a(dry: bool) -> dict:
     if not dry:
         return run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/gpu'], timeout=240)
-    from pretrain.tiny_data import make_megadata, megadata_overrides
+    from pretrain.apps.tiny_data import make_megadata, megadata_overrides
     from trainer_probe import run_probe
     tmp = Path(tempfile.mkdtemp(prefix='replk-gpucheck-'))
     start = time.monotonic()

@@ -1,7 +1,7 @@
 """Forward throughput of a RepLKNet in training form vs its deployed (re-parameterized) form.
 
 Both forms run side by side in one process, alternating, several repeats; medians are
-reported. The last line is the JSON headline (DESIGN.md, "Benchmarks"):
+reported. The last line is the JSON headline (README, "Benchmarks"):
 ratio = deployed images/s / training-form images/s (above 1: deploying pays).
 
     python bench/reparam.py --model replknet_31b --size 224 --batch 8 --repeats 5

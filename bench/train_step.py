@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault('OMP_NUM_THREADS', '1')
-from pretrain.config import load_config  # noqa: E402
+from pretrain.config import load_config, task_classes  # noqa: E402
 from pretrain.distributed import init_distributed  # noqa: E402
 from pretrain.ds_config import deepspeed_config  # noqa: E402
 from pretrain.engine import Trainer, build_model, build_optimizer, param_groups  # noqa: E402
 from pretrain.loss import multitask_loss  # noqa: E402
-from pretrain.tiny_data import make  # noqa: E402
+from pretrain.apps.tiny_data import make  # noqa: E402
 
 MODEL = {'kernel_sizes': [13, 7], 'depths': [1, 2], 'channels': [32, 64], 'small_kernel': 5}
 
@@ -53,8 +53,8 @@ def _next(trainer, it):
 def bare_rate(cfg, env, device, steps: int) -> float:
     import deepspeed
 
-    model = build_model(cfg)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg, param_groups(model, 0.05)),
+    model = build_model(cfg.model, task_classes(cfg.tasks))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg.optim, param_groups(model, 0.05)),
                                            config=deepspeed_config(cfg, env.world_size))
     b, s = cfg.train.micro_batch, cfg.data.image_size
     images = torch.randn(b, 3, s, s, device=device)

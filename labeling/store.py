@@ -1,4 +1,4 @@
-"""The multi-task label store (DESIGN.md, "The label store"), through fsspec (local or s3://).
+"""The multi-task label store (README, "Labeling" and "Design"), through fsspec (local or s3://).
 
 Layout under the store root::
 

@@ -1,4 +1,4 @@
-"""Typed, strict run configs (DESIGN.md, "Training"): one JSON file, sections as dataclasses.
+"""Typed, strict run configs (README, "Run config reference"): one JSON file, sections as dataclasses.
 
 Unknown keys, wrong types and inconsistent values are errors naming the field;
 ``--set section.field=value`` overrides parse the value as JSON (bare words as strings).
@@ -204,6 +204,11 @@ class RunConfig:
     """passed to deepspeed.initialize unchanged"""
     description: str = ''
     launch: str = ''
+
+
+def task_classes(tasks: Dict[str, TaskConfig]) -> Dict[str, int]:
+    """task -> number of classes: what heads, label joins and evaluation are built from."""
+    return {name: task.num_classes for name, task in tasks.items()}
 
 
 def apply_overrides(doc: dict, overrides: List[str]) -> dict:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import timm
@@ -11,18 +11,18 @@ import torch.distributed as dist
 from torch import nn
 
 import pretrain.models  # noqa: F401  (registers RepLKNet with timm)
-from torch.utils.data import DataLoader
 
-from shards.loader import EvalShards, ResumableLoader, ShardStream
+from shards.loader import ResumableLoader, ShardStream
 from shards.plan import seed_global_rngs
 from shards.stream import SourceSpec, StreamConfig
-from shards.transforms import DeviceNormalize, TransformConfig, eval_transform, train_transform
+from shards.transforms import DeviceNormalize, train_transform
 
 from .batchnorm import apply_sync_bn, average_running_stats
-from .config import RunConfig
+from .config import ModelConfig, OptimConfig, RunConfig, task_classes
 from .ds_config import deepspeed_config
 from .distributed import DistEnv
 from .labels import LabelJoiner
+from .evaluation import EvalSpec, evaluate_model, to_model_input, transform_config
 from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
 from .train_state import ModuleWeights, Part, RngState
@@ -44,15 +44,15 @@ class MultiHead(nn.Module):
         return {t: head(feats) for t, head in self.heads.items()}
 
 
-def build_model(cfg: RunConfig) -> nn.Module:
-    heads = {t: c.num_classes for t, c in cfg.tasks.items()}
-    kwargs = dict(cfg.model.kwargs, drop_path_rate=cfg.model.drop_path_rate)
-    model = timm.create_model(cfg.model.name, num_classes=0, **kwargs)
+def build_model(spec: ModelConfig, heads: Dict[str, int]) -> nn.Module:
+    """The ``model`` section's backbone with one classifier per task (``heads``: task -> classes)."""
+    kwargs = dict(spec.kwargs, drop_path_rate=spec.drop_path_rate)
+    model = timm.create_model(spec.name, num_classes=0, **kwargs)
     if isinstance(model, RepLKNet):
         model.reset_classifier(heads)
     else:
         model = MultiHead(model, heads)
-    if cfg.model.grad_checkpointing:
+    if spec.grad_checkpointing:
         (model.backbone if isinstance(model, MultiHead) else model).set_grad_checkpointing(True)
     return model
 
@@ -66,25 +66,26 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
-def build_optimizer(cfg: RunConfig, groups: List[dict]) -> torch.optim.Optimizer:
-    o = cfg.optim
+def optimizer_groups(model: nn.Module, o: OptimConfig) -> List[dict]:
+    """The parameter groups the ``optim`` section asks for: with layer decay, one lr per stage
+    (or block) on top of the decay / no-decay split."""
+    if o.layer_decay is None:
+        return param_groups(model, o.weight_decay)
+    from .layer_decay import apply_lr_scale, layer_decay_groups
+    groups = layer_decay_groups(model, o.weight_decay, o.layer_decay, coarse=o.layer_decay_granularity == 'stage')
+    return apply_lr_scale(groups, o.lr)
+
+
+def build_optimizer(o: OptimConfig, groups: List[dict]) -> torch.optim.Optimizer:
     if o.name == 'sgd':
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
-def transform_config(cfg: RunConfig) -> TransformConfig:
-    d = cfg.data
-    return TransformConfig(image_size=d.image_size, mean=d.mean, std=d.std, auto_augment=d.auto_augment,
-                           interpolation=d.interpolation, re_prob=d.re_prob, crop_pct=d.val_crop_pct,
-                           scale=d.crop_scale, hflip=d.hflip)
-
-
 def build_loader(cfg: RunConfig, env: DistEnv) -> ResumableLoader:
     """The training stream over ``data.sources`` with augmentation and the label join."""
-    tcfg = transform_config(cfg)
-    joiner = LabelJoiner({t: c.num_classes for t, c in cfg.tasks.items()}, cfg.data.label_store,
-                         cfg.data.tasks_file)
+    tcfg = transform_config(cfg.data)
+    joiner = LabelJoiner(task_classes(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file)
     stream_cfg = StreamConfig(seed=cfg.train.seed, batch_size=cfg.train.micro_batch,
                               shuffle_buffer=cfg.data.shuffle_buffer, few_shards=cfg.data.few_shards,
                               max_corrupt_fraction=cfg.data.max_corrupt_fraction)
@@ -92,6 +93,17 @@ def build_loader(cfg: RunConfig, env: DistEnv) -> ResumableLoader:
                          train_transform(tcfg), env.rank, env.world_size, cfg.data.workers,
                          decode_min_side=tcfg.decode_min_side(train=True), batch_transform=joiner)
     return ResumableLoader(stream, num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
+
+
+def weights_fingerprint(params: List[torch.Tensor]) -> torch.Tensor:
+    """One float64 number per model: position-weighted sums, so swapped or shifted weights differ."""
+    return sum((i + 1) * p.detach().double().sum() + p.detach().double().abs().sum()
+               for i, p in enumerate(params)).reshape(1)
+
+
+def ranks_disagree(fingerprints: List[float], rel_tol: float = 1e-9) -> bool:
+    first = fingerprints[0]
+    return any(abs(f - first) > rel_tol * max(1.0, abs(first)) for f in fingerprints)
 
 
 class Trainer:
@@ -105,15 +117,14 @@ class Trainer:
 
         self.cfg, self.env, self.device = cfg, env, device
         seed_global_rngs(cfg.train.seed)  # the same initial weights on every rank
-        model = model if model is not None else build_model(cfg)
+        model = model if model is not None else build_model(cfg.model, task_classes(cfg.tasks))
         self.init_report = None
         if cfg.init is not None:
             from .weights import load_initial_weights
-            self.init_report = load_initial_weights(model, cfg.init.checkpoint,
-                                                    {t: c.num_classes for t, c in cfg.tasks.items()}, cfg.init.tag,
+            self.init_report = load_initial_weights(model, cfg.init.checkpoint, task_classes(cfg.tasks), cfg.init.tag,
                                                     cfg.init.trust_pickle)
         if groups is None:
-            groups = self._param_groups(model)
+            groups = optimizer_groups(model, cfg.optim)
         if device.type == 'cuda':
             torch.backends.cudnn.benchmark = True  # input shapes are fixed: pick each conv's algorithm once
         # Parameters stay contiguous: DeepSpeed's initial broadcast views each one as bytes, which a
@@ -125,7 +136,7 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.loader) // cfg.train.grad_accum)
         total = int(cfg.schedule.epochs * self.steps_per_epoch)
         self.total_steps = min(total, cfg.schedule.max_steps) if cfg.schedule.max_steps else total
-        optimizer = build_optimizer(cfg, groups)
+        optimizer = build_optimizer(cfg.optim, groups)
         scheduler = build_scheduler(optimizer, total, int(cfg.schedule.warmup_epochs * self.steps_per_epoch),
                                     cfg.schedule.min_lr_ratio)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -135,7 +146,7 @@ class Trainer:
             from timm.utils import ModelEmaV3
             self.ema = ModelEmaV3(self.engine.module, decay=cfg.train.ema_decay)
         seed_global_rngs(cfg.train.seed, env.rank)  # drop path and mixup differ per rank
-        self.normalize = DeviceNormalize(transform_config(cfg), device, train=True)
+        self.normalize = DeviceNormalize(transform_config(cfg.data), device, train=True)
         self.mixup = MultiTaskMixup(cfg.train.mixup, cfg.train.cutmix, cfg.train.mixup_prob,
                                     cfg.train.mixup_switch_prob)
         self.weights = {t: c.weight for t, c in cfg.tasks.items()}
@@ -166,20 +177,12 @@ class Trainer:
         self.nonfinite_total = state['nonfinite_total']
         self.corrupt_total = state['corrupt_total']
 
-    def _param_groups(self, model: nn.Module) -> List[dict]:
-        o = self.cfg.optim
-        if o.layer_decay is None:
-            return param_groups(model, o.weight_decay)
-        from .layer_decay import apply_lr_scale, layer_decay_groups
-        groups = layer_decay_groups(model, o.weight_decay, o.layer_decay, coarse=o.layer_decay_granularity == 'stage')
-        return apply_lr_scale(groups, o.lr)
-
     @property
     def step(self) -> int:
         return self.engine.global_steps
 
     def device_images(self, images: torch.Tensor) -> torch.Tensor:
-        return to_model_input(self.normalize(images), self.cfg)
+        return to_model_input(self.normalize(images), self.cfg.model.channels_last)
 
     def device_targets(self, targets: Dict[str, dict]) -> Dict[str, dict]:
         out = {}
@@ -268,6 +271,22 @@ class Trainer:
             self._raise_nonfinite_norm()
         self._pending_norm = None
 
+    def check_ranks_agree(self) -> None:
+        """Every rank ends with the same weights (data parallelism really averaged the gradients):
+        one all-gather of a per-rank fingerprint at the end of a run; ZeRO-3 partitions are gathered."""
+        import deepspeed
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, enabled=self.engine.zero_optimization_stage() == 3):
+            mine = weights_fingerprint(params).to(self.device)
+        every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, mine)
+        values = [v.item() for v in every]
+        if ranks_disagree(values):
+            raise RuntimeError(f'the ranks ended with different weights (fingerprints {values}): gradients were '
+                               'not averaged across ranks; report this with the config and launch command')
+
     def evaluate_all(self, max_batches: Optional[int] = None) -> Dict[str, float]:
         """The raw weights, and the EMA weights beside them when there are any."""
         self.sync_running_stats()
@@ -288,77 +307,5 @@ class Trainer:
         if not self.cfg.data.val_sources:
             return {}
         net = model if model is not None else self.engine
-        return evaluate_model(net, self.cfg, self.env, self.device, max_batches)
-
-
-def to_model_input(images: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
-    """The memory format the model trains in, for training and evaluation alike."""
-    return images.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else images
-
-
-def eval_loader(cfg: RunConfig, env: DistEnv, device: torch.device) -> DataLoader:
-    """Every validation sample once, with the eval transform (resize, center crop) and the label join."""
-    joiner = LabelJoiner({t: c.num_classes for t, c in cfg.tasks.items()}, cfg.data.label_store, cfg.data.tasks_file)
-    data = EvalShards([SourceSpec(s.name, s.url) for s in cfg.data.val_sources], eval_transform(transform_config(cfg)),
-                      env.rank, env.world_size, cfg.train.micro_batch, batch_transform=joiner)
-    from shards.storage import worker_start_method
-    urls = [s.url for s in cfg.data.val_sources] + ([cfg.data.label_store] if cfg.data.label_store else [])
-    return DataLoader(data, batch_size=None, num_workers=cfg.data.workers, pin_memory=device.type == 'cuda',
-                      multiprocessing_context=worker_start_method(urls) if cfg.data.workers else None)
-
-
-def lockstep(batches: Iterable, device: torch.device, max_batches: Optional[int] = None) -> Iterator[Optional[dict]]:
-    """Batches until *every* rank is out of them; a rank that ran out gets ``None`` meanwhile.
-
-    Ranks hold different numbers of evaluation batches, and a ZeRO-3 forward is collective (it
-    gathers each layer's parameters from all ranks): a rank that stopped early would leave the
-    others waiting forever. One tiny all-reduce per batch keeps the ranks' forwards matched."""
-    distributed = dist.is_initialized() and dist.get_world_size() > 1
-    it = iter(batches)
-    count = 0
-    while max_batches is None or count < max_batches:
-        batch = next(it, None)
-        if distributed:
-            more = torch.tensor([0.0 if batch is None else 1.0], device=device)
-            dist.all_reduce(more, op=dist.ReduceOp.MAX)
-            if more.item() == 0.0:
-                return
-        elif batch is None:
-            return
-        yield batch
-        count += 1
-
-
-@torch.no_grad()
-def evaluate_model(net: nn.Module, cfg: RunConfig, env: DistEnv, device: torch.device,
-                   max_batches: Optional[int] = None) -> Dict[str, float]:
-    """In the training precision and memory format; a DeepSpeed engine applies its own autocast
-    section (derived from the same ``train.precision``), a bare module gets the same autocast here."""
-    normalize = DeviceNormalize(transform_config(cfg), device, train=False)
-    counts = {t: torch.zeros(3, device=device, dtype=torch.float64) for t in cfg.tasks}  # n, top1, top5
-    standin = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size, device=device)
-    was_training = net.training
-    net.eval()
-    for batch in lockstep(eval_loader(cfg, env, device), device, max_batches):
-        images = standin if batch is None else normalize(batch['image'])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == 'bf16'):
-            logits = net(to_model_input(images, cfg))
-        if batch is None:
-            continue  # this rank ran out: its forward only kept a collective forward matched
-        for task, t in batch['targets'].items():
-            mask = t['mask'].to(device) & t['human'].to(device)  # accuracy against human labels
-            label = t['idx'][:, 0].to(device)
-            top5 = logits[task].float().topk(min(5, logits[task].shape[1]), dim=1).indices
-            counts[task] += torch.stack([mask.sum(), ((top5[:, 0] == label) & mask).sum(),
-                                         ((top5 == label[:, None]).any(1) & mask).sum()]).double()
-    net.train(was_training)
-    out = {}
-    for task, c in counts.items():
-        if dist.is_initialized():
-            dist.all_reduce(c)
-        if c[0] > 0:
-            out[f'val/{task}/top1'] = (c[1] / c[0]).item()
-            out[f'val/{task}/top5'] = (c[2] / c[0]).item()
-            out[f'val/{task}/images'] = int(c[0].item())
-    return out
-
+        return evaluate_model(net, EvalSpec.of_run(self.cfg), self.device, self.env.rank, self.env.world_size,
+                              max_batches)

@@ -15,44 +15,62 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Dict, Optional
 
 from shards.helpformat import HelpFormatter
-from shards.safe_files import add_trust_pickle_argument
+from shards.safe_files import UnsafeFileError, add_trust_pickle_argument
+from shards.stream import SourceSpec
+from shards.transforms import TransformConfig
 
-from .config import DataConfig, RunConfig, SourceConfig, TaskConfig, build, load_config
+from .config import DataConfig, ModelConfig, RunConfig, build, load_config, task_classes
+from .evaluation import EvalSpec
+
+# What the user can fix: one line naming the fault, no traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, UnsafeFileError)
 
 
 def is_run_folder(path: str) -> bool:
     return os.path.isdir(path) and (Path(path) / 'config.json').is_file()
 
 
-def run_config(args) -> RunConfig:
+def run_config(args) -> Optional[RunConfig]:
+    """The training config of the weights: ``--config``, the run folder's, or None (``--model``)."""
     if args.config:
-        cfg = load_config(args.config)
-    elif is_run_folder(args.checkpoint):
-        cfg = build(RunConfig, json.loads((Path(args.checkpoint) / 'config.json').read_text()), '')
-    elif args.model and args.task:
-        cfg = RunConfig(tasks={t.split('=')[0]: TaskConfig(num_classes=int(t.split('=')[1])) for t in args.task})
-        cfg.model.name = args.model
-        cfg.model.kwargs = json.loads(args.model_kwargs or '{}')
-    else:
-        raise SystemExit('say which model: a run folder with config.json, --config, or --model and --task')
-    return cfg
+        return load_config(args.config)
+    if is_run_folder(args.checkpoint):
+        if args.model or args.task or args.model_kwargs:
+            raise ValueError('a run folder names its own model and tasks (its config.json); drop --model/--task/'
+                             '--model-kwargs, or pass a weights file instead of the folder')
+        return build(RunConfig, json.loads((Path(args.checkpoint) / 'config.json').read_text()), '')
+    if args.model and args.task:
+        return None
+    raise ValueError('say which model: a run folder with config.json, --config, or --model and --task')
 
 
-def configure_eval(cfg: RunConfig, args, pretrained_cfg: dict, from_run: bool) -> RunConfig:
-    """Normalization and crop of the run that trained the weights, else of the model's pretrained_cfg."""
-    d = cfg.data.__dict__
-    mean, std, crop = d['mean'], d['std'], d['val_crop_pct']
+def parse_tasks(items) -> Dict[str, int]:
+    try:
+        return {name: int(n) for name, n in (t.split('=', 1) for t in items)}
+    except ValueError:
+        raise ValueError(f'--task: expected NAME=CLASSES, got {items}') from None
+
+
+def eval_transform_config(args, data: DataConfig, pretrained_cfg: dict, from_run: bool) -> TransformConfig:
+    """Normalization, crop and size of the run that trained the weights, else of the model's
+    ``pretrained_cfg``; ``--size``/``--crop-pct`` override either."""
+    mean, std, crop, size, interp = data.mean, data.std, data.val_crop_pct, data.image_size, data.interpolation
     if not from_run:
         mean, std = pretrained_cfg.get('mean', mean), pretrained_cfg.get('std', std)
-        crop = pretrained_cfg.get('crop_pct', crop)
-    cfg.data = DataConfig(**{**d, 'val_sources': [SourceConfig(*x.split('=', 1)) for x in args.data],
-                             'image_size': args.size or d['image_size'], 'val_crop_pct': args.crop_pct or crop,
-                             'workers': args.workers, 'mean': tuple(mean), 'std': tuple(std)})
-    cfg.train.micro_batch = args.batch_size
-    cfg.train.precision = args.precision
-    return cfg
+        crop, interp = pretrained_cfg.get('crop_pct', crop), pretrained_cfg.get('interpolation', interp)
+        size = pretrained_cfg.get('input_size', (3, size))[-1]
+    return TransformConfig(image_size=args.size or size, mean=tuple(mean), std=tuple(std),
+                           crop_pct=args.crop_pct or crop, interpolation=interp)
+
+
+def eval_spec(args, tasks: Dict[str, int], transform: TransformConfig, cfg: Optional[RunConfig]) -> EvalSpec:
+    data = cfg.data if cfg is not None else DataConfig()
+    model = cfg.model if cfg is not None else ModelConfig()
+    return EvalSpec(tasks, [SourceSpec(*x.split('=', 1)) for x in args.data], transform, args.batch_size,
+                    args.workers, args.precision, model.channels_last, data.label_store, data.tasks_file)
 
 
 def exported_model(file, args):
@@ -62,11 +80,26 @@ def exported_model(file, args):
 
     model, meta = load_export(file)
     task = args.task[0].split('=')[0] if args.task else meta['task']
-    cfg = RunConfig(tasks={task: TaskConfig(num_classes=meta['num_classes'])})
-    cfg.model.name, cfg.model.kwargs = meta['architecture'], meta['model_kwargs']
-    cfg.data.image_size = meta['pretrained_cfg']['input_size'][-1]
-    cfg.data.interpolation = meta['pretrained_cfg'].get('interpolation', cfg.data.interpolation)
-    return TaskOutput(model, task), configure_eval(cfg, args, meta['pretrained_cfg'], from_run=False)
+    transform = eval_transform_config(args, DataConfig(), meta['pretrained_cfg'], from_run=False)
+    return TaskOutput(model, task), eval_spec(args, {task: meta['num_classes']}, transform, None)
+
+
+def weights_model(args):
+    """A run folder (or --config) or --model/--task, with the checkpoint's weights loaded."""
+    from .engine import build_model
+    from .weights import load_ema_weights, load_initial_weights
+
+    cfg = run_config(args)
+    spec = cfg.model if cfg is not None else ModelConfig(name=args.model, kwargs=json.loads(args.model_kwargs or '{}'))
+    tasks = task_classes(cfg.tasks) if cfg is not None else parse_tasks(args.task)
+    model = build_model(spec, tasks)
+    if args.ema:
+        load_ema_weights(model, args.checkpoint, args.tag)
+    else:
+        load_initial_weights(model, args.checkpoint, tasks, args.tag, args.trust_pickle)
+    transform = eval_transform_config(args, cfg.data if cfg is not None else DataConfig(),
+                                      getattr(model, 'pretrained_cfg', {}) or {}, from_run=cfg is not None)
+    return model, eval_spec(args, tasks, transform, cfg)
 
 
 def main(argv=None) -> dict:
@@ -84,31 +117,22 @@ def main(argv=None) -> dict:
     p.add_argument('--local_rank', '--local-rank', type=int, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    try:
+        return evaluate(args)
+    except USER_ERRORS as exc:
+        raise SystemExit(f'error: {exc}') from None
 
+
+def evaluate(args) -> dict:
     from .distributed import init_distributed
-    from .engine import build_model, evaluate_model
+    from .evaluation import evaluate_model
     from .export import export_file
-    from .weights import load_initial_weights, load_ema_weights
 
     exported = export_file(args.checkpoint)
-    if exported is None and is_run_folder(args.checkpoint) and (args.model or args.task or args.model_kwargs):
-        raise SystemExit('error: a run folder names its own model and tasks (its config.json); drop --model/--task/'
-                         '--model-kwargs, or pass a weights file instead of the folder')
-    if exported is not None:
-        model, cfg = exported_model(exported, args)
-    else:
-        cfg = run_config(args)
-        cfg.init = None
-        model = build_model(cfg)
-        cfg = configure_eval(cfg, args, getattr(model, 'pretrained_cfg', {}) or {}, from_run=not args.model)
-        tasks = {t: c.num_classes for t, c in cfg.tasks.items()}
-        if args.ema:
-            load_ema_weights(model, args.checkpoint, args.tag)
-        else:
-            load_initial_weights(model, args.checkpoint, tasks, args.tag, args.trust_pickle)
+    model, spec = exported_model(exported, args) if exported is not None else weights_model(args)
     env, device = init_distributed(args.local_rank)
-    result = evaluate_model(model.to(device), cfg, env, device)
-    result.update(size=cfg.data.image_size, crop_pct=cfg.data.val_crop_pct, checkpoint=args.checkpoint)
+    result = evaluate_model(model.to(device), spec, device, env.rank, env.world_size)
+    result.update(size=spec.transform.image_size, crop_pct=spec.transform.crop_pct, checkpoint=args.checkpoint)
     if env.is_main:
         print(json.dumps(result), flush=True)
     return result

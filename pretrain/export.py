@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from shards.helpformat import HelpFormatter
-from shards.safe_files import add_trust_pickle_argument
+from shards.safe_files import UnsafeFileError, add_trust_pickle_argument
 
 from .config import RunConfig, build
 
@@ -37,7 +37,7 @@ def single_task_model(cfg: RunConfig, task: str, state: dict):
 
     import pretrain.models  # noqa: F401
     if task not in cfg.tasks:
-        raise SystemExit(f'task {task!r} is not one of the run\'s tasks {sorted(cfg.tasks)}')
+        raise ValueError(f'task {task!r} is not one of the run\'s tasks {sorted(cfg.tasks)}')
     n = cfg.tasks[task].num_classes
     model = timm.create_model(cfg.model.name, num_classes=n, **cfg.model.kwargs)
     if any(k.startswith('backbone.') for k in state):
@@ -60,11 +60,11 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
     cfg = build(RunConfig, json.loads((Path(run_dir) / 'config.json').read_text()), '')
     tags = committed_tags(run_dir)
     if not tags and tag is None:
-        raise SystemExit(f'{run_dir}: no committed checkpoint to export (is it a run folder? did it save?)')
+        raise FileNotFoundError(f'{run_dir}: no committed checkpoint to export (is it a run folder? did it save?)')
     tag = tag or tags[-1]
     state = load_part(run_dir, tag, 'ema') if ema else consolidate_run(run_dir, tag, trust_pickle)
     if state is None:
-        raise SystemExit(f'{run_dir}/ckpt/{tag} has no EMA weights')
+        raise FileNotFoundError(f'{run_dir}/ckpt/{tag} has no EMA weights')
     return write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema))
 
 
@@ -154,7 +154,10 @@ def main(argv=None) -> dict:
     p.add_argument('--ema', action='store_true', help='export the EMA weights')
     add_trust_pickle_argument(p)
     args = p.parse_args(argv)
-    meta = export(args.run_dir, args.task, args.out, args.tag, args.ema, args.trust_pickle)
+    try:
+        meta = export(args.run_dir, args.task, args.out, args.tag, args.ema, args.trust_pickle)
+    except (ValueError, KeyError, FileNotFoundError, UnsafeFileError) as exc:
+        raise SystemExit(f'error: {exc}') from None
     print(json.dumps(meta, indent=2, default=str))
     return meta
 

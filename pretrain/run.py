@@ -104,6 +104,7 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None)
             if step >= trainer.total_steps:
                 break
     trainer.check_last_step()
+    trainer.check_ranks_agree()
     final = evaluated[1] if evaluated[0] == trainer.step else _evaluate(trainer, cfg, metrics, trainer.step)
     return dict(materialize(last), **final, step=trainer.step)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import write_image
+from helpers import write_image
 from shards.build import BuildOptions, build
 from shards.inputs import Item
 

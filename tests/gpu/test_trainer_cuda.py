@@ -2,7 +2,7 @@
 main command runs it: ZeRO-2, bf16 autocast inside the engine, channels-last inputs."""
 import pytest
 
-from pretrain.tiny_data import make_megadata, megadata_overrides
+from pretrain.apps.tiny_data import make_megadata, megadata_overrides
 from trainer_probe import run_probe
 
 pytestmark = pytest.mark.gpu

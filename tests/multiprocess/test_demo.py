@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 pytestmark = pytest.mark.multiprocess
 
 
 def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):
     out = tmp_path / 'demo'
-    proc = subprocess.run([sys.executable, '-m', 'pretrain.demo', '--out', str(out), '--quick'], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, '-m', 'pretrain.apps.demo', '--out', str(out), '--quick'], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for n in range(1, 11):
@@ -37,7 +37,7 @@ def test_a_failing_stage_names_itself_and_the_fix(tmp_path):
     out = tmp_path / 'demo'
     out.mkdir()
     (out / 'shards').write_text('a file where the shard folder should be')
-    proc = subprocess.run([sys.executable, '-m', 'pretrain.demo', '--out', str(out), '--quick', '--local'],
+    proc = subprocess.run([sys.executable, '-m', 'pretrain.apps.demo', '--out', str(out), '--quick', '--local'],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert 'stage 2 (shards: build and verify' in proc.stderr and 'fix: check the storage' in proc.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN_DIR, REPO_ROOT
+from helpers import BIN_DIR, REPO_ROOT
 
 pytestmark = pytest.mark.multiprocess
 MARKER = 'SECRET-MARKER-51d2c7e9'

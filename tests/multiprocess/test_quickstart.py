@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN_DIR, REPO_ROOT, write_image
+from helpers import BIN_DIR, REPO_ROOT, write_image
 from labeling_fixtures import TINY_VIT
 
 pytestmark = pytest.mark.multiprocess

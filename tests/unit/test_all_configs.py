@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from labeling.config import load_job_config
-from pretrain.config import load_config
-from pretrain.engine import build_model, build_optimizer, param_groups
-from pretrain.layer_decay import apply_lr_scale, layer_decay_groups
+from pretrain.config import load_config, task_classes
+from pretrain.engine import build_model, build_optimizer, optimizer_groups
 from pretrain.loss import multitask_loss
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].glob('configs/*.json'))
@@ -33,11 +32,8 @@ def test_config_loads_and_its_model_takes_a_step(path):
         return
     cfg = load_config(str(path))
     torch.manual_seed(0)
-    model = build_model(cfg)
-    o = cfg.optim
-    groups = (apply_lr_scale(layer_decay_groups(model, o.weight_decay, o.layer_decay), o.lr)
-              if o.layer_decay else param_groups(model, o.weight_decay))
-    opt = build_optimizer(cfg, groups)
+    model = build_model(cfg.model, task_classes(cfg.tasks))
+    opt = build_optimizer(cfg.optim, optimizer_groups(model, cfg.optim))  # the trainer's own groups
     x = torch.randn(2, 3, 64, 64)
     targets = {t: dict(target=torch.softmax(torch.randn(2, c.num_classes), -1), mask=torch.ones(2, dtype=torch.bool),
                        human=torch.ones(2, dtype=torch.bool)) for t, c in cfg.tasks.items()}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_image
+from helpers import write_image
 from pretrain.analysis import erf, kernels, shape_bias
 from pretrain.models import RepLKNet
 

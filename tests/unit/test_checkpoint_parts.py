@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pretrain import checkpoint
-from pretrain.tiny_data import make
+from pretrain.apps.tiny_data import make
 from pretrain.train_state import Part, RngState
 from trainer_probe import run_probe
 

@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from pretrain.config import load_config
+from pretrain.config import load_config, task_classes
 from pretrain.engine import build_model
 from pretrain.export import single_task_model, write_export
 
@@ -20,7 +20,7 @@ def exported(tmp_path_factory):
     cfg = load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(TINY)}', 'data.image_size=40',
                                                 'tasks={"pets": {"num_classes": 2}, "other": {"num_classes": 3}}'])
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg.model, task_classes(cfg.tasks))
     for m in model.modules():  # trained-looking BN statistics
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -73,7 +73,7 @@ def test_evaluate_and_erf_read_an_export_folder(exported, tmp_path):
     from pretrain.evaluate import main as evaluate
     from shards.build import BuildOptions, build
     from shards.inputs import Item
-    from conftest import write_image
+    from helpers import write_image
     file, _, x, _ = exported
     items = [Item(str(write_image(tmp_path / f'{i}.jpg', i, size=(48, 40))), f'{i:03d}', {'pets': i % 2})
              for i in range(6)]

@@ -5,7 +5,7 @@ import pytest
 from pretrain.batchnorm import node_rank_lists
 from pretrain.config import ConfigError, load_config
 from pretrain.ds_config import deepspeed_config
-from pretrain.tiny_data import make, make_megadata, megadata_overrides
+from pretrain.apps.tiny_data import make, make_megadata, megadata_overrides
 from trainer_probe import run_probe
 
 TINY = 'configs/tiny_cpu.json'

@@ -154,7 +154,7 @@ def _pseudo_top1(tmp, store):
 
 
 def test_device_decode_labels_like_worker_decode_and_counts_unreadable_images(tmp_path):
-    from conftest import rewrite_tar_member
+    from helpers import rewrite_tar_member
     shards = toy_shards(tmp_path, n=24)
     rewrite_tar_member(f'{shards}/toy-000001.tar', 'toy/000001/000003.jpg', b'\xff\xd8\xff garbage')
     weights = tiny_timm_weights(tmp_path / 'teacher.safetensors')

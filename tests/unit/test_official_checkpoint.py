@@ -130,8 +130,8 @@ def test_reparameterized_checkpoint_converts_the_model_to_its_form(tmp_path, mer
     x = torch.randn(2, 3, 40, 40)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
+    from pretrain.models import checkpoint_filter_fn
+    train_form = timm.create_model('replknet_31b', num_classes=NUM_CLASSES, **CFG)
+    merged_model = timm.create_model('replknet_31b', num_classes=NUM_CLASSES, reparam='merged', **CFG)
     with pytest.raises(KeyError, match='training form'):
-        train_form = timm.create_model('replknet_31b', num_classes=NUM_CLASSES, **CFG)
-        merged_model = timm.create_model('replknet_31b', num_classes=NUM_CLASSES, reparam='merged', **CFG)
-        from pretrain.models import checkpoint_filter_fn
         checkpoint_filter_fn(train_form.state_dict(), merged_model)

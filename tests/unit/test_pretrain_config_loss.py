@@ -150,7 +150,7 @@ def test_a_typo_in_the_deepspeed_section_is_caught():
 
 
 def test_a_transform_fault_stops_the_stream_naming_it_instead_of_counting_corrupt_samples(tmp_path):
-    from pretrain.tiny_data import make
+    from pretrain.apps.tiny_data import make
     from shards.loader import ShardStream
     from shards.stream import SourceSpec, StreamConfig
     data = make(str(tmp_path / 'd'), per_source=8)

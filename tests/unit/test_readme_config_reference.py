@@ -1,5 +1,5 @@
 """The README's run config reference is the one generated from the typed config sections."""
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from pretrain.config_reference import reference
 
 

@@ -11,6 +11,8 @@ OFFICIAL_PARAMS = {
     'replknet_31l': (172_671_016, 172_165_672),
     'replknet_xl': (335_435_752, 335_399_656),
 }
+# Fully deployed (every BN folded): conv/linear weights and one bias per output channel.
+DEPLOYED_PARAMS = {'replknet_31b': 79_388_776, 'replknet_31l': 171_957_928, 'replknet_xl': 335_110_632}
 
 
 def meta_model(name: str, **kwargs):
@@ -26,8 +28,9 @@ def test_param_counts_equal_the_official_ones_in_every_form(name):
     model.reparameterize(merge_only=True)
     assert count_params(model) == merged_form
     model.reparameterize()
-    deployed = count_params(model)
-    assert deployed < merged_form  # every BN folded away: only conv/linear weights and biases remain
+    assert count_params(model) == DEPLOYED_PARAMS[name]
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert count_params(model) == sum(m.weight.numel() + m.weight.shape[0] for m in layers)
 
 
 def test_deploy_form_has_no_batchnorm_left():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import webdataset as wds
-from conftest import rewrite_tar_member, write_image
+from helpers import rewrite_tar_member, write_image
 
 from shards import build as build_mod
 from shards.build import BuildOptions, build

@@ -6,7 +6,7 @@ import pytest
 
 from pretrain.config import TaskConfig
 from pretrain.labels import check_store_tasks, label_coverage, warn_unlabeled_sources
-from pretrain.tiny_data import make
+from pretrain.apps.tiny_data import make
 from shards.stream import SourceSpec
 
 

@@ -32,7 +32,8 @@ def test_safetensors_with_other_task_heads_drops_them(tmp_path):
 def test_a_backbone_that_does_not_fit_is_an_error_naming_the_keys(tmp_path):
     other = RepLKNet(num_classes={'in1k': 5}, **dict(TINY, channels=(8, 24)))
     torch.save(other.state_dict(), tmp_path / 'other.pt')
+    target = RepLKNet(num_classes={'in1k': 5}, **TINY)
     with pytest.raises(KeyError, match='backbone does not match'):
-        load_initial_weights(RepLKNet(num_classes={'in1k': 5}, **TINY), str(tmp_path / 'other.pt'), {'in1k': 5})
+        load_initial_weights(target, str(tmp_path / 'other.pt'), {'in1k': 5})
     with pytest.raises(FileNotFoundError, match='not found'):
-        load_initial_weights(RepLKNet(num_classes={'in1k': 5}, **TINY), str(tmp_path / 'missing.pt'), {'in1k': 5})
+        load_initial_weights(target, str(tmp_path / 'missing.pt'), {'in1k': 5})

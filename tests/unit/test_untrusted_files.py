@@ -53,7 +53,7 @@ def test_trust_pickle_is_an_explicit_opt_in(evil):
 def test_evaluate_cli_refuses_a_code_running_pickle(evil):
     from pretrain.evaluate import main as evaluate
     path, marker = evil
-    with pytest.raises(UnsafeFileError):
+    with pytest.raises(SystemExit, match=r'^error: .*weights.pth: refusing to unpickle it: it names io.open'):
         evaluate(['--checkpoint', str(path), '--data', 'val=/nowhere', '--model', 'replknet_31b',
                   '--model-kwargs', json.dumps(dict(kernel_sizes=[7, 5], depths=[1, 1], channels=[16, 32])),
                   '--task', 'a=2'])

@@ -1,6 +1,6 @@
 """A tiny labeled + unlabeled image set for ``configs/tiny_cpu.json`` (tests, CPU smoke runs).
 
-    python -m pretrain.tiny_data runs/tiny_data
+    python -m pretrain.apps.tiny_data runs/tiny_data
 
 Two tasks over synthetic images whose class is visible (a colour per ``shape`` class, a
 stripe direction per ``stripes`` class): source ``lab`` carries human labels for both,

@@ -1,8 +1,8 @@
 """``make demo``: the whole system on one CPU machine, on real data shipped in a package.
 
-    python -m pretrain.demo --out runs/demo            # S3 on a local SeaweedFS server
-    python -m pretrain.demo --out runs/demo --local    # a local folder instead of S3
-    python -m pretrain.demo --out runs/demo --quick    # a smaller run (the CI test)
+    python -m pretrain.apps.demo --out runs/demo            # S3 on a local SeaweedFS server
+    python -m pretrain.apps.demo --out runs/demo --local    # a local folder instead of S3
+    python -m pretrain.apps.demo --out runs/demo --quick    # a smaller run (the CI test)
 
 scikit-learn's handwritten digits (1,797 real 8x8 scans) upscaled to RGB. Two tasks, ``digit``
 (10 classes) and ``parity`` (2), each with its own labeled quarter of the training images and
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from shards.helpformat import HelpFormatter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASKS = {'digit': 10, 'parity': 2}
 STUDENT = {'kernel_sizes': [7, 5], 'depths': [1, 1], 'channels': [24, 48], 'small_kernel': 3}
 TEACHER = {'img_size': 32, 'patch_size': 4, 'embed_dim': 96, 'depth': 4, 'num_heads': 4,
