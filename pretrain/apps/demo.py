@@ -36,6 +36,7 @@ TEACHER = {'kernel_sizes': [7, 5], 'depths': [2, 2], 'channels': [32, 64], 'smal
            'pretrained_cfg_overlay': {'input_size': [3, 32, 32], 'crop_pct': 1.0, 'mean': [0.5, 0.5, 0.5],
                                       'std': [0.5, 0.5, 0.5], 'interpolation': 'bicubic'}}
 STUDENTS = ('human', 'pseudo')   # human labels only; human + pseudo-labels on every image
+LABELED_SHARE = 0.5              # of a pseudo-label student's batches: the human-labeled images
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Scale:
     unlabeled_cap: int = 0   # 0: every unlabeled image
 
 
-FULL = Scale(teacher_steps=300, student_steps=300, finetune_steps=60, seeds=(0, 1, 2))
+FULL = Scale(teacher_steps=800, student_steps=300, finetune_steps=60, seeds=(0, 1, 2))
 QUICK = Scale(teacher_steps=20, student_steps=16, finetune_steps=8, seeds=(0, 1), unlabeled_cap=128)
 
 
@@ -192,6 +193,10 @@ def student(demo: Demo, kind: str, seed: int, unlabeled: Tuple[str, ...] = ('unl
     name = f'student_{kind}_s{seed}'
     cfg = base_config(demo, STUDENT, list(TASKS), sources, demo.scale.student_steps)
     sets = {'train.seed': seed, 'data.label_store': demo.store if pseudo else None}
+    if pseudo:  # half of every batch from the human-labeled images, half pseudo-labeled (FixMatch's mu)
+        share = {s: LABELED_SHARE / 2 if s in ('digit', 'parity') else (1 - LABELED_SHARE) / len(unlabeled)
+                 for s in sources}
+        sets['data.sources'] = [{'name': s, 'url': demo.shards, 'weight': share[s]} for s in sources]
     return accuracy(launch(demo, 'pretrain/run.py', name, cfg, sets))
 
 
@@ -283,17 +288,37 @@ TITLES = {
 }
 
 
+@contextlib.contextmanager
+def output_to(log):
+    """Everything a stage prints, Python's and its libraries' (a compiler DeepSpeed calls writes to
+    the file descriptors directly), goes to ``log``; yields a file for the console."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    console = open(os.dup(saved[0]), 'w', buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            yield console
+    finally:
+        log.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        console.close()
+
+
 def run_stages(demo: Demo, stages: List[Stage]) -> None:
     """One line per stage with its time; what the stages print themselves goes to logs/stages.log
     (each launched run has its own log); a failure names the stage and the fix."""
-    console = sys.stdout
-    with open(demo.out / 'logs' / 'stages.log', 'a') as log:
+    with open(demo.out / 'logs' / 'stages.log', 'a') as log, output_to(log) as console:
         for n, stage in enumerate(stages, 1):
             print(f'[{n}/{len(stages)}] {TITLES[stage.name]} ...', end='', file=console, flush=True)
             start = time.monotonic()
             try:
-                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                    demo.results[stage.name] = stage.run(demo)
+                demo.results[stage.name] = stage.run(demo)
             except Exception as exc:
                 print(' failed', file=console, flush=True)
                 raise StageError(f'stage {n} ({stage.name}) failed: {type(exc).__name__}: {exc}\nfix: {stage.fix}') \
