@@ -65,12 +65,22 @@ def test_written_part_is_listed_and_read_back_with_renormalized_float16(store, t
     (Row('toy/000000/000001', [1], [1.0], 'teacher'), 'source'),
     (Row('toy/000001/000001', [1], [1.0], 'pseudo'), 'belongs to shard toy-000001'),
     (Row('toy/000000/000000', [1], [1.0], 'pseudo'), 'duplicate key toy/000000/000000'),
+    (Row('toy/000000', [1], [1.0], 'pseudo'), "key 'toy/000000' is not of the form source/shard/index"),
+    (Row('toy/000000/000001/x', [1], [1.0], 'pseudo'), 'is not of the form source/shard/index'),
+    (Row('toy/000000/000001', [1, 2], [1.0], 'pseudo'), 'key toy/000000/000001: 2 indices and 1 probabilities'),
 ])
 def test_bad_rows_are_refused_naming_task_shard_and_key(store, bad, message):
     good = Row('toy/000000/000000', [1], [1.0], 'human')
     with pytest.raises(LabelError, match=message) as err:
         store.write_part('toy', 'toy-000000', [good, bad], 'teacher')
     assert "task 'toy', shard toy-000000" in str(err.value)
+
+
+def test_the_first_offending_key_is_named_among_many_rows(store):
+    good = [Row(f'toy/000000/{i:06d}', [1], [1.0], 'human') for i in range(50)]
+    bad = [Row(f'toy/000000/{i:06d}', [1, 9], [0.5, 0.5], 'pseudo') for i in (70, 60)]
+    with pytest.raises(LabelError, match=r'key toy/000000/000060: class index 9 out of range \[0, 4\)'):
+        store.write_part('toy', 'toy-000000', good + bad, 'teacher')
 
 
 def test_unnormalized_probabilities_on_disk_are_caught_on_read(store, tmp_path):
