@@ -237,12 +237,10 @@ class LabelStore:
     # --- writing --------------------------------------------------------------------------
     def commit_records(self, task: str) -> Dict[str, dict]:
         """Every committed part (the truth from which ``_task.json`` is rebuilt)."""
-        names = storage.list_names(f'{self._task_dir(task)}/_commits', self.retry)
-        out = {}
-        for name in names:
-            if name.endswith('.json'):
-                out[name[:-5]] = json.loads(storage.read_bytes(self._commit_url(task, name[:-5]), self.retry))
-        return out
+        stems = [n[:-5] for n in storage.list_names(f'{self._task_dir(task)}/_commits', self.retry)
+                 if n.endswith('.json')]
+        records = storage.read_many([self._commit_url(task, stem) for stem in stems], self.retry)
+        return {stem: json.loads(raw) for stem, raw in zip(stems, records)}
 
     def write_part(self, task_name: str, stem: str, rows: Iterable[Row], kind: str,
                    teacher: Optional[dict] = None) -> dict:
