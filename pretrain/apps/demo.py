@@ -2,7 +2,7 @@
 
     python -m pretrain.apps.demo --out runs/demo            # S3 on a local SeaweedFS server
     python -m pretrain.apps.demo --out runs/demo --local    # a local folder instead of S3
-    python -m pretrain.apps.demo --out runs/demo --quick    # fewer images, steps and seeds (the CI test)
+    python -m pretrain.apps.demo --out runs/demo --quick    # fewer images, steps, seeds; 1 process a run (the CI test)
     python -m pretrain.apps.demo --out runs/tune --tune     # evaluate on the validation split instead
 
 Few human labels per task (``demo_data.py``), many unlabeled images. Stages: shards on S3 -> one
@@ -46,10 +46,13 @@ class Scale:
     finetune_steps: int
     seeds: Tuple[int, ...]
     unlabeled_cap: int = 0   # 0: every unlabeled image
+    procs: int = 2           # processes per run (DeepSpeed ZeRO-2 over gloo)
 
 
 FULL = Scale(teacher_steps=800, student_steps=300, finetune_steps=60, seeds=(0, 1, 2))
-QUICK = Scale(teacher_steps=20, student_steps=16, finetune_steps=8, seeds=(0, 1), unlabeled_cap=128)
+# The CI test: every stage and the report's structure, one process per run (launch overhead is
+# most of its time; 2-process runs are tested by tests/multiprocess/test_pretrain_run.py).
+QUICK = Scale(teacher_steps=20, student_steps=16, finetune_steps=8, seeds=(0, 1), unlabeled_cap=128, procs=1)
 
 
 @dataclass
@@ -84,18 +87,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(demo: Demo, script: str, name: str, config: dict, sets: dict, procs: int = 2) -> dict:
-    """Write ``config`` and run ``script`` on it with torchrun (``procs`` CPU processes on gloo),
-    every variation as a ``--set`` override; returns the run's result.json."""
+def launch(demo: Demo, script: str, name: str, config: dict, sets: dict) -> dict:
+    """Write ``config`` and run ``script`` on it with torchrun (``scale.procs`` CPU processes on
+    gloo; one plain process in quick mode), every variation as a ``--set`` override; returns the
+    run's result.json."""
+    procs = demo.scale.procs
     path = demo.out / 'configs' / f'{name}.json'
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2))
     args = [f'--set={k}={json.dumps(v)}' for k, v in dict(sets, **{'checkpoint.dir': str(demo.run_dir(name))}).items()]
-    cmd = [str(Path(sys.executable).parent / 'torchrun'), '--nproc_per_node', str(procs), '--master_port',
-           str(_free_port()), script, '--config', str(path), *args]
+    cmd = ([str(Path(sys.executable).parent / 'torchrun'), '--nproc_per_node', str(procs), '--master_port',
+            str(_free_port())] if procs > 1 else [sys.executable]) + [script, '--config', str(path), *args]
+    threads = str(max(1, (os.cpu_count() or 1) // procs))
     log = demo.out / 'logs' / f'{name}.log'
     with open(log, 'w') as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=f,
+        proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS=threads), stdout=f,
                               stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f'{script} ({name}) exited {proc.returncode}; last lines of {log}:\n'
@@ -348,7 +354,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--out', default='runs/demo')
     p.add_argument('--local', action='store_true', help='a local folder instead of a SeaweedFS S3 server')
-    p.add_argument('--quick', action='store_true', help='fewer images, steps and seeds (the CI test)')
+    p.add_argument('--quick', action='store_true', help='fewer images, steps and seeds, one process a run (the CI test)')
     p.add_argument('--tune', action='store_true', help='evaluate on the validation split (choosing settings)')
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
