@@ -26,7 +26,7 @@ from .evaluation import EvalSpec, evaluate_model, to_model_input, transform_conf
 from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
 from .train_state import ModuleWeights, Part, RngState
-from .models import RepLKNet
+from .models import RepLKNet, TaskLinears
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,10 @@ class MultiHead(nn.Module):
     def __init__(self, backbone: nn.Module, heads: Dict[str, int]):
         super().__init__()
         self.backbone = backbone
-        self.heads = nn.ModuleDict({t: nn.Linear(backbone.num_features, n) for t, n in heads.items()})
+        self.heads = TaskLinears({t: nn.Linear(backbone.num_features, n) for t, n in heads.items()})
 
     def forward(self, x):
-        feats = self.backbone(x)
-        return {t: head(feats) for t, head in self.heads.items()}
+        return self.heads(self.backbone(x))
 
 
 def build_model(spec: ModelConfig, heads: Dict[str, int]) -> nn.Module:

@@ -160,7 +160,7 @@ def read_many(urls: List[str], policy: RetryPolicy = DEFAULT_RETRY, batch: int =
     if not urls:
         return []
     fs, _ = filesystem(urls[0])
-    paths = [filesystem(u)[1] for u in urls]
+    paths = [fs._strip_protocol(u) for u in urls]  # one filesystem, not one url_to_fs per object
     out: List[bytes] = []
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]

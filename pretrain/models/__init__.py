@@ -4,10 +4,10 @@ from .complexity import count_macs, count_params
 from .layers import ConvNorm, ReparamLargeKernelConv, depthwise_conv2d
 from .mobilenet_lk import mobilenetv2_lk
 from .registry import replknet_3, replknet_13, replknet_31b, replknet_31l, replknet_xl
-from .replknet import ConvFFN, RepLKBlock, RepLKNet
+from .replknet import ConvFFN, RepLKBlock, RepLKNet, TaskLinears
 
 __all__ = [
-    'RepLKNet', 'RepLKBlock', 'ConvFFN', 'ConvNorm', 'ReparamLargeKernelConv', 'depthwise_conv2d',
+    'RepLKNet', 'RepLKBlock', 'ConvFFN', 'TaskLinears', 'ConvNorm', 'ReparamLargeKernelConv', 'depthwise_conv2d',
     'checkpoint_filter_fn', 'unwrap_state_dict', 'count_macs', 'count_params',
     'replknet_31b', 'replknet_31l', 'replknet_xl', 'replknet_13', 'replknet_3', 'mobilenetv2_lk',
 ]
