@@ -3,6 +3,7 @@
 #
 #   bench/gpu_check.sh                 # on the GPU machine (after bench/build_gpu_wheels.sh, see below)
 #   bench/gpu_check.sh --cpu-dry-run   # every step on tiny shapes on CPU (part of `make test`)
+#   bench/gpu_check.sh --only=ac       # some steps only (a tests, b training, c kernels, d labeling)
 #
 # The GPU machine's Python is expected to hold torch with CUDA, timm, transformers, pyarrow and
 # Pillow, but not deepspeed, webdataset, braceexpand, hjson or pydantic, and to have no network.
@@ -13,10 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DRY=""
+ONLY=()
 for arg in "$@"; do
   case "$arg" in
     --cpu-dry-run) DRY="--cpu-dry-run" ;;
-    *) echo "gpu_check: unknown argument $arg (only --cpu-dry-run)" >&2; exit 2 ;;
+    --only=*) ONLY=("$arg") ;;
+    *) echo "gpu_check: unknown argument $arg (only --cpu-dry-run and --only=STEPS)" >&2; exit 2 ;;
   esac
 done
 if [[ -z "$DRY" ]] && ! "$PY" -c 'import deepspeed, webdataset' 2>/dev/null; then
@@ -31,4 +34,4 @@ if [[ -z "$DRY" ]] && ! "$PY" -c 'import deepspeed, webdataset' 2>/dev/null; the
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec "$PY" bench/gpu_check.py $DRY
+exec "$PY" bench/gpu_check.py $DRY "${ONLY[@]}"

@@ -26,3 +26,9 @@ def test_gpu_check_dry_run_passes_every_step():
 def test_gpu_check_refuses_unknown_arguments():
     proc = subprocess.run(['bash', 'bench/gpu_check.sh', '--dryrun'], cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and 'unknown argument --dryrun' in proc.stderr
+
+
+def test_gpu_check_refuses_unknown_steps():
+    proc = subprocess.run(['bash', 'bench/gpu_check.sh', '--cpu-dry-run', '--only=ax'], cwd=REPO_ROOT,
+                          capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
+    assert proc.returncode == 2 and "--only takes letters among abcd, got 'ax'" in proc.stderr
