@@ -43,6 +43,7 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['pretrain', 'pretrain.*', 'labeling', 'labeling.*',
                                     'shards', 'shards.*']),
+    package_data={'pretrain.models': ['lk_conv_measured.json']},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={

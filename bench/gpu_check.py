@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,11 +30,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'tests'))
 
 
-def run(cmd, timeout: float) -> dict:
+def run(cmd, timeout: float, env: dict = None) -> dict:
     """A step as a subprocess: its exit status, wall time, last JSON line and output tail."""
     start = time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as exc:
         said = ''.join(x.decode(errors='replace') if isinstance(x, bytes) else (x or '')
                        for x in (exc.stdout, exc.stderr))
@@ -80,7 +81,7 @@ def step_c(dry: bool) -> dict:
     # cudnn.benchmark tries every algorithm on each of the 8 shapes, slowly at these kernel sizes
     # (4 shapes at batch 64 took 90 s on an H100): one batch size here, both in a dedicated run.
     return run([sys.executable, str(bench)] + (['--cpu-dry-run'] if dry else ['--batches', '32', '--reps', '5']),
-               timeout=240)
+               timeout=240, env=dict(os.environ, TRITON_INTERPRET='1') if dry else None)
 
 
 def step_d(dry: bool) -> dict:

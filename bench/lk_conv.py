@@ -5,11 +5,13 @@ implementation present, in one run: forward, input-gradient and weight-gradient 
 CUDA-event timings), and the layer's floor — the larger of its bytes moved at the card's measured
 copy bandwidth and its nominal multiply-adds at the card's measured bf16 matmul rate. The
 implementations: ``cudnn`` (``F.conv2d`` / ``aten.convolution_backward`` with
-``cudnn.benchmark=True``) and, once it exists, ``triton`` (``pretrain.models.lk_conv``).
-ratio = cudnn time / triton time (above 1: Triton is faster).
+``cudnn.benchmark=True``) and ``triton`` (``pretrain.models.lk_conv``), checked against each other
+before timing. ratio = cudnn time / triton time (above 1: Triton is faster). It then times XL's
+whole training step (bf16 autocast, channels-last, AdamW) with ``lk_impl='native'`` and ``'auto'``.
 
     python bench/lk_conv.py                      # on a GPU; one JSON line at the end
-    python bench/lk_conv.py --cpu-dry-run        # tiny shapes on CPU (part of `make test`)
+    python bench/lk_conv.py --write-table        # ... and record where Triton won, for lk_impl='auto'
+    python bench/lk_conv.py --cpu-dry-run        # tiny shapes on CPU, Triton interpreted (`make test`)
 """
 from __future__ import annotations
 
@@ -27,13 +29,14 @@ sys.path.insert(0, str(REPO))
 # dw_ratio 1, XL dw_ratio 1.5 on channels (256, 512, 1024, 2048).
 LAYERS = [('31B', 1, 128, 31, 56), ('31B', 2, 256, 29, 28), ('31B', 3, 512, 27, 14), ('31B', 4, 1024, 13, 7),
           ('XL', 1, 384, 27, 56), ('XL', 2, 768, 27, 28), ('XL', 3, 1536, 27, 14), ('XL', 4, 3072, 13, 7)]
-DRY_LAYERS = [('tiny', 1, 8, 7, 9), ('tiny', 2, 12, 5, 4)]
+DRY_LAYERS = [('tiny', 1, 8, 7, 6), ('tiny', 2, 12, 5, 4)]
+MAX_REL_ERROR = {'float32': 1e-4, 'bfloat16': 3e-2}
 
 
 def timed(fn, device, reps: int) -> float:
     """Median milliseconds of ``fn`` over ``reps`` runs after warm-up."""
     import torch
-    for _ in range(3):
+    for _ in range(3 if device.type == 'cuda' else 1):
         fn()
     if device.type != 'cuda':
         times = []
@@ -97,14 +100,19 @@ def passes(impl: str, x, w, dy):
 
 
 def available_impls(device) -> list:
-    impls = ['cudnn']
-    try:
-        from pretrain.models import lk_conv
-    except ImportError:
-        return impls
-    if lk_conv.triton_supported(device):
-        impls.append('triton')
-    return impls
+    from pretrain.models import lk_conv
+    return ['cudnn', 'triton'] if lk_conv.triton_supported(device) else ['cudnn']
+
+
+def max_rel_error(impl_passes: dict, ref_passes: dict) -> float:
+    """Largest relative difference of the three passes' results between two implementations."""
+    worst = 0.0
+    for name in ('fwd', 'dgrad', 'wgrad'):
+        a, b = impl_passes[name](), ref_passes[name]()
+        a = a[0] if isinstance(a, (tuple, list)) else a
+        b = [t for t in b if t is not None][0] if isinstance(b, (tuple, list)) else b
+        worst = max(worst, ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item())
+    return worst
 
 
 def bench_layer(layer, batch: int, device, dtype, rates: dict, reps: int) -> dict:
@@ -117,8 +125,14 @@ def bench_layer(layer, batch: int, device, dtype, rates: dict, reps: int) -> dic
     w = torch.randn(c, 1, k, k, device=device, dtype=dtype, generator=gen) / k
     row = dict(model=model, stage=stage, channels=c, kernel=k, size=hw, batch=batch,
                floor_ms=floors_ms(batch, c, k, hw, rates))
-    for impl in available_impls(device):
-        row[impl] = {p: round(timed(fn, device, reps), 4) for p, fn in passes(impl, x, w, dy).items()}
+    impls = {impl: passes(impl, x, w, dy) for impl in available_impls(device)}
+    if 'triton' in impls:
+        row['triton_vs_cudnn_rel_error'] = err = max_rel_error(impls['triton'], impls['cudnn'])
+        if err > MAX_REL_ERROR[str(dtype).replace('torch.', '')]:
+            raise SystemExit(f'lk_conv: the Triton kernel disagrees with cuDNN on {layer} at batch {batch}: '
+                             f'relative error {err:.2e}')
+    for impl, fns in impls.items():
+        row[impl] = {p: round(timed(fn, device, reps), 4) for p, fn in fns.items()}
         row[impl]['total'] = round(sum(row[impl].values()), 4)
     if 'triton' in row:
         row['ratio'] = {p: round(row['cudnn'][p] / row['triton'][p], 2) for p in row['cudnn']}
@@ -127,14 +141,57 @@ def bench_layer(layer, batch: int, device, dtype, rates: dict, reps: int) -> dic
     return row
 
 
+def whole_step(lk_impl: str, batch: int, size: int, steps: int, device, tiny: bool) -> dict:
+    """XL's (or, dry, a tiny model's) training step in ms: bf16 autocast, channels-last, AdamW."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+
+    import pretrain.models  # noqa: F401  (registers RepLKNet)
+    kwargs = dict(depths=(1, 1), channels=(8, 16), kernel_sizes=(7, 5)) if tiny else {}
+    model = timm.create_model('replknet_3' if tiny else 'replknet_xl', num_classes=1000, lk_impl=lk_impl,
+                              **kwargs).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    ms = timed(step, device, steps)
+    return dict(ms_per_step=round(ms, 2), images_per_s=round(batch / (ms / 1e3), 1))
+
+
+def write_table(rows: list, device_name: str, dtype: str) -> dict:
+    """Record, for lk_impl='auto', the shapes where Triton's three passes beat cuDNN's at every batch."""
+    from pretrain.models.lk_impl import MEASURED_TABLE
+    by_shape = {}
+    for row in rows:
+        if 'triton' in row:
+            shape = (row['channels'], row['kernel'], row['size'], row['size'])
+            by_shape.setdefault(shape, []).append(row['triton']['total'] < row['cudnn']['total'])
+    faster = sorted(list(shape) for shape, wins in by_shape.items() if all(wins))
+    table = json.loads(MEASURED_TABLE.read_text())
+    table.setdefault('devices', {}).setdefault(device_name, {})[dtype] = faster
+    MEASURED_TABLE.write_text(json.dumps(table, indent=2) + '\n')
+    return dict(table=str(MEASURED_TABLE), device=device_name, dtype=dtype, faster=faster)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--cpu-dry-run', action='store_true', help='tiny shapes in fp32 on CPU')
     ap.add_argument('--batches', type=int, nargs='+', default=[32, 64])
     ap.add_argument('--reps', type=int, default=20)
+    ap.add_argument('--step-batch', type=int, default=32, help="batch of XL's whole training step (0: skip it)")
+    ap.add_argument('--write-table', action='store_true',
+                    help="record where Triton won in pretrain/models/lk_conv_measured.json (lk_impl='auto')")
     args = ap.parse_args(argv)
     import torch
     if args.cpu_dry_run:
+        # Triton's interpreter runs the kernels on CPU when TRITON_INTERPRET=1 is set (before import).
         device, dtype, layers, batches, reps = torch.device('cpu'), torch.float32, DRY_LAYERS, [2], 2
     else:
         if not torch.cuda.is_available():
@@ -156,6 +213,18 @@ def main(argv=None) -> dict:
     summary = dict(bench='lk_conv', device=device_name, torch=torch.__version__,
                    rates={k: (round(v / 1e12, 3) if isinstance(v, float) else v) for k, v in rates.items()},
                    rate_units='TB/s copy (read+write), TFLOP/s bf16 matmul', rows=rows)
+    if args.write_table and not args.cpu_dry_run:
+        summary['table'] = write_table(rows, device_name, str(dtype).replace('torch.', ''))
+        print(f"lk_impl='auto' table: {summary['table']}", flush=True)
+    if args.step_batch:
+        # 'auto' after the table (if written): the step shows what a config with lk_impl='auto' gets.
+        from pretrain.models.lk_impl import measured_faster
+        measured_faster.cache_clear()
+        batch, size, steps = (2, 32, 2) if args.cpu_dry_run else (args.step_batch, 224, 5)
+        step = {impl: whole_step(impl, batch, size, steps, device, args.cpu_dry_run) for impl in ('native', 'auto')}
+        step['speedup_auto_over_native'] = round(step['native']['ms_per_step'] / step['auto']['ms_per_step'], 3)
+        summary['xl_step' if not args.cpu_dry_run else 'tiny_step'] = step
+        print(f'whole training step, batch {batch} at {size}px: {step}', flush=True)
     print(json.dumps(summary), flush=True)
     return summary
 

@@ -87,7 +87,10 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / 'model.safetensors'))
     form = 'fused' if hasattr(model, 'reparameterize') else 'plain'
-    meta = dict(architecture=cfg.model.name, num_classes=n, task=task, form=form, model_kwargs=cfg.model.kwargs,
+    # The export describes the model, not how to run it: the large-kernel implementation (lk_impl)
+    # is the loader's choice, so an export made with 'triton' loads on a CPU.
+    shape_kwargs = {k: v for k, v in cfg.model.kwargs.items() if k != 'lk_impl'}
+    meta = dict(architecture=cfg.model.name, num_classes=n, task=task, form=form, model_kwargs=shape_kwargs,
                 source=source, max_relative_error=err, pretrained_cfg=exported_pretrained_cfg(cfg, task, n))
     (folder / 'config.json').write_text(json.dumps(meta, indent=2, default=str))
     return meta

@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import BIN_DIR, REPO_ROOT, write_image
+# Without a GPU the Triton kernels run under Triton's interpreter, which Triton picks when a kernel
+# is defined: set it before anything imports pretrain.models.lk_conv.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+from helpers import BIN_DIR, REPO_ROOT, write_image  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,6 +16,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from .layers import (ConvNorm, LargeKernelConvFactory, ReparamLargeKernelConv, depthwise_conv2d,
                      fold_bn_into_following_linear, fold_bn_into_following_pointwise, is_bn)
+from .lk_impl import lk_conv_factory
 
 NumClasses = Union[int, Dict[str, int]]
 # One task: logits (or features); several: logits by task. TorchScript needs the union spelled out.
@@ -168,7 +169,7 @@ class RepLKNet(nn.Module):
                  small_kernel: Optional[int] = 5, dw_ratio: float = 1.0, ffn_ratio: float = 4.0,
                  in_chans: int = 3, num_classes: NumClasses = 1000, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, global_pool: str = 'avg',
-                 lk_conv_layer: LargeKernelConvFactory = depthwise_conv2d,
+                 lk_impl: Union[str, LargeKernelConvFactory] = 'native',
                  reparam: str = 'none'):
         super().__init__()
         if not len(kernel_sizes) == len(depths) == len(channels):
@@ -189,10 +190,11 @@ class RepLKNet(nn.Module):
         n = sum(depths)
         rates = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
         stages, prev, self.feature_info = [], width, []
+        conv_layer = lk_conv_factory(lk_impl)
         for i, (depth, chs, k) in enumerate(zip(depths, channels, kernel_sizes)):
             start = sum(depths[:i])
             stages.append(RepLKStage(prev, chs, depth, k, small_kernel, rates[start:start + depth],
-                                     dw_ratio, ffn_ratio, downsample=i > 0, conv_layer=lk_conv_layer))
+                                     dw_ratio, ffn_ratio, downsample=i > 0, conv_layer=conv_layer))
             self.feature_info.append(dict(num_chs=chs, reduction=4 * 2 ** i, module=f'stages.{i}'))
             prev = chs
         self.stages = nn.Sequential(*stages)

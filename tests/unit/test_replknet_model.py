@@ -87,7 +87,7 @@ class ExplicitDepthwise(torch.nn.Module):
 
 
 def test_reparam_works_with_a_custom_depthwise_implementation(randomize_bn):
-    model = randomize_bn(RepLKNet(num_classes=5, lk_conv_layer=ExplicitDepthwise, **TINY)).eval()
+    model = randomize_bn(RepLKNet(num_classes=5, lk_impl=ExplicitDepthwise, **TINY)).eval()
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         ref = model(x)

@@ -1,0 +1,163 @@
+"""The large-kernel depthwise convolution as a PyTorch operator backed by Triton kernels.
+
+``depthwise_conv(x, weight, bias)`` is a registered custom op (``replk::depthwise_conv``, with its
+gradients as the ops ``replk::depthwise_conv_input_grad`` and ``replk::depthwise_conv_weight_grad``),
+so autograd differentiates it and ``torch.compile`` traces around it. Semantics are
+``F.conv2d(x, weight, bias, stride=1, padding=k // 2, groups=C)`` for odd ``k``; the output keeps
+the input's memory format. It runs on CUDA, and on CPU under Triton's interpreter
+(``TRITON_INTERPRET=1``, how the tests run it); anywhere else it raises rather than falling back.
+"""
+import math
+from typing import Optional
+
+import torch
+
+try:
+    import triton
+    from .lk_conv_kernels import depthwise_fwd_kernel, depthwise_wgrad_kernel
+except ImportError:  # triton is optional; 'native' needs none of this module
+    triton = None
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+BLOCK_W, BLOCK_C = 16, 32
+WGRAD_BLOCK_W, WGRAD_BLOCK_C = 8, 32
+WGRAD_TARGET_PROGRAMS = 1024   # enough programs to fill 132 SMs several times over
+
+
+def interpreting() -> bool:
+    """Whether the kernels were built for Triton's interpreter (TRITON_INTERPRET=1 when imported)."""
+    return triton is not None and type(depthwise_fwd_kernel).__name__ == 'InterpretedFunction'
+
+
+def triton_supported(device: torch.device) -> bool:
+    """Whether the kernels can run on ``device``: CUDA with Triton, or CPU under the interpreter."""
+    if triton is None:
+        return False
+    return device.type == 'cuda' or (device.type == 'cpu' and interpreting())
+
+
+def check_inputs(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """Clear errors for what the kernels do not do, instead of wrong numbers."""
+    if not triton_supported(x.device):
+        raise RuntimeError(f"the Triton depthwise convolution needs a CUDA device (or TRITON_INTERPRET=1 set before it is imported, on CPU), "
+                           f"got a tensor on {x.device}{'' if triton is not None else ' and triton is not installed'}")
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[0] != x.shape[1]:
+        raise ValueError(f'depthwise convolution needs x [N, C, H, W] and weight [C, 1, k, k]; '
+                         f'got x {tuple(x.shape)}, weight {tuple(weight.shape)}')
+    k = weight.shape[-1]
+    if weight.shape[-2] != k or k % 2 == 0:
+        raise ValueError(f'depthwise convolution needs a square, odd kernel; got {tuple(weight.shape[-2:])}')
+    if x.numel() >= 2 ** 31:
+        raise ValueError(f'the Triton depthwise convolution indexes with 32 bits; x {tuple(x.shape)} has '
+                         f'{x.numel()} elements (split the batch)')
+    if x.dtype not in SUPPORTED_DTYPES or weight.dtype != x.dtype:
+        raise TypeError(f'depthwise convolution takes x and weight of one dtype among {SUPPORTED_DTYPES}; '
+                        f'got x {x.dtype}, weight {weight.dtype}')
+
+
+def kernel_taps_last(weight: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """[C, 1, k, k] -> contiguous [k, k, C]: channels innermost for coalesced loads."""
+    w = weight[:, 0]
+    if flip:
+        w = w.flip(-1, -2)
+    return w.permute(1, 2, 0).contiguous()
+
+
+def empty_output(like: torch.Tensor) -> torch.Tensor:
+    """The output buffer (same memory format as ``like``); the tests poison it to prove every element is written."""
+    return torch.empty_like(like)
+
+
+def empty_partials(shape, device) -> torch.Tensor:
+    """The weight gradient's per-slice fp32 partial sums; the tests poison it too."""
+    return torch.empty(shape, device=device, dtype=torch.float32)
+
+
+def run_forward(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    n, c, h, w = x.shape
+    k = taps.shape[0]
+    y = empty_output(x)
+    grid = (n * h, triton.cdiv(w, BLOCK_W), triton.cdiv(c, BLOCK_C))
+    depthwise_fwd_kernel[grid](x, taps, bias if bias is not None else taps, y, c, h, w,
+                               *x.stride(), *y.stride(), K=k, HAS_BIAS=bias is not None,
+                               BLOCK_W=BLOCK_W, BLOCK_C=BLOCK_C)
+    return y
+
+
+@torch.library.custom_op('replk::depthwise_conv', mutates_args=())
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    check_inputs(x, weight)
+    return run_forward(x, kernel_taps_last(weight), None if bias is None else bias.contiguous())
+
+
+@torch.library.custom_op('replk::depthwise_conv_input_grad', mutates_args=())
+def depthwise_conv_input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Stride 1 and padding k//2: the transposed convolution is the convolution with the kernel flipped."""
+    check_inputs(grad_out, weight)
+    return run_forward(grad_out, kernel_taps_last(weight, flip=True), None)
+
+
+@torch.library.custom_op('replk::depthwise_conv_weight_grad', mutates_args=())
+def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """d loss / d weight as [C, 1, k, k] in x's dtype, summed in fp32."""
+    n, c, h, w = x.shape
+    k = kernel_size
+    check_inputs(x, x.new_empty(c, 1, k, k))
+    c_blocks = triton.cdiv(c, WGRAD_BLOCK_C)
+    slices = max(1, min(n, math.ceil(WGRAD_TARGET_PROGRAMS / (c_blocks * k))))
+    images = math.ceil(n / slices)
+    slices = math.ceil(n / images)
+    part = empty_partials((slices, k, k, c), x.device)
+    depthwise_wgrad_kernel[(c_blocks, k, slices)](
+        x, grad_out, part, n, c, h, w, images, *x.stride(), *grad_out.stride(),
+        K=k, KPAD=triton.next_power_of_2(k), BLOCK_W=WGRAD_BLOCK_W, BLOCK_C=WGRAD_BLOCK_C)
+    return part.sum(0).permute(2, 0, 1).unsqueeze(1).to(x.dtype).contiguous()
+
+
+@depthwise_conv.register_fake
+def _(x, weight, bias):
+    return torch.empty_like(x)
+
+
+@depthwise_conv_input_grad.register_fake
+def _(grad_out, weight):
+    return torch.empty_like(grad_out)
+
+
+@depthwise_conv_weight_grad.register_fake
+def _(x, grad_out, kernel_size):
+    return x.new_empty(x.shape[1], 1, kernel_size, kernel_size).contiguous()
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = depthwise_conv_input_grad(grad_out, weight)
+    if ctx.needs_input_grad[1]:
+        grad_w = depthwise_conv_weight_grad(x, grad_out, weight.shape[-1])
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad_out.sum((0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
+    return grad_x, grad_w, grad_b
+
+
+depthwise_conv.register_autograd(_backward, setup_context=_setup_context)
+
+
+# The three passes by name, as bench/lk_conv.py times them.
+def depthwise_forward(x, weight, bias=None):
+    return depthwise_conv(x, weight, bias)
+
+
+def depthwise_input_grad(grad_out, weight):
+    return depthwise_conv_input_grad(grad_out, weight)
+
+
+def depthwise_weight_grad(x, grad_out, kernel_size):
+    return depthwise_conv_weight_grad(x, grad_out, kernel_size)

@@ -1,0 +1,96 @@
+"""The Triton large-kernel depthwise convolution (pretrain/models/lk_conv.py) against F.conv2d in
+float64: forward, input gradient, weight gradient and bias gradient, every output element written.
+
+Without a GPU the kernels run under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
+so the shapes stay tiny; with one, the same tests run the compiled kernels on CUDA."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.models import lk_conv
+
+DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+MAX_REL_ERROR = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+# (batch, channels, height, width, kernel, channels_last, dtype): odd and even map sizes, kernels
+# 3/13/27 (27 on maps mostly made of padding), channel counts below, at and across the block of 32.
+CASES = [
+    (2, 5, 7, 6, 3, False, torch.float32),
+    (1, 37, 6, 5, 13, True, torch.float32),
+    (1, 12, 5, 6, 27, False, torch.float32),
+    (2, 33, 6, 7, 13, True, torch.bfloat16),
+    (1, 32, 4, 4, 27, True, torch.bfloat16),
+]
+
+
+@pytest.fixture
+def poisoned_buffers(monkeypatch):
+    """Fill every buffer the kernels write with NaN first: an element left unwritten shows up."""
+    monkeypatch.setattr(lk_conv, 'empty_output', lambda like: torch.full_like(like, math.nan))
+    monkeypatch.setattr(lk_conv, 'empty_partials',
+                        lambda shape, device: torch.full(shape, math.nan, device=device, dtype=torch.float32))
+
+
+def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    assert torch.isfinite(ours).all(), 'an element was left unwritten (NaN from the poisoned buffer)'
+    return ((ours.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize('n,c,h,w,k,channels_last,dtype', CASES)
+def test_forward_and_gradients_match_float64_conv(poisoned_buffers, n, c, h, w, k, channels_last, dtype):
+    gen = torch.Generator().manual_seed(n * 1000 + c * 10 + k)
+    x = torch.randn(n, c, h, w, generator=gen).to(DEVICE, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(c, 1, k, k, generator=gen) / k).to(DEVICE, dtype)
+    bias = torch.randn(c, generator=gen).to(DEVICE, dtype)
+    grad_out = torch.randn(n, c, h, w, generator=gen).to(DEVICE, dtype)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    out = lk_conv.depthwise_conv(*leaves)
+    out.backward(grad_out)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    ref = F.conv2d(*ref_leaves, stride=1, padding=k // 2, groups=c)
+    ref.backward(grad_out.double())
+
+    assert out.dtype == dtype and out.shape == x.shape
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    bound = MAX_REL_ERROR[dtype]
+    assert relative_error(out, ref) < bound
+    for name, ours, theirs in zip(('input', 'weight', 'bias'), leaves, ref_leaves):
+        assert ours.grad.dtype == dtype, name
+        assert relative_error(ours.grad, theirs.grad) < bound, name
+
+
+def test_input_gradient_is_the_transposed_convolution_on_an_asymmetric_kernel(poisoned_buffers):
+    # A kernel without symmetry: flipping it the wrong way (or not at all) cannot pass.
+    x = torch.randn(1, 3, 5, 5, device=DEVICE)
+    weight = torch.arange(3 * 49, dtype=torch.float32, device=DEVICE).reshape(3, 1, 7, 7) / 100
+    grad_out = torch.randn(1, 3, 5, 5, device=DEVICE)
+    expected = torch.nn.grad.conv2d_input(x.shape, weight.double(), grad_out.double(), padding=3, groups=3)
+    assert relative_error(lk_conv.depthwise_conv_input_grad(grad_out, weight), expected) < 1e-5
+
+
+def test_unsupported_inputs_are_refused_with_the_reason():
+    x = torch.randn(1, 4, 5, 5, device=DEVICE)
+    with pytest.raises(ValueError, match='square, odd kernel'):
+        lk_conv.depthwise_conv(x, torch.randn(4, 1, 4, 4, device=DEVICE), None)
+    with pytest.raises(TypeError, match='one dtype'):
+        lk_conv.depthwise_conv(x, torch.randn(4, 1, 3, 3, device=DEVICE, dtype=torch.bfloat16), None)
+    with pytest.raises(ValueError, match=r'weight \[C, 1, k, k\]'):
+        lk_conv.depthwise_conv(x, torch.randn(3, 1, 3, 3, device=DEVICE), None)
+
+
+def test_torch_compile_traces_around_the_op_with_its_gradients():
+    x = torch.randn(1, 6, 5, 4, device=DEVICE, requires_grad=True)
+    weight = torch.randn(6, 1, 5, 5, device=DEVICE, requires_grad=True)
+
+    def f(x, weight):
+        return (lk_conv.depthwise_conv(x.sin(), weight, None) ** 2).sum()
+
+    compiled = torch.compile(f, backend='aot_eager', fullgraph=True)
+    grads = torch.autograd.grad(compiled(x, weight), (x, weight))
+    expected = torch.autograd.grad(f(x, weight), (x, weight))
+    for ours, ref in zip(grads, expected):
+        torch.testing.assert_close(ours, ref)

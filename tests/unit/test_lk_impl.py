@@ -1,0 +1,94 @@
+"""lk_impl: the large-kernel convolution chosen by name from a config ('native' | 'triton' | 'auto'),
+the model unchanged whichever runs (state dict, outputs, gradients, re-parameterization)."""
+import copy
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import REPO_ROOT
+from pretrain.config import load_config
+from pretrain.engine import build_model
+from pretrain.models import RepLKNet, lk_conv, lk_impl
+
+TINY = dict(kernel_sizes=(7, 5), depths=(1, 1), channels=(8, 16), small_kernel=3, num_classes=4)
+
+
+def test_tiny_replknet_with_triton_gives_the_native_outputs_and_gradients(randomize_bn):
+    native = randomize_bn(RepLKNet(lk_impl='native', **TINY))
+    triton = RepLKNet(lk_impl='triton', **TINY)
+    triton.load_state_dict(native.state_dict())  # same keys: nn.Conv2d's weight [C, 1, k, k]
+    assert sum(isinstance(m, lk_impl.TritonDepthwiseConv2d) for m in triton.modules()) == 2
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    outs = []
+    for model in (native, triton):
+        model.zero_grad()
+        out = model(x)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(native.named_parameters(), triton.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_reparameterized_triton_model_keeps_the_kernel_and_the_outputs(randomize_bn):
+    model = randomize_bn(RepLKNet(lk_impl='triton', **TINY)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        merged = copy.deepcopy(model).reparameterize()
+        out = merged(x)
+    assert all(isinstance(m.lkb_reparam, lk_impl.TritonDepthwiseConv2d)
+               for m in merged.modules() if hasattr(m, 'lkb_reparam'))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_lk_impl_comes_from_the_config_and_a_typo_is_an_error_naming_the_choices():
+    overrides = ['model.kwargs={"lk_impl": "triton", "depths": [1, 1], "channels": [8, 16], "kernel_sizes": [7, 5]}']
+    cfg = load_config('configs/xl_megadata.json', overrides)
+    model = build_model(cfg.model, {'in1k': 3})
+    assert any(isinstance(m, lk_impl.TritonDepthwiseConv2d) for m in model.modules())
+    cfg = load_config('configs/xl_megadata.json', [overrides[0].replace('"triton"', '"tirton"')])
+    with pytest.raises(ValueError, match=r"lk_impl 'tirton' is not one of \('native', 'triton', 'auto'\)"):
+        build_model(cfg.model, {'in1k': 3})
+
+
+def test_auto_runs_nn_conv2d_off_cuda_and_says_why_once(caplog):
+    conv = lk_impl.AutoDepthwiseConv2d(6, 5, True)
+    x = torch.randn(1, 6, 7, 7)
+    lk_impl.log_choice_once.cache_clear()
+    with caplog.at_level(logging.INFO, logger='pretrain.models.lk_impl'):
+        out = conv(x)
+        conv(x)
+    torch.testing.assert_close(out, torch.nn.Conv2d.forward(conv, x))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and 'nn.Conv2d' in said[0] and 'cpu is not CUDA' in said[0]
+
+
+def test_auto_picks_triton_only_for_the_shapes_measured_faster_on_this_card(tmp_path, monkeypatch):
+    table = tmp_path / 'measured.json'
+    table.write_text(json.dumps({'format': 1, 'devices': {'Card X': {'bfloat16': [[384, 27, 56, 56]]}}}))
+    monkeypatch.setattr(lk_impl, 'MEASURED_TABLE', table)
+    monkeypatch.setattr(lk_conv, 'triton_supported', lambda device: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Card X')
+    lk_impl.measured_faster.cache_clear()
+    cuda = torch.device('cuda')
+    assert lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (56, 56))[0]
+    assert not lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (28, 28))[0]   # not measured
+    assert not lk_impl.auto_choice(cuda, torch.float32, 384, 27, (56, 56))[0]    # another dtype
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Card Y')
+    use, why = lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (56, 56))
+    assert not use and 'no measurement on Card Y' in why
+    lk_impl.measured_faster.cache_clear()
+
+
+def test_triton_without_a_gpu_or_the_interpreter_is_an_error_not_a_fallback():
+    code = ('import torch; from pretrain.models.lk_impl import TritonDepthwiseConv2d\n'
+            'TritonDepthwiseConv2d(4, 3, False)(torch.randn(1, 4, 5, 5))')
+    env = {k: v for k, v in __import__('os').environ.items() if k != 'TRITON_INTERPRET'}
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert 'needs a CUDA device (or TRITON_INTERPRET=1' in proc.stderr
