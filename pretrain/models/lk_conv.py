@@ -19,14 +19,33 @@ except ImportError:  # triton is optional; 'native' needs none of this module
     triton = None
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-BLOCK_W, BLOCK_C = 16, 32
+BLOCK_W, BLOCK_C = 16, 32            # the tiles under the interpreter (and the first GPU candidates)
 WGRAD_BLOCK_W, WGRAD_BLOCK_C = 8, 32
 WGRAD_TARGET_PROGRAMS = 1024   # enough programs to fill 132 SMs several times over
+# On a GPU each kernel is autotuned over these tiles at its first call per shape (the key): none
+# of them has been timed yet, so the choice is left to the card. Channel stride in the key:
+# channels-last and NCHW want different tiles.
+TUNE_KEY = ['C', 'H', 'W', 'K', 'sxc']
+FWD_TILES = [(8, 32, 4), (16, 32, 4), (16, 64, 4), (32, 64, 8), (8, 128, 4), (16, 128, 8)]
+WGRAD_TILES = [(4, 4), (8, 4), (8, 8), (16, 8)]
 
 
 def interpreting() -> bool:
     """Whether the kernels were built for Triton's interpreter (TRITON_INTERPRET=1 when imported)."""
     return triton is not None and type(depthwise_fwd_kernel).__name__ == 'InterpretedFunction'
+
+
+if triton is not None and not interpreting():
+    forward_launcher = triton.autotune(
+        [triton.Config(dict(BLOCK_W=bw, BLOCK_C=bc), num_warps=nw) for bw, bc, nw in FWD_TILES], key=TUNE_KEY,
+    )(depthwise_fwd_kernel)
+    wgrad_launcher = triton.autotune(
+        [triton.Config(dict(BLOCK_W=bw), num_warps=nw) for bw, nw in WGRAD_TILES], key=TUNE_KEY,
+    )(depthwise_wgrad_kernel)
+    FWD_TILE, WGRAD_TILE = {}, {}
+elif triton is not None:
+    forward_launcher, wgrad_launcher = depthwise_fwd_kernel, depthwise_wgrad_kernel
+    FWD_TILE, WGRAD_TILE = dict(BLOCK_W=BLOCK_W, BLOCK_C=BLOCK_C), dict(BLOCK_W=WGRAD_BLOCK_W)
 
 
 def triton_supported(device: torch.device) -> bool:
@@ -77,10 +96,11 @@ def run_forward(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor
     n, c, h, w = x.shape
     k = taps.shape[0]
     y = empty_output(x)
-    grid = (n * h, triton.cdiv(w, BLOCK_W), triton.cdiv(c, BLOCK_C))
-    depthwise_fwd_kernel[grid](x, taps, bias if bias is not None else taps, y, c, h, w,
-                               *x.stride(), *y.stride(), K=k, HAS_BIAS=bias is not None,
-                               BLOCK_W=BLOCK_W, BLOCK_C=BLOCK_C)
+
+    def grid(meta):
+        return n * h, triton.cdiv(w, meta['BLOCK_W']), triton.cdiv(c, meta['BLOCK_C'])
+    forward_launcher[grid](x, taps, bias if bias is not None else taps, y, c, h, w,
+                           *x.stride(), *y.stride(), K=k, HAS_BIAS=bias is not None, **FWD_TILE)
     return y
 
 
@@ -108,9 +128,9 @@ def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_s
     images = math.ceil(n / slices)
     slices = math.ceil(n / images)
     part = empty_partials((slices, k, k, c), x.device)
-    depthwise_wgrad_kernel[(c_blocks, k, slices)](
+    wgrad_launcher[(c_blocks, k, slices)](
         x, grad_out, part, n, c, h, w, images, *x.stride(), *grad_out.stride(),
-        K=k, KPAD=triton.next_power_of_2(k), BLOCK_W=WGRAD_BLOCK_W, BLOCK_C=WGRAD_BLOCK_C)
+        K=k, KPAD=triton.next_power_of_2(k), BLOCK_C=WGRAD_BLOCK_C, **WGRAD_TILE)
     return part.sum(0).permute(2, 0, 1).unsqueeze(1).to(x.dtype).contiguous()
 
 
