@@ -64,9 +64,12 @@ def _pack(rows: List) -> dict:
     return dict(idx=idx, prob=prob, mask=mask, human=human)
 
 
-def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks_file: Optional[str]) -> None:
+def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks_file: Optional[str],
+                      list_commits: bool = True) -> None:
     """A configured store exists and holds every configured task, with the heads' class counts
-    and (when given) class-map versions: a typo in the path must not train without pseudo-labels."""
+    and (when given) class-map versions: a typo in the path must not train without pseudo-labels.
+    ``list_commits``: also refuse parts committed but not yet listed — a LIST of every commit
+    record (73 pages at 73k parts), so one rank does it, not all."""
     if not store_root:
         return
     store = LabelStore(store_root, TaskRegistry.from_json(tasks_file))
@@ -81,7 +84,7 @@ def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks
                              f'label it (python -m labeling run) or import its human labels '
                              f'(python -m labeling import-human), or remove the task')
         manifest = store.manifest(name)
-        unlisted = sorted(set(store.commit_records(name)) - set(manifest['parts']))
+        unlisted = sorted(set(store.commit_records(name)) - set(manifest['parts'])) if list_commits else []
         if unlisted:  # a job killed before listing them: training would silently miss their labels
             raise ValueError(f'tasks.{name}: {len(unlisted)} committed label parts (e.g. {unlisted[0]}) are not yet '
                              f'listed in {store_root}/labels/{name}/_task.json; list them with '

@@ -241,12 +241,25 @@ def create_exclusive(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY)
     return with_retries(put, f'creating {url}', policy)
 
 
+def remove(url: str, policy: RetryPolicy = DEFAULT_RETRY) -> None:
+    """Delete one object; one that is already gone (another process removed it) is not an error."""
+    fs, path = filesystem(url)
+
+    def rm():
+        try:
+            fs.rm(path)
+        except FileNotFoundError:
+            pass
+    with_retries(rm, f'removing {url}', policy)
+
+
 def list_names(prefix: str, policy: RetryPolicy = DEFAULT_RETRY) -> list[str]:
     fs, path = filesystem(prefix)
     if not with_retries(lambda: fs.exists(path), f'listing {prefix}', policy):
         return []
+    # refresh: s3fs would otherwise answer from its listing cache, blind to other processes' writes.
     return sorted(os.path.basename(p.rstrip('/'))
-                  for p in with_retries(lambda: fs.ls(path, detail=False), f'listing {prefix}', policy))
+                  for p in with_retries(lambda: fs.ls(path, detail=False, refresh=True), f'listing {prefix}', policy))
 
 
 def worker_start_method(urls) -> Optional[str]:

@@ -95,9 +95,9 @@ def test_unnormalized_probabilities_on_disk_are_caught_on_read(store, tmp_path):
     with pytest.raises(LabelError, match='does not match the hash'):
         store.read_part('toy', 'toy-000000')
     import hashlib
-    manifest = json.loads((path.parent / '_task.json').read_text())
+    manifest = store.manifest('toy', reload=True)   # a manifest that vouches for the tampered part
     manifest['parts']['toy-000000']['sha256'] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (path.parent / '_task.json').write_text(json.dumps(manifest))
+    store._write_manifest('toy', manifest)
     with pytest.raises(LabelError, match=r'key toy/000000/000000: probabilities sum to 1.79'):
         LabelStore(str(tmp_path / 'store'), store.registry).read_part('toy', 'toy-000000')
 
@@ -124,11 +124,49 @@ def test_orphan_parts_and_unlisted_commits_are_reported(store, tmp_path):
     assert [f for f in store.validate('toy') if 'orphan' not in f] == []
 
 
-def test_racing_writers_leave_one_whole_part(store):
-    first = store.write_part('toy', 'toy-000000', rows(n=2), 'teacher')
-    second = store.write_part('toy', 'toy-000000', rows(n=3), 'teacher')
+def test_racing_writers_leave_one_whole_part_the_same_whatever_the_commit_order(tmp_path, registry):
+    winners = []
+    for order in ((2, 3), (3, 2)):
+        store = LabelStore(str(tmp_path / f'store{order}'), registry)
+        store.open_task('toy', teacher={'model': 'tiny'}, topk=2)
+        written = {n: store.write_part('toy', 'toy-000000', rows(n=n), 'teacher') for n in order}
+        store.refresh_manifest('toy')
+        file = store.committed_parts('toy')['toy-000000']['file']
+        assert file in {r['file'] for r in written.values()}
+        winners.append((file, store.read_part('toy', 'toy-000000').num_rows))
+    assert winners[0] == winners[1]
+
+
+def test_a_teacher_part_wins_over_a_human_one_and_the_current_teacher_over_a_stale_one(store):
+    human = [Row(f'toy/000000/{i:06d}', [0], [1.0], 'human') for i in range(3)]
+    store.write_part('toy', 'toy-000000', human, 'human')
+    teacher = store.write_part('toy', 'toy-000000', rows(), 'teacher')
+    stale = store.write_part('toy', 'toy-000000', rows(n=4), 'teacher', teacher={'model': 'old'})
+    assert store.commit_records('toy')['toy-000000'] == teacher != stale
+
+
+def test_commit_facts_are_read_from_names_alone(store, tmp_path, monkeypatch):
+    record = store.write_part('toy', 'toy-000000', rows(), 'teacher')
+    from shards import storage
+    monkeypatch.setattr(storage, 'read_many', lambda urls, *a, **k: pytest.fail(f'read {urls}'))
+    assert store.commit_records('toy') == {'toy-000000': record}
+
+
+def test_a_malformed_commit_name_is_an_error_naming_it(store, tmp_path):
+    store.write_part('toy', 'toy-000000', rows(), 'teacher')
+    commits = tmp_path / 'store' / 'labels' / 'toy' / '_commits'
+    (commits / 'toy-000001.teacher.3.0.x.-.abc.commit').write_bytes(b'{}')
+    with pytest.raises(LabelError, match=r"commit record 'toy-000001.teacher.3.0.x.-.abc.commit': not a name"):
+        store.commit_records('toy')
+
+
+def test_an_older_stores_json_commit_records_are_still_read(store, tmp_path):
+    record = store.write_part('toy', 'toy-000000', rows(), 'teacher')
+    commits = tmp_path / 'store' / 'labels' / 'toy' / '_commits'
+    for named in commits.glob('*.commit'):           # as the previous protocol left it
+        named.rename(commits / 'toy-000000.json')
+    assert store.commit_records('toy') == {'toy-000000': record}
     store.refresh_manifest('toy')
-    assert store.committed_parts('toy')['toy-000000']['file'] == second['file'] != first['file']
     assert store.read_part('toy', 'toy-000000').num_rows == 3
 
 

@@ -143,7 +143,11 @@ def test_label_store_refuses_crafted_stems_and_part_files(tmp_path):
     store.refresh_manifest('toy')
     manifest_path = tmp_path / 'store' / 'labels' / 'toy' / '_task.json'
     manifest = json.loads(manifest_path.read_text())
-    manifest['parts']['toy-000000'] = dict(record, file='../../../secret.parquet')
+    manifest_path.write_text(json.dumps(dict(manifest, parts_table='../../../secret.parquet')))
+    with pytest.raises(ValueError, match='parts table'):
+        _store(tmp_path).read_part('toy', 'toy-000000')
+    del manifest['parts_table']  # parts inline, as older stores keep them
+    manifest['parts'] = {'toy-000000': dict(record, file='../../../secret.parquet')}
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match='part file'):
         _store(tmp_path).read_part('toy', 'toy-000000')

@@ -1,0 +1,123 @@
+"""What the label store's protocols cost as the store grows, counted, not timed: a storage layer
+that counts requests (LIST pages of 1000 names as S3 serves them, GETs, PUTs) and bytes, over a
+synthetic store of tens of thousands of committed parts on local disk. A change that brings back
+O(parts) requests per manifest refresh, per job end or per training rank's start-up fails here."""
+import hashlib
+import math
+from collections import Counter
+
+import pytest
+
+from labeling.store import COMMIT_SUFFIX, LabelStore, commit_name, teacher_id
+from labeling.tasks import TaskRegistry
+from pretrain.labels import check_store_tasks
+from shards import storage
+
+S3_LIST_PAGE = 1000
+
+
+class CountingStorage:
+    """Wraps shards.storage's functions; ``ops`` counts requests as an object store would bill them."""
+
+    def __init__(self, monkeypatch):
+        self.ops = Counter()
+        real = {name: getattr(storage, name) for name in
+                ('list_names', 'read_bytes', 'read_many', 'write_bytes_atomic', 'create_exclusive', 'exists')}
+
+        def list_names(prefix, *a, **k):
+            names = real['list_names'](prefix, *a, **k)
+            self.ops['LIST'] += max(1, math.ceil(len(names) / S3_LIST_PAGE))
+            return names
+
+        def read_bytes(url, *a, **k):
+            data = real['read_bytes'](url, *a, **k)
+            self.ops['GET'] += 1
+            self.ops['bytes_read'] += len(data)
+            return data
+
+        def read_many(urls, *a, **k):
+            out = real['read_many'](urls, *a, **k)
+            self.ops['GET'] += len(urls)
+            self.ops['bytes_read'] += sum(map(len, out))
+            return out
+
+        def counted_put(name):
+            def put(url, data, *a, **k):
+                self.ops['PUT'] += 1
+                return real[name](url, data, *a, **k)
+            return put
+
+        def exists(url, *a, **k):
+            self.ops['HEAD'] += 1
+            return real['exists'](url, *a, **k)
+
+        for name, fn in dict(list_names=list_names, read_bytes=read_bytes, read_many=read_many, exists=exists,
+                             write_bytes_atomic=counted_put('write_bytes_atomic'),
+                             create_exclusive=counted_put('create_exclusive')).items():
+            monkeypatch.setattr(storage, name, fn)
+
+    def during(self, fn) -> Counter:
+        self.ops.clear()
+        fn()
+        return Counter(self.ops)
+
+
+def synthetic_store(root, parts: int, legacy: bool = False) -> LabelStore:
+    """A task with ``parts`` committed parts: the commit records as the protocol writes them (the part
+    files themselves are not read by the protocols measured here)."""
+    store = LabelStore(str(root), TaskRegistry())
+    store.open_task('in1k', teacher={'model': 'vit_large'}, topk=5)
+    commits = root / 'labels' / 'in1k' / '_commits'
+    commits.mkdir(parents=True)
+    teacher = teacher_id(store.manifest('in1k')['teacher'])
+    for i in range(parts):
+        record = dict(stem=f'yfcc-{i:06d}', rows=1000, sha256=hashlib.sha256(b'%d' % i).hexdigest(), kind='teacher',
+                      human=0, pseudo=1000, teacher_id=teacher)
+        if legacy:  # the previous protocol: facts inside {stem}.json, one GET each
+            (commits / f'{record["stem"]}.json').write_text(
+                '{"stem": "%s", "file": "f", "rows": 1000, "sha256": "%s", "kind": "teacher", "human": 0, '
+                '"pseudo": 1000, "teacher_id": "%s"}' % (record['stem'], record['sha256'], teacher))
+        else:
+            (commits / commit_name(record)).touch()
+    return store
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    return CountingStorage(monkeypatch)
+
+
+@pytest.mark.parametrize('parts', [2_000, 20_000])
+def test_a_manifest_refresh_lists_names_and_reads_no_commit_record(tmp_path, counting, parts):
+    store = synthetic_store(tmp_path, parts)
+    ops = counting.during(lambda: store.refresh_manifest('in1k'))
+    pages = math.ceil(parts / S3_LIST_PAGE)
+    assert ops['LIST'] == 2 * pages + 1      # the listing, the convergence check, old parts tables
+    assert ops['GET'] == 1                   # _task.json's header (a new task has no parts table yet)
+    assert ops['PUT'] == 2                   # the parts table, then _task.json naming it
+    assert len(store.committed_parts('in1k')) == parts
+
+
+def test_the_previous_protocol_read_every_record_which_is_what_this_file_guards_against(tmp_path, counting):
+    store = synthetic_store(tmp_path, 2_000, legacy=True)
+    ops = counting.during(lambda: store.refresh_manifest('in1k'))
+    assert ops['GET'] >= 2 * 2_000             # the counter sees O(parts): a regression cannot hide
+    assert len(store.committed_parts('in1k')) == 2_000
+
+
+def test_a_training_rank_start_up_reads_a_compact_manifest_and_one_rank_lists_the_commits(tmp_path, counting):
+    parts = 20_000
+    store = synthetic_store(tmp_path, parts)
+    store.refresh_manifest('in1k')
+    head = type('TaskConfig', (), dict(num_classes=1000, class_map_version=None))()
+    for main in (True, False):
+        ops = counting.during(lambda: check_store_tasks(str(tmp_path), {'in1k': head}, None, list_commits=main))
+        assert ops['GET'] == 2                         # _task.json and the parts table it names
+        assert ops['LIST'] == (math.ceil(parts / S3_LIST_PAGE) if main else 0)
+        assert ops['bytes_read'] < 45 * parts + 20_000  # ~42 bytes a part (JSON inline took ~250)
+
+
+def test_commit_names_stay_within_a_file_name(tmp_path):
+    record = dict(stem='places365-' + 'x' * 60 + '-000123', rows=1_000_000, sha256='f' * 64, kind='teacher',
+                  human=999_999, pseudo=1, teacher_id='a' * 16)
+    assert commit_name(record).endswith(COMMIT_SUFFIX) and len(commit_name(record)) <= 255
