@@ -4,62 +4,13 @@ synthetic store of tens of thousands of committed parts on local disk. A change 
 O(parts) requests per manifest refresh, per job end or per training rank's start-up fails here."""
 import hashlib
 import math
-from collections import Counter
 
 import pytest
 
 from labeling.store import COMMIT_SUFFIX, LabelStore, commit_name, teacher_id
 from labeling.tasks import TaskRegistry
 from pretrain.labels import check_store_tasks
-from shards import storage
-
-S3_LIST_PAGE = 1000
-
-
-class CountingStorage:
-    """Wraps shards.storage's functions; ``ops`` counts requests as an object store would bill them."""
-
-    def __init__(self, monkeypatch):
-        self.ops = Counter()
-        real = {name: getattr(storage, name) for name in
-                ('list_names', 'read_bytes', 'read_many', 'write_bytes_atomic', 'create_exclusive', 'exists')}
-
-        def list_names(prefix, *a, **k):
-            names = real['list_names'](prefix, *a, **k)
-            self.ops['LIST'] += max(1, math.ceil(len(names) / S3_LIST_PAGE))
-            return names
-
-        def read_bytes(url, *a, **k):
-            data = real['read_bytes'](url, *a, **k)
-            self.ops['GET'] += 1
-            self.ops['bytes_read'] += len(data)
-            return data
-
-        def read_many(urls, *a, **k):
-            out = real['read_many'](urls, *a, **k)
-            self.ops['GET'] += len(urls)
-            self.ops['bytes_read'] += sum(map(len, out))
-            return out
-
-        def counted_put(name):
-            def put(url, data, *a, **k):
-                self.ops['PUT'] += 1
-                return real[name](url, data, *a, **k)
-            return put
-
-        def exists(url, *a, **k):
-            self.ops['HEAD'] += 1
-            return real['exists'](url, *a, **k)
-
-        for name, fn in dict(list_names=list_names, read_bytes=read_bytes, read_many=read_many, exists=exists,
-                             write_bytes_atomic=counted_put('write_bytes_atomic'),
-                             create_exclusive=counted_put('create_exclusive')).items():
-            monkeypatch.setattr(storage, name, fn)
-
-    def during(self, fn) -> Counter:
-        self.ops.clear()
-        fn()
-        return Counter(self.ops)
+from store_counting import S3_LIST_PAGE, CountingStorage
 
 
 def synthetic_store(root, parts: int, legacy: bool = False) -> LabelStore:
