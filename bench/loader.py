@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
     size = tuple(int(v) for v in args.photo_size.split('x'))
     work = Path(args.workdir or tempfile.mkdtemp(prefix='replk-bench-'))
     prefix = str(work / 'shards')
-    if not (Path(prefix) / '_index.json').exists():
+    if not (Path(prefix) / '_index' / 'photos').exists():
         items = make_photos(work / 'photos', args.images, size)
         build(items, BuildOptions(prefix, 'photos', samples_per_shard=100, progress=False))
     mb = sum(os.path.getsize(p) for p in Path(prefix).glob('*.tar')) / 1e6

@@ -107,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument('--task', required=True, nargs='+')
         s.add_argument('--tasks-file', help='JSON with user tasks')
         if name == 'import-human':
-            s.add_argument('--shards', required=True, help='shard prefix holding _index.json')
+            s.add_argument('--shards', required=True, help='shard prefix holding the shard index (_index/)')
         if name == 'validate':
             s.add_argument('--shards', help='shard prefix: also check every label key against its shard\'s members')
         if name == 'report':

@@ -37,7 +37,7 @@ class SourceConfig:
     name: str
     """a source name in the shard index (e.g. in1k, yfcc)"""
     url: str
-    """shard prefix with _index.json, or a brace pattern"""
+    """shard prefix holding the shard index (_index/), or a brace pattern"""
     weight: Optional[float] = None
     """mixing weight; null: by sample count"""
 

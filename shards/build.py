@@ -3,6 +3,11 @@
 The plan (which item goes into which shard at which position) is a pure function of
 the sorted input ids and the shard size, so keys ``{source}/{shard:06d}/{index:06d}``
 are stable and a rerun rebuilds exactly the shards the index does not list yet.
+
+Many machines build one source together (``job_index`` of ``num_jobs``, e.g. a Slurm array):
+each job plans the whole input list, takes the shards ``i`` with ``i % num_jobs == job_index``,
+and lists the ones it completed in its own index part (``shards/index.py``), so no two jobs ever
+write the same object, on S3 or a shared disk. A rerun of a job writes only what is missing.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from tqdm import tqdm
 
 from . import storage
 from .images import BadImage, check_and_normalize
-from .index import ShardEntry, ShardIndex
+from .index import (BUILD_NAME, ShardEntry, load_build_info, load_source, read_part, read_skipped, save_job_part,
+                    source_folder, job_tag)
 from .inputs import Item
 from .naming import sample_key, shard_name
 
@@ -43,8 +49,13 @@ class BuildOptions:
     workers: int = 1
     progress: bool = True
     retry: storage.RetryPolicy = field(default_factory=storage.RetryPolicy)
+    job_index: int = 0                        # this job's share: shards i with i % num_jobs == job_index
+    num_jobs: int = 1
+    index_save_s: float = INDEX_SAVE_INTERVAL_S  # a killed job rewrites at most this long's shards
 
     def __post_init__(self):
+        if not 0 <= self.job_index < self.num_jobs:
+            raise ValueError(f'job_index {self.job_index} must be in [0, num_jobs={self.num_jobs})')
         if not self.source or any(c in self.source for c in '/-. '):
             raise ValueError(f'source name {self.source!r} must be non-empty without "/", "-", "." or spaces')
         if self.samples_per_shard < 1:
@@ -92,12 +103,19 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 TEMP_PREFIX = 'replk-shard-'
 
 
+def owns(options: BuildOptions, shard: int) -> bool:
+    return shard % options.num_jobs == options.job_index
+
+
 def remove_leftovers(options: BuildOptions) -> None:
-    """What a killed build of this source left: staged ``{source}-*.tar.tmp-*`` files beside the
-    shards (local outputs; S3 uploads are whole or absent) and its workers' temp tars."""
+    """What a killed run of this job left: staged ``{source}-{i}.tar.tmp-*`` files of its own shards
+    beside the shards (local outputs; S3 uploads are whole or absent; other jobs' files are theirs)
+    and its workers' temp tars."""
     if storage.is_local(options.prefix) and os.path.isdir(options.prefix):
         for name in os.listdir(options.prefix):
-            if name.startswith(f'{options.source}-') and '.tar.tmp-' in name:
+            number = name[len(options.source) + 1:].split('.', 1)[0]
+            if (name.startswith(f'{options.source}-') and '.tar.tmp-' in name and number.isdigit()
+                    and owns(options, int(number))):
                 os.unlink(os.path.join(options.prefix, name))
     for path in glob.glob(os.path.join(tempfile.gettempdir(), f'{TEMP_PREFIX}*.tar')):
         pid = os.path.basename(path)[len(TEMP_PREFIX):].split('-', 1)[0]
@@ -158,62 +176,92 @@ def _fingerprint(plan: List[List[Item]]) -> str:
     return h.hexdigest()
 
 
-def build(items: Sequence[Item], options: BuildOptions,
-          classes: Optional[Dict[str, List[str]]] = None) -> BuildReport:
-    """Build (or finish building) the shards of one source under ``options.prefix``."""
-    if not items:
-        raise ValueError(f'source {options.source!r}: no input images')
-    plan = plan_shards(items, options.samples_per_shard, options.max_shard_bytes)
-    build_info = dict(fingerprint=_fingerprint(plan), shards=len(plan), inputs=len(items),
-                      samples_per_shard=options.samples_per_shard, max_shard_bytes=options.max_shard_bytes,
-                      max_side=options.max_side, quality=options.quality, classes=classes or {})
-    index = ShardIndex.load(options.prefix, missing_ok=True, policy=options.retry)
-    previous = index.builds.get(options.source)
-    if previous and previous['fingerprint'] != build_info['fingerprint']:
+def check_build(options: BuildOptions, build_info: dict) -> None:
+    """Every job of a source builds the same plan with the same encoding: the first job's
+    parameters are recorded (first writer wins), the others must match them."""
+    url = f'{source_folder(options.prefix, options.source)}/{BUILD_NAME}'
+    previous = load_build_info(options.prefix, options.source, options.retry)
+    if previous is None:
+        if storage.create_exclusive(url, json.dumps(build_info, indent=1).encode(), options.retry):
+            return
+        previous = load_build_info(options.prefix, options.source, options.retry)
+    if previous['fingerprint'] != build_info['fingerprint']:
         raise ValueError(f'source {options.source!r} under {options.prefix} was built from other inputs or '
                          'shard sizes; resuming would mix two plans. Use a new source name or prefix.')
-    changed = [k for k in ('max_side', 'quality') if previous and previous.get(k) != build_info[k]]
+    changed = [k for k in ('max_side', 'quality') if previous.get(k) != build_info[k]]
     if changed:  # the encoding is part of a build's identity: one source, one encoding
         raise ValueError(f'source {options.source!r} under {options.prefix} was built with '
                          + ', '.join(f'--{k.replace("_", "-")} {previous.get(k)}' for k in changed)
                          + '; resuming with ' + ', '.join(f'--{k.replace("_", "-")} {build_info[k]}' for k in changed)
                          + ' would mix two encodings in one source. Resume with the same options, or use a new '
                          'source name or prefix.')
-    index.builds[options.source] = build_info
+
+
+def own_part(options: BuildOptions) -> Dict[str, ShardEntry]:
+    """The shards this job's index part already lists, with their skipped images."""
+    url = f'{source_folder(options.prefix, options.source)}/shards.{job_tag(options.job_index, options.num_jobs)}.parquet'
+    try:
+        entries = read_part(url, options.source, options.retry)
+    except FileNotFoundError:
+        return {}
+    skipped = read_skipped(options.prefix, options.source, options.job_index, options.num_jobs, options.retry)
+    for e in entries:
+        e.skipped, e.skipped_count = skipped.get(e.name, []), None
+    return {e.name: e for e in entries}
+
+
+def build(items: Sequence[Item], options: BuildOptions,
+          classes: Optional[Dict[str, List[str]]] = None) -> BuildReport:
+    """Build (or finish building) this job's shards of one source under ``options.prefix``."""
+    if not items:
+        raise ValueError(f'source {options.source!r}: no input images')
+    plan = plan_shards(items, options.samples_per_shard, options.max_shard_bytes)
+    build_info = dict(fingerprint=_fingerprint(plan), shards=len(plan), inputs=len(items),
+                      samples_per_shard=options.samples_per_shard, max_shard_bytes=options.max_shard_bytes,
+                      max_side=options.max_side, quality=options.quality, classes=classes or {})
+    check_build(options, build_info)
     remove_leftovers(options)
+    done = load_source(options.prefix, options.source, options.retry)  # every job's parts, older indexes
+    mine = own_part(options)
     todo = [dict(options=options, shard=i, items=shard) for i, shard in enumerate(plan)
-            if shard_name(options.source, i) not in index.shards]
-    done_before = len(plan) - len(todo)
+            if owns(options, i) and shard_name(options.source, i) not in done]
+    done_before = sum(owns(options, i) for i in range(len(plan))) - len(todo)
     written, last_save = 0, time.monotonic()
+
+    def save():
+        save_job_part(options.prefix, options.source, options.job_index, options.num_jobs, list(mine.values()),
+                      options.retry)
     bar = tqdm(total=sum(len(j['items']) for j in todo), unit='img', disable=not options.progress,
-               desc=f'build {options.source}')
+               desc=f'build {options.source} job {options.job_index}/{options.num_jobs}')
     ctx = mp.get_context('spawn')
     try:
         with (ctx.Pool(options.workers) if options.workers > 1 else _InlinePool()) as pool:
             for raw in pool.imap_unordered(write_shard, todo):
                 entry = ShardEntry(**raw)
-                index.add(entry)
+                mine[entry.name] = entry
                 written += 1
                 bar.update(entry.samples + len(entry.skipped))
-                if time.monotonic() - last_save > INDEX_SAVE_INTERVAL_S:
-                    index.save(options.prefix, options.retry)  # progress survives a kill
+                if time.monotonic() - last_save >= options.index_save_s:
+                    save()  # progress survives a kill; the part holds this job's shards only
                     last_save = time.monotonic()
     except BaseException:
         bar.close()
         if written:  # finished shards stay done; the first error is the one reported
             try:
-                index.save(options.prefix, options.retry)
+                save()
             except Exception as exc:
                 log.error('could not save the index of the finished shards either: %s', exc)
         raise
     bar.close()
-    index.save(options.prefix, options.retry)
-    entries = index.shards_of(options.source)
-    skipped = [s for e in entries for s in e.skipped]
+    if written or not mine:
+        save()
+    entries = [e for e in mine.values()]
+    skipped = [s for e in sorted(entries, key=lambda e: e.name) for s in e.skipped]
     for s in skipped:
         log.warning('skipped %s: %s', s['path'], s['reason'])
+    everything = load_source(options.prefix, options.source, options.retry)
     return BuildReport(shards_written=written, shards_skipped_as_done=done_before,
-                       samples=sum(e.samples for e in entries), skipped=skipped)
+                       samples=sum(e.samples for e in everything.values()), skipped=skipped)
 
 
 class _InlinePool:

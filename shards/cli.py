@@ -26,10 +26,12 @@ def _build(args) -> int:
     opts = BuildOptions(prefix=args.output, source=args.source, samples_per_shard=args.samples_per_shard,
                         max_shard_bytes=args.max_shard_bytes, max_side=args.max_side, quality=args.quality,
                         workers=args.workers, progress=not args.no_progress,
-                        retry=storage.RetryPolicy(budget_s=args.retry_budget))
+                        retry=storage.RetryPolicy(budget_s=args.retry_budget),
+                        job_index=args.job_index, num_jobs=args.num_jobs, index_save_s=args.index_save_interval)
     report = build(items, opts, classes)
-    print(f'{args.source}: {report.shards_written} shards written, {report.shards_skipped_as_done} already '
-          f'complete, {report.samples} samples, {len(report.skipped)} images skipped')
+    print(f'{args.source} job {args.job_index} of {args.num_jobs}: {report.shards_written} shards written, '
+          f'{report.shards_skipped_as_done} already complete, {len(report.skipped)} images skipped; '
+          f'{report.samples} samples in the source so far')
     for s in report.skipped:
         print(f'  skipped {s["path"]}: {s["reason"]}')
     return 0
@@ -78,6 +80,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument('--workers', type=int, default=1, help='worker processes')
     b.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     b.add_argument('--no-progress', action='store_true')
+    b.add_argument('--job-index', type=int, default=0,
+                   help='this job of --num-jobs building one source together (e.g. $SLURM_ARRAY_TASK_ID): '
+                        'it writes shards i with i %% num-jobs == job-index and its own index part')
+    b.add_argument('--num-jobs', type=int, default=1, help='jobs building this source (any number of machines)')
+    b.add_argument('--index-save-interval', type=float, default=30.0,
+                   help="seconds between saves of this job's index part: a killed job rewrites at most the "
+                        'shards of the last interval (0: save after every shard)')
     b.set_defaults(func=_build)
     v = sub.add_parser('verify', formatter_class=HelpFormatter, help='check tars, hashes, keys and that every image decodes')
     v.add_argument('prefix')

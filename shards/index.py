@@ -1,17 +1,41 @@
-"""``_index.json``: the list of complete shards. A shard absent from the index does not exist."""
+"""The shard index: which shards are complete. A shard absent from the index does not exist.
+
+Layout beside the shards, one folder per source, written by build jobs that never write the same
+object (README, "Shards": the multi-job protocol)::
+
+    _index/{source}/build.json                          the build's parameters and plan fingerprint
+                                                        (created first-writer-wins; every job checks it)
+    _index/{source}/shards.{job:05d}-of-{jobs:05d}.parquet   the shards that job completed: name,
+                                                        samples, bytes, sha256, human labels per task,
+                                                        skipped count (rewritten by that job alone)
+    _index/{source}/skipped.{job:05d}-of-{jobs:05d}.jsonl    the images it skipped, and why (a report:
+                                                        readers of the stream never fetch it)
+
+A reader of one source lists its folder and reads the job parts (about 40 bytes a shard), once
+per process: the listing (names, sizes, versions) tells a cached copy from a stale one. The
+single ``_index.json`` of older builds is still read, merged with the parts.
+"""
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import storage
 from .naming import shard_stem
 from .safe_files import check_name
 
-INDEX_NAME = '_index.json'
+INDEX_NAME = '_index.json'      # the single-file index of older builds (read, never written)
+INDEX_DIR = '_index'
 INDEX_VERSION = 1
+BUILD_NAME = 'build.json'
+PART_SCHEMA = pa.schema([('name', pa.string()), ('samples', pa.int64()), ('bytes', pa.int64()),
+                         ('sha256', pa.binary(32)), ('tasks', pa.string()), ('skipped', pa.int64())])
 
 
 class IndexError_(ValueError):
@@ -27,43 +51,147 @@ class ShardEntry:
     sha256: str
     tasks: Dict[str, int] = field(default_factory=dict)      # human labels per task in this shard
     skipped: List[dict] = field(default_factory=list)        # [{"id", "path", "reason"}] never written
+    skipped_count: Optional[int] = None                      # when read without the skipped report
 
     @property
     def stem(self) -> str:
         return shard_stem(self.name)
 
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped) if self.skipped_count is None else self.skipped_count
+
+
+def job_tag(job_index: int, num_jobs: int) -> str:
+    return f'{job_index:05d}-of-{num_jobs:05d}'
+
+
+def source_folder(prefix: str, source: str) -> str:
+    return storage.join(prefix, f'{INDEX_DIR}/{check_name(source, "source name")}')
+
+
+# --- one build job's part ----------------------------------------------------------------------
+def save_job_part(prefix: str, source: str, job_index: int, num_jobs: int, entries: List[ShardEntry],
+                  policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> None:
+    """Write the skipped report, then the part that lists the job's shards (readers key on the part)."""
+    folder, tag = source_folder(prefix, source), job_tag(job_index, num_jobs)
+    entries = sorted(entries, key=lambda e: e.name)
+    report = ''.join(json.dumps(dict(s, shard=e.name)) + '\n' for e in entries for s in e.skipped)
+    storage.write_bytes_atomic(f'{folder}/skipped.{tag}.jsonl', report.encode(), policy)
+    table = pa.table(dict(name=[e.name for e in entries], samples=[e.samples for e in entries],
+                          bytes=[e.bytes for e in entries], sha256=[bytes.fromhex(e.sha256) for e in entries],
+                          tasks=[json.dumps(e.tasks, sort_keys=True) for e in entries],
+                          skipped=[e.num_skipped for e in entries]), schema=PART_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression='zstd')
+    storage.write_bytes_atomic(f'{folder}/shards.{tag}.parquet', buf.getvalue(), policy)
+
+
+def read_part(url: str, source: str, policy: storage.RetryPolicy, data: Optional[bytes] = None) -> List[ShardEntry]:
+    table = pq.ParquetFile(io.BytesIO(storage.read_bytes(url, policy) if data is None else data)).read()
+    if table.schema != PART_SCHEMA:
+        raise IndexError_(f'{url}: not a shard index part of this version (schema {table.schema})')
+    # Names from storage are data: a crafted part must not point a reader or writer elsewhere.
+    return [ShardEntry(name=check_name(r['name'], f'shard name in {url}'), source=source, samples=r['samples'],
+                       bytes=r['bytes'], sha256=r['sha256'].hex(), tasks=json.loads(r['tasks']),
+                       skipped_count=r['skipped']) for r in table.to_pylist()]
+
+
+def read_skipped(prefix: str, source: str, job_index: int, num_jobs: int,
+                 policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> Dict[str, List[dict]]:
+    """The skipped report of one job part: shard name -> skipped images."""
+    url = f'{source_folder(prefix, source)}/skipped.{job_tag(job_index, num_jobs)}.jsonl'
+    try:
+        lines = storage.read_bytes(url, policy).decode().splitlines()
+    except FileNotFoundError:
+        return {}
+    out: Dict[str, List[dict]] = {}
+    for line in lines:
+        record = json.loads(line)
+        out.setdefault(record.pop('shard'), []).append(record)
+    return out
+
+
+# --- reading a source ------------------------------------------------------------------------
+_CACHE: Dict[tuple, tuple] = {}   # (prefix, source) -> (listing signature, entries)
+
+
+def _legacy(prefix: str, policy: storage.RetryPolicy) -> Optional[dict]:
+    """The single ``_index.json`` of older builds, or None."""
+    url = storage.join(prefix, INDEX_NAME)
+    try:
+        raw = storage.read_bytes(url, policy)
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise IndexError_(f'{url} is not valid JSON: {exc}') from None
+    if doc.get('version') != INDEX_VERSION:
+        raise IndexError_(f'{url} has version {doc.get("version")!r}; this code reads version {INDEX_VERSION}')
+    doc['shards'] = {check_name(s['name'], f'shard name in {url}'): ShardEntry(**s) for s in doc['shards']}
+    return doc
+
+
+def load_source(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY
+                ) -> Dict[str, ShardEntry]:
+    """The complete shards of one source (name -> entry): every job's part, and an older build's
+    ``_index.json``. Cached per process; one LIST tells whether the cache is current."""
+    folder = source_folder(prefix, source)
+    listing = storage.list_details(folder, policy)
+    parts = sorted(n for n in listing if n.startswith('shards.') and n.endswith('.parquet'))
+    signature = tuple((n, listing[n]) for n in parts)
+    cached = _CACHE.get((prefix, source))
+    if cached is not None and cached[0] == signature:
+        return dict(cached[1])
+    entries: Dict[str, ShardEntry] = {}
+    urls = [f'{folder}/{name}' for name in parts]
+    for url, data in zip(urls, storage.read_many(urls, policy) if urls else []):  # concurrent GETs on S3
+        for entry in read_part(url, source, policy, data):
+            entries[entry.name] = entry
+    legacy = _legacy(prefix, policy)  # one request where there is none
+    for name, entry in (legacy or {}).get('shards', {}).items():
+        if entry.source == source:
+            entries.setdefault(name, entry)
+    _CACHE[(prefix, source)] = (signature, entries)
+    return dict(entries)
+
+
+def load_build_info(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY
+                    ) -> Optional[dict]:
+    try:
+        return json.loads(storage.read_bytes(f'{source_folder(prefix, source)}/{BUILD_NAME}', policy))
+    except FileNotFoundError:
+        legacy = _legacy(prefix, policy)
+        return (legacy or {}).get('builds', {}).get(source)
+
+
+def list_sources(prefix: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[str]:
+    sources = set(storage.list_names(storage.join(prefix, INDEX_DIR), policy))
+    legacy = _legacy(prefix, policy)
+    sources |= {e.source for e in (legacy or {}).get('shards', {}).values()}
+    return sorted(sources)
+
 
 @dataclass
 class ShardIndex:
+    """Every source under a prefix, merged (for the tools: stat, verify, validate, import)."""
     shards: Dict[str, ShardEntry] = field(default_factory=dict)
     builds: Dict[str, dict] = field(default_factory=dict)    # per source: the parameters it was built with
 
-    # --- reading and writing -----------------------------------------------------------------
     @classmethod
     def load(cls, prefix: str, missing_ok: bool = False,
              policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> 'ShardIndex':
-        url = storage.join(prefix, INDEX_NAME)
-        try:
-            raw = storage.read_bytes(url, policy)
-        except FileNotFoundError:
-            if missing_ok:
-                return cls()
-            raise IndexError_(f'{url} not found: no shards were ever completed under {prefix}') from None
-        try:
-            doc = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise IndexError_(f'{url} is not valid JSON: {exc}') from None
-        if doc.get('version') != INDEX_VERSION:
-            raise IndexError_(f'{url} has version {doc.get("version")!r}; this code reads version {INDEX_VERSION}')
-        # Names from storage are data: a crafted index must not point a reader or writer elsewhere.
-        shards = {check_name(s['name'], f'shard name in {url}'): ShardEntry(**s) for s in doc['shards']}
-        return cls(shards=shards, builds=doc.get('builds', {}))
-
-    def save(self, prefix: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> None:
-        doc = dict(version=INDEX_VERSION, totals=self.totals(), builds=self.builds,
-                   shards=[asdict(self.shards[n]) for n in sorted(self.shards)])
-        storage.write_bytes_atomic(storage.join(prefix, INDEX_NAME),
-                                   json.dumps(doc, indent=1).encode(), policy)
+        index = cls()
+        for source in list_sources(prefix, policy):
+            index.shards.update(load_source(prefix, source, policy))
+            info = load_build_info(prefix, source, policy)
+            if info is not None:
+                index.builds[source] = info
+        if not index.shards and not missing_ok:
+            raise IndexError_(f'no shard index under {prefix} ({INDEX_DIR}/ or {INDEX_NAME}): '
+                              f'no shards were ever completed there')
+        return index
 
     # --- queries ---------------------------------------------------------------------------
     def add(self, entry: ShardEntry) -> None:
@@ -85,5 +213,5 @@ class ShardIndex:
                 tasks.update(e.tasks)
             out[src] = dict(shards=len(entries), samples=sum(e.samples for e in entries),
                             bytes=sum(e.bytes for e in entries),
-                            skipped=sum(len(e.skipped) for e in entries), tasks=dict(sorted(tasks.items())))
+                            skipped=sum(e.num_skipped for e in entries), tasks=dict(sorted(tasks.items())))
         return out

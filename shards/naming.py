@@ -18,6 +18,14 @@ def shard_stem(name: str) -> str:
     return name[:-len(SHARD_SUFFIX)] if name.endswith(SHARD_SUFFIX) else name
 
 
+def shard_source(name: str) -> str:
+    """``in1k-000012.tar`` -> ``in1k`` (source names hold no "-")."""
+    stem = shard_stem(name)
+    if '-' not in stem:
+        raise ValueError(f'shard {name!r} is not named {{source}}-{{number}}{SHARD_SUFFIX}')
+    return stem.rsplit('-', 1)[0]
+
+
 def sample_key(source: str, shard: int, index: int) -> str:
     return f'{source}/{shard:06d}/{index:06d}'
 

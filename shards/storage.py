@@ -12,7 +12,7 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple, TypeVar
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import fsspec
 
@@ -125,8 +125,10 @@ def resumable_items(url: str, items: Callable[[BinaryIO, int], Iterator[T]], pol
 def _storage_options(url: str) -> dict:
     if url.startswith('s3://'):
         # Quick attempts inside botocore (s3fs adds ~2 s of its own); the budget above does the waiting.
+        # No listings cache: other processes (build and labeling jobs) write under the same
+        # prefixes, and s3fs answers "not found" from a stale cached listing.
         return dict(config_kwargs=dict(connect_timeout=5, read_timeout=60,
-                                                  retries={'max_attempts': 1}))
+                                                  retries={'max_attempts': 1}), use_listings_cache=False)
     return {}
 
 
@@ -260,6 +262,18 @@ def list_names(prefix: str, policy: RetryPolicy = DEFAULT_RETRY) -> list[str]:
     # refresh: s3fs would otherwise answer from its listing cache, blind to other processes' writes.
     return sorted(os.path.basename(p.rstrip('/'))
                   for p in with_retries(lambda: fs.ls(path, detail=False, refresh=True), f'listing {prefix}', policy))
+
+
+def list_details(prefix: str, policy: RetryPolicy = DEFAULT_RETRY) -> Dict[str, tuple]:
+    """name -> (size, version) of the objects under ``prefix`` (version: ETag on S3, mtime on disk),
+    in one listing: enough to tell whether a cached copy of them is current."""
+    fs, path = filesystem(prefix)
+    try:
+        infos = with_retries(lambda: fs.ls(path, detail=True, refresh=True), f'listing {prefix}', policy)
+    except FileNotFoundError:
+        return {}
+    return {os.path.basename(i['name'].rstrip('/')): (i.get('size'), i.get('ETag') or i.get('mtime')
+                                                      or str(i.get('LastModified'))) for i in infos}
 
 
 def worker_start_method(urls) -> Optional[str]:

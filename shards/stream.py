@@ -17,7 +17,8 @@ from braceexpand import braceexpand
 from . import plan as P
 from . import storage
 from .images import IMAGE_EXTS, BadImage, decode_rgb
-from .index import ShardIndex
+from .index import INDEX_DIR, load_source
+from .naming import shard_source
 from .reader import iter_shard_samples
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One source: ``url`` is a prefix holding ``_index.json`` or a brace pattern of its shards."""
+    """One source: ``url`` is a prefix holding the shard index (``_index/``) or a brace pattern of its shards."""
     name: str
     url: str
     weight: Optional[float] = None
@@ -59,7 +60,7 @@ def check_shards_present(urls, retry: storage.RetryPolicy = storage.DEFAULT_RETR
         present = set(storage.list_names(prefix, retry))
         missing = [n for n in names if n not in present]
         if missing:
-            raise FileNotFoundError(f'{len(missing)} shard(s) listed in {prefix}/_index.json are missing from storage, '
+            raise FileNotFoundError(f'{len(missing)} shard(s) listed in {prefix}/{INDEX_DIR} are missing from storage, '
                                     f'e.g. {storage.join(prefix, missing[0])}; rerun the build that wrote them '
                                     '(it writes only what is missing) or restore them')
 
@@ -69,17 +70,21 @@ def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
     if spec.url.endswith('.tar'):
         urls = list(braceexpand(spec.url))
         prefix = urls[0].rsplit('/', 1)[0]
-        index = ShardIndex.load(prefix, policy=retry)
-        missing = [u for u in urls if u.rsplit('/', 1)[1] not in index.shards]
+        listed = {}
+        for source in sorted({shard_source(u.rsplit('/', 1)[1]) for u in urls}):
+            listed.update(load_source(prefix, source, retry))
+        missing = [u for u in urls if u.rsplit('/', 1)[1] not in listed]
         if missing:
-            raise ValueError(f'source {spec.name!r}: {len(missing)} shards are not in {prefix}/_index.json '
+            raise ValueError(f'source {spec.name!r}: {len(missing)} shards are not in the index under {prefix} '
                              f'(incomplete or absent), e.g. {missing[0]}')
-        entries = [index.shards[u.rsplit('/', 1)[1]] for u in urls]
+        entries = [listed[u.rsplit('/', 1)[1]] for u in urls]
     else:
         prefix = spec.url.rstrip('/')
-        entries = ShardIndex.load(prefix, policy=retry).shards_of(spec.name)
+        listed = load_source(prefix, spec.name, retry)
+        entries = [listed[n] for n in sorted(listed)]
         if not entries:
-            raise ValueError(f'source {spec.name!r}: no shards of that source in {prefix}/_index.json')
+            raise ValueError(f'source {spec.name!r}: no shards of that source in the index under {prefix} '
+                             f'({INDEX_DIR}/{spec.name}/)')
         urls = [storage.join(prefix, e.name) for e in entries]
     return urls, entries
 

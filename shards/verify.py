@@ -9,7 +9,7 @@ from typing import Dict, List
 
 from . import storage
 from .images import IMAGE_EXTS, BadImage, decode_rgb
-from .index import INDEX_NAME, ShardIndex
+from .index import INDEX_DIR, ShardIndex
 from .naming import split_member
 
 
@@ -41,7 +41,7 @@ def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storag
         try:
             data = storage.read_bytes(url, retry)
         except FileNotFoundError:
-            faults.append(f'{entry.name}: listed in {INDEX_NAME} but missing')
+            faults.append(f'{entry.name}: listed in the index ({INDEX_DIR}/) but missing')
             continue
         if len(data) != entry.bytes:
             faults.append(f'{entry.name}: {len(data)} bytes, index says {entry.bytes}')

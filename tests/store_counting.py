@@ -15,16 +15,22 @@ class CountingStorage:
     def __init__(self, monkeypatch):
         self.ops = Counter()
         real = {name: getattr(storage, name) for name in
-                ('list_names', 'read_bytes', 'read_many', 'write_bytes_atomic', 'create_exclusive', 'exists')}
+                ('list_names', 'list_details', 'read_bytes', 'read_many', 'write_bytes_atomic', 'create_exclusive',
+                 'exists')}
 
         def list_names(prefix, *a, **k):
             names = real['list_names'](prefix, *a, **k)
             self.ops['LIST'] += max(1, math.ceil(len(names) / S3_LIST_PAGE))
             return names
 
+        def list_details(prefix, *a, **k):
+            details = real['list_details'](prefix, *a, **k)
+            self.ops['LIST'] += max(1, math.ceil(len(details) / S3_LIST_PAGE))
+            return details
+
         def read_bytes(url, *a, **k):
+            self.ops['GET'] += 1  # a GET of a missing object is a request too
             data = real['read_bytes'](url, *a, **k)
-            self.ops['GET'] += 1
             self.ops['bytes_read'] += len(data)
             return data
 
@@ -44,7 +50,7 @@ class CountingStorage:
             self.ops['HEAD'] += 1
             return real['exists'](url, *a, **k)
 
-        for name, fn in dict(list_names=list_names, read_bytes=read_bytes, read_many=read_many, exists=exists,
+        for name, fn in dict(list_names=list_names, list_details=list_details, read_bytes=read_bytes, read_many=read_many, exists=exists,
                              write_bytes_atomic=counted_put('write_bytes_atomic'),
                              create_exclusive=counted_put('create_exclusive')).items():
             monkeypatch.setattr(storage, name, fn)

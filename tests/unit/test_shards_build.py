@@ -1,6 +1,7 @@
 """Building, verifying and counting shards on local disk."""
 import io
 import json
+from pathlib import Path
 
 import pytest
 import webdataset as wds
@@ -9,7 +10,7 @@ from helpers import rewrite_tar_member, write_image
 from shards import build as build_mod
 from shards.build import BuildOptions, build
 from shards.cli import main as cli
-from shards.index import ShardIndex
+from shards.index import ShardIndex, save_job_part
 from shards.inputs import Item, filelist_items, imagefolder_items, unlabeled_items
 from shards.verify import verify
 
@@ -54,8 +55,10 @@ def test_skip_reasons_are_deterministic_so_identical_builds_give_identical_index
     (root / 'html.jpg').write_bytes(b'<html>not an image</html>')
     for out in ('a', 'b'):
         build_tree(tmp_path / 'in', tmp_path / out)
-    assert (tmp_path / 'a' / '_index.json').read_bytes() == (tmp_path / 'b' / '_index.json').read_bytes()
-    assert ' at 0x' not in (tmp_path / 'a' / '_index.json').read_text()
+    index = Path('_index') / 'zoo'
+    for name in ('shards.00000-of-00001.parquet', 'skipped.00000-of-00001.jsonl', 'build.json'):
+        assert (tmp_path / 'a' / index / name).read_bytes() == (tmp_path / 'b' / index / name).read_bytes(), name
+    assert ' at 0x' not in (tmp_path / 'a' / index / 'skipped.00000-of-00001.jsonl').read_text()
 
 
 def test_corrupt_files_are_skipped_and_listed_odd_images_are_kept(tmp_path):
@@ -155,10 +158,9 @@ def test_verify_names_every_fault(image_tree, tmp_path, capsys):
     index = ShardIndex.load(str(out))                                        # a duplicate key
     dup = index.shards['zoo-000003.tar']
     (out / 'zoo-000099.tar').write_bytes((out / 'zoo-000003.tar').read_bytes())
-    index.add(type(dup)(**{**dup.__dict__, 'name': 'zoo-000099.tar'}))
-    index.save(str(out))
+    save_job_part(str(out), 'zoo', 1, 2, [type(dup)(**{**dup.__dict__, 'name': 'zoo-000099.tar'})])  # another job's
     faults = '\n'.join(verify(str(out)))
-    assert 'zoo-000000.tar: listed in _index.json but missing' in faults
+    assert 'zoo-000000.tar: listed in the index (_index/) but missing' in faults
     assert 'zoo-000001.tar' in faults and 'bytes' in faults
     assert 'zoo-000002.tar: sample zoo/000002/000001 image does not decode' in faults
     assert 'key zoo/000003/000000 also in' in faults

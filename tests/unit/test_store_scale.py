@@ -72,3 +72,19 @@ def test_commit_names_stay_within_a_file_name(tmp_path):
     record = dict(stem='places365-' + 'x' * 60 + '-000123', rows=1_000_000, sha256='f' * 64, kind='teacher',
                   human=999_999, pseudo=1, teacher_id='a' * 16)
     assert commit_name(record).endswith(COMMIT_SUFFIX) and len(commit_name(record)) <= 255
+
+
+def test_resolving_a_source_reads_its_job_parts_once_per_process(tmp_path, counting):
+    from shards.index import ShardEntry, save_job_part
+    from shards.stream import SourceSpec, resolve_source
+    jobs, per_job = 64, 300
+    for job in range(jobs):
+        save_job_part(str(tmp_path), 'yfcc', job, jobs, [
+            ShardEntry(name=f'yfcc-{i:06d}.tar', source='yfcc', samples=1000, bytes=10 ** 8,
+                       sha256=hashlib.sha256(b'%d' % i).hexdigest(), skipped=[{'id': 'x', 'path': 'x', 'reason': 'r'}])
+            for i in range(job, jobs * per_job, jobs)])
+    first = counting.during(lambda: resolve_source(SourceSpec('yfcc', str(tmp_path))))
+    assert first['GET'] == jobs + 1                  # the job parts, and the probe for an older _index.json
+    assert first['bytes_read'] < 45 * jobs * per_job  # ~40 bytes a shard; skipped reports not read
+    again = counting.during(lambda: resolve_source(SourceSpec('yfcc', str(tmp_path))))
+    assert again['GET'] == 0 and again['LIST'] == 1  # cached: one listing says nothing changed

@@ -128,6 +128,14 @@ def test_crafted_shard_name_in_an_index_is_refused_before_use(tmp_path, name):
         ShardIndex.load(str(tmp_path))
 
 
+@pytest.mark.parametrize('name', ['../../escape.tar', '/etc/passwd', 'a/b.tar'])
+def test_crafted_shard_name_in_a_job_index_part_is_refused_before_use(tmp_path, name):
+    from shards.index import ShardEntry, save_job_part
+    save_job_part(str(tmp_path), 's', 0, 1, [ShardEntry(name=name, source='s', samples=1, bytes=1, sha256='0' * 64)])
+    with pytest.raises(ValueError, match='shard name'):
+        ShardIndex.load(str(tmp_path))
+
+
 def _store(tmp_path):
     (tmp_path / 'tasks.json').write_text(json.dumps({'toy': ['a', 'b']}))
     return LabelStore(str(tmp_path / 'store'), TaskRegistry.from_json(str(tmp_path / 'tasks.json')))
