@@ -119,6 +119,19 @@ def parts_from_parquet(data: bytes, where: str) -> Dict[str, dict]:
     return parts
 
 
+_PARTS_TABLES: Dict[str, Dict[str, dict]] = {}   # url -> parts; a table's name is never reused
+
+
+def read_parts_table(url: str, retry: storage.RetryPolicy) -> Dict[str, dict]:
+    """A parts table, read once per process: a table is immutable under its name (time and hash),
+    so DataLoader workers forked after the trainer's start-up checks read none again."""
+    if url not in _PARTS_TABLES:
+        if len(_PARTS_TABLES) >= 16:
+            _PARTS_TABLES.pop(next(iter(_PARTS_TABLES)))
+        _PARTS_TABLES[url] = parts_from_parquet(storage.read_bytes(url, retry), url)
+    return _PARTS_TABLES[url]
+
+
 def winning_record(records: List[dict], task_teacher: Optional[str]) -> dict:
     """One shard's record when several were committed (racing jobs, a relabel, a human import
     and a teacher run), the same for every reader: a record of the task's current teacher (or a
@@ -317,7 +330,7 @@ class LabelStore:
                     break
                 url = f'{self._task_dir(task)}/_manifests/{check_name(table, "parts table in _task.json")}'
                 try:
-                    header['parts'] = parts_from_parquet(storage.read_bytes(url, self.retry), url)
+                    header['parts'] = dict(read_parts_table(url, self.retry))
                     break
                 except FileNotFoundError:  # replaced and collected since we read _task.json: read it again
                     continue

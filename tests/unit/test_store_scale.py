@@ -61,11 +61,16 @@ def test_a_training_rank_start_up_reads_a_compact_manifest_and_one_rank_lists_th
     store = synthetic_store(tmp_path, parts)
     store.refresh_manifest('in1k')
     head = type('TaskConfig', (), dict(num_classes=1000, class_map_version=None))()
+    from labeling import store as store_module
     for main in (True, False):
+        store_module._PARTS_TABLES.clear()              # a fresh process
         ops = counting.during(lambda: check_store_tasks(str(tmp_path), {'in1k': head}, None, list_commits=main))
         assert ops['GET'] == 2                         # _task.json and the parts table it names
         assert ops['LIST'] == (math.ceil(parts / S3_LIST_PAGE) if main else 0)
         assert ops['bytes_read'] < 45 * parts + 20_000  # ~42 bytes a part (JSON inline took ~250)
+    # A DataLoader worker forked afterwards (or any later reader in the process): _task.json only.
+    again = counting.during(lambda: LabelStore(str(tmp_path), TaskRegistry()).manifest('in1k'))
+    assert again['GET'] == 1 and again['bytes_read'] < 20_000
 
 
 def test_commit_names_stay_within_a_file_name(tmp_path):
