@@ -5,8 +5,10 @@ implementation present, in one run: forward, input-gradient and weight-gradient 
 CUDA-event timings), and the layer's floor — the larger of its bytes moved at the card's measured
 copy bandwidth and its nominal multiply-adds at the card's measured bf16 matmul rate. The
 implementations: ``cudnn`` (``F.conv2d`` / ``aten.convolution_backward`` with
-``cudnn.benchmark=True``) and ``triton`` (``pretrain.models.lk_conv``), checked against each other
-before timing. ratio = cudnn time / triton time (above 1: Triton is faster). It then times XL's
+``cudnn.benchmark=True``), ``triton`` (our direct kernels, ``pretrain.models.lk_conv``) and, on maps
+of at most 1024 pixels, ``toeplitz`` (our banded-matrix forward and input gradient on tensor cores,
+the direct weight gradient), all checked against cuDNN before timing. ratio = cudnn time / the
+faster Triton algorithm's time (above 1: Triton is faster). It then times XL's
 whole training step (bf16 autocast, channels-last, AdamW) with ``lk_impl='native'`` and ``'auto'``.
 
     python bench/lk_conv.py                      # on a GPU; one JSON line at the end
@@ -94,14 +96,17 @@ def passes(impl: str, x, w, dy):
         return dict(fwd=lambda: F.conv2d(x, w, None, 1, k // 2, 1, c),
                     dgrad=backward([True, False, False]), wgrad=backward([False, True, False]))
     from pretrain.models import lk_conv
-    return dict(fwd=lambda: lk_conv.depthwise_forward(x, w),
-                dgrad=lambda: lk_conv.depthwise_input_grad(dy, w),
+    algorithm = 'toeplitz' if impl == 'toeplitz' else 'direct'
+    return dict(fwd=lambda: lk_conv.depthwise_forward(x, w, None, algorithm),
+                dgrad=lambda: lk_conv.depthwise_input_grad(dy, w, algorithm),
                 wgrad=lambda: lk_conv.depthwise_weight_grad(x, dy, k))
 
 
-def available_impls(device) -> list:
+def available_impls(device, size: int) -> list:
     from pretrain.models import lk_conv
-    return ['cudnn', 'triton'] if lk_conv.triton_supported(device) else ['cudnn']
+    if not lk_conv.triton_supported(device):
+        return ['cudnn']
+    return ['cudnn', 'triton'] + (['toeplitz'] if size * size <= lk_conv.TOEPLITZ_MAX_PIXELS else [])
 
 
 def max_rel_error(impl_passes: dict, ref_passes: dict) -> float:
@@ -125,17 +130,21 @@ def bench_layer(layer, batch: int, device, dtype, rates: dict, reps: int) -> dic
     w = torch.randn(c, 1, k, k, device=device, dtype=dtype, generator=gen) / k
     row = dict(model=model, stage=stage, channels=c, kernel=k, size=hw, batch=batch,
                floor_ms=floors_ms(batch, c, k, hw, rates))
-    impls = {impl: passes(impl, x, w, dy) for impl in available_impls(device)}
-    if 'triton' in impls:
-        row['triton_vs_cudnn_rel_error'] = err = max_rel_error(impls['triton'], impls['cudnn'])
-        if err > MAX_REL_ERROR[str(dtype).replace('torch.', '')]:
-            raise SystemExit(f'lk_conv: the Triton kernel disagrees with cuDNN on {layer} at batch {batch}: '
-                             f'relative error {err:.2e}')
+    impls = {impl: passes(impl, x, w, dy) for impl in available_impls(device, hw)}
+    for impl in impls:
+        if impl != 'cudnn':
+            row[f'{impl}_vs_cudnn_rel_error'] = err = max_rel_error(impls[impl], impls['cudnn'])
+            if err > MAX_REL_ERROR[str(dtype).replace('torch.', '')]:
+                raise SystemExit(f'lk_conv: {impl} disagrees with cuDNN on {layer} at batch {batch}: '
+                                 f'relative error {err:.2e}')
     for impl, fns in impls.items():
         row[impl] = {p: round(timed(fn, device, reps), 4) for p, fn in fns.items()}
         row[impl]['total'] = round(sum(row[impl].values()), 4)
-    if 'triton' in row:
-        row['ratio'] = {p: round(row['cudnn'][p] / row['triton'][p], 2) for p in row['cudnn']}
+    ours = [i for i in ('triton', 'toeplitz') if i in row]
+    if ours:
+        best = min(ours, key=lambda i: row[i]['total'])
+        row['best_triton'] = 'direct' if best == 'triton' else 'toeplitz'
+        row['ratio'] = {p: round(row['cudnn'][p] / row[best][p], 2) for p in row['cudnn']}
     floor_total = sum(row['floor_ms'].values())
     row['cudnn_over_floor'] = round(row['cudnn']['total'] / floor_total, 2)
     return row
@@ -166,15 +175,20 @@ def whole_step(lk_impl: str, batch: int, size: int, steps: int, device, tiny: bo
 
 
 def write_table(rows: list, device_name: str, dtype: str) -> dict:
-    """Record, for lk_impl='auto', the shapes where Triton's three passes beat cuDNN's at every batch."""
-    from pretrain.models.lk_impl import MEASURED_TABLE
-    by_shape = {}
-    for row in rows:
-        if 'triton' in row:
-            shape = (row['channels'], row['kernel'], row['size'], row['size'])
-            by_shape.setdefault(shape, []).append(row['triton']['total'] < row['cudnn']['total'])
-    faster = sorted(list(shape) for shape, wins in by_shape.items() if all(wins))
+    """Record, for lk_impl='auto', the shapes where Triton's three passes beat cuDNN's at every batch,
+    with the algorithm that was faster at the largest batch."""
+    from pretrain.models.lk_impl import MEASURED_TABLE, TABLE_FORMAT, shape_key
+    wins, algorithm = {}, {}
+    for row in sorted(rows, key=lambda r: r['batch']):
+        if 'best_triton' in row:
+            key = shape_key(row['channels'], row['kernel'], row['size'], row['size'])
+            best = row['triton' if row['best_triton'] == 'direct' else 'toeplitz']['total']
+            wins.setdefault(key, []).append(best < row['cudnn']['total'])
+            algorithm[key] = row['best_triton']
+    faster = {key: algorithm[key] for key in sorted(wins) if all(wins[key])}
     table = json.loads(MEASURED_TABLE.read_text())
+    if table.get('format') != TABLE_FORMAT:
+        table = dict(format=TABLE_FORMAT, about=table.get('about', ''), devices={})
     table.setdefault('devices', {}).setdefault(device_name, {})[dtype] = faster
     MEASURED_TABLE.write_text(json.dumps(table, indent=2) + '\n')
     return dict(table=str(MEASURED_TABLE), device=device_name, dtype=dtype, faster=faster)
@@ -207,7 +221,7 @@ def main(argv=None) -> dict:
             print(f"{row['model']:>4} s{row['stage']} C={row['channels']:<5} k={row['kernel']:<3} "
                   f"{row['size']:>2}px N={batch:<3} floor={sum(row['floor_ms'].values()):8.3f} ms  "
                   + '  '.join(f"{i} {row[i]['fwd']:.3f}/{row[i]['dgrad']:.3f}/{row[i]['wgrad']:.3f}"
-                              for i in ('cudnn', 'triton') if i in row)
+                              for i in ('cudnn', 'triton', 'toeplitz') if i in row)
                   + (f"  ratio {row['ratio']}" if 'ratio' in row else ''), flush=True)
     device_name = 'cpu (dry run)' if args.cpu_dry_run else torch.cuda.get_device_name()
     summary = dict(bench='lk_conv', device=device_name, torch=torch.__version__,

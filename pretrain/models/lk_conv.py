@@ -14,11 +14,14 @@ import torch
 
 try:
     import triton
-    from .lk_conv_kernels import depthwise_fwd_kernel, depthwise_wgrad_kernel
+    from .lk_conv_kernels import depthwise_fwd_kernel, depthwise_toeplitz_fwd_kernel, depthwise_wgrad_kernel
 except ImportError:  # triton is optional; 'native' needs none of this module
     triton = None
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+ALGORITHMS = ('direct', 'toeplitz')   # toeplitz: maps of at most TOEPLITZ_MAX_PIXELS pixels
+TOEPLITZ_MAX_PIXELS = 1024
+TOEPLITZ_TILE = dict(BLOCK_N=32, BLOCK_S=64, BLOCK_K=32)
 BLOCK_W, BLOCK_C = 16, 32            # the tiles under the interpreter (and the first GPU candidates)
 WGRAD_BLOCK_W, WGRAD_BLOCK_C = 8, 32
 WGRAD_TARGET_PROGRAMS = 1024   # enough programs to fill 132 SMs several times over
@@ -92,10 +95,26 @@ def empty_partials(shape, device) -> torch.Tensor:
     return torch.empty(shape, device=device, dtype=torch.float32)
 
 
-def run_forward(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def check_algorithm(algorithm: str, x: torch.Tensor) -> None:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f'algorithm {algorithm!r} is not one of {ALGORITHMS}')
+    if algorithm == 'toeplitz' and x.shape[-1] * x.shape[-2] > TOEPLITZ_MAX_PIXELS:
+        raise ValueError(f"algorithm 'toeplitz' is for maps of at most {TOEPLITZ_MAX_PIXELS} pixels; "
+                         f'got {tuple(x.shape[-2:])}')
+
+
+def run_forward(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor],
+                algorithm: str = 'direct') -> torch.Tensor:
     n, c, h, w = x.shape
     k = taps.shape[0]
     y = empty_output(x)
+    if algorithm == 'toeplitz':
+        tile = TOEPLITZ_TILE
+        grid = (c, triton.cdiv(n, tile['BLOCK_N']), triton.cdiv(h * w, tile['BLOCK_S']))
+        depthwise_toeplitz_fwd_kernel[grid](
+            x, taps, bias if bias is not None else taps, y, n, c, h, w, *x.stride(), *y.stride(), K=k,
+            HAS_BIAS=bias is not None, UPCAST=interpreting(), IEEE=x.dtype == torch.float32, **tile)
+        return y
 
     def grid(meta):
         return n * h, triton.cdiv(w, meta['BLOCK_W']), triton.cdiv(c, meta['BLOCK_C'])
@@ -105,16 +124,19 @@ def run_forward(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor
 
 
 @torch.library.custom_op('replk::depthwise_conv', mutates_args=())
-def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   algorithm: str = 'direct') -> torch.Tensor:
     check_inputs(x, weight)
-    return run_forward(x, kernel_taps_last(weight), None if bias is None else bias.contiguous())
+    check_algorithm(algorithm, x)
+    return run_forward(x, kernel_taps_last(weight), None if bias is None else bias.contiguous(), algorithm)
 
 
 @torch.library.custom_op('replk::depthwise_conv_input_grad', mutates_args=())
-def depthwise_conv_input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def depthwise_conv_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, algorithm: str = 'direct') -> torch.Tensor:
     """Stride 1 and padding k//2: the transposed convolution is the convolution with the kernel flipped."""
     check_inputs(grad_out, weight)
-    return run_forward(grad_out, kernel_taps_last(weight, flip=True), None)
+    check_algorithm(algorithm, grad_out)
+    return run_forward(grad_out, kernel_taps_last(weight, flip=True), None, algorithm)
 
 
 @torch.library.custom_op('replk::depthwise_conv_weight_grad', mutates_args=())
@@ -135,12 +157,12 @@ def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_s
 
 
 @depthwise_conv.register_fake
-def _(x, weight, bias):
+def _(x, weight, bias, algorithm='direct'):
     return torch.empty_like(x)
 
 
 @depthwise_conv_input_grad.register_fake
-def _(grad_out, weight):
+def _(grad_out, weight, algorithm='direct'):
     return torch.empty_like(grad_out)
 
 
@@ -150,33 +172,33 @@ def _(x, grad_out, kernel_size):
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias = inputs
+    x, weight, bias, algorithm = inputs
     ctx.save_for_backward(x, weight)
-    ctx.has_bias = bias is not None
+    ctx.has_bias, ctx.algorithm = bias is not None, algorithm
 
 
 def _backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
-        grad_x = depthwise_conv_input_grad(grad_out, weight)
+        grad_x = depthwise_conv_input_grad(grad_out, weight, ctx.algorithm)
     if ctx.needs_input_grad[1]:
         grad_w = depthwise_conv_weight_grad(x, grad_out, weight.shape[-1])
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_b = grad_out.sum((0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
-    return grad_x, grad_w, grad_b
+    return grad_x, grad_w, grad_b, None
 
 
 depthwise_conv.register_autograd(_backward, setup_context=_setup_context)
 
 
 # The three passes by name, as bench/lk_conv.py times them.
-def depthwise_forward(x, weight, bias=None):
-    return depthwise_conv(x, weight, bias)
+def depthwise_forward(x, weight, bias=None, algorithm='direct'):
+    return depthwise_conv(x, weight, bias, algorithm)
 
 
-def depthwise_input_grad(grad_out, weight):
-    return depthwise_conv_input_grad(grad_out, weight)
+def depthwise_input_grad(grad_out, weight, algorithm='direct'):
+    return depthwise_conv_input_grad(grad_out, weight, algorithm)
 
 
 def depthwise_weight_grad(x, grad_out, kernel_size):

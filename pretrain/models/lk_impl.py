@@ -3,10 +3,12 @@
 - ``native``: ``nn.Conv2d`` (cuDNN on GPUs), the default.
 - ``triton``: our Triton kernels (``pretrain.models.lk_conv``) everywhere; an error where they
   cannot run (CPU without ``TRITON_INTERPRET=1``, an unsupported dtype), never a quiet fallback.
+  The algorithm per shape (``direct`` or ``toeplitz``) is the measured winner on this card where
+  there is one, else ``direct``.
 - ``auto``: the Triton kernels on CUDA for the layer shapes where ``bench/lk_conv.py`` measured
   them faster than cuDNN on this very card (``lk_conv_measured.json``, written by
-  ``bench/lk_conv.py --write-table``), ``nn.Conv2d`` everywhere else (CPU, another dtype, no
-  Triton, no measurement for this card or shape); it logs each choice once.
+  ``bench/lk_conv.py --write-table``, with the faster algorithm), ``nn.Conv2d`` everywhere else
+  (CPU, another dtype, no Triton, no measurement for this card or shape); it logs each choice once.
 
 Every module here is an ``nn.Conv2d`` (weight ``[C, 1, k, k]``, bias ``[C]``), so state dicts,
 official checkpoints, re-parameterization and export are the same whichever runs.
@@ -38,7 +40,9 @@ class TritonDepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .lk_conv import depthwise_conv
-        return depthwise_conv(*autocast_inputs(x, self.weight, self.bias))
+        x, weight, bias = autocast_inputs(x, self.weight, self.bias)
+        return depthwise_conv(x, weight, bias, measured_algorithm(x.device, x.dtype, x.shape[1],
+                                                                 self.kernel_size[0], tuple(x.shape[-2:])))
 
 
 class AutoDepthwiseConv2d(nn.Conv2d):
@@ -50,12 +54,13 @@ class AutoDepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = autocast_dtype(x) or x.dtype
-        use_triton, why = auto_choice(x.device, dtype, x.shape[1], self.kernel_size[0], tuple(x.shape[-2:]))
+        use_triton, algorithm, why = auto_choice(x.device, dtype, x.shape[1], self.kernel_size[0],
+                                                 tuple(x.shape[-2:]))
         log_choice_once(str(x.device), str(dtype), tuple(x.shape[1:]), self.kernel_size[0], use_triton, why)
         if not use_triton:
             return super().forward(x)
         from .lk_conv import depthwise_conv
-        return depthwise_conv(*autocast_inputs(x, self.weight, self.bias))
+        return depthwise_conv(*autocast_inputs(x, self.weight, self.bias), algorithm)
 
 
 def autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
@@ -73,34 +78,52 @@ def autocast_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
+TABLE_FORMAT = 2
+
+
+def shape_key(channels: int, kernel: int, height: int, width: int) -> str:
+    return f'{channels},{kernel},{height},{width}'
+
+
 @functools.lru_cache(maxsize=None)
-def measured_faster(device_name: str, dtype: str) -> frozenset:
-    """Shapes (channels, kernel, height, width) where Triton beat cuDNN on this card, from the table."""
+def measured_faster(device_name: str, dtype: str) -> Dict[str, str]:
+    """Shapes ("channels,kernel,height,width") where Triton beat cuDNN on this card -> the faster
+    Triton algorithm, from the table."""
     if not MEASURED_TABLE.exists():
-        return frozenset()
+        return {}
     table = json.loads(MEASURED_TABLE.read_text())
-    if table.get('format') != 1:
-        raise ValueError(f'{MEASURED_TABLE}: format {table.get("format")!r} is not 1; rerun bench/lk_conv.py --write-table')
-    return frozenset(tuple(s) for s in table.get('devices', {}).get(device_name, {}).get(dtype, []))
+    if table.get('format') != TABLE_FORMAT:
+        raise ValueError(f'{MEASURED_TABLE}: format {table.get("format")!r} is not {TABLE_FORMAT}; '
+                         'rerun bench/lk_conv.py --write-table')
+    return dict(table.get('devices', {}).get(device_name, {}).get(dtype, {}))
+
+
+def measured_algorithm(device: torch.device, dtype: torch.dtype, channels: int, kernel: int,
+                       size: Tuple[int, int]) -> str:
+    """The Triton algorithm measured faster for this shape on this card, else 'direct'."""
+    if device.type != 'cuda':
+        return 'direct'
+    found = measured_faster(torch.cuda.get_device_name(device), str(dtype).replace('torch.', ''))
+    return found.get(shape_key(channels, kernel, *size), 'direct')
 
 
 def auto_choice(device: torch.device, dtype: torch.dtype, channels: int, kernel: int,
-                size: Tuple[int, int]) -> Tuple[bool, str]:
-    """(use Triton?, why) for ``lk_impl='auto'``."""
+                size: Tuple[int, int]) -> Tuple[bool, str, str]:
+    """(use Triton?, its algorithm, why) for ``lk_impl='auto'``."""
     from . import lk_conv
     if kernel % 2 == 0:
-        return False, f'the kernel handles odd sizes only, not {kernel}'
+        return False, '', f'the kernel handles odd sizes only, not {kernel}'
     if device.type != 'cuda':
-        return False, f'{device.type} is not CUDA'
+        return False, '', f'{device.type} is not CUDA'
     if not lk_conv.triton_supported(device):
-        return False, 'triton is not installed'
+        return False, '', 'triton is not installed'
     if dtype not in lk_conv.SUPPORTED_DTYPES:
-        return False, f'{dtype} is not among the kernel dtypes'
+        return False, '', f'{dtype} is not among the kernel dtypes'
     name = torch.cuda.get_device_name(device)
-    dtype_name = str(dtype).replace('torch.', '')
-    if (channels, kernel, *size) in measured_faster(name, dtype_name):
-        return True, f'measured faster than cuDNN on {name} ({MEASURED_TABLE.name})'
-    return False, f'no measurement on {name} shows it faster for this shape ({MEASURED_TABLE.name})'
+    algorithm = measured_faster(name, str(dtype).replace('torch.', '')).get(shape_key(channels, kernel, *size))
+    if algorithm is not None:
+        return True, algorithm, f'measured faster than cuDNN on {name} ({algorithm}; {MEASURED_TABLE.name})'
+    return False, '', f'no measurement on {name} shows it faster for this shape ({MEASURED_TABLE.name})'
 
 
 @functools.lru_cache(maxsize=None)

@@ -40,10 +40,15 @@ def compile_every_tile() -> list:
                            dict(K=k, KPAD=triton.next_power_of_2(k), BLOCK_W=block_w,
                                 BLOCK_C=lk_conv.WGRAD_BLOCK_C), warps)
             built.append(('weight_grad', k, [block_w, warps], len(kernel.asm['cubin'])))
+    for dtype, ieee in (('bf16', False), ('fp32', True)):
+        kernel = build(lk_conv_kernels.depthwise_toeplitz_fwd_kernel,
+                       {name: f'*{dtype}' for name in ('x_ptr', 'w_ptr', 'b_ptr', 'y_ptr')},
+                       dict(K=27, HAS_BIAS=True, UPCAST=False, IEEE=ieee, **lk_conv.TOEPLITZ_TILE), 4)
+        built.append(('toeplitz_forward', 27, [dtype], len(kernel.asm['cubin'])))
     return built
 
 
-def test_every_autotune_tile_of_both_kernels_builds_for_sm90_in_bf16():
+def test_every_kernel_and_autotune_tile_builds_for_sm90():
     from pretrain.models import lk_conv
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / 'tests')])
@@ -51,7 +56,7 @@ def test_every_autotune_tile_of_both_kernels_builds_for_sm90_in_bf16():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     built = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(built) == len(lk_conv.FWD_TILES) + len(lk_conv.WGRAD_TILES) + 2
+    assert len(built) == len(lk_conv.FWD_TILES) + len(lk_conv.WGRAD_TILES) + 2 + 2
     assert all(size > 0 for *_, size in built)
 
 

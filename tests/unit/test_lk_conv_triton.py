@@ -17,11 +17,16 @@ MAX_REL_ERROR = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 # (batch, channels, height, width, kernel, channels_last, dtype): odd and even map sizes, kernels
 # 3/13/27 (27 on maps mostly made of padding), channel counts below, at and across the block of 32.
 CASES = [
-    (2, 5, 7, 6, 3, False, torch.float32),
-    (1, 37, 6, 5, 13, True, torch.float32),
-    (1, 12, 5, 6, 27, False, torch.float32),
-    (2, 33, 6, 7, 13, True, torch.bfloat16),
-    (1, 32, 4, 4, 27, True, torch.bfloat16),
+    (2, 5, 7, 6, 3, False, torch.float32, 'direct'),
+    (1, 37, 6, 5, 13, True, torch.float32, 'direct'),
+    (1, 12, 5, 6, 27, False, torch.float32, 'direct'),
+    (2, 33, 6, 7, 13, True, torch.bfloat16, 'direct'),
+    (1, 32, 4, 4, 27, True, torch.bfloat16, 'direct'),
+    # the banded-matrix (tensor-core) algorithm for small maps: batch and pixels across its tiles
+    (3, 6, 9, 8, 13, True, torch.float32, 'toeplitz'),
+    (2, 5, 7, 5, 27, False, torch.float32, 'toeplitz'),
+    (33, 3, 6, 6, 3, True, torch.bfloat16, 'toeplitz'),
+    (2, 4, 5, 6, 27, False, torch.bfloat16, 'toeplitz'),
 ]
 
 
@@ -38,8 +43,8 @@ def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return ((ours.double() - ref).abs().max() / ref.abs().max()).item()
 
 
-@pytest.mark.parametrize('n,c,h,w,k,channels_last,dtype', CASES)
-def test_forward_and_gradients_match_float64_conv(poisoned_buffers, n, c, h, w, k, channels_last, dtype):
+@pytest.mark.parametrize('n,c,h,w,k,channels_last,dtype,algorithm', CASES)
+def test_forward_and_gradients_match_float64_conv(poisoned_buffers, n, c, h, w, k, channels_last, dtype, algorithm):
     gen = torch.Generator().manual_seed(n * 1000 + c * 10 + k)
     x = torch.randn(n, c, h, w, generator=gen).to(DEVICE, dtype)
     if channels_last:
@@ -48,7 +53,7 @@ def test_forward_and_gradients_match_float64_conv(poisoned_buffers, n, c, h, w, 
     bias = torch.randn(c, generator=gen).to(DEVICE, dtype)
     grad_out = torch.randn(n, c, h, w, generator=gen).to(DEVICE, dtype)
     leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
-    out = lk_conv.depthwise_conv(*leaves)
+    out = lk_conv.depthwise_conv(*leaves, algorithm)
     out.backward(grad_out)
     ref_leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
     ref = F.conv2d(*ref_leaves, stride=1, padding=k // 2, groups=c)
@@ -63,13 +68,14 @@ def test_forward_and_gradients_match_float64_conv(poisoned_buffers, n, c, h, w, 
         assert relative_error(ours.grad, theirs.grad) < bound, name
 
 
-def test_input_gradient_is_the_transposed_convolution_on_an_asymmetric_kernel(poisoned_buffers):
+@pytest.mark.parametrize('algorithm', lk_conv.ALGORITHMS)
+def test_input_gradient_is_the_transposed_convolution_on_an_asymmetric_kernel(poisoned_buffers, algorithm):
     # A kernel without symmetry: flipping it the wrong way (or not at all) cannot pass.
     x = torch.randn(1, 3, 5, 5, device=DEVICE)
     weight = torch.arange(3 * 49, dtype=torch.float32, device=DEVICE).reshape(3, 1, 7, 7) / 100
     grad_out = torch.randn(1, 3, 5, 5, device=DEVICE)
     expected = torch.nn.grad.conv2d_input(x.shape, weight.double(), grad_out.double(), padding=3, groups=3)
-    assert relative_error(lk_conv.depthwise_conv_input_grad(grad_out, weight), expected) < 1e-5
+    assert relative_error(lk_conv.depthwise_conv_input_grad(grad_out, weight, algorithm), expected) < 1e-5
 
 
 def test_unsupported_inputs_are_refused_with_the_reason():
@@ -80,6 +86,11 @@ def test_unsupported_inputs_are_refused_with_the_reason():
         lk_conv.depthwise_conv(x, torch.randn(4, 1, 3, 3, device=DEVICE, dtype=torch.bfloat16), None)
     with pytest.raises(ValueError, match=r'weight \[C, 1, k, k\]'):
         lk_conv.depthwise_conv(x, torch.randn(3, 1, 3, 3, device=DEVICE), None)
+    with pytest.raises(ValueError, match="algorithm 'fft' is not one of"):
+        lk_conv.depthwise_conv(x, torch.randn(4, 1, 3, 3, device=DEVICE), None, 'fft')
+    with pytest.raises(ValueError, match="'toeplitz' is for maps of at most 1024 pixels"):
+        lk_conv.depthwise_conv(torch.randn(1, 1, 33, 32, device=DEVICE), torch.randn(1, 1, 3, 3, device=DEVICE),
+                               None, 'toeplitz')
 
 
 def test_torch_compile_traces_around_the_op_with_its_gradients():

@@ -70,18 +70,25 @@ def test_auto_runs_nn_conv2d_off_cuda_and_says_why_once(caplog):
 
 def test_auto_picks_triton_only_for_the_shapes_measured_faster_on_this_card(tmp_path, monkeypatch):
     table = tmp_path / 'measured.json'
-    table.write_text(json.dumps({'format': 1, 'devices': {'Card X': {'bfloat16': [[384, 27, 56, 56]]}}}))
+    table.write_text(json.dumps({'format': 2, 'devices': {'Card X': {'bfloat16': {
+        '384,27,56,56': 'direct', '3072,13,7,7': 'toeplitz'}}}}))
     monkeypatch.setattr(lk_impl, 'MEASURED_TABLE', table)
     monkeypatch.setattr(lk_conv, 'triton_supported', lambda device: True)
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Card X')
     lk_impl.measured_faster.cache_clear()
     cuda = torch.device('cuda')
-    assert lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (56, 56))[0]
+    assert lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (56, 56))[:2] == (True, 'direct')
+    assert lk_impl.auto_choice(cuda, torch.bfloat16, 3072, 13, (7, 7))[:2] == (True, 'toeplitz')
+    assert lk_impl.measured_algorithm(cuda, torch.bfloat16, 3072, 13, (7, 7)) == 'toeplitz'
     assert not lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (28, 28))[0]   # not measured
     assert not lk_impl.auto_choice(cuda, torch.float32, 384, 27, (56, 56))[0]    # another dtype
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Card Y')
-    use, why = lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (56, 56))
+    use, _, why = lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (56, 56))
     assert not use and 'no measurement on Card Y' in why
+    table.write_text(json.dumps({'format': 1, 'devices': {}}))
+    lk_impl.measured_faster.cache_clear()
+    with pytest.raises(ValueError, match='format 1 is not 2; rerun bench/lk_conv.py --write-table'):
+        lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (56, 56))
     lk_impl.measured_faster.cache_clear()
 
 
@@ -92,3 +99,27 @@ def test_triton_without_a_gpu_or_the_interpreter_is_an_error_not_a_fallback():
     proc = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     assert 'needs a CUDA device (or TRITON_INTERPRET=1' in proc.stderr
+
+
+def test_the_bench_writes_the_table_auto_reads(tmp_path, monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench_lk_conv', REPO_ROOT / 'bench' / 'lk_conv.py')
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    table = tmp_path / 'measured.json'
+    table.write_text((REPO_ROOT / 'pretrain' / 'models' / 'lk_conv_measured.json').read_text())
+    monkeypatch.setattr(lk_impl, 'MEASURED_TABLE', table)
+
+    def row(c, size, batch, cudnn, direct, toeplitz=None):
+        r = dict(channels=c, kernel=27, size=size, batch=batch, cudnn=dict(total=cudnn), triton=dict(total=direct))
+        if toeplitz is not None:
+            r['toeplitz'] = dict(total=toeplitz)
+        r['best_triton'] = 'toeplitz' if toeplitz is not None and toeplitz < direct else 'direct'
+        return r
+    rows = [row(384, 56, 32, 10.0, 2.0), row(384, 56, 64, 20.0, 4.0),            # faster at both batches
+            row(1536, 14, 32, 5.0, 6.0, 1.0), row(1536, 14, 64, 9.0, 12.0, 2.0),  # toeplitz wins
+            row(768, 28, 32, 3.0, 2.0), row(768, 28, 64, 3.0, 4.0)]               # not at every batch
+    bench.write_table(rows, 'Card X', 'bfloat16')
+    lk_impl.measured_faster.cache_clear()
+    assert lk_impl.measured_faster('Card X', 'bfloat16') == {'384,27,56,56': 'direct', '1536,27,14,14': 'toeplitz'}
+    lk_impl.measured_faster.cache_clear()
