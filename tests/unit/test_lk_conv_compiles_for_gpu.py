@@ -9,7 +9,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # 14 compilations; the same torch and triton pins in `make lower-bounds`
 
 
 def compile_every_tile() -> list:

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 
 from pretrain.models import lk_conv
 
+# slow: the interpreter takes seconds a case; `make lower-bounds` skips them (torch and triton are
+# the same pin there; only pure-Python dependencies change).
+pytestmark = pytest.mark.slow
 DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 MAX_REL_ERROR = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
@@ -20,7 +23,7 @@ CASES = [
     (2, 5, 7, 6, 3, False, torch.float32, 'direct'),
     (1, 37, 6, 5, 13, True, torch.float32, 'direct'),
     (1, 12, 5, 6, 27, False, torch.float32, 'direct'),
-    (2, 33, 6, 7, 13, True, torch.bfloat16, 'direct'),
+    (1, 33, 5, 6, 13, True, torch.bfloat16, 'direct'),
     (1, 32, 4, 4, 27, True, torch.bfloat16, 'direct'),
     # the banded-matrix (tensor-core) algorithm for small maps: batch and pixels across its tiles
     (3, 6, 9, 8, 13, True, torch.float32, 'toeplitz'),

@@ -38,7 +38,7 @@ def counting(monkeypatch):
     return CountingStorage(monkeypatch)
 
 
-@pytest.mark.parametrize('parts', [2_000, 20_000])
+@pytest.mark.parametrize('parts', [2_000, 20_000])  # the same cost at both sizes
 def test_a_manifest_refresh_lists_names_and_reads_no_commit_record(tmp_path, counting, parts):
     store = synthetic_store(tmp_path, parts)
     ops = counting.during(lambda: store.refresh_manifest('in1k'))
