@@ -253,7 +253,7 @@ def build(items: Sequence[Item], options: BuildOptions,
                 log.error('could not save the index of the finished shards either: %s', exc)
         raise
     bar.close()
-    if written or not mine:
+    if written:
         save()
     entries = [e for e in mine.values()]
     skipped = [s for e in sorted(entries, key=lambda e: e.name) for s in e.skipped]

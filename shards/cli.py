@@ -1,4 +1,4 @@
-"""``python -m shards build|verify|stat`` (also the ``replk-shards`` command)."""
+"""``python -m shards build|verify|stat|migrate-index`` (also the ``replk-shards`` command)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import sys
 
 from . import storage
 from .build import BuildOptions, build
-from .index import ShardIndex
+from .index import ShardIndex, migrate_legacy
 from .inputs import InputError, filelist_items, imagefolder_items, unlabeled_items
 from .verify import orphans, verify
 from .helpformat import HelpFormatter
@@ -62,6 +62,14 @@ def _stat(args) -> int:
     return 0
 
 
+def _migrate_index(args) -> int:
+    moved = migrate_legacy(args.prefix, storage.RetryPolicy(budget_s=args.retry_budget))
+    for source, shards in moved.items():
+        print(f'{source}: {shards} shards moved to _index/{source}/')
+    print(f'{args.prefix}/_index.json removed')
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m shards', description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
@@ -98,6 +106,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument('--json', action='store_true')
     s.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     s.set_defaults(func=_stat)
+    m = sub.add_parser('migrate-index', formatter_class=HelpFormatter,
+                       help="move an older build's single _index.json to the per-source layout (no build running)")
+    m.add_argument('prefix')
+    m.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    m.set_defaults(func=_migrate_index)
     return p
 
 

@@ -173,6 +173,36 @@ def list_sources(prefix: str, policy: storage.RetryPolicy = storage.DEFAULT_RETR
     return sorted(sources)
 
 
+def migrate_legacy(prefix: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> Dict[str, int]:
+    """Move an older build's ``_index.json`` to the per-source layout (one part per source, as job
+    0 of 1; its build parameters as ``build.json``), check that every source reads back the same,
+    then remove ``_index.json``. For a prefix no build is writing to. Returns shards per source."""
+    legacy = _legacy(prefix, policy)
+    if legacy is None:
+        raise IndexError_(f'{storage.join(prefix, INDEX_NAME)} not found: nothing to migrate')
+    by_source: Dict[str, List[ShardEntry]] = {}
+    for entry in legacy['shards'].values():
+        by_source.setdefault(entry.source, []).append(entry)
+    for source, entries in by_source.items():
+        folder = source_folder(prefix, source)
+        if storage.list_details(folder, policy):
+            raise IndexError_(f'{folder} already exists: {prefix} holds both layouts for {source!r}; '
+                              'migrate by hand or rebuild')
+        save_job_part(prefix, source, 0, 1, entries, policy)
+        if source in legacy.get('builds', {}):
+            storage.write_bytes_atomic(f'{folder}/{BUILD_NAME}', json.dumps(legacy['builds'][source], indent=1).encode(),
+                                       policy)
+    for source, entries in by_source.items():  # the parts alone must read back the same first
+        url = f'{source_folder(prefix, source)}/shards.{job_tag(0, 1)}.parquet'
+        back = {e.name: (e.samples, e.sha256, e.tasks) for e in read_part(url, source, policy)}
+        if back != {e.name: (e.samples, e.sha256, e.tasks) for e in entries}:
+            raise IndexError_(f'{url}: the migrated index of {source!r} does not read back the same; '
+                              f'{INDEX_NAME} is kept')
+    storage.remove(storage.join(prefix, INDEX_NAME), policy)
+    _CACHE.clear()
+    return {source: len(entries) for source, entries in sorted(by_source.items())}
+
+
 @dataclass
 class ShardIndex:
     """Every source under a prefix, merged (for the tools: stat, verify, validate, import)."""

@@ -205,3 +205,33 @@ def test_16_bit_pngs_are_stored_as_8_bit_that_every_decoder_reads_alike(tmp_path
     sample = next(iter(wds.WebDataset(str(tmp_path / 'out' / 'zoo-000000.tar'), shardshuffle=False).decode('pil')))
     pixels = np.asarray(sample['png'].convert('L'))
     assert pixels.min() < 10 and pixels.max() > 100 and (pixels < 255).all()  # a gradient, not all white
+
+
+def legacy_index_json(out):
+    """Turn a build into what the previous layout wrote: one _index.json, skipped lists inline."""
+    from dataclasses import asdict
+    index = ShardIndex.load(str(out))
+    shards = []
+    for e in index.shards.values():
+        record = {k: v for k, v in asdict(e).items() if k != 'skipped_count'}
+        shards.append(record)
+    (out / '_index.json').write_text(json.dumps(dict(version=1, builds=index.builds, shards=shards)))
+    import shutil
+    shutil.rmtree(out / '_index')
+
+
+def test_an_older_single_index_is_read_resumed_and_migrated(image_tree, tmp_path, capsys):
+    from shards import index as index_mod
+    out = tmp_path / 'old'
+    build_tree(image_tree, out, samples_per_shard=4)
+    before = {n: e.sha256 for n, e in ShardIndex.load(str(out)).shards.items()}
+    legacy_index_json(out)
+    index_mod._CACHE.clear()
+    assert {n: e.sha256 for n, e in ShardIndex.load(str(out)).shards.items()} == before   # read as it is
+    assert build_tree(image_tree, out, samples_per_shard=4).shards_written == 0            # resumes: all done
+    assert cli(['migrate-index', str(out)]) == 0
+    assert 'zoo: 5 shards moved to _index/zoo/' in capsys.readouterr().out
+    assert not (out / '_index.json').exists()
+    assert {n: e.sha256 for n, e in ShardIndex.load(str(out)).shards.items()} == before
+    assert verify(str(out)) == []
+    assert cli(['migrate-index', str(out)]) == 2                                           # nothing left to move
