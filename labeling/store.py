@@ -38,6 +38,8 @@ from shards import storage
 from shards.naming import shard_stem_of_key
 from shards.safe_files import check_name
 
+from .commits import (COMMIT_SUFFIX, KINDS, PARTS_TABLE_TTL_S, LabelError, commit_name, parse_commit_name,
+                      parts_to_parquet, read_parts_table, winning_record)
 from .tasks import Task, TaskRegistry
 
 STORE_VERSION = 1
@@ -49,98 +51,6 @@ PART_SCHEMA = pa.schema([
     ('teacher_idx', pa.list_(pa.int32())),  # the teacher's top-k on a human-labeled image, else null
 ])
 SOURCES = ('human', 'pseudo')
-
-
-COMMIT_SUFFIX = '.commit'
-PARTS_TABLE_TTL_S = 600  # a replaced parts table outlives any reader that read _task.json before
-PARTS_SCHEMA = pa.schema([('stem', pa.string()), ('file', pa.string()), ('kind', pa.string()), ('rows', pa.int64()),
-                          ('human', pa.int64()), ('pseudo', pa.int64()), ('teacher_id', pa.string()),
-                          ('sha256', pa.binary(32))])
-KINDS = ('teacher', 'human')
-MAX_NAME_BYTES = 255  # a file name on local filesystems (S3 allows 1024 for the whole key)
-
-
-class LabelError(ValueError):
-    """Labels that break the store's contract; the message names task, shard and key."""
-
-
-def commit_name(record: dict) -> str:
-    """A commit record as an object name (see the module docstring)."""
-    fields = [record['stem'], record['kind'], record['rows'], record['human'], record['pseudo'],
-              record.get('teacher_id') or '-', record['sha256']]
-    name = '.'.join(map(str, fields)) + COMMIT_SUFFIX
-    if len(name.encode()) > MAX_NAME_BYTES:
-        raise LabelError(f'shard stem {record["stem"]!r}: too long for a commit record name '
-                         f'({len(name.encode())} bytes over {MAX_NAME_BYTES}); use shorter source names')
-    return name
-
-
-def parse_commit_name(name: str) -> dict:
-    """The record a commit name encodes; a malformed name is an error naming it."""
-    fields = name[:-len(COMMIT_SUFFIX)].rsplit('.', 6) if name.endswith(COMMIT_SUFFIX) else []
-    try:
-        stem, kind, rows, human, pseudo, tid, sha = fields
-        record = dict(stem=check_name(stem, 'shard stem'), file=f'{stem}.{sha[:12]}.parquet', rows=int(rows),
-                      sha256=sha, kind=kind, human=int(human), pseudo=int(pseudo))
-        ok = (kind in KINDS and len(sha) == 64 and int(sha, 16) >= 0 and record['human'] + record['pseudo'] == record['rows']
-              and (tid == '-' or (len(tid) == 16 and int(tid, 16) >= 0)))
-    except ValueError:
-        ok = False
-    if not ok:
-        raise LabelError(f'commit record {name!r}: not a name this store writes '
-                         '({stem}.{kind}.{rows}.{human}.{pseudo}.{teacher_id|-}.{sha256}.commit)')
-    if tid != '-':
-        record['teacher_id'] = tid
-    return record
-
-
-def parts_to_parquet(parts: Dict[str, dict]) -> bytes:
-    """The committed parts as a columnar table (about 40 bytes a part, where JSON took 250)."""
-    records = [parts[stem] for stem in sorted(parts)]
-    columns = {name: [r.get(name) for r in records] for name in PARTS_SCHEMA.names}
-    columns['sha256'] = [bytes.fromhex(r['sha256']) for r in records]
-    buf = io.BytesIO()
-    pq.write_table(pa.table(columns, schema=PARTS_SCHEMA), buf, compression='zstd', use_dictionary=['kind', 'teacher_id'])
-    return buf.getvalue()
-
-
-def parts_from_parquet(data: bytes, where: str) -> Dict[str, dict]:
-    table = pq.read_table(io.BytesIO(data))
-    if table.schema != PARTS_SCHEMA:
-        raise LabelError(f'{where}: not a parts table of this store (schema {table.schema})')
-    parts = {}
-    for row in table.to_pylist():
-        sha = row['sha256'].hex()
-        record = dict(stem=check_name(row['stem'], f'shard stem in {where}'), file=row['file'],
-                      rows=row['rows'], sha256=sha, kind=row['kind'], human=row['human'], pseudo=row['pseudo'])
-        if row['teacher_id'] is not None:
-            record['teacher_id'] = row['teacher_id']
-        parts[record['stem']] = record
-    return parts
-
-
-_PARTS_TABLES: Dict[str, Dict[str, dict]] = {}   # url -> parts; a table's name is never reused
-
-
-def read_parts_table(url: str, retry: storage.RetryPolicy) -> Dict[str, dict]:
-    """A parts table, read once per process: a table is immutable under its name (time and hash),
-    so DataLoader workers forked after the trainer's start-up checks read none again."""
-    if url not in _PARTS_TABLES:
-        if len(_PARTS_TABLES) >= 16:
-            _PARTS_TABLES.pop(next(iter(_PARTS_TABLES)))
-        _PARTS_TABLES[url] = parts_from_parquet(storage.read_bytes(url, retry), url)
-    return _PARTS_TABLES[url]
-
-
-def winning_record(records: List[dict], task_teacher: Optional[str]) -> dict:
-    """One shard's record when several were committed (racing jobs, a relabel, a human import
-    and a teacher run), the same for every reader: a record of the task's current teacher (or a
-    human one) over a stale teacher's, a teacher's over a human-only one (it carries the human
-    labels too), a named record over an older store's, then the larger hash."""
-    def rank(r):
-        current = r['kind'] == 'human' or r.get('teacher_id') in (None, task_teacher)
-        return current, r['kind'] == 'teacher', not r.get('legacy', False), r['sha256']
-    return max(records, key=rank)
 
 
 @dataclass
