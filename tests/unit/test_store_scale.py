@@ -61,9 +61,9 @@ def test_a_training_rank_start_up_reads_a_compact_manifest_and_one_rank_lists_th
     store = synthetic_store(tmp_path, parts)
     store.refresh_manifest('in1k')
     head = type('TaskConfig', (), dict(num_classes=1000, class_map_version=None))()
-    from labeling import store as store_module
+    from labeling import commits
     for main in (True, False):
-        store_module._PARTS_TABLES.clear()              # a fresh process
+        commits._PARTS_TABLES.clear()                   # a fresh process
         ops = counting.during(lambda: check_store_tasks(str(tmp_path), {'in1k': head}, None, list_commits=main))
         assert ops['GET'] == 2                         # _task.json and the parts table it names
         assert ops['LIST'] == (math.ceil(parts / S3_LIST_PAGE) if main else 0)
