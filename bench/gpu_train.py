@@ -102,7 +102,10 @@ def ours(micro_batch: int, size: int, steps: int, tiny: bool, workers: int) -> d
 
 
 def run_one(args) -> dict:
-    kwargs = TINY_XL if args.tiny else {}
+    from pretrain.config import load_config
+    # The bare loop builds XL as the config does (its lk_impl too): the ratio measures our
+    # pipeline, not a different convolution.
+    kwargs = dict(load_config(XL_CONFIG).model.kwargs, **(TINY_XL if args.tiny else {}))
     if args.one == 'ours':
         return ours(args.micro_batch, args.size, args.steps, args.tiny, args.workers)
     if args.one == 'bare_xl':
