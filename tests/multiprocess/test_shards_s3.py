@@ -60,7 +60,7 @@ def test_missing_shard_on_s3_is_named(image_tree, s3_prefix):
     build(items, BuildOptions(prefix, 'zoo', samples_per_shard=4, progress=False))
     fs, path = storage.filesystem(prefix + '/zoo-000002.tar')
     fs.rm(path)
-    assert any('zoo-000002.tar: listed in _index.json but missing' in f for f in verify(prefix))
+    assert any('zoo-000002.tar: listed in the index (_index/) but missing' in f for f in verify(prefix))
 
 
 def test_endpoint_down_fails_in_bounded_time_with_a_clear_error(monkeypatch):
@@ -71,7 +71,7 @@ def test_endpoint_down_fails_in_bounded_time_with_a_clear_error(monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()
     policy = storage.RetryPolicy(budget_s=3, initial_backoff_s=0.2, max_backoff_s=1)
     start = time.monotonic()
-    with pytest.raises(storage.StorageError, match=r'reading s3://nobucket/_index.json: still failing after'):
+    with pytest.raises(storage.StorageError, match=r'listing s3://nobucket/_index: still failing after'):
         ShardIndex.load('s3://nobucket', policy=policy)
     assert time.monotonic() - start < 15
     s3fs.S3FileSystem.clear_instance_cache()
