@@ -160,12 +160,16 @@ class LabelStore:
     """Reader and writer of one store root (local folder or ``s3://bucket/prefix``)."""
 
     MANIFEST_REFRESH_S = 60.0
+    # A refresh LISTs every commit (26 s at 73k parts on the loopback server): a job's refreshes
+    # as it goes may take at most this share of its time; the one at its end always runs.
+    REFRESH_MAX_SHARE = 0.1
 
     def __init__(self, root: str, registry: Optional[TaskRegistry] = None,
                  retry: storage.RetryPolicy = storage.DEFAULT_RETRY):
         self.root, self.registry, self.retry = root.rstrip('/'), registry or TaskRegistry(), retry
         self._manifests: Dict[str, dict] = {}
         self._last_refresh: Dict[str, float] = {}
+        self._refresh_cost: Dict[str, float] = {}
 
     # --- paths ----------------------------------------------------------------------------
     def _task_dir(self, task: str) -> str:
@@ -315,13 +319,21 @@ class LabelStore:
     def refresh_manifest(self, task: str, force: bool = True) -> dict:
         """Rebuild ``parts`` of ``_task.json`` from the commit records until they agree.
 
-        Jobs call it as they go (at most every minute) and when they end; records only
-        grow, so concurrent refreshes converge on the full set.
+        Jobs call it as they go (``force=False``: at most every minute, and no more often than
+        keeps refreshing under ``REFRESH_MAX_SHARE`` of the job's time) and when they end; records
+        only grow, so concurrent refreshes converge on the full set.
         """
         now = time.monotonic()
-        if not force and now - self._last_refresh.get(task, -1e9) < self.MANIFEST_REFRESH_S:
+        interval = max(self.MANIFEST_REFRESH_S, self._refresh_cost.get(task, 0.0) / self.REFRESH_MAX_SHARE)
+        if not force and now - self._last_refresh.get(task, -1e9) < interval:
             return self.manifest(task)
         self._last_refresh[task] = now
+        try:
+            return self._rebuild_manifest(task)
+        finally:
+            self._refresh_cost[task] = time.monotonic() - now
+
+    def _rebuild_manifest(self, task: str) -> dict:
         while True:
             header = json.loads(storage.read_bytes(self._manifest_url(task), self.retry))
             header.pop('parts_table', None)  # the parts are rebuilt from the records, not read

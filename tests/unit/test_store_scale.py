@@ -93,3 +93,25 @@ def test_resolving_a_source_reads_its_job_parts_once_per_process(tmp_path, count
     assert first['bytes_read'] < 45 * jobs * per_job  # ~40 bytes a shard; skipped reports not read
     again = counting.during(lambda: resolve_source(SourceSpec('yfcc', str(tmp_path))))
     assert again['GET'] == 0 and again['LIST'] == 1  # cached: one listing says nothing changed
+
+
+def test_refreshing_as_a_job_goes_takes_at_most_a_tenth_of_its_time(tmp_path, monkeypatch):
+    from labeling import store as store_module
+    store = synthetic_store(tmp_path, 10)
+    clock = [1000.0]
+    monkeypatch.setattr(store_module.time, 'monotonic', lambda: clock[0])
+    real = store._rebuild_manifest
+    rebuilds = []
+
+    def slow_rebuild(task):  # a refresh that costs 30 s, as a 73k-part store's LISTs on a slow link
+        rebuilds.append(clock[0])
+        clock[0] += 30.0
+        return real(task)
+    monkeypatch.setattr(store, '_rebuild_manifest', slow_rebuild)
+    for _ in range(200):                 # a job asking every 5 s for 1000 s
+        store.refresh_manifest('in1k', force=False)
+        clock[0] += 5.0
+    elapsed = clock[0] - 1000.0
+    assert 2 <= len(rebuilds) <= 1 + elapsed * 0.1 / 30.0   # one per 300 s (30 s / a tenth), the first at once
+    store.refresh_manifest('in1k')       # the job's end: always
+    assert rebuilds[-1] == clock[0] - 30.0
