@@ -123,3 +123,14 @@ def test_the_bench_writes_the_table_auto_reads(tmp_path, monkeypatch):
     lk_impl.measured_faster.cache_clear()
     assert lk_impl.measured_faster('Card X', 'bfloat16') == {'384,27,56,56': 'direct', '1536,27,14,14': 'toeplitz'}
     lk_impl.measured_faster.cache_clear()
+
+
+def test_under_bf16_autocast_triton_runs_in_bf16_like_nn_conv2d():
+    conv = lk_impl.TritonDepthwiseConv2d(6, 5, True)
+    x = torch.randn(2, 6, 7, 7).contiguous(memory_format=torch.channels_last)   # fp32 in, as a trainer feeds
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        ours = conv(x)
+        ref = torch.nn.Conv2d.forward(conv, x)
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=2e-2, atol=2e-2)
