@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow  # 14 compilations; the same torch and triton pins
 
 
 def compile_every_tile() -> list:
-    """(kernel, k, tile, cubin bytes) for bf16: every autotune tile at k = 27, the first tile at k = 13."""
+    """(kernel, k, tile, cubin bytes): every autotune tile at k = 27 in bf16, the Toeplitz kernel in
+    bf16 and fp32 (the kernel size only changes an unrolled loop's length)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -32,7 +33,7 @@ def compile_every_tile() -> list:
                               target=h100, options=dict(num_warps=num_warps))
 
     built = []
-    for k, count in ((27, None), (13, 1)):
+    for k, count in ((27, None),):
         for block_w, block_c, warps in lk_conv.FWD_TILES[:count]:
             kernel = build(lk_conv_kernels.depthwise_fwd_kernel,
                            {name: '*bf16' for name in ('x_ptr', 'w_ptr', 'b_ptr', 'y_ptr')},
@@ -60,7 +61,7 @@ def test_every_kernel_and_autotune_tile_builds_for_sm90():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     built = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(built) == len(lk_conv.FWD_TILES) + len(lk_conv.WGRAD_TILES) + 2 + 2
+    assert len(built) == len(lk_conv.FWD_TILES) + len(lk_conv.WGRAD_TILES) + 2
     assert all(size > 0 for *_, size in built)
 
 
