@@ -39,11 +39,15 @@ bench: $(STAMP)
 
 # The lower bounds setup.py declares really work: the lowest allowed versions (.ci/lower-bounds.txt)
 # beside the pinned torch, in their own venv, against the unit tier (the fast tests that touch every
-# dependency's API). CI runs it after `make test`.
-lower-bounds:
+# dependency's API). CI runs it after `make test`. The pinned torch (3 GB with its CUDA libraries)
+# is borrowed from .venv rather than installed twice: a .pth line puts .venv's site-packages after
+# .venv-lower's own, so everything pinned here shadows .venv's version (pip installs it here and
+# leaves .venv alone: "outside environment").
+lower-bounds: $(STAMP)
 	@test -x $(LOWER)/bin/python || $(PYTHON) -m venv $(LOWER)
-	$(LOWER)/bin/pip install --quiet $(TORCH_PIN)
-	$(LOWER)/bin/pip install --quiet -e '.[dev]' -c .ci/lower-bounds.txt
+	$(LOWER)/bin/python -c "import site, sysconfig; print(sysconfig.get_paths(vars={'base': '$(abspath $(VENV))', 'platbase': '$(abspath $(VENV))'})['purelib'])" \
+	  > "$$($(LOWER)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-pinned-torch-from-venv.pth"
+	$(LOWER)/bin/pip install --quiet -e '.[dev]' $(TORCH_PIN) -c .ci/lower-bounds.txt
 	$(LOWER)/bin/python -m pytest tests/unit -q -m 'not slow' -p no:cacheprovider $(PYTEST_ARGS)
 
 clean-venv:
