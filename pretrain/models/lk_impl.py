@@ -29,14 +29,21 @@ MEASURED_TABLE = Path(__file__).with_name('lk_conv_measured.json')
 LK_IMPLS = ('native', 'triton', 'auto')
 
 
-class TritonDepthwiseConv2d(nn.Conv2d):
+class DepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with the geometry of :func:`depthwise_conv2d` (stride 1, padding k//2, groups = C)."""
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool):
+        super().__init__(channels, channels, kernel_size, stride=1, padding=kernel_size // 2,
+                         groups=channels, bias=bias)
+
+
+class TritonDepthwiseConv2d(DepthwiseConv2d):
     """Depthwise ``k x k`` convolution (stride 1, padding k//2) computed by the Triton kernels."""
 
     def __init__(self, channels: int, kernel_size: int, bias: bool):
         if kernel_size % 2 == 0:
             raise ValueError(f'the Triton depthwise convolution needs an odd kernel size, got {kernel_size}')
-        super().__init__(channels, channels, kernel_size, stride=1, padding=kernel_size // 2,
-                         groups=channels, bias=bias)
+        super().__init__(channels, kernel_size, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .lk_conv import depthwise_conv
@@ -45,12 +52,8 @@ class TritonDepthwiseConv2d(nn.Conv2d):
                                                                  self.kernel_size[0], tuple(x.shape[-2:])))
 
 
-class AutoDepthwiseConv2d(nn.Conv2d):
+class AutoDepthwiseConv2d(DepthwiseConv2d):
     """``nn.Conv2d`` unless this card's measurements say the Triton kernel is faster for this shape."""
-
-    def __init__(self, channels: int, kernel_size: int, bias: bool):
-        super().__init__(channels, channels, kernel_size, stride=1, padding=kernel_size // 2,
-                         groups=channels, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = autocast_dtype(x) or x.dtype
@@ -98,13 +101,19 @@ def measured_faster(device_name: str, dtype: str) -> Dict[str, str]:
     return dict(table.get('devices', {}).get(device_name, {}).get(dtype, {}))
 
 
+def measured_winner(device: torch.device, dtype: torch.dtype, channels: int, kernel: int,
+                    size: Tuple[int, int]) -> Optional[str]:
+    """The Triton algorithm the table says beat cuDNN for this shape on this CUDA card, or None."""
+    found = measured_faster(torch.cuda.get_device_name(device), str(dtype).replace('torch.', ''))
+    return found.get(shape_key(channels, kernel, *size))
+
+
 def measured_algorithm(device: torch.device, dtype: torch.dtype, channels: int, kernel: int,
                        size: Tuple[int, int]) -> str:
     """The Triton algorithm measured faster for this shape on this card, else 'direct'."""
     if device.type != 'cuda':
         return 'direct'
-    found = measured_faster(torch.cuda.get_device_name(device), str(dtype).replace('torch.', ''))
-    return found.get(shape_key(channels, kernel, *size), 'direct')
+    return measured_winner(device, dtype, channels, kernel, size) or 'direct'
 
 
 def auto_choice(device: torch.device, dtype: torch.dtype, channels: int, kernel: int,
@@ -120,7 +129,7 @@ def auto_choice(device: torch.device, dtype: torch.dtype, channels: int, kernel:
     if dtype not in lk_conv.SUPPORTED_DTYPES:
         return False, '', f'{dtype} is not among the kernel dtypes'
     name = torch.cuda.get_device_name(device)
-    algorithm = measured_faster(name, str(dtype).replace('torch.', '')).get(shape_key(channels, kernel, *size))
+    algorithm = measured_winner(device, dtype, channels, kernel, size)
     if algorithm is not None:
         return True, algorithm, f'measured faster than cuDNN on {name} ({algorithm}; {MEASURED_TABLE.name})'
     return False, '', f'no measurement on {name} shows it faster for this shape ({MEASURED_TABLE.name})'
