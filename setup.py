@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     'numpy>=1.24',
     'tensorboard>=2.16',
     'pillow>=10.3',
+    'ImageHash>=4.3.1',        # perceptual hashes for decontamination (shards/perceptual.py)
     'tqdm',
     'braceexpand',
 ]

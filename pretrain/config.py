@@ -72,6 +72,8 @@ class DataConfig:
     """fewer shards than ranks x workers: an error, or share (slots read parts of shards)"""
     max_corrupt_fraction: float = 0.01
     """stop when more samples than this are undecodable"""
+    exclude: Optional[str] = None
+    """exclusion list to leave out (replk-shards decontaminate): near-duplicates of evaluation images"""
     tasks_file: Optional[str] = None
     """JSON of user tasks (class names or counts); built in: in1k, in22k, places365"""
     val_sources: List[SourceConfig] = field(default_factory=list)

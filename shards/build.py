@@ -28,11 +28,13 @@ from typing import Dict, List, Optional, Sequence
 from tqdm import tqdm
 
 from . import storage
-from .images import BadImage, check_and_normalize
+from .hashes import SampleHash, save_segment
+from .images import BadImage, check_and_normalize, to_rgb
 from .index import (BUILD_NAME, ShardEntry, load_build_info, load_source, read_part, read_skipped, save_job_part,
                     source_folder, job_tag)
 from .inputs import Item
 from .naming import sample_key, shard_name
+from .perceptual import image_hashes, to_hex
 
 log = logging.getLogger(__name__)
 INDEX_SAVE_INTERVAL_S = 30.0
@@ -140,18 +142,21 @@ def write_shard(job: dict) -> dict:
     shard, items = job['shard'], job['items']
     entry = ShardEntry(name=shard_name(opts.source, shard), source=opts.source, samples=0, bytes=0, sha256='')
     tasks: Dict[str, int] = {}
+    hashes: List[SampleHash] = []
     fd, tmp = tempfile.mkstemp(prefix=f'{TEMP_PREFIX}{os.getpid()}-', suffix='.tar')
     try:
         with os.fdopen(fd, 'wb') as f, tarfile.open(fileobj=f, mode='w', format=tarfile.USTAR_FORMAT) as tar:
             for pos, it in enumerate(items):
                 try:
                     with open(it.path, 'rb') as img_file:
-                        data, ext = check_and_normalize(img_file.read(), opts.max_side, opts.quality)
+                        data, ext, image = check_and_normalize(img_file.read(), opts.max_side, opts.quality)
                 except (OSError, BadImage) as exc:
                     entry.skipped.append(dict(id=it.id, path=it.path, reason=str(exc)))
                     continue
                 key = sample_key(opts.source, shard, pos)
-                meta = dict(source=opts.source, id=it.id, labels=it.labels)
+                phash, dhash = image_hashes(to_rgb(image))
+                hashes.append(SampleHash(entry.name, entry.samples, key, phash, dhash))
+                meta = dict(source=opts.source, id=it.id, labels=it.labels, phash=to_hex(phash), dhash=to_hex(dhash))
                 _add_member(tar, f'{key}.{ext}', data)
                 _add_member(tar, f'{key}.json', json.dumps(meta).encode())
                 entry.samples += 1
@@ -165,7 +170,7 @@ def write_shard(job: dict) -> dict:
         storage.put_file_atomic(tmp, storage.join(opts.prefix, entry.name), opts.retry)
     finally:
         os.unlink(tmp)
-    return asdict(entry)
+    return dict(entry=asdict(entry), hashes=hashes)
 
 
 def _fingerprint(plan: List[List[Item]]) -> str:
@@ -226,9 +231,12 @@ def build(items: Sequence[Item], options: BuildOptions,
     todo = [dict(options=options, shard=i, items=shard) for i, shard in enumerate(plan)
             if owns(options, i) and shard_name(options.source, i) not in done]
     done_before = sum(owns(options, i) for i in range(len(plan))) - len(todo)
-    written, last_save = 0, time.monotonic()
+    written, last_save, unsaved_hashes = 0, time.monotonic(), []
 
-    def save():
+    def save():  # the hashes of the new shards first: the part is what makes them count
+        save_segment(options.prefix, options.source, options.job_index, options.num_jobs, unsaved_hashes,
+                     options.retry)
+        unsaved_hashes.clear()
         save_job_part(options.prefix, options.source, options.job_index, options.num_jobs, list(mine.values()),
                       options.retry)
     bar = tqdm(total=sum(len(j['items']) for j in todo), unit='img', disable=not options.progress,
@@ -237,7 +245,8 @@ def build(items: Sequence[Item], options: BuildOptions,
     try:
         with (ctx.Pool(options.workers) if options.workers > 1 else _InlinePool()) as pool:
             for raw in pool.imap_unordered(write_shard, todo):
-                entry = ShardEntry(**raw)
+                entry = ShardEntry(**raw['entry'])
+                unsaved_hashes.extend(raw['hashes'])
                 mine[entry.name] = entry
                 written += 1
                 bar.update(entry.samples + len(entry.skipped))

@@ -1,4 +1,4 @@
-"""``python -m shards build|verify|stat|migrate-index`` (also the ``replk-shards`` command)."""
+"""``python -m shards build|verify|stat|migrate-index|hash|decontaminate`` (also the ``replk-shards`` command)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,9 @@ import sys
 
 from . import storage
 from .build import BuildOptions, build
-from .index import ShardIndex, migrate_legacy
+from .decontaminate import MAX_JOINT, MAX_PHASH, decontaminate, report_url
+from .hashes import hash_source
+from .index import ShardIndex, list_sources, migrate_legacy
 from .inputs import InputError, filelist_items, imagefolder_items, unlabeled_items
 from .verify import orphans, verify
 from .helpformat import HelpFormatter
@@ -70,6 +72,29 @@ def _migrate_index(args) -> int:
     return 0
 
 
+def _hash(args) -> int:
+    retry = storage.RetryPolicy(budget_s=args.retry_budget)
+    for source in args.source or list_sources(args.prefix, retry):
+        done = hash_source(args.prefix, source, args.job_index, args.num_jobs, policy=retry)
+        print(f'{source}: {done} shards hashed by job {args.job_index} of {args.num_jobs}')
+    return 0
+
+
+def _decontaminate(args) -> int:
+    retry = storage.RetryPolicy(budget_s=args.retry_budget)
+    sources = args.source or list_sources(args.prefix, retry)
+    against = args.against_source or list_sources(args.against, retry)
+    png = args.pairs_png or report_url(args.out).replace('.report.json', '.pairs.png')
+    info = decontaminate(args.prefix, sources, args.against, against, args.out, args.max_phash, args.max_joint,
+                         png, retry)
+    print(f'{info["against"]["images"]} evaluation images ({", ".join(against)}) under {args.against}; '
+          f'{info["against"]["too_plain"]} too plain to match (no structure to hash)')
+    for source, r in info['sources'].items():
+        print(f'{source:12} {r["excluded"]:>8} of {r["samples"]:>10} samples excluded')
+    print(f'exclusion list {args.out} (id {info["id"]}); report {report_url(args.out)}; closest pairs {png}')
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m shards', description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
@@ -111,6 +136,28 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument('prefix')
     m.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     m.set_defaults(func=_migrate_index)
+    h = sub.add_parser('hash', formatter_class=HelpFormatter,
+                       help='compute the perceptual hashes of shards built without them (builds hash as they go)')
+    h.add_argument('prefix')
+    h.add_argument('--source', action='append', help='a source to hash (repeatable; default: every source)')
+    h.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs sharing the pass')
+    h.add_argument('--num-jobs', type=int, default=1)
+    h.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    h.set_defaults(func=_hash)
+    d = sub.add_parser('decontaminate', formatter_class=HelpFormatter,
+                       help='list training samples that are near-duplicates of evaluation images')
+    d.add_argument('prefix', help='the training shards (local folder or s3://bucket/prefix)')
+    d.add_argument('--against', required=True, help='the evaluation shards, e.g. s3://data/in1k-val')
+    d.add_argument('--source', action='append', help='a training source to check (repeatable; default: every source)')
+    d.add_argument('--against-source', action='append', help='an evaluation source (repeatable; default: every source)')
+    d.add_argument('--out', required=True, help='the exclusion list to write (.parquet; one file per version, '
+                                                'e.g. exclusions/in1k-val.v1.parquet); the report goes beside it')
+    d.add_argument('--pairs-png', help='picture of the least certain matches (default: beside --out)')
+    d.add_argument('--max-phash', type=int, default=MAX_PHASH, help='pHash bits a copy may differ in (of 64)')
+    d.add_argument('--max-joint', type=int, default=MAX_JOINT,
+                   help='pHash + dHash bits a copy may differ in (of 128), checked on the pHash candidates')
+    d.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    d.set_defaults(func=_decontaminate)
     return p
 
 

@@ -54,8 +54,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def check_and_normalize(data: bytes, max_side: Optional[int] = None, quality: int = 90,
-                        max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[bytes, str]:
-    """Fully decode ``data`` (raises BadImage); return the bytes to store and their extension.
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[bytes, str, Image.Image]:
+    """Fully decode ``data`` (raises BadImage); return the bytes to store, their extension, and the
+    decoded image they hold (for the perceptual hashes computed at build time).
 
     Valid images keep their bytes unless ``max_side`` asks for a smaller JPEG or the
     format is not one webdataset decoders read (then lossless PNG).
@@ -71,18 +72,19 @@ def check_and_normalize(data: bytes, max_side: Optional[int] = None, quality: in
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         out = io.BytesIO()
         img.save(out, 'JPEG', quality=quality)
-        return out.getvalue(), 'jpg'
+        return out.getvalue(), 'jpg', img
     if fmt == 'PNG' and img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
         # 16-bit PNGs: plain webdataset/PIL decoders clip them to white; store what every reader
         # decodes the same way (8-bit, scaled as decode_rgb scales them).
         out = io.BytesIO()
-        to_rgb(img).save(out, 'PNG')
-        return out.getvalue(), 'png'
+        rgb = to_rgb(img)
+        rgb.save(out, 'PNG')
+        return out.getvalue(), 'png', rgb
     if fmt in STORED_AS_IS:
-        return data, STORED_AS_IS[fmt]
+        return data, STORED_AS_IS[fmt], img
     out = io.BytesIO()
     (img if img.mode in ('RGB', 'RGBA', 'L', 'LA', 'I;16') else to_rgb(img)).save(out, 'PNG')
-    return out.getvalue(), 'png'
+    return out.getvalue(), 'png', img
 
 
 def is_plain_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:

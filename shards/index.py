@@ -10,6 +10,8 @@ object (README, "Shards": the multi-job protocol)::
                                                         skipped count (rewritten by that job alone)
     _index/{source}/skipped.{job:05d}-of-{jobs:05d}.jsonl    the images it skipped, and why (a report:
                                                         readers of the stream never fetch it)
+    _index/{source}/hashes.{job:05d}-of-{jobs:05d}.{ns}.parquet  perceptual hashes of the samples,
+                                                        append-only segments (``hashes.py``)
 
 A reader of one source lists its folder and reads the job parts (about 40 bytes a shard), once
 per process: the listing (names, sizes, versions) tells a cached copy from a stale one. The

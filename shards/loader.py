@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import plan as P
+from .exclusions import load as load_exclusions
 from .images import BadImage
 from .reader import iter_shard_samples
 from .stream import (CorruptCounter, check_shards_present, SourceSpec, StreamConfig, collate, decode_sample, resolve_source,
@@ -36,13 +37,27 @@ class ShardStream(IterableDataset):
         self.cfg, self.transform, self.decode_min_side = cfg, transform, decode_min_side
         self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
         self.slots = world_size * self.workers
-        self.sources = [resolve_source(s, cfg.retry) for s in sources]
+        self.exclusions = load_exclusions(cfg.exclude, cfg.retry) if cfg.exclude else None
+        self.sources = [resolve_source(s, cfg.retry, self.exclusions) for s in sources]
+        if self.exclusions is not None:
+            self._check_exclusions_apply()
         check_shards_present([u for s in self.sources for u in s.urls], cfg.retry)
         for src in self.sources:
             self._check_enough_shards(src)
         self.plan = P.mix_plan([s.name for s in self.sources], [s.samples for s in self.sources],
                                None if weights[0] is None else weights, self.slots, cfg.batch_size)
         self.epoch, self.resume_batches = 0, 0
+
+    def _check_exclusions_apply(self) -> None:
+        """A list that names none of this stream's shards is the wrong list, not an empty one."""
+        removed = {src.name: sum(len(x) for x in src.excluded) for src in self.sources}
+        ours = {u.rsplit('/', 1)[1] for src in self.sources for u in src.urls}
+        if self.exclusions.by_shard and not ours & set(self.exclusions.by_shard):
+            raise ValueError(f'exclusion list {self.exclusions.url} (made for sources '
+                             f'{", ".join(self.exclusions.sources())}) names none of the shards of '
+                             f'{", ".join(removed)}: a list for other data (data.exclude)')
+        log.info('exclusion list %s leaves out %s', self.exclusions.url,
+                 ', '.join(f'{n} of {name}' for name, n in removed.items()))
 
     def _check_enough_shards(self, src) -> None:
         where = f'world size {self.world_size} x {self.workers} workers = {self.slots} slots'
@@ -153,6 +168,7 @@ class ResumableLoader:
         d = self.dataset
         return dict(seed=d.cfg.seed, world_size=d.world_size, num_workers=d.workers,
                     rank=d.rank, batch_size=d.cfg.batch_size, sources=list(d.plan.sources),
+                    exclusions=d.exclusions.id if d.exclusions else None,
                     epoch=d.epoch, batches_in_epoch=self.batches_in_epoch,
                     samples_per_source={s: self.per_source.get(s, 0) for s in d.plan.sources})
 
@@ -166,6 +182,10 @@ class ResumableLoader:
                            ('num_workers', d.workers)):
             if state[name] != ours:
                 raise ValueError(f'loader state has {name}={state[name]!r}, this run has {ours!r}')
+        ours = d.exclusions.id if d.exclusions else None
+        if state.get('exclusions') != ours:  # states from before exclusion lists have none
+            raise ValueError(f'loader state was saved with exclusion list {state.get("exclusions")!r}, this run '
+                             f'has {ours!r} (data.exclude): the samples, and so the position, differ')
         expected = d.expected_per_source(state['epoch'], state['batches_in_epoch'])
         if expected != state['samples_per_source']:
             raise ValueError(f'loader state counts {state["samples_per_source"]} samples per source, but the '

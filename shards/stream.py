@@ -17,6 +17,7 @@ from braceexpand import braceexpand
 from . import plan as P
 from . import storage
 from .images import IMAGE_EXTS, BadImage, decode_rgb
+from .exclusions import Exclusions, kept_to_raw
 from .index import INDEX_DIR, load_source
 from .naming import shard_source
 from .reader import iter_shard_samples
@@ -36,17 +37,37 @@ class SourceSpec:
 class ResolvedSource:
     name: str
     urls: tuple
-    counts: tuple
+    counts: tuple                 # samples each shard gives the stream (excluded ones not counted)
+    excluded: tuple = ()          # per shard: the sorted tar positions an exclusion list removes
 
     @property
     def samples(self) -> int:
         return sum(self.counts)
 
+    def excluded_in(self, shard: int) -> tuple:
+        return self.excluded[shard] if self.excluded else ()
 
-def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> ResolvedSource:
-    """Shard URLs and exact sample counts, from the index beside the shards."""
+
+def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAULT_RETRY,
+                   exclude: Optional[Exclusions] = None) -> ResolvedSource:
+    """Shard URLs and exact sample counts, from the index beside the shards, less what ``exclude``
+    lists (near-duplicates of evaluation images; ``shards/exclusions.py``)."""
     urls, entries = source_entries(spec, retry)
-    return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries))
+    if exclude is None:
+        return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries))
+    excluded = []
+    for url, entry in zip(urls, entries):
+        sha, ordinals, _ = exclude.by_shard.get(entry.name, (entry.sha256, (), ()))
+        if sha != entry.sha256:
+            raise ValueError(f'exclusion list {exclude.url} was made for other bytes of {url} (sha256 {sha[:12]}, '
+                             f'the index says {entry.sha256[:12]}): the shard was rebuilt since; run '
+                             '`replk-shards decontaminate` again')
+        if ordinals and ordinals[-1] >= entry.samples:
+            raise ValueError(f'exclusion list {exclude.url} names sample {ordinals[-1]} of {url}, which has '
+                             f'{entry.samples}')
+        excluded.append(ordinals)
+    counts = tuple(e.samples - len(x) for e, x in zip(entries, excluded))
+    return ResolvedSource(spec.name, tuple(urls), counts, tuple(excluded))
 
 
 def check_shards_present(urls, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> None:
@@ -95,6 +116,7 @@ class StreamConfig:
     batch_size: int = 64
     shuffle_buffer: int = 500            # raw samples per source per worker
     few_shards: str = 'error'            # or 'share': slots read disjoint ranges of shared shards
+    exclude: Optional[str] = None        # an exclusion list (replk-shards decontaminate) to leave out
     max_corrupt_fraction: float = 0.01   # stop the run when more samples than this fail to decode
     corrupt_window: int = 2000           # ... judged over at least this many samples (per worker)
     retry: storage.RetryPolicy = field(default_factory=storage.RetryPolicy)
@@ -128,12 +150,25 @@ def source_stream(src: ResolvedSource, cfg: StreamConfig, slot: int, slots: int,
     while True:
         order = P.shard_order(len(src.counts), cfg.seed, src.name, source_epoch)
         ranges = P.slot_shard_ranges(src.counts, order, slots, slot)
-        raw = (s for shard, first, n in ranges for s in iter_shard_samples(src.urls[shard], first, n, cfg.retry))
+        raw = (s for shard, first, n in ranges
+               for s in kept_samples(src.urls[shard], first, n, src.excluded_in(shard), cfg.retry))
         out = shuffled(raw, cfg.shuffle_buffer, P.rng(cfg.seed, 'buffer', src.name, source_epoch, slot))
         for i, sample in enumerate(out):
             if i >= skip:  # resume: replay without decoding
                 yield sample
         source_epoch, skip = source_epoch + 1, 0
+
+
+def kept_samples(url: str, first: int, count: int, excluded: tuple, retry: storage.RetryPolicy) -> Iterator[dict]:
+    """Samples ``first .. first+count`` of a shard counting only those not ``excluded`` (tar positions)."""
+    if not excluded:
+        yield from iter_shard_samples(url, first, count, retry)
+        return
+    lo, hi = kept_to_raw(first, excluded), kept_to_raw(first + count - 1, excluded) + 1
+    drop = set(excluded)
+    for pos, sample in enumerate(iter_shard_samples(url, lo, hi - lo, retry), lo):
+        if pos not in drop:
+            yield sample
 
 
 # --- decoding ------------------------------------------------------------------------------

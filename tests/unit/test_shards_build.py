@@ -1,6 +1,7 @@
 """Building, verifying and counting shards on local disk."""
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,9 @@ def test_imagefolder_build_is_readable_by_plain_webdataset(image_tree, tmp_path)
     samples = list(wds.WebDataset(sorted(str(p) for p in out.glob('*.tar')), shardshuffle=False))
     assert len(samples) == 18
     meta = json.loads(samples[0]['json'])
+    hashes = {k: meta.pop(k) for k in ('phash', 'dhash')}  # perceptual hashes, 64 bits as hex
     assert meta == {'source': 'zoo', 'id': 'cat/0.jpg', 'labels': {'animals': 0}}
+    assert all(re.fullmatch('[0-9a-f]{16}', h) for h in hashes.values())
     assert samples[0]['__key__'] == 'zoo/000000/000000'
     index = ShardIndex.load(str(out))
     assert index.totals()['zoo']['tasks'] == {'animals': 18}

@@ -1,0 +1,133 @@
+"""Perceptual hashes of every sample, beside the shard index (what decontamination reads).
+
+A build job appends one segment per index save, covering the shards it completed since the last
+one; ``replk-shards hash`` appends segments for shards built before hashing existed. Segments are
+only ever added, never rewritten, so concurrent jobs on S3 or a shared disk never touch each
+other's objects::
+
+    _index/{source}/hashes.{job:05d}-of-{jobs:05d}.{unix_ns}.parquet
+        shard, ordinal (position in the tar), key, phash, dhash (uint64)
+
+A killed job may leave a segment for shards its part does not list yet; the rerun writes them
+again (same bytes, same hashes). Readers keep the rows of indexed shards, once per key.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import storage
+from .images import BadImage, IMAGE_EXTS, decode_rgb
+from .index import job_tag, load_source, source_folder
+from .perceptual import image_hashes
+from .reader import iter_shard_samples
+from .safe_files import check_name
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SCHEMA = pa.schema([('shard', pa.string()), ('ordinal', pa.int32()), ('key', pa.string()),
+                            ('phash', pa.uint64()), ('dhash', pa.uint64())])
+
+
+@dataclass(frozen=True)
+class SampleHash:
+    shard: str
+    ordinal: int
+    key: str
+    phash: int
+    dhash: int
+
+
+def save_segment(prefix: str, source: str, job_index: int, num_jobs: int, rows: Sequence[SampleHash],
+                 policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> Optional[str]:
+    """Append one segment (nothing when ``rows`` is empty); returns its URL."""
+    if not rows:
+        return None
+    table = pa.table(dict(shard=[r.shard for r in rows], ordinal=[r.ordinal for r in rows],
+                          key=[r.key for r in rows], phash=[r.phash for r in rows],
+                          dhash=[r.dhash for r in rows]), schema=SEGMENT_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression='zstd')
+    url = f'{source_folder(prefix, source)}/hashes.{job_tag(job_index, num_jobs)}.{time.time_ns()}.parquet'
+    storage.write_bytes_atomic(url, buf.getvalue(), policy)
+    return url
+
+
+def load_hashes(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> pa.Table:
+    """The hashes of the source's indexed shards, one row per sample (sorted by shard, ordinal)."""
+    folder = source_folder(prefix, source)
+    shards = load_source(prefix, source, policy)
+    urls = [f'{folder}/{n}' for n in sorted(storage.list_details(folder, policy))
+            if n.startswith('hashes.') and n.endswith('.parquet')]
+    tables = []
+    for url, data in zip(urls, storage.read_many(urls, policy) if urls else []):
+        table = pq.ParquetFile(io.BytesIO(data)).read()
+        if table.schema != SEGMENT_SCHEMA:
+            raise ValueError(f'{url}: not a hash segment of this version (schema {table.schema})')
+        tables.append(table)
+    if not tables:
+        return SEGMENT_SCHEMA.empty_table()
+    table = pa.concat_tables(tables)
+    table = table.filter(pc.is_in(table['shard'], pa.array(sorted(shards))))
+    table = table.sort_by([('shard', 'ascending'), ('ordinal', 'ascending')])
+    keys = table['key'].to_numpy(zero_copy_only=False)
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    for name in np.unique(table['shard'].to_numpy(zero_copy_only=False)):
+        check_name(name, f'shard name in {folder} hashes')
+    return table.filter(pa.array(first))
+
+
+def shards_without_hashes(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY
+                          ) -> List[str]:
+    """Indexed shards no segment covers (a segment always covers whole shards)."""
+    hashed = set(load_hashes(prefix, source, policy)['shard'].to_pylist())
+    return [n for n in sorted(load_source(prefix, source, policy)) if n not in hashed]
+
+
+def hash_shard(url: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[SampleHash]:
+    """Read a shard and hash every sample (the pass for shards built before hashing existed)."""
+    name = url.rsplit('/', 1)[1]
+    rows = []
+    for ordinal, raw in enumerate(iter_shard_samples(url, 0, None, policy)):
+        try:
+            rows.append(SampleHash(name, ordinal, raw['__key__'], *_sample_hashes(raw)))
+        except (BadImage, ValueError) as exc:  # counted by the stream and `verify` as corrupt
+            log.warning('hash: skipping %s in %s: %s', raw['__key__'], url, exc)
+    return rows
+
+
+def _sample_hashes(raw: dict):
+    meta = json.loads(raw['json']) if 'json' in raw else {}
+    if 'phash' in meta and 'dhash' in meta:  # hashed at build time: no decoding
+        return int(meta['phash'], 16), int(meta['dhash'], 16)
+    ext = next((e for e in IMAGE_EXTS if e in raw), None)
+    if ext is None:
+        raise BadImage('no image part')
+    return image_hashes(decode_rgb(raw[ext]))
+
+
+def hash_source(prefix: str, source: str, job_index: int = 0, num_jobs: int = 1, save_every: int = 50,
+                policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> int:
+    """Hash this job's share of the source's unhashed shards (shard ``i`` of the source's sorted list
+    goes to job ``i % num_jobs``, whatever other jobs did), one segment per ``save_every`` shards.
+    Returns the shards hashed."""
+    unhashed = set(shards_without_hashes(prefix, source, policy))
+    todo = [n for i, n in enumerate(sorted(load_source(prefix, source, policy)))
+            if i % num_jobs == job_index and n in unhashed]
+    pending: List[SampleHash] = []
+    for i, name in enumerate(todo, 1):
+        pending += hash_shard(storage.join(prefix, name), policy)
+        if i % save_every == 0 or i == len(todo):
+            save_segment(prefix, source, job_index, num_jobs, pending, policy)
+            pending = []
+    return len(todo)
