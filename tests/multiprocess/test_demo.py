@@ -44,7 +44,7 @@ def test_every_number_of_the_seed_table_comes_from_a_run(quick_demo):
     out, _ = quick_demo
     summary = json.loads((out / 'summary.json').read_text())
     seeds = summary['seeds']
-    assert len(seeds) == 2 and summary['storage'].startswith('S3') and summary['eval_source'] == 'test'
+    assert len(seeds) == 1 and summary['storage'].startswith('S3') and summary['eval_source'] == 'test'
     rows = {line.split(' | ')[0].lstrip('| '): line for line in (out / 'report.md').read_text().splitlines()
             if line.startswith('| ')}
     for task in TASKS:
