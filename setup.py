@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     'tensorboard>=2.16',
     'pillow>=10.3',
     'ImageHash>=4.3.1',        # perceptual hashes for decontamination (shards/perceptual.py)
+    'opencv-python-headless>=4.10.0.84',  # fast affine warps in the training augmentation; numpy 2 wheels
     'tqdm',
     'braceexpand',
 ]

@@ -16,6 +16,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from timm.data import auto_augment
 from timm.data.random_erasing import RandomErasing
 
+from .composed_augment import compose
+
 
 @dataclass(frozen=True)
 class TransformConfig:
@@ -29,6 +31,7 @@ class TransformConfig:
     interpolation: str = 'bicubic'
     re_prob: float = 0.0          # random erasing, applied on the device with the normalization
     crop_pct: float = 0.875       # eval: resize to size / crop_pct, then center-crop size
+    compose_warps: bool = True    # train: crop + flip + a geometric RandAugment op in one warp
 
     def decode_min_side(self, train: bool) -> int:
         """Shortest image side the transform can use at full quality (JPEG draft decoding stops there).
@@ -79,12 +82,15 @@ def _tensor_out(transform):
 
 
 def train_transform(cfg: TransformConfig):
-    """RandomResizedCrop, flip, RandAugment -> uint8 CHW tensor."""
+    """RandomResizedCrop, flip, RandAugment -> uint8 CHW tensor: timm's objects, run by
+    ``ComposedTrainTransform`` (one resampling pass where timm makes two; same draws) unless
+    ``compose_warps`` is off or the pipeline has other steps (then timm's transform as built)."""
     t = create_transform(cfg.image_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio,
                          hflip=cfg.hflip, auto_augment=cfg.auto_augment, interpolation=cfg.interpolation,
                          mean=cfg.mean, std=cfg.std, use_prefetcher=True)
     _patch_posterize(t)
-    return _tensor_out(t)
+    composed = compose(t) if cfg.compose_warps else None
+    return _tensor_out(composed or t)
 
 
 def eval_transform(cfg: TransformConfig):

@@ -1,0 +1,169 @@
+"""timm's training augmentation with one resampling pass where timm makes two.
+
+timm's train transform resamples a photo twice when RandAugment draws a geometric op (rotate,
+shear, translate): the RandomResizedCrop's resize, then the op's affine warp of the 224 px crop
+(Pillow's bicubic affine: the costliest step of the pipeline, 1-1.5 ms). This transform draws
+exactly what timm's objects draw, with the same random generators in the same order (so, under
+one seed, the same crops, flips, ops and magnitudes), and when the first op applied is geometric
+it folds the crop, the flip and that op into a single affine warp of the crop box: every output
+pixel maps to the source through one matrix, and pixels the op moves in from outside the crop
+get timm's fill colour, as in the two-step result. Everything else runs through timm's own op
+functions, in timm's order.
+
+Differences from the two-step result are those of resampling once instead of twice (the test
+bounds them): bicubic weights at different sample points, and, for crops more than 2x the output
+size, a box reduction by an integer factor before the warp (Pillow's affine does not antialias).
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import List, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import auto_augment
+from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
+from torchvision import transforms as T
+
+
+def _rotate_matrix(degrees: float, w: int, h: int) -> np.ndarray:
+    """Pillow's ``Image.rotate(degrees)`` (expand off, about the centre) as output -> input coords."""
+    angle = -math.radians(degrees % 360.0)
+    cos, sin = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    cx, cy = w / 2.0, h / 2.0
+    return np.array([[cos, sin, cx - cos * cx - sin * cy], [-sin, cos, cy + sin * cx - cos * cy], [0, 0, 1]])
+
+
+def _op_matrix(fn, args: tuple, w: int, h: int) -> np.ndarray:
+    """timm's geometric ops (``auto_augment``) as 3x3 maps from output to input pixel coordinates."""
+    if fn is auto_augment.rotate:
+        return _rotate_matrix(args[0], w, h)
+    m = np.eye(3)
+    if fn is auto_augment.shear_x:
+        m[0, 1] = args[0]
+    elif fn is auto_augment.shear_y:
+        m[1, 0] = args[0]
+    elif fn is auto_augment.translate_x_rel:
+        m[0, 2] = args[0] * w
+    elif fn is auto_augment.translate_y_rel:
+        m[1, 2] = args[0] * h
+    else:
+        raise ValueError(f'not a geometric op: {fn}')
+    return m
+
+
+GEOMETRIC = (auto_augment.rotate, auto_augment.shear_x, auto_augment.shear_y,
+             auto_augment.translate_x_rel, auto_augment.translate_y_rel)
+
+
+def draw_op(op) -> Optional[tuple]:
+    """What timm's ``AugmentOp.__call__`` draws, in its order: None when the op is skipped, else
+    (level args, resample). The resample draw is the one its geometric functions make."""
+    if op.prob < 1.0 and random.random() > op.prob:
+        return None
+    magnitude = op.magnitude
+    if op.magnitude_std > 0:
+        magnitude = random.uniform(0, magnitude) if op.magnitude_std == float('inf') else \
+            random.gauss(magnitude, op.magnitude_std)
+    magnitude = max(0., min(magnitude, op.magnitude_max or auto_augment._LEVEL_DENOM))
+    args = op.level_fn(magnitude, op.hparams) if op.level_fn is not None else tuple()
+    resample = op.kwargs['resample']
+    if op.aug_fn in GEOMETRIC and isinstance(resample, (list, tuple)):
+        resample = random.choice(resample)
+    return args, resample
+
+
+class ComposedTrainTransform:
+    """RandomResizedCrop -> horizontal flip -> RandAugment, as timm builds them, in one warp when
+    the first applied op is geometric. Built from timm's own transform objects."""
+
+    def __init__(self, rrc: RandomResizedCropAndInterpolation, flip: T.RandomHorizontalFlip, randaug):
+        self.rrc, self.flip, self.randaug = rrc, flip, randaug
+
+    @property
+    def ops(self) -> list:
+        """RandAugment's ops (timm's objects: patching one patches what this transform runs)."""
+        return self.randaug.ops if self.randaug is not None else []
+
+    def _draw(self, img) -> Tuple[tuple, int, bool, List[tuple]]:
+        i, j, h, w = self.rrc.get_params(img, self.rrc.scale, self.rrc.ratio)
+        mode = random.choice(self.rrc.interpolation) if isinstance(self.rrc.interpolation, (tuple, list)) \
+            else self.rrc.interpolation
+        flipped = bool(torch.rand(1) < self.flip.p)
+        applied = []
+        if self.randaug is not None:
+            ra = self.randaug
+            # Indices, not the ops: numpy draws the same numbers either way, without building an object array.
+            for k in np.random.choice(len(ra.ops), ra.num_layers, replace=ra.choice_weights is None, p=ra.choice_weights):
+                op = ra.ops[k]
+                drawn = draw_op(op)
+                if drawn is not None:
+                    applied.append((op, *drawn))
+        return (i, j, h, w), _pil_resample(mode), flipped, applied
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        (i, j, h, w), resample, flipped, applied = self._draw(img)
+        size = (self.rrc.size[1], self.rrc.size[0])
+        crop = img.crop((j, i, j + w, i + h))
+        if applied and applied[0][0].aug_fn in GEOMETRIC and w <= size[0] and h <= size[1]:
+            # An enlarged crop: no antialiasing to lose, so crop, resize, flip and op are one warp.
+            op, args, op_resample = applied.pop(0)
+            scale = np.diag([w / size[0], h / size[1], 1.0])
+            flip = np.array([[-1.0, 0, size[0]], [0, 1, 0], [0, 0, 1]]) if flipped else np.eye(3)
+            out = warp(crop, scale @ flip @ _op_matrix(op.aug_fn, args, *size), size, op_resample,
+                       op.kwargs.get('fillcolor'))
+        else:
+            out = crop.resize(size, resample)
+            if flipped:
+                out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        for op, args, op_resample in applied:  # timm's order; its own functions but for the warps
+            if op.aug_fn in GEOMETRIC:
+                out = warp(out, _op_matrix(op.aug_fn, args, *out.size), out.size, op_resample,
+                           op.kwargs.get('fillcolor'))
+            else:
+                out = op.aug_fn(out, *args, **op.kwargs)
+        return out
+
+
+_CV2_FILTER = {Image.Resampling.NEAREST: cv2.INTER_NEAREST, Image.Resampling.BILINEAR: cv2.INTER_LINEAR,
+               Image.Resampling.BICUBIC: cv2.INTER_CUBIC}
+
+
+def warp(img: Image.Image, m: np.ndarray, size: Tuple[int, int], resample, fill) -> Image.Image:
+    """Pillow's ``img.transform(size, AFFINE, m, resample, fillcolor=fill)`` by OpenCV, 2-3x faster.
+
+    ``m`` maps output to input coordinates in Pillow's convention (pixel ``i`` spans ``[i, i+1)``);
+    OpenCV puts pixel centres on integers, hence the half-pixel shifts. Pillow's affine bicubic
+    is the costliest step of timm's pipeline; OpenCV's cubic kernel is a = -0.75 (Pillow's -0.5)."""
+    if resample not in _CV2_FILTER:
+        return img.transform(size, Image.Transform.AFFINE, tuple(m[:2].ravel()), resample=resample, fillcolor=fill)
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)  # one core per loader worker, as Pillow: no thread pool per worker
+    shift = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    m_cv = np.linalg.inv(shift) @ m @ shift
+    array = np.asarray(img)
+    out = cv2.warpAffine(array, m_cv[:2], size, flags=_CV2_FILTER[resample] | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(fill) if fill is not None else 0)
+    return Image.fromarray(out, img.mode)
+
+
+def _pil_resample(mode):
+    """Pillow's filter for timm's interpolation (a torchvision InterpolationMode or a Pillow constant)."""
+    return str_to_pil_interp(mode.value) if hasattr(mode, 'value') else mode
+
+
+def compose(transform) -> Optional[T.Compose]:
+    """timm's train Compose with its first three steps replaced by ComposedTrainTransform, or None
+    when the pipeline is not RandomResizedCrop -> flip -> [RandAugment] -> to tensor."""
+    steps = list(getattr(transform, 'transforms', []))
+    if len(steps) < 3 or not isinstance(steps[0], RandomResizedCropAndInterpolation) \
+            or not isinstance(steps[1], T.RandomHorizontalFlip):
+        return None
+    randaug = steps[2] if isinstance(steps[2], auto_augment.RandAugment) else None
+    rest = steps[3:] if randaug is not None else steps[2:]
+    if any(type(s).__name__ not in ('MaybePILToTensor', 'ToNumpy', 'Uint8Tensor') for s in rest):
+        return None
+    return T.Compose([ComposedTrainTransform(steps[0], steps[1], randaug)] + rest)
