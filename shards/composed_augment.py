@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import auto_augment
+
+from .images import UndecodedJpeg
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
 from torchvision import transforms as T
 
@@ -88,8 +90,11 @@ class ComposedTrainTransform:
         """RandAugment's ops (timm's objects: patching one patches what this transform runs)."""
         return self.randaug.ops if self.randaug is not None else []
 
+    takes_undecoded = True   # decode_sample may hand over an UndecodedJpeg (decoded here, at the crop's scale)
+
     def _draw(self, img) -> Tuple[tuple, int, bool, List[tuple]]:
-        i, j, h, w = self.rrc.get_params(img, self.rrc.scale, self.rrc.ratio)
+        i, j, h, w = self.rrc.get_params(img.image if isinstance(img, UndecodedJpeg) else img,
+                                         self.rrc.scale, self.rrc.ratio)
         mode = random.choice(self.rrc.interpolation) if isinstance(self.rrc.interpolation, (tuple, list)) \
             else self.rrc.interpolation
         flipped = bool(torch.rand(1) < self.flip.p)
@@ -104,10 +109,15 @@ class ComposedTrainTransform:
                     applied.append((op, *drawn))
         return (i, j, h, w), _pil_resample(mode), flipped, applied
 
-    def __call__(self, img: Image.Image) -> Image.Image:
+    def __call__(self, img) -> Image.Image:
         (i, j, h, w), resample, flipped, applied = self._draw(img)
         size = (self.rrc.size[1], self.rrc.size[0])
-        crop = img.crop((j, i, j + w, i + h))
+        box = (j, i, j + w, i + h)
+        if isinstance(img, UndecodedJpeg):
+            img, box = img.decode_for(box, size)
+            if (box[2] - box[0]) != w:  # decoded smaller: the crop is a box of the resize, no copy
+                return self._finish(img.resize(size, resample, box=box), flipped, applied)
+        crop = img.crop(box)
         if applied and applied[0][0].aug_fn in GEOMETRIC and w <= size[0] and h <= size[1]:
             # An enlarged crop: no antialiasing to lose, so crop, resize, flip and op are one warp.
             op, args, op_resample = applied.pop(0)
@@ -115,10 +125,13 @@ class ComposedTrainTransform:
             flip = np.array([[-1.0, 0, size[0]], [0, 1, 0], [0, 0, 1]]) if flipped else np.eye(3)
             out = warp(crop, scale @ flip @ _op_matrix(op.aug_fn, args, *size), size, op_resample,
                        op.kwargs.get('fillcolor'))
-        else:
-            out = crop.resize(size, resample)
-            if flipped:
-                out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            return self._finish(out, False, applied)
+        return self._finish(crop.resize(size, resample), flipped, applied)
+
+    @staticmethod
+    def _finish(out: Image.Image, flipped: bool, applied: List[tuple]) -> Image.Image:
+        if flipped:
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         for op, args, op_resample in applied:  # timm's order; its own functions but for the warps
             if op.aug_fn in GEOMETRIC:
                 out = warp(out, _op_matrix(op.aug_fn, args, *out.size), out.size, op_resample,
@@ -153,6 +166,12 @@ def warp(img: Image.Image, m: np.ndarray, size: Tuple[int, int], resample, fill)
 def _pil_resample(mode):
     """Pillow's filter for timm's interpolation (a torchvision InterpolationMode or a Pillow constant)."""
     return str_to_pil_interp(mode.value) if hasattr(mode, 'value') else mode
+
+
+def takes_undecoded(transform) -> bool:
+    """Whether ``transform`` (a Compose) starts with a step that decodes an UndecodedJpeg itself."""
+    steps = getattr(transform, 'transforms', [transform])
+    return bool(steps) and getattr(steps[0], 'takes_undecoded', False)
 
 
 def compose(transform) -> Optional[T.Compose]:

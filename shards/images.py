@@ -109,3 +109,37 @@ def decode_rgb(data: bytes, min_side: Optional[int] = None,
     except Exception as exc:
         raise BadImage(f'corrupt {img.format or "image"} data ({type(exc).__name__}: {exc})') from None
     return to_rgb(img)
+
+
+class UndecodedJpeg:
+    """A plain JPEG whose header is read and whose pixels are not yet: a transform that knows its crop
+    decodes it at the smallest DCT scale the crop allows (``decode_for``)."""
+
+    def __init__(self, image: Image.Image):
+        self.image = image      # opened, not loaded
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        return self.image.size
+
+    def decode_for(self, box: Tuple[int, int, int, int], out_size: Tuple[int, int]) -> Tuple[Image.Image, tuple]:
+        """Decode at scale 1/k, the largest k in 8, 4, 2, 1 that keeps ``box`` (left, top, right,
+        bottom) at least ``out_size``; return the RGB image and ``box`` in its coordinates."""
+        w, h = self.size
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        k = next(k for k in (8, 4, 2, 1) if bw / k >= out_size[0] and bh / k >= out_size[1] or k == 1)
+        img = self.image
+        if k > 1:
+            img.draft('RGB', (w // k, h // k))
+        try:
+            img.load()
+        except Exception as exc:
+            raise BadImage(f'corrupt JPEG data ({type(exc).__name__}: {exc})') from None
+        sx, sy = w / img.size[0], h / img.size[1]
+        return to_rgb(img), (box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy)
+
+
+def open_undecoded(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optional[UndecodedJpeg]:
+    """A plain RGB or grayscale JPEG, opened without decoding (header checks done); else None."""
+    img = _open(data, max_pixels)
+    return UndecodedJpeg(img) if img.format == 'JPEG' and img.mode in ('RGB', 'L') else None

@@ -16,7 +16,8 @@ from braceexpand import braceexpand
 
 from . import plan as P
 from . import storage
-from .images import IMAGE_EXTS, BadImage, decode_rgb
+from .composed_augment import takes_undecoded
+from .images import IMAGE_EXTS, BadImage, decode_rgb, open_undecoded
 from .exclusions import Exclusions, kept_to_raw
 from .index import INDEX_DIR, load_source
 from .naming import shard_source
@@ -207,9 +208,12 @@ def decode_sample(raw: Optional[dict], transform: Callable, min_side: Optional[i
         meta = json.loads(raw['json']) if 'json' in raw else {}
     except ValueError as exc:
         raise BadImage(f'unreadable metadata ({exc})') from None
-    image = decode_rgb(raw[ext], min_side)  # bad data raises BadImage: counted and replaced
+    # bad data raises BadImage (here, or in a transform that decodes an UndecodedJpeg): counted and replaced
+    image = (open_undecoded(raw[ext]) if takes_undecoded(transform) else None) or decode_rgb(raw[ext], min_side)
     try:
         return dict(image=transform(image), key=raw['__key__'], meta=meta)
+    except BadImage:
+        raise
     except Exception as exc:  # not the data's fault: stop, naming it
         raise RuntimeError(f'the transform failed on {raw["__key__"]} ({type(exc).__name__}: {exc}): a configuration '
                            'or code fault, not bad data (check data.image_size, data.crop_scale, '

@@ -1,4 +1,5 @@
 """The training augmentation with composed warps draws exactly what timm draws and looks the same."""
+import io
 import random
 
 import numpy as np
@@ -10,6 +11,7 @@ from timm.data import auto_augment, create_transform
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
 from shards.composed_augment import GEOMETRIC, ComposedTrainTransform, _op_matrix, compose, warp
+from shards.images import BadImage, decode_rgb, open_undecoded
 from shards.transforms import TransformConfig, _patch_posterize, train_transform
 
 FILL = (124, 116, 104)
@@ -144,3 +146,44 @@ def test_pipelines_with_other_steps_keep_timms_transform():
     jitter = train_transform(TransformConfig(image_size=32, auto_augment=None))  # timm adds ColorJitter then
     assert isinstance(jitter.transforms[0], RandomResizedCropAndInterpolation)
     assert jitter(Image.new('RGB', (50, 40))).shape == (3, 32, 32)
+
+
+def jpeg(img, quality=90):
+    buf = io.BytesIO()
+    img.save(buf, 'JPEG', quality=quality)
+    return buf.getvalue()
+
+
+def test_a_jpeg_is_decoded_at_the_smallest_scale_its_crop_allows(photos):
+    data = jpeg(photos[0].resize((1600, 1200), Image.Resampling.BICUBIC))
+    img, box = open_undecoded(data).decode_for((0, 0, 1000, 900), (224, 224))
+    assert img.size == (400, 300) and box == (0, 0, 250, 225)          # 1/4: the crop stays >= 224
+    img, box = open_undecoded(data).decode_for((100, 100, 400, 400), (224, 224))
+    assert img.size == (1600, 1200) and box == (100, 100, 400, 400)    # 300 px: full size
+    png = io.BytesIO()
+    photos[0].save(png, 'PNG')
+    assert open_undecoded(png.getvalue()) is None                      # decoded as before
+
+
+def test_undecoded_jpegs_give_the_same_draws_and_nearly_the_same_pixels(photos):
+    data = jpeg(photos[1].resize((1600, 1200), Image.Resampling.BICUBIC))
+    full = decode_rgb(data)
+    ours = compose(timm_pipeline())
+    gaps = []
+    for s in range(40):
+        seed(s)
+        a = np.asarray(ours(full), dtype=np.float32)
+        after = rng_states()
+        seed(s)
+        b = np.asarray(ours(open_undecoded(data)), dtype=np.float32)
+        assert rng_states() == after
+        gaps.append(np.abs(a - b).mean())
+    assert np.median(gaps) < 2.0 and max(gaps) < 6.0  # DCT-domain vs bicubic reduction
+
+
+def test_a_corrupt_undecoded_jpeg_is_bad_data_not_a_transform_fault(photos):
+    data = jpeg(photos[0])
+    broken = data[:len(data) // 2]
+    from shards.stream import decode_sample
+    with pytest.raises(BadImage, match='corrupt JPEG'):
+        decode_sample({'__key__': 'k', 'jpg': broken}, train_transform(TransformConfig(image_size=32)), None)
