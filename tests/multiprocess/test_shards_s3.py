@@ -106,3 +106,23 @@ def test_a_build_into_a_missing_bucket_names_the_url(image_tree, s3_prefix):
         build(items, BuildOptions('s3://no-such-bucket-replk/zoo', 'zoo', samples_per_shard=4, progress=False,
                                   retry=storage.RetryPolicy(budget_s=5)), {'animals': classes})
     assert 's3://no-such-bucket-replk/zoo' in str(info.value), repr(info.value)
+
+
+def test_decontaminate_on_s3_and_stream_without_the_matches(image_tree, s3_prefix, capsys):
+    """Hash segments, the exclusion list, its report and picture, all on S3; the stream leaves the
+    evaluation images' copies out."""
+    from shards.exclusions import load as load_exclusions
+    prefix, val = f'{s3_prefix}/decon', f'{s3_prefix}/decon-val'
+    items, _ = imagefolder_items(str(image_tree), 'animals')
+    build(items, BuildOptions(prefix, 'zoo', samples_per_shard=4, progress=False))
+    build(items[:3], BuildOptions(val, 'val', samples_per_shard=2, progress=False))  # 3 training images
+    out = f'{s3_prefix}/exclusions/zoo.v1.parquet'
+    assert cli(['decontaminate', prefix, '--against', val, '--out', out]) == 0
+    assert 'zoo                 3 of         18 samples excluded' in capsys.readouterr().out
+    assert storage.exists(f'{s3_prefix}/exclusions/zoo.v1.report.json')
+    assert storage.exists(f'{s3_prefix}/exclusions/zoo.v1.pairs.png')
+    excluded = {k for _, _, keys in load_exclusions(out).by_shard.values() for k in keys}
+    ds = ShardStream([SourceSpec('zoo', prefix)], StreamConfig(batch_size=1, few_shards='share', exclude=out),
+                     to_tensor, 0, 1, 1)
+    seen = [k for b in ResumableLoader(ds) for k in b['key']]
+    assert len(seen) == 15 and not set(seen) & excluded
