@@ -10,7 +10,7 @@ from . import storage
 from .build import BuildOptions, build
 from .decontaminate import MAX_JOINT, MAX_PHASH, decontaminate, report_url
 from .hashes import hash_source
-from .index import ShardIndex, list_sources, migrate_legacy
+from .index import ShardIndex, list_sources, load_source, migrate_legacy
 from .inputs import InputError, filelist_items, imagefolder_items, unlabeled_items
 from .verify import orphans, verify
 from .helpformat import HelpFormatter
@@ -74,7 +74,12 @@ def _migrate_index(args) -> int:
 
 def _hash(args) -> int:
     retry = storage.RetryPolicy(budget_s=args.retry_budget)
-    for source in args.source or list_sources(args.prefix, retry):
+    sources = args.source or list_sources(args.prefix, retry)
+    if not sources:
+        raise ValueError(f'no shard index under {args.prefix}: nothing to hash')
+    for source in sources:
+        if not load_source(args.prefix, source, retry):
+            raise ValueError(f'source {source!r}: no shards indexed under {args.prefix}')
         done = hash_source(args.prefix, source, args.job_index, args.num_jobs, policy=retry)
         print(f'{source}: {done} shards hashed by job {args.job_index} of {args.num_jobs}')
     return 0
@@ -152,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument('--against-source', action='append', help='an evaluation source (repeatable; default: every source)')
     d.add_argument('--out', required=True, help='the exclusion list to write (.parquet; one file per version, '
                                                 'e.g. exclusions/in1k-val.v1.parquet); the report goes beside it')
-    d.add_argument('--pairs-png', help='picture of the least certain matches (default: beside --out)')
+    d.add_argument('--pairs-png', help='picture of the least certain matches; without it, beside --out as .pairs.png')
     d.add_argument('--max-phash', type=int, default=MAX_PHASH, help='pHash bits a copy may differ in (of 64)')
     d.add_argument('--max-joint', type=int, default=MAX_JOINT,
                    help='pHash + dHash bits a copy may differ in (of 128), checked on the pHash candidates')

@@ -99,6 +99,12 @@ def decontaminate(prefix: str, sources: Sequence[str], eval_prefix: str, eval_so
                   policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> dict:
     """Match ``sources`` under ``prefix`` against the evaluation shards; write the list to ``out``.
     Returns the report (per source: samples, excluded), also written beside the list."""
+    if not sources or not eval_sources:
+        raise ValueError(f'no shard index under {prefix if not sources else eval_prefix}: nothing to match')
+    for where, names in ((prefix, sources), (eval_prefix, eval_sources)):
+        for source in names:
+            if not load_source(where, source, policy):
+                raise ValueError(f'source {source!r}: no shards indexed under {where} (a typo, or another prefix?)')
     missing = {s: n for s in sources if (n := shards_without_hashes(prefix, s, policy))}
     if missing:
         raise ValueError('no perceptual hashes for ' + '; '.join(f'{len(n)} shards of {s!r} (e.g. {n[0]})'

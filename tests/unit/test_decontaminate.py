@@ -189,3 +189,16 @@ def test_shards_built_without_hashes_are_hashed_by_a_separate_pass(contaminated,
     after = load_hashes(str(copy), 'pool')
     assert after.to_pylist() == before.to_pylist()
     assert np.all(after['phash'].to_numpy() > 0)
+
+
+def test_a_mistyped_source_or_an_empty_prefix_is_an_error_naming_it(contaminated, tmp_path, capsys):
+    root, _, _ = contaminated
+    out = str(tmp_path / 'x.parquet')
+    assert cli(['decontaminate', str(root / 'train'), '--source', 'pol', '--against', str(root / 'val'),
+                '--out', out]) == 2
+    assert "source 'pol': no shards indexed under" in capsys.readouterr().err
+    assert cli(['decontaminate', str(tmp_path / 'nothing'), '--against', str(root / 'val'), '--out', out]) == 2
+    assert 'no shard index under' in capsys.readouterr().err
+    assert cli(['hash', str(root / 'train'), '--source', 'pol']) == 2
+    assert "source 'pol': no shards indexed" in capsys.readouterr().err
+    assert not (tmp_path / 'x.parquet').exists()
