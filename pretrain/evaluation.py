@@ -29,8 +29,9 @@ def transform_config(d: DataConfig) -> TransformConfig:
 
 
 def to_model_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """The memory format the model trains in, for training and evaluation alike."""
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    """The memory format the model trains in, for training and evaluation alike (loader batches
+    arrive channels-last: a contiguous-layout model gets a contiguous copy)."""
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images.contiguous()
 
 
 @dataclass(frozen=True)

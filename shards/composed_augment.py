@@ -57,8 +57,8 @@ def _op_matrix(fn, args: tuple, w: int, h: int) -> np.ndarray:
     return m
 
 
-GEOMETRIC = (auto_augment.rotate, auto_augment.shear_x, auto_augment.shear_y,
-             auto_augment.translate_x_rel, auto_augment.translate_y_rel)
+TRANSLATIONS = (auto_augment.translate_x_rel, auto_augment.translate_y_rel)
+GEOMETRIC = (auto_augment.rotate, auto_augment.shear_x, auto_augment.shear_y) + TRANSLATIONS
 
 
 def draw_op(op) -> Optional[tuple]:
@@ -114,9 +114,15 @@ class ComposedTrainTransform:
         size = (self.rrc.size[1], self.rrc.size[0])
         box = (j, i, j + w, i + h)
         if isinstance(img, UndecodedJpeg):
-            img, box = img.decode_for(box, size)
-            if (box[2] - box[0]) != w:  # decoded smaller: the crop is a box of the resize, no copy
-                return self._finish(img.resize(size, resample, box=box), flipped, applied)
+            img, box = img.decode_for(box, size)  # box in the decoded image's coordinates
+        if applied and applied[0][0].aug_fn in TRANSLATIONS:
+            # A shift of the resized crop is a shifted box of the resize: one antialiased pass.
+            op, args, _ = applied.pop(0)
+            dx, dy = _op_matrix(op.aug_fn, args, *size)[:2, 2]
+            out = shifted_resize(img, box, size, resample, -dx if flipped else dx, dy, op.kwargs.get('fillcolor'))
+            return self._finish(out, flipped, applied)
+        if box[2] - box[0] != w:  # decoded smaller: the crop is a box of the resize, no copy
+            return self._finish(img.resize(size, resample, box=box), flipped, applied)
         crop = img.crop(box)
         if applied and applied[0][0].aug_fn in GEOMETRIC and w <= size[0] and h <= size[1]:
             # An enlarged crop: no antialiasing to lose, so crop, resize, flip and op are one warp.
@@ -139,6 +145,27 @@ class ComposedTrainTransform:
             else:
                 out = op.aug_fn(out, *args, **op.kwargs)
         return out
+
+
+def _valid(n: int, shift: float) -> Tuple[int, int]:
+    """Output pixels ``[a, b)`` of ``n`` whose centre, shifted, still falls inside ``[0, n)``
+    (Pillow's affine fills the others)."""
+    return max(0, math.ceil(-0.5 - shift)), min(n, math.ceil(n - 0.5 - shift))
+
+
+def shifted_resize(img: Image.Image, box: tuple, size: Tuple[int, int], resample, dx: float, dy: float,
+                   fill) -> Image.Image:
+    """``img.crop(box).resize(size)`` then shifted by ``(dx, dy)`` output pixels as Pillow's affine
+    shifts (pixels moved in from outside get ``fill``), as one resize of a shifted box."""
+    (a, b), (c, d) = _valid(size[0], dx), _valid(size[1], dy)
+    out = Image.new(img.mode, size, tuple(fill) if fill is not None else 0)
+    if a >= b or c >= d:
+        return out
+    sx, sy = (box[2] - box[0]) / size[0], (box[3] - box[1]) / size[1]
+    src = (max(0.0, box[0] + (a + dx) * sx), max(0.0, box[1] + (c + dy) * sy),
+           min(float(img.width), box[0] + (b + dx) * sx), min(float(img.height), box[1] + (d + dy) * sy))
+    out.paste(img.resize((b - a, d - c), resample, box=src), (a, c))
+    return out
 
 
 _CV2_FILTER = {Image.Resampling.NEAREST: cv2.INTER_NEAREST, Image.Resampling.BILINEAR: cv2.INTER_LINEAR,

@@ -221,6 +221,15 @@ def decode_sample(raw: Optional[dict], transform: Callable, min_side: Optional[i
 
 
 def collate(samples: List[dict], sources: List[str]) -> dict:
-    return dict(image=torch.stack([s['image'] for s in samples]),
+    return dict(image=stack_images([s['image'] for s in samples]),
                 key=[s['key'] for s in samples], source=sources,
                 meta=[s['meta'] for s in samples])
+
+
+def stack_images(images: List[torch.Tensor]) -> torch.Tensor:
+    """One NCHW batch. Images decoded by Pillow are CHW views of HWC memory: stacking their HWC
+    memory is one contiguous copy each (6x faster than gathering the strided views), and the batch
+    comes out in channels-last layout, the layout the model takes (``to_model_input``)."""
+    if all(img.dim() == 3 and img.stride(0) == 1 for img in images):
+        return torch.stack([img.permute(1, 2, 0) for img in images]).permute(0, 3, 1, 2)
+    return torch.stack(images)

@@ -187,3 +187,23 @@ def test_a_corrupt_undecoded_jpeg_is_bad_data_not_a_transform_fault(photos):
     from shards.stream import decode_sample
     with pytest.raises(BadImage, match='corrupt JPEG'):
         decode_sample({'__key__': 'k', 'jpg': broken}, train_transform(TransformConfig(image_size=32)), None)
+
+
+@pytest.mark.parametrize('fn, pct', [(auto_augment.translate_x_rel, 0.3), (auto_augment.translate_x_rel, -0.45),
+                                     (auto_augment.translate_y_rel, 0.2), (auto_augment.translate_y_rel, -0.05)])
+@pytest.mark.parametrize('flipped', [False, True])
+def test_a_translation_folded_into_the_resize_box_matches_two_steps(photos, fn, pct, flipped):
+    from shards.composed_augment import shifted_resize
+    box = (40, 25, 440, 325)  # downscaled 400x300 -> 224: the antialiased resize is kept
+    two = photos[0].crop(box).resize((224, 224), Image.Resampling.BICUBIC)
+    if flipped:
+        two = two.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    two = np.asarray(fn(two, pct, fillcolor=FILL, resample=Image.Resampling.BICUBIC), np.float32)
+    dx, dy = _op_matrix(fn, (pct,), 224, 224)[:2, 2]
+    one = shifted_resize(photos[0], box, (224, 224), Image.Resampling.BICUBIC, -dx if flipped else dx, dy, FILL)
+    if flipped:
+        one = one.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    one = np.asarray(one, np.float32)
+    assert np.abs(two - one).mean() < 1.5
+    filled_two, filled_one = (two == FILL).all(axis=2), (one == FILL).all(axis=2)
+    assert filled_two.sum() > 224 * 5 and (filled_two ^ filled_one).sum() <= 2 * 224  # the fill, to a line

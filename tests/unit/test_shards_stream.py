@@ -238,3 +238,17 @@ def test_one_retry_budget_covers_a_whole_shard_read(two_sources, monkeypatch):
     with pytest.raises(storage.StorageError):
         list(iter_shard_samples(f'{two_sources}/lab-000000.tar', 0, 3, policy))
     assert time.monotonic() - start < 1.3 * policy.budget_s  # reopening gets what is left, not a new budget
+
+
+def test_batches_of_pillow_images_stack_channels_last_with_the_same_values():
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from shards.stream import stack_images
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    images = [pil_to_tensor(Image.fromarray(rng.integers(0, 255, (6, 5, 3), dtype=np.uint8))) for _ in range(4)]
+    batch = stack_images(images)
+    assert batch.shape == (4, 3, 6, 5) and torch.equal(batch, torch.stack(images))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    plain = [torch.zeros(3, 2, 2, dtype=torch.uint8) for _ in range(2)]  # contiguous CHW: stacked as given
+    assert stack_images(plain).is_contiguous()
