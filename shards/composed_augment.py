@@ -142,6 +142,8 @@ class ComposedTrainTransform:
             if op.aug_fn in GEOMETRIC:
                 out = warp(out, _op_matrix(op.aug_fn, args, *out.size), out.size, op_resample,
                            op.kwargs.get('fillcolor'))
+            elif op.aug_fn is auto_augment.sharpness and out.mode == 'RGB':
+                out = sharpness(out, *args)
             else:
                 out = op.aug_fn(out, *args, **op.kwargs)
         return out
@@ -166,6 +168,19 @@ def shifted_resize(img: Image.Image, box: tuple, size: Tuple[int, int], resample
            min(float(img.width), box[0] + (b + dx) * sx), min(float(img.height), box[1] + (d + dy) * sy))
     out.paste(img.resize((b - a, d - c), resample, box=src), (a, c))
     return out
+
+
+_SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13  # Pillow's ImageFilter.SMOOTH
+
+
+def sharpness(img: Image.Image, factor: float) -> Image.Image:
+    """Pillow's ``ImageEnhance.Sharpness(img).enhance(factor)`` (timm's op) by OpenCV, ~10x faster:
+    blend with the SMOOTH-filtered image, whose one-pixel border Pillow leaves unfiltered. Values
+    differ from Pillow's by rounding (at most a grey level or two)."""
+    array = np.asarray(img)
+    smooth = cv2.filter2D(array, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
+    smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1] = array[0], array[-1], array[:, 0], array[:, -1]
+    return Image.fromarray(cv2.addWeighted(array, factor, smooth, 1.0 - factor, 0.0), img.mode)
 
 
 _CV2_FILTER = {Image.Resampling.NEAREST: cv2.INTER_NEAREST, Image.Resampling.BILINEAR: cv2.INTER_LINEAR,

@@ -93,7 +93,7 @@ def test_the_same_seed_draws_the_same_crops_flips_ops_and_magnitudes_as_timm(pho
 
 def test_composed_output_equals_timm_without_geometric_ops_and_stays_close_with_them(photos):
     timm_t, ours = timm_pipeline(), compose(timm_pipeline())
-    gaps = {'none': [], 'geometric first': [], 'after a colour op': []}
+    gaps = {'none': [], 'geometric first': [], 'after a colour op': [], 'sharpness': []}
     for s in range(300):
         img = photos[s % len(photos)]
         seed(s)
@@ -105,8 +105,11 @@ def test_composed_output_equals_timm_without_geometric_ops_and_stays_close_with_
         assert a.shape == b.shape == (3, 224, 224)
         kinds = [op.aug_fn in GEOMETRIC for op, _, _ in applied]
         key = 'none' if not any(kinds) else 'geometric first' if kinds[0] else 'after a colour op'
+        if key == 'none' and any(op.aug_fn is auto_augment.sharpness for op, _, _ in applied):
+            key = 'sharpness'
         gaps[key].append(np.abs(a - b).mean())
     assert max(gaps['none']) == 0.0  # bit-identical: the same crop, resize, flip and timm's own ops
+    assert 0 < max(gaps['sharpness']) < 1.0  # OpenCV's sharpness: rounding (a later equalize can spread it)
     assert len(gaps['geometric first']) > 20 and len(gaps['after a colour op']) > 5
     assert np.mean(gaps['geometric first']) < 1.5 and max(gaps['geometric first']) < 4.0
     assert np.mean(gaps['after a colour op']) < 1.5
@@ -207,3 +210,11 @@ def test_a_translation_folded_into_the_resize_box_matches_two_steps(photos, fn, 
     assert np.abs(two - one).mean() < 1.5
     filled_two, filled_one = (two == FILL).all(axis=2), (one == FILL).all(axis=2)
     assert filled_two.sum() > 224 * 5 and (filled_two ^ filled_one).sum() <= 2 * 224  # the fill, to a line
+
+
+@pytest.mark.parametrize('factor', [0.1, 0.6, 1.0, 1.9])
+def test_opencv_sharpness_matches_pillows_within_a_grey_level(photos, factor):
+    from shards.composed_augment import sharpness
+    img = photos[1].resize((224, 224), Image.Resampling.BICUBIC)
+    ref = np.asarray(auto_augment.sharpness(img, factor), np.float32)
+    assert np.abs(ref - np.asarray(sharpness(img, factor), np.float32)).max() <= 1
