@@ -1,18 +1,21 @@
-"""timm's training augmentation with one resampling pass where timm makes two.
+"""timm's training augmentation, drawing what timm draws, doing less work.
 
-timm's train transform resamples a photo twice when RandAugment draws a geometric op (rotate,
-shear, translate): the RandomResizedCrop's resize, then the op's affine warp of the 224 px crop
-(Pillow's bicubic affine: the costliest step of the pipeline, 1-1.5 ms). This transform draws
-exactly what timm's objects draw, with the same random generators in the same order (so, under
-one seed, the same crops, flips, ops and magnitudes), and when the first op applied is geometric
-it folds the crop, the flip and that op into a single affine warp of the crop box: every output
-pixel maps to the source through one matrix, and pixels the op moves in from outside the crop
-get timm's fill colour, as in the two-step result. Everything else runs through timm's own op
-functions, in timm's order.
+timm's train transform (RandomResizedCrop -> flip -> RandAugment) resamples a photo twice when
+RandAugment draws a geometric op (rotate, shear, translate): the crop's resize, then Pillow's
+bicubic affine warp of the 224 px result -- the costliest step of the pipeline (2-3 ms a call).
+``ComposedTrainTransform`` runs timm's own objects, drawing from the same random generators in
+the same order (under one seed: the same crops, flips, ops and magnitudes), and:
 
-Differences from the two-step result are those of resampling once instead of twice (the test
-bounds them): bicubic weights at different sample points, and, for crops more than 2x the output
-size, a box reduction by an integer factor before the warp (Pillow's affine does not antialias).
+- decodes a JPEG at the smallest DCT scale that keeps the sampled crop at least the output size;
+- folds a leading translation into the crop's resize (a shifted box; pixels moved in from outside
+  get timm's fill colour, as in the two-step result);
+- folds crop, resize, flip and a leading rotate/shear into one warp when the crop is enlarged
+  (a downscaled crop keeps Pillow's antialiased resize: no affine warp antialiases);
+- warps the other geometric ops with OpenCV (same matrix, fill and bicubic interpolation; its
+  cubic kernel is a = -0.75, Pillow's -0.5) and sharpens with OpenCV (Pillow's SMOOTH kernel).
+
+Everything else is timm's own op functions, in timm's order; without geometric or sharpness ops
+the output is bit-identical to timm's. The tests bound the differences.
 """
 from __future__ import annotations
 
@@ -79,8 +82,8 @@ def draw_op(op) -> Optional[tuple]:
 
 
 class ComposedTrainTransform:
-    """RandomResizedCrop -> horizontal flip -> RandAugment, as timm builds them, in one warp when
-    the first applied op is geometric. Built from timm's own transform objects."""
+    """RandomResizedCrop -> horizontal flip -> RandAugment, as timm builds them, with fewer and
+    cheaper resampling passes (module docstring). Built from timm's own transform objects."""
 
     def __init__(self, rrc: RandomResizedCropAndInterpolation, flip: T.RandomHorizontalFlip, randaug):
         self.rrc, self.flip, self.randaug = rrc, flip, randaug
