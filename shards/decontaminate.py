@@ -24,7 +24,7 @@ import numpy as np
 
 from . import exclusions, storage
 from .hamming import MultiIndex, popcount64
-from .hashes import load_hashes, shards_without_hashes
+from .hashes import iter_segments, shards_without_hashes
 from .images import IMAGE_EXTS, BadImage, decode_rgb
 from .index import load_source
 from .perceptual import HASH_VERSION, variant_hashes, variant_name
@@ -78,20 +78,24 @@ def hash_eval_set(prefix: str, sources: Sequence[str], policy: storage.RetryPoli
     return EvalSet(keys, where, ph, dh, owner, variant, plain)
 
 
-def match_source(evalset: EvalSet, index: MultiIndex, hashes, max_phash: int, max_joint: int) -> Dict[int, tuple]:
-    """Row of ``hashes`` -> (eval variant position, pHash distance, dHash distance), the closest match."""
-    ph = hashes['phash'].to_numpy().astype(np.uint64)
-    dh = hashes['dhash'].to_numpy().astype(np.uint64)
-    best: Dict[int, tuple] = {}
+def match_segment(evalset: EvalSet, index: MultiIndex, table, max_phash: int, max_joint: int) -> Dict[str, dict]:
+    """Key -> the closest match of each sample of one hash segment that matches at all."""
+    ph = table['phash'].to_numpy().astype(np.uint64)
+    dh = table['dhash'].to_numpy().astype(np.uint64)
+    found: Dict[str, dict] = {}
     for start in range(0, len(ph), QUERY_BATCH):
         q, c, dp = index.query(ph[start:start + QUERY_BATCH], max_phash)
         q = q + start
         dd = popcount64(dh[q] ^ evalset.dhash[c])
         ok = dp + dd <= max_joint
         for row, pos, a, b in zip(q[ok].tolist(), c[ok].tolist(), dp[ok].tolist(), dd[ok].tolist()):
-            if row not in best or a + b < best[row][1] + best[row][2]:
-                best[row] = (pos, a, b)
-    return best
+            key = table['key'][row].as_py()
+            if key not in found or a + b < found[key]['phash_distance'] + found[key]['dhash_distance']:
+                found[key] = dict(shard=table['shard'][row].as_py(), ordinal=table['ordinal'][row].as_py(), key=key,
+                                  eval_key=evalset.keys[evalset.owner[pos]],
+                                  eval_variant=variant_name(int(evalset.variant[pos])), phash_distance=a,
+                                  dhash_distance=b)
+    return found
 
 
 def decontaminate(prefix: str, sources: Sequence[str], eval_prefix: str, eval_sources: Sequence[str], out: str,
@@ -114,18 +118,19 @@ def decontaminate(prefix: str, sources: Sequence[str], eval_prefix: str, eval_so
     index = MultiIndex(evalset.phash)
     rows, report, pairs = [], {}, []
     for source in sources:
-        shards, hashes = load_source(prefix, source, policy), load_hashes(prefix, source, policy)
-        best = match_source(evalset, index, hashes, max_phash, max_joint)
-        cols = hashes.select(['shard', 'ordinal', 'key']).to_pydict()
-        for row, (pos, dp, dd) in sorted(best.items()):
-            shard = cols['shard'][row]
-            rows.append(dict(source=source, shard=shard, shard_sha256=shards[shard].sha256,
-                             ordinal=cols['ordinal'][row], key=cols['key'][row],
-                             eval_key=evalset.keys[evalset.owner[pos]], eval_variant=variant_name(int(evalset.variant[pos])),
-                             phash_distance=dp, dhash_distance=dd))
-            pairs.append((dp + dd, storage.join(prefix, shard), cols['ordinal'][row], rows[-1]))
-        report[source] = dict(samples=len(hashes), excluded=len(best))
-        log.info('%s: %d of %d samples match an evaluation image', source, len(best), len(hashes))
+        shards, best = load_source(prefix, source, policy), {}
+        for table in iter_segments(prefix, source, policy=policy):  # one segment in memory at a time
+            for key, match in match_segment(evalset, index, table, max_phash, max_joint).items():
+                if key not in best or match['phash_distance'] + match['dhash_distance'] < \
+                        best[key]['phash_distance'] + best[key]['dhash_distance']:
+                    best[key] = match
+        for key, match in sorted(best.items()):
+            rows.append(dict(match, source=source, shard_sha256=shards[match['shard']].sha256))
+            pairs.append((match['phash_distance'] + match['dhash_distance'], storage.join(prefix, match['shard']),
+                          match['ordinal'], rows[-1]))
+        samples = sum(e.samples for e in shards.values())  # every indexed shard is hashed (checked above)
+        report[source] = dict(samples=samples, excluded=len(best))
+        log.info('%s: %d of %d samples match an evaluation image', source, len(best), samples)
     info = dict(created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                 prefix=prefix, sources=report, against=dict(prefix=eval_prefix, sources=list(eval_sources),
                                                             images=len(evalset.keys), too_plain=evalset.too_plain),

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -62,35 +62,50 @@ def save_segment(prefix: str, source: str, job_index: int, num_jobs: int, rows: 
     return url
 
 
-def load_hashes(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> pa.Table:
-    """The hashes of the source's indexed shards, one row per sample (sorted by shard, ordinal)."""
+def _segment_urls(prefix: str, source: str, policy: storage.RetryPolicy) -> List[str]:
     folder = source_folder(prefix, source)
-    shards = load_source(prefix, source, policy)
-    urls = [f'{folder}/{n}' for n in sorted(storage.list_details(folder, policy))
+    return [f'{folder}/{n}' for n in sorted(storage.list_details(folder, policy))
             if n.startswith('hashes.') and n.endswith('.parquet')]
-    tables = []
-    for url, data in zip(urls, storage.read_many(urls, policy) if urls else []):
-        table = pq.ParquetFile(io.BytesIO(data)).read()
-        if table.schema != SEGMENT_SCHEMA:
-            raise ValueError(f'{url}: not a hash segment of this version (schema {table.schema})')
-        tables.append(table)
+
+
+def iter_segments(prefix: str, source: str, columns: Optional[List[str]] = None, batch: int = 64,
+                  policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> Iterator[pa.Table]:
+    """The source's hash segments one at a time (memory bounded by a batch of segments, not by the
+    source: 50M samples are 2 GB of hashes), each cut to the rows of indexed shards. A key can recur
+    in two segments (a killed job's rerun): same shard bytes, same hashes."""
+    indexed = pa.array(sorted(load_source(prefix, source, policy)))
+    urls = _segment_urls(prefix, source, policy)
+    for first in range(0, len(urls), batch):
+        chunk = urls[first:first + batch]
+        for url, data in zip(chunk, storage.read_many(chunk, policy)):
+            parquet = pq.ParquetFile(io.BytesIO(data))
+            if parquet.schema_arrow != SEGMENT_SCHEMA:
+                raise ValueError(f'{url}: not a hash segment of this version (schema {parquet.schema_arrow})')
+            table = parquet.read(columns=columns if columns is None or 'shard' in columns else ['shard'] + columns)
+            for name in pc.unique(table['shard']).to_pylist():
+                check_name(name, f'shard name in {url}')
+            yield table.filter(pc.is_in(table['shard'], indexed))
+
+
+def load_hashes(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> pa.Table:
+    """All hashes of the source's indexed shards, once per key, sorted by shard and position (for
+    tools and tests; decontamination streams ``iter_segments`` instead)."""
+    tables = list(iter_segments(prefix, source, policy=policy))
     if not tables:
         return SEGMENT_SCHEMA.empty_table()
-    table = pa.concat_tables(tables)
-    table = table.filter(pc.is_in(table['shard'], pa.array(sorted(shards))))
-    table = table.sort_by([('shard', 'ascending'), ('ordinal', 'ascending')])
+    table = pa.concat_tables(tables).sort_by([('shard', 'ascending'), ('ordinal', 'ascending')])
     keys = table['key'].to_numpy(zero_copy_only=False)
     first = np.ones(len(keys), dtype=bool)
     first[1:] = keys[1:] != keys[:-1]
-    for name in np.unique(table['shard'].to_numpy(zero_copy_only=False)):
-        check_name(name, f'shard name in {folder} hashes')
     return table.filter(pa.array(first))
 
 
 def shards_without_hashes(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY
                           ) -> List[str]:
-    """Indexed shards no segment covers (a segment always covers whole shards)."""
-    hashed = set(load_hashes(prefix, source, policy)['shard'].to_pylist())
+    """Indexed shards no segment covers (a segment always covers whole shards); reads one column."""
+    hashed = set()
+    for table in iter_segments(prefix, source, columns=['shard'], policy=policy):
+        hashed.update(pc.unique(table['shard']).to_pylist())
     return [n for n in sorted(load_source(prefix, source, policy)) if n not in hashed]
 
 
