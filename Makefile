@@ -45,7 +45,7 @@ bench: $(STAMP)
 # leaves .venv alone: "outside environment").
 lower-bounds: $(STAMP)
 	@test -x $(LOWER)/bin/python || $(PYTHON) -m venv $(LOWER)
-	$(LOWER)/bin/python -c "import site, sysconfig; print(sysconfig.get_paths(vars={'base': '$(abspath $(VENV))', 'platbase': '$(abspath $(VENV))'})['purelib'])" \
+	$(LOWER)/bin/python -c "import sysconfig; print(sysconfig.get_paths(vars={'base': '$(abspath $(VENV))', 'platbase': '$(abspath $(VENV))'})['purelib'])" \
 	  > "$$($(LOWER)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-pinned-torch-from-venv.pth"
 	$(LOWER)/bin/pip install --quiet -e '.[dev]' $(TORCH_PIN) -c .ci/lower-bounds.txt
 	$(LOWER)/bin/python -m pytest tests/unit -q -m 'not slow' -p no:cacheprovider $(PYTEST_ARGS)

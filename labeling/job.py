@@ -16,8 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from shards import storage
-from shards.images import BadImage, decode_rgb, is_plain_jpeg
-from shards.images import IMAGE_EXTS
+from shards.images import BadImage, decode_rgb, image_part, is_plain_jpeg
 from shards.naming import shard_stem
 from shards.reader import iter_shard_samples
 from shards.stream import ResolvedSource, resolve_source
@@ -70,13 +69,11 @@ class ShardBatches(IterableDataset):
             return sample['__key__'], None, -1
         meta = json.loads(sample.get('json', b'{}'))
         label = (meta.get('labels') or {}).get(self.task, -1)
-        ext = next((e for e in IMAGE_EXTS if e in sample), None)
         try:
-            if ext is None:
-                raise BadImage('no image part')
-            if self.decode == 'device' and is_plain_jpeg(sample[ext]):
-                return sample['__key__'], sample[ext], int(label)
-            image = decode_rgb(sample[ext], min_side=self.preprocess.min_decode_side())
+            data = image_part(sample)
+            if self.decode == 'device' and is_plain_jpeg(data):
+                return sample['__key__'], data, int(label)
+            image = decode_rgb(data, min_side=self.preprocess.min_decode_side())
             return sample['__key__'], self.transform(image), int(label)
         except BadImage as exc:
             log.warning('%s: %s (left unlabeled)', sample['__key__'], exc)

@@ -93,7 +93,7 @@ class ComposedTrainTransform:
         """RandAugment's ops (timm's objects: patching one patches what this transform runs)."""
         return self.randaug.ops if self.randaug is not None else []
 
-    takes_undecoded = True   # decode_sample may hand over an UndecodedJpeg (decoded here, at the crop's scale)
+    takes_undecoded = True   # stream.decode_sample hands over plain JPEGs undecoded (decoded here, at the crop's scale)
 
     def _draw(self, img) -> Tuple[tuple, int, bool, List[tuple]]:
         i, j, h, w = self.rrc.get_params(img.image if isinstance(img, UndecodedJpeg) else img,
@@ -211,12 +211,6 @@ def warp(img: Image.Image, m: np.ndarray, size: Tuple[int, int], resample, fill)
 def _pil_resample(mode):
     """Pillow's filter for timm's interpolation (a torchvision InterpolationMode or a Pillow constant)."""
     return str_to_pil_interp(mode.value) if hasattr(mode, 'value') else mode
-
-
-def takes_undecoded(transform) -> bool:
-    """Whether ``transform`` (a Compose) starts with a step that decodes an UndecodedJpeg itself."""
-    steps = getattr(transform, 'transforms', [transform])
-    return bool(steps) and getattr(steps[0], 'takes_undecoded', False)
 
 
 def compose(transform) -> Optional[T.Compose]:

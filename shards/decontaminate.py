@@ -25,7 +25,7 @@ import numpy as np
 from . import exclusions, storage
 from .hamming import MultiIndex, popcount64
 from .hashes import iter_segments, shards_without_hashes
-from .images import IMAGE_EXTS, BadImage, decode_rgb
+from .images import BadImage, decode_rgb, image_part
 from .index import load_source
 from .perceptual import HASH_VERSION, variant_hashes, variant_name
 from .reader import iter_shard_samples
@@ -57,11 +57,8 @@ def hash_eval_set(prefix: str, sources: Sequence[str], policy: storage.RetryPoli
         for name in sorted(shards):
             url = storage.join(prefix, name)
             for ordinal, raw in enumerate(iter_shard_samples(url, 0, None, policy)):
-                ext = next((e for e in IMAGE_EXTS if e in raw), None)
                 try:
-                    if ext is None:
-                        raise BadImage('no image part')
-                    image = decode_rgb(raw[ext])
+                    image = decode_rgb(image_part(raw))
                 except BadImage as exc:
                     log.warning('evaluation image %s unreadable, not matched against: %s', raw['__key__'], exc)
                     continue
@@ -183,7 +180,6 @@ def _fetch(wanted, policy) -> dict:
     out = {}
     for url, ordinals in by_url.items():
         for o, raw in enumerate(iter_shard_samples(url, 0, max(ordinals) + 1, policy)):
-            ext = next((e for e in IMAGE_EXTS if e in raw), None)
-            if o in ordinals and ext:
-                out[(url, o)] = decode_rgb(raw[ext])
+            if o in ordinals:
+                out[(url, o)] = decode_rgb(image_part(raw))
     return out

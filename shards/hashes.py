@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import storage
-from .images import BadImage, IMAGE_EXTS, decode_rgb
+from .images import BadImage, decode_rgb, image_part
 from .index import job_tag, load_source, source_folder
 from .perceptual import image_hashes
 from .reader import iter_shard_samples
@@ -125,10 +125,7 @@ def _sample_hashes(raw: dict):
     meta = json.loads(raw['json']) if 'json' in raw else {}
     if 'phash' in meta and 'dhash' in meta:  # hashed at build time: no decoding
         return int(meta['phash'], 16), int(meta['dhash'], 16)
-    ext = next((e for e in IMAGE_EXTS if e in raw), None)
-    if ext is None:
-        raise BadImage('no image part')
-    return image_hashes(decode_rgb(raw[ext]))
+    return image_hashes(decode_rgb(image_part(raw)))
 
 
 def hash_source(prefix: str, source: str, job_index: int = 0, num_jobs: int = 1, save_every: int = 50,

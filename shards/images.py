@@ -87,28 +87,55 @@ def check_and_normalize(data: bytes, max_side: Optional[int] = None, quality: in
     return out.getvalue(), 'png', img
 
 
+def image_part(sample: dict) -> bytes:
+    """The encoded image of a webdataset sample (``{"jpg": bytes, ...}``), or BadImage naming its parts."""
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None:
+        raise BadImage(f'no image part among {sorted(k for k in sample if not k.startswith("__"))}')
+    return sample[ext]
+
+
+def _plain_jpeg(img: Image.Image) -> bool:
+    return img.format == 'JPEG' and img.mode in ('RGB', 'L')
+
+
 def is_plain_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
     """A JPEG in RGB or grayscale within the pixel limit, judged from its header alone: what a
     batched device decoder can take (anything else goes through :func:`decode_rgb`)."""
     try:
-        img = _open(data, max_pixels)
+        return _plain_jpeg(_open(data, max_pixels))
     except BadImage:
         return False
-    return img.format == 'JPEG' and img.mode in ('RGB', 'L')
+
+
+def _decode(img: Image.Image) -> Image.Image:
+    """The pixels of an opened image (at the draft scale set on it, if any), as RGB."""
+    try:
+        img.load()
+    except Exception as exc:
+        raise BadImage(f'corrupt {img.format or "image"} data ({type(exc).__name__}: {exc})') from None
+    return to_rgb(img)
+
+
+def _decode_at_least(img: Image.Image, min_side: Optional[int]) -> Image.Image:
+    if min_side and img.format == 'JPEG':
+        img.draft('RGB', (min_side, min_side))
+    return _decode(img)
 
 
 def decode_rgb(data: bytes, min_side: Optional[int] = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode to RGB. With ``min_side``, JPEGs decode at a reduced DCT scale that keeps the
     shorter side at least ``min_side`` (Pillow's draft mode): 2-8x less work for big photos."""
+    return _decode_at_least(_open(data, max_pixels), min_side)
+
+
+def decode_or_defer(data: bytes, min_side: Optional[int], defer_jpeg: bool,
+                    max_pixels: int = DEFAULT_MAX_PIXELS):
+    """A plain JPEG left undecoded when ``defer_jpeg`` (its reader decodes it at the scale it needs),
+    anything else decoded as :func:`decode_rgb` does; one header parse either way."""
     img = _open(data, max_pixels)
-    if min_side and img.format == 'JPEG':
-        img.draft('RGB', (min_side, min_side))
-    try:
-        img.load()
-    except Exception as exc:
-        raise BadImage(f'corrupt {img.format or "image"} data ({type(exc).__name__}: {exc})') from None
-    return to_rgb(img)
+    return UndecodedJpeg(img) if defer_jpeg and _plain_jpeg(img) else _decode_at_least(img, min_side)
 
 
 class UndecodedJpeg:
@@ -128,18 +155,14 @@ class UndecodedJpeg:
         w, h = self.size
         bw, bh = box[2] - box[0], box[3] - box[1]
         k = next(k for k in (8, 4, 2, 1) if bw / k >= out_size[0] and bh / k >= out_size[1] or k == 1)
-        img = self.image
         if k > 1:
-            img.draft('RGB', (w // k, h // k))
-        try:
-            img.load()
-        except Exception as exc:
-            raise BadImage(f'corrupt JPEG data ({type(exc).__name__}: {exc})') from None
+            self.image.draft('RGB', (w // k, h // k))
+        img = _decode(self.image)
         sx, sy = w / img.size[0], h / img.size[1]
-        return to_rgb(img), (box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy)
+        return img, (box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy)
 
 
 def open_undecoded(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optional[UndecodedJpeg]:
     """A plain RGB or grayscale JPEG, opened without decoding (header checks done); else None."""
     img = _open(data, max_pixels)
-    return UndecodedJpeg(img) if img.format == 'JPEG' and img.mode in ('RGB', 'L') else None
+    return UndecodedJpeg(img) if _plain_jpeg(img) else None

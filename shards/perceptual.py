@@ -20,7 +20,6 @@ from typing import List, Tuple
 import imagehash
 from PIL import Image, ImageOps
 
-HASH_NAMES = ('phash', 'dhash')
 VARIANT_CROP = 0.04          # evaluation images are also hashed cropped by this fraction ...
 CROP_ANCHORS = tuple(itertools.product((0.0, 0.5, 1.0), repeat=2))   # ... at these anchors
 HASH_VERSION = f'imagehash {imagehash.__version__}: phash 8x8, dhash 8x8; eval variants: 2 mirrors x ' \

@@ -16,8 +16,7 @@ from braceexpand import braceexpand
 
 from . import plan as P
 from . import storage
-from .composed_augment import takes_undecoded
-from .images import IMAGE_EXTS, BadImage, decode_rgb, open_undecoded
+from .images import BadImage, decode_or_defer, image_part
 from .exclusions import Exclusions, kept_to_raw
 from .index import INDEX_DIR, load_source
 from .naming import shard_source
@@ -198,18 +197,23 @@ class CorruptCounter:
                                'run `python -m shards verify` on the sources')
 
 
+def takes_undecoded(transform: Callable) -> bool:
+    """Whether ``transform`` (or the first step of its Compose) says ``takes_undecoded = True``: it is
+    handed plain JPEGs as ``images.UndecodedJpeg`` and decodes them itself, at the scale it needs."""
+    steps = getattr(transform, 'transforms', [transform])
+    return bool(steps) and getattr(steps[0], 'takes_undecoded', False)
+
+
 def decode_sample(raw: Optional[dict], transform: Callable, min_side: Optional[int]) -> dict:
     if raw.get('__missing__'):
         raise BadImage('sample missing from a truncated shard')
-    ext = next((e for e in IMAGE_EXTS if e in raw), None)
-    if ext is None:
-        raise BadImage(f'no image part among {sorted(k for k in raw if not k.startswith("__"))}')
+    data = image_part(raw)
     try:
         meta = json.loads(raw['json']) if 'json' in raw else {}
     except ValueError as exc:
         raise BadImage(f'unreadable metadata ({exc})') from None
     # bad data raises BadImage (here, or in a transform that decodes an UndecodedJpeg): counted and replaced
-    image = (open_undecoded(raw[ext]) if takes_undecoded(transform) else None) or decode_rgb(raw[ext], min_side)
+    image = decode_or_defer(data, min_side, defer_jpeg=takes_undecoded(transform))
     try:
         return dict(image=transform(image), key=raw['__key__'], meta=meta)
     except BadImage:
