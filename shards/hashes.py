@@ -81,7 +81,7 @@ def iter_segments(prefix: str, source: str, columns: Optional[List[str]] = None,
             parquet = pq.ParquetFile(io.BytesIO(data))
             if parquet.schema_arrow != SEGMENT_SCHEMA:
                 raise ValueError(f'{url}: not a hash segment of this version (schema {parquet.schema_arrow})')
-            table = parquet.read(columns=columns if columns is None or 'shard' in columns else ['shard'] + columns)
+            table = parquet.read(columns=None if columns is None else sorted({'shard', *columns}))
             for name in pc.unique(table['shard']).to_pylist():
                 check_name(name, f'shard name in {url}')
             yield table.filter(pc.is_in(table['shard'], indexed))
