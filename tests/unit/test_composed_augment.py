@@ -157,17 +157,6 @@ def jpeg(img, quality=90):
     return buf.getvalue()
 
 
-def test_a_jpeg_is_decoded_at_the_smallest_scale_its_crop_allows(photos):
-    data = jpeg(photos[0].resize((1600, 1200), Image.Resampling.BICUBIC))
-    img, box = open_undecoded(data).decode_for((0, 0, 1000, 900), (224, 224))
-    assert img.size == (400, 300) and box == (0, 0, 250, 225)          # 1/4: the crop stays >= 224
-    img, box = open_undecoded(data).decode_for((100, 100, 400, 400), (224, 224))
-    assert img.size == (1600, 1200) and box == (100, 100, 400, 400)    # 300 px: full size
-    png = io.BytesIO()
-    photos[0].save(png, 'PNG')
-    assert open_undecoded(png.getvalue()) is None                      # decoded as before
-
-
 def test_undecoded_jpegs_give_the_same_draws_and_nearly_the_same_pixels(photos):
     data = jpeg(photos[1].resize((1600, 1200), Image.Resampling.BICUBIC))
     full = decode_rgb(data)
