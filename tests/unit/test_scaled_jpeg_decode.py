@@ -76,6 +76,13 @@ def test_a_crop_decoded_at_a_reduced_scale_looks_like_the_full_size_crop(photo, 
     assert np.abs(a - b).mean() < 1.2  # DCT-domain vs Pillow's antialiased reduction: measured 0.35-0.8
 
 
+def test_a_tiny_jpeg_is_decoded_as_pillow_decodes_it(photo):
+    for size in [(5, 5), (7, 30), (8, 8)]:
+        data = jpeg(photo.resize(size, Image.Resampling.BICUBIC))
+        img, box = open_undecoded(data).decode_for((0, 0, *size), (224, 224))
+        np.testing.assert_array_equal(np.asarray(img), pillow_decode(data), err_msg=str(size))
+
+
 def test_a_jpeg_libjpeg_turbo_warns_about_is_left_to_pillow(photo):
     data = jpeg(photo)
     warned = data[:-2] + b'\x00' * 7 + data[-2:]  # extraneous bytes before the EOI marker: Pillow decodes it
