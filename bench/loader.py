@@ -5,20 +5,22 @@ photos scikit-learn ships), then measures samples/s in three modes -- read only;
 decode + RandomResizedCrop 224 + flip + RandAugment (uint8 out) in batches -- for both pipelines
 on the same shards. The peer is what its users run: plain ``webdataset`` with ``.decode("pil")``,
 timm's ``create_transform(use_prefetcher=True)`` and ``.batched()``. Both get the same
-Pillow-13-safe posterize (timm's own crashes on Pillow 13). A shared machine's speed drifts, so
-the two run alternately, ``--repeats`` times, and the ratio is the median of the per-pair ratios.
+Pillow-13-safe posterize (timm's own crashes on Pillow 13). A shared machine's speed drifts (20%
+from one minute to the next on the box these figures come from), so the two pipelines run
+interleaved, a batch of 32 samples each in turn (who goes first alternates), each restarting at
+its epoch's end; a rate is the samples over the summed time of its own turns, and the spread is
+the range of the ratio over ``--blocks`` equal parts of the run.
 The line ``full, timm warps`` is our stream with timm's own transform (``compose_warps=False``):
 what the stream gives without the transform's gain.
 
     pip install scikit-learn   # the bench extra
-    python bench/loader.py --images 400 --repeats 7
+    python bench/loader.py --images 400 --turns 100
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -65,7 +67,7 @@ def make_photos(folder: Path, n: int, size: tuple, seed: int = 0) -> list:
 BATCH = 32
 
 
-def ours(prefix: str, mode: str, n: int):
+def ours(prefix: str, mode: str):
     cfg = TransformConfig(compose_warps=mode != 'full-timm-warps')
     src = resolve_source(SourceSpec('photos', prefix))
     raw = (s for url, c in zip(src.urls, src.counts) for s in iter_shard_samples(url, 0, c, storage.DEFAULT_RETRY))
@@ -79,7 +81,7 @@ def ours(prefix: str, mode: str, n: int):
     return (b['image'] for b in ResumableLoader(ds))
 
 
-def peer(prefix: str, mode: str, n: int):
+def peer(prefix: str, mode: str):
     import webdataset as wds
     from timm.data import create_transform
 
@@ -98,21 +100,46 @@ def peer(prefix: str, mode: str, n: int):
     return iter(pipe)
 
 
-def rate(make, prefix: str, mode: str, n: int) -> float:
-    """Samples per second over the first ``n`` samples (batches count their images)."""
-    it = make(prefix, mode, n)
-    start, count = time.perf_counter(), 0
-    for item in it:
-        count += len(item) if torch.is_tensor(item) else 1
-        if count >= n:
-            break
-    return count / (time.perf_counter() - start)
+def timed_turns(make, prefix: str, mode: str):
+    """Endless (seconds, samples) of ``BATCH`` samples each (a batch in the full modes), the pipeline
+    restarted at each epoch's end (the cut-short last turn of an epoch is dropped)."""
+    while True:
+        it = make(prefix, mode)
+        while True:
+            start, count = time.perf_counter(), 0
+            try:
+                while count < BATCH:
+                    item = next(it)
+                    count += len(item) if torch.is_tensor(item) else 1
+            except StopIteration:
+                break
+            yield time.perf_counter() - start, count
+
+
+def interleaved(prefix: str, mode: str, turns: int, blocks: int, pipelines=None) -> dict:
+    """Rates of ours and the peer over ``turns`` turns each, interleaved; the ratio's range over blocks."""
+    pipelines = pipelines or {'ours': ours, 'peer': peer}
+    gens = {name: timed_turns(make, prefix, mode) for name, make in pipelines.items()}
+    per_block = max(1, turns // blocks)
+    seconds = {k: [0.0] * blocks for k in gens}
+    samples = {k: [0] * blocks for k in gens}
+    for t in range(per_block * blocks):
+        for name in (('ours', 'peer') if t % 2 == 0 else ('peer', 'ours')):
+            dt, n = next(gens[name])
+            seconds[name][t // per_block] += dt
+            samples[name][t // per_block] += n
+    rate = {k: sum(samples[k]) / sum(seconds[k]) for k in gens}
+    block_ratios = [(samples['ours'][b] / seconds['ours'][b]) / (samples['peer'][b] / seconds['peer'][b])
+                    for b in range(blocks)]
+    return dict(ours=rate['ours'], peer=rate['peer'], ratio=rate['ours'] / rate['peer'],
+                low=min(block_ratios), high=max(block_ratios))
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--images', type=int, default=400)
-    p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--turns', type=int, default=100, help='batches of 32 per pipeline and mode')
+    p.add_argument('--blocks', type=int, default=5, help='parts of the run the ratio range is taken over')
     p.add_argument('--photo-size', default='500x375', help='WxH of the stored photos')
     p.add_argument('--workdir', help='keep the shards here (default: a temp folder)')
     args = p.parse_args(argv)
@@ -124,24 +151,20 @@ def main(argv=None) -> dict:
         items = make_photos(work / 'photos', args.images, size)
         build(items, BuildOptions(prefix, 'photos', samples_per_shard=100, progress=False))
     mb = sum(os.path.getsize(p) for p in Path(prefix).glob('*.tar')) / 1e6
-    results = {}
-    for mode in ('read', 'decode', 'full', 'full-timm-warps'):
-        samples = {'ours': [], 'peer': [], 'ratio': []}
-        for _ in range(args.repeats):
-            for name, make in (('ours', ours), ('peer', peer)):
-                samples[name].append(rate(make, prefix, mode, args.images))
-            samples['ratio'].append(samples['ours'][-1] / samples['peer'][-1])
-        results[mode] = {k: statistics.median(v) for k, v in samples.items()}
-    print(f'{args.images} photos {args.photo_size} JPEG q90 ({mb:.1f} MB in shards), 1 core, batches of {BATCH} '
-          f'in the full modes, {args.repeats} alternating repeats: median rates, median of the per-pair ratios')
-    print(f'{"mode":16} {"ours/s":>10} {"peer/s":>10} {"ratio":>7}')
+    results = {mode: interleaved(prefix, mode, args.turns, args.blocks)
+               for mode in ('read', 'decode', 'full', 'full-timm-warps')}
+    print(f'{args.images} photos {args.photo_size} JPEG q90 ({mb:.1f} MB in shards), 1 core, {args.turns} turns '
+          f'of {BATCH} samples each, interleaved: rates over the whole run, the ratio, its range over '
+          f'{args.blocks} parts of the run')
+    print(f'{"mode":16} {"ours/s":>10} {"peer/s":>10} {"ratio":>7} {"range":>12}')
     for mode, r in results.items():
-        print(f'{mode:16} {r["ours"]:>10.1f} {r["peer"]:>10.1f} {r["ratio"]:>7.2f}')
+        print(f'{mode:16} {r["ours"]:>10.1f} {r["peer"]:>10.1f} {r["ratio"]:>7.2f} {r["low"]:>5.2f}-{r["high"]:<5.2f}')
     full = results['full']
     headline = dict(bench='loader', metric='samples/s/core', ours=round(full['ours'], 1),
                     peer=round(full['peer'], 1), ratio=round(full['ratio'], 3),
-                    modes={m: {k: round(v, 3 if k == 'ratio' else 1) for k, v in r.items()} for m, r in results.items()},
-                    config=dict(images=args.images, photo_size=args.photo_size, repeats=args.repeats, batch=BATCH))
+                    modes={m: {k: round(v, 3 if k in ('ratio', 'low', 'high') else 1) for k, v in r.items()} for m, r in results.items()},
+                    config=dict(images=args.images, photo_size=args.photo_size, turns=args.turns, blocks=args.blocks,
+                               batch=BATCH))
     print(json.dumps(headline))
     return headline
 
