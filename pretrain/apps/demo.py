@@ -88,25 +88,51 @@ def _free_port() -> int:
 
 
 def launch(demo: Demo, script: str, name: str, config: dict, sets: dict) -> dict:
-    """Write ``config`` and run ``script`` on it with torchrun (``scale.procs`` CPU processes on
-    gloo; one plain process in quick mode), every variation as a ``--set`` override; returns the
-    run's result.json."""
+    """Run one training run and return its result.json (:func:`launch_all` with one run)."""
+    return launch_all(demo, [(script, name, config, sets)])[0]
+
+
+def launch_all(demo: Demo, runs: List[Tuple[str, str, dict, dict]]) -> List[dict]:
+    """Run each ``(script, name, config, sets)``: the config written to a file, every variation a
+    ``--set`` override, with torchrun (``scale.procs`` CPU processes on gloo; one plain process in
+    quick mode). Runs share the machine's cores: as many at once as ``cores // procs`` (launch
+    overhead is most of a quick run's time). Returns each run's result.json, in order."""
     procs = demo.scale.procs
+    cores = os.cpu_count() or 1
+    at_once = max(1, min(len(runs), cores // procs))
+    threads = str(max(1, cores // (procs * at_once)))
+    pending, running, results = list(enumerate(runs)), [], {}
+    try:
+        while pending or running:
+            while pending and len(running) < at_once:
+                i, (script, name, config, sets) = pending.pop(0)
+                running.append((i, name, script, _start(demo, script, name, config, sets, procs, threads)))
+            i, name, script, (proc, log) = running[0]
+            proc.wait()
+            running.pop(0)
+            if proc.returncode != 0:
+                raise RuntimeError(f'{script} ({name}) exited {proc.returncode}; last lines of {log}:\n'
+                                   + '\n'.join(log.read_text().splitlines()[-15:]))
+            results[i] = json.loads((demo.run_dir(name) / 'result.json').read_text())
+    finally:  # a failed run (or Ctrl-C) leaves no other run behind
+        for _, _, _, (other, _) in running:
+            other.kill()
+            other.wait()
+    return [results[i] for i in range(len(runs))]
+
+
+def _start(demo: Demo, script: str, name: str, config: dict, sets: dict, procs: int, threads: str):
     path = demo.out / 'configs' / f'{name}.json'
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2))
     args = [f'--set={k}={json.dumps(v)}' for k, v in dict(sets, **{'checkpoint.dir': str(demo.run_dir(name))}).items()]
     cmd = ([str(Path(sys.executable).parent / 'torchrun'), '--nproc_per_node', str(procs), '--master_port',
             str(_free_port())] if procs > 1 else [sys.executable]) + [script, '--config', str(path), *args]
-    threads = str(max(1, (os.cpu_count() or 1) // procs))
     log = demo.out / 'logs' / f'{name}.log'
-    with open(log, 'w') as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS=threads), stdout=f,
-                              stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f'{script} ({name}) exited {proc.returncode}; last lines of {log}:\n'
-                           + '\n'.join(log.read_text().splitlines()[-15:]))
-    return json.loads((demo.run_dir(name) / 'result.json').read_text())
+    with open(log, 'w') as f:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS=threads), stdout=f,
+                                stderr=subprocess.STDOUT)
+    return proc, log
 
 
 def base_config(demo: Demo, model: dict, tasks: List[str], sources: List[str], steps: int) -> dict:
@@ -151,12 +177,11 @@ def build_shards(demo: Demo) -> dict:
 def train_teachers(demo: Demo) -> dict:
     """One teacher per task, on all of its task's human labels, then exported for labeling."""
     from pretrain.export import export
+    runs = [('pretrain/run.py', f'teacher_{task}', base_config(demo, TEACHER, [task], [task], demo.scale.teacher_steps),
+             {}) for task in TASKS]
     out = {}
-    for task in TASKS:
-        name = f'teacher_{task}'
-        cfg = base_config(demo, TEACHER, [task], [task], demo.scale.teacher_steps)
-        result = launch(demo, 'pretrain/run.py', name, cfg, {})
-        meta = export(str(demo.run_dir(name)), task, str(demo.out / 'teachers' / task))
+    for task, result in zip(TASKS, launch_all(demo, runs)):
+        meta = export(str(demo.run_dir(f'teacher_{task}')), task, str(demo.out / 'teachers' / task))
         # The labeling jobs load the deploy form the export wrote (faster, the same function).
         out[task] = dict(accuracy=accuracy(result)[task], weights=str(demo.out / 'teachers' / task / 'model.safetensors'),
                          model_kwargs=dict(meta['model_kwargs'], reparam=meta['form']))
@@ -191,7 +216,7 @@ def label_report(demo: Demo) -> dict:
                         str(demo.out / 'label_report'), totals)
 
 
-def student(demo: Demo, kind: str, seed: int, unlabeled: Tuple[str, ...] = ('unla', 'unlb')) -> dict:
+def student_run(demo: Demo, kind: str, seed: int, unlabeled: Tuple[str, ...] = ('unla', 'unlb')) -> tuple:
     """``human``: the labeled images with their human labels only; ``pseudo``: every training image
     with human labels where they exist and the teachers' soft labels elsewhere. Same steps, noise."""
     pseudo = kind != 'human'
@@ -203,30 +228,36 @@ def student(demo: Demo, kind: str, seed: int, unlabeled: Tuple[str, ...] = ('unl
         share = {s: LABELED_SHARE / 2 if s in ('digit', 'parity') else (1 - LABELED_SHARE) / len(unlabeled)
                  for s in sources}
         sets['data.sources'] = [{'name': s, 'url': demo.shards, 'weight': share[s]} for s in sources]
-    return accuracy(launch(demo, 'pretrain/run.py', name, cfg, sets))
+    return 'pretrain/run.py', name, cfg, sets
 
 
 def students(demo: Demo) -> dict:
-    return {kind: {seed: student(demo, kind, seed) for seed in demo.scale.seeds} for kind in STUDENTS}
+    keys = [(kind, seed) for kind in STUDENTS for seed in demo.scale.seeds]
+    results = launch_all(demo, [student_run(demo, kind, seed) for kind, seed in keys])
+    out = {kind: {} for kind in STUDENTS}
+    for (kind, seed), result in zip(keys, results):
+        out[kind][seed] = accuracy(result)
+    return out
 
 
 def half_unlabeled(demo: Demo) -> dict:
     """The mechanism the paper's scale rests on: the same student with half the unlabeled images."""
     seed = demo.scale.seeds[0]
-    return {seed: student(demo, 'pseudo_half', seed, unlabeled=('unla',))}
+    return {seed: accuracy(launch(demo, *student_run(demo, 'pseudo_half', seed, unlabeled=('unla',))))}
 
 
 def finetune_all(demo: Demo) -> dict:
     """Every student fine-tuned on the digit labels at 48 px with stage-wise lr decay 0.4."""
-    out = {}
-    for kind in STUDENTS:
-        out[kind] = {}
-        for seed in demo.scale.seeds:
-            name = f'finetune_{kind}_s{seed}'
-            cfg = base_config(demo, STUDENT, ['digit'], ['digit'], demo.scale.finetune_steps)
-            sets = {'train.seed': seed, 'init.checkpoint': str(demo.run_dir(f'student_{kind}_s{seed}')),
-                    'data.image_size': 48, 'optim.lr': 1e-3, 'optim.layer_decay': 0.4}
-            out[kind][seed] = accuracy(launch(demo, 'pretrain/finetune.py', name, cfg, sets))
+    keys = [(kind, seed) for kind in STUDENTS for seed in demo.scale.seeds]
+    runs = []
+    for kind, seed in keys:
+        cfg = base_config(demo, STUDENT, ['digit'], ['digit'], demo.scale.finetune_steps)
+        sets = {'train.seed': seed, 'init.checkpoint': str(demo.run_dir(f'student_{kind}_s{seed}')),
+                'data.image_size': 48, 'optim.lr': 1e-3, 'optim.layer_decay': 0.4}
+        runs.append(('pretrain/finetune.py', f'finetune_{kind}_s{seed}', cfg, sets))
+    out = {kind: {} for kind in STUDENTS}
+    for (kind, seed), result in zip(keys, launch_all(demo, runs)):
+        out[kind][seed] = accuracy(result)
     return out
 
 
