@@ -107,17 +107,24 @@ def launch_all(demo: Demo, runs: List[Tuple[str, str, dict, dict]]) -> List[dict
             while pending and len(running) < at_once:
                 i, (script, name, config, sets) = pending.pop(0)
                 running.append((i, name, script, _start(demo, script, name, config, sets, procs, threads)))
-            i, name, script, (proc, log) = running[0]
-            proc.wait()
-            running.pop(0)
+            done = next((run for run in running if run[3][0].poll() is not None), None)
+            if done is None:  # whichever finishes first frees its cores for the next
+                time.sleep(0.1)
+                continue
+            running.remove(done)
+            i, name, script, (proc, log) = done
             if proc.returncode != 0:
                 raise RuntimeError(f'{script} ({name}) exited {proc.returncode}; last lines of {log}:\n'
                                    + '\n'.join(log.read_text().splitlines()[-15:]))
             results[i] = json.loads((demo.run_dir(name) / 'result.json').read_text())
     finally:  # a failed run (or Ctrl-C) leaves no other run behind
         for _, _, _, (other, _) in running:
-            other.kill()
-            other.wait()
+            other.terminate()  # SIGTERM: torchrun passes it on to its workers
+            try:
+                other.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                other.kill()
+                other.wait()
     return [results[i] for i in range(len(runs))]
 
 
