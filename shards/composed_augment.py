@@ -126,7 +126,7 @@ class ComposedTrainTransform:
             return self._finish(out, flipped, applied)
         if box[2] - box[0] != w:  # decoded smaller: the crop is a box of the resize, no copy
             return self._finish(img.resize(size, resample, box=box), flipped, applied)
-        crop = img.crop(box)
+        crop = img if box == (0, 0, *img.size) else img.crop(box)  # decode_for may hand over the crop itself
         if applied and applied[0][0].aug_fn in GEOMETRIC and w <= size[0] and h <= size[1]:
             # An enlarged crop: no antialiasing to lose, so crop, resize, flip and op are one warp.
             op, args, op_resample = applied.pop(0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 from typing import Optional, Tuple
@@ -151,21 +152,32 @@ def dct_scale_for(box_size: Tuple[float, float], out_size: Tuple[int, int]) -> i
                                                      and box_size[1] * m / 8 >= out_size[1]))
 
 
-def decode_jpeg_scaled(data: bytes, size: Tuple[int, int], m: int) -> Optional[Image.Image]:
-    """A ``size`` JPEG decoded at DCT scale ``m``/8 by libjpeg-turbo through simplejpeg, which offers
-    every M/8 (Pillow and OpenCV offer 1/2, 1/4, 1/8), with Pillow's pixels (the same libjpeg-turbo).
-    At full size too: on the bench's 500x375 photos the loader ran ~4% faster so (measured
-    interleaved; a lone full-size decode of a 1024x768 photo is slower than Pillow's, the copy into
-    Pillow's layout, but the loader decodes crops of such photos at reduced scales). None when
-    libjpeg-turbo reports anything, even a warning it could recover from (``strict``): the caller
-    then decodes with Pillow, whose acceptance or error decides, as for every other image."""
+def decode_jpeg_scaled(data: bytes, size: Tuple[int, int], m: int) -> Optional[np.ndarray]:
+    """A ``size`` JPEG decoded at DCT scale ``m``/8 (an HxWx3 RGB array) by libjpeg-turbo through
+    simplejpeg, which offers every M/8 (Pillow and OpenCV offer 1/2, 1/4, 1/8), with Pillow's pixels
+    (the same libjpeg-turbo). None when libjpeg-turbo reports anything, even a warning it could
+    recover from (``strict``): the caller then decodes with Pillow, whose acceptance or error
+    decides, as for every other image."""
     import simplejpeg
     try:
-        rgb = simplejpeg.decode_jpeg(data, 'RGB', min_width=-(-size[0] * m // 8), min_height=-(-size[1] * m // 8),
-                                     strict=True)
+        return simplejpeg.decode_jpeg(data, 'RGB', min_width=-(-size[0] * m // 8), min_height=-(-size[1] * m // 8),
+                                      strict=True)
     except ValueError:
         return None
-    return Image.frombuffer('RGB', (rgb.shape[1], rgb.shape[0]), rgb, 'raw', 'RGB', 0, 1)
+
+
+def region(rgb: np.ndarray, left: int, top: int, right: int, bottom: int) -> Image.Image:
+    """``rgb[top:bottom, left:right]`` as a Pillow image: one copy of those pixels only (Pillow reads
+    the rows in place, a row stride apart)."""
+    width = rgb.shape[1]
+    start = (top * width + left) * 3
+    return Image.frombuffer('RGB', (right - left, bottom - top), memoryview(rgb.reshape(-1))[start:], 'raw', 'RGB',
+                            width * 3, 1)
+
+
+# How far past its box a resize reads, in filter widths: Pillow's widest filter (Lanczos) reaches 3
+# source pixels (times the reduction factor) each side of an output pixel's centre.
+_FILTER_REACH = 3
 
 
 class UndecodedJpeg:
@@ -182,13 +194,26 @@ class UndecodedJpeg:
 
     def decode_for(self, box: Tuple[int, int, int, int], out_size: Tuple[int, int]) -> Tuple[Image.Image, tuple]:
         """Decode at DCT scale M/8, the smallest that keeps ``box`` (left, top, right, bottom) at least
-        ``out_size`` (:func:`dct_scale_for`); return the RGB image and ``box`` in its coordinates."""
+        ``out_size`` (:func:`dct_scale_for`), and return only the pixels a resize of ``box`` to
+        ``out_size`` reads, with ``box`` in their coordinates: at full scale the crop itself (what
+        timm resizes), else the scaled box and the filter's reach around it (a resize of it equals a
+        resize of the whole decoded image). Copying the region alone into Pillow saves most of a
+        whole-photo copy."""
         m = dct_scale_for((box[2] - box[0], box[3] - box[1]), out_size)
-        img = decode_jpeg_scaled(self.data, self.size, m)
-        if img is None:  # libjpeg-turbo complained: Pillow decodes it at full size, or says what is wrong
+        rgb = decode_jpeg_scaled(self.data, self.size, m)
+        if rgb is None:  # libjpeg-turbo complained: Pillow decodes it at full size, or says what is wrong
             return _decode(self.image), box
+        height, width = rgb.shape[:2]
+        if m == 8 and all(float(v).is_integer() for v in box):
+            left, top, right, bottom = (int(v) for v in box)
+            return region(rgb, left, top, right, bottom), (0, 0, right - left, bottom - top)
         s = m / 8  # libjpeg-turbo maps block edges to block edges: pixel x spans [x * 8/m, (x+1) * 8/m)
-        return img, (box[0] * s, box[1] * s, min(box[2] * s, img.width), min(box[3] * s, img.height))
+        x0, y0, x1, y1 = box[0] * s, box[1] * s, min(box[2] * s, width), min(box[3] * s, height)
+        reach_x = math.ceil(_FILTER_REACH * max((x1 - x0) / out_size[0], 1.0)) + 1
+        reach_y = math.ceil(_FILTER_REACH * max((y1 - y0) / out_size[1], 1.0)) + 1
+        left, top = max(0, math.floor(x0) - reach_x), max(0, math.floor(y0) - reach_y)
+        right, bottom = min(width, math.ceil(x1) + reach_x), min(height, math.ceil(y1) + reach_y)
+        return region(rgb, left, top, right, bottom), (x0 - left, y0 - top, x1 - left, y1 - top)
 
 
 def open_undecoded(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optional[UndecodedJpeg]:

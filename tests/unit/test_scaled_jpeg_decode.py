@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from shards.images import BadImage, dct_scale_for, decode_rgb, open_undecoded
+from shards.images import BadImage, dct_scale_for, decode_jpeg_scaled, decode_rgb, open_undecoded
 
 
 @pytest.fixture(scope='module')
@@ -28,16 +28,31 @@ def pillow_decode(data, k=1):
     return np.asarray(img.convert('RGB'))
 
 
-def test_a_crop_is_decoded_at_the_smallest_dct_scale_that_keeps_it_at_the_output_size(photo):
+def whole(data, m):
+    """The whole photo decoded at scale m/8, as a Pillow image (the reference a region must match)."""
+    rgb = decode_jpeg_scaled(data, Image.open(io.BytesIO(data)).size, m)
+    return Image.fromarray(rgb)
+
+
+def resized(img, box, resample=Image.Resampling.BICUBIC):
+    return np.asarray(img.resize((224, 224), resample, box=box))
+
+
+@pytest.mark.parametrize('resample', [Image.Resampling.BICUBIC, Image.Resampling.LANCZOS, Image.Resampling.BILINEAR])
+def test_a_crop_is_decoded_at_the_smallest_dct_scale_and_only_its_region_is_handed_over(photo, resample):
     data = jpeg(photo.resize((1600, 1200), Image.Resampling.BICUBIC))
-    img, box = open_undecoded(data).decode_for((0, 0, 1000, 900), (224, 224))
-    assert img.size == (400, 300) and box == (0, 0, 250, 225)            # 2/8
-    img, box = open_undecoded(data).decode_for((100, 100, 400, 400), (224, 224))
-    assert img.size == (1200, 900) and box == (75, 75, 300, 300)         # 6/8: 225 px >= 224
-    img, box = open_undecoded(data).decode_for((100, 100, 340, 340), (224, 224))
-    assert img.size == (1600, 1200) and box == (100, 100, 340, 340)      # 7/8 is not used: full size
-    img, box = open_undecoded(data).decode_for((0, 0, 100, 120), (224, 224))
-    assert img.size == (1600, 1200) and box == (0, 0, 100, 120)          # an enlarged crop: full size
+    for box, m in [((0, 0, 1000, 900), 2), ((100, 100, 400, 400), 6), ((900, 700, 1600, 1200), 4),
+                   ((100, 100, 340, 340), 8), ((0, 0, 100, 120), 8)]:
+        img, sbox = open_undecoded(data).decode_for(box, (224, 224))
+        assert sbox[2] - sbox[0] == (box[2] - box[0]) * m / 8, (box, m)       # the scale chosen
+        assert img.width * img.height < (1600 * m / 8) * (1200 * m / 8)          # not the whole photo
+        if m == 8:  # at full size the crop itself, as timm crops it (then resizes the crop)
+            assert img.size == (box[2] - box[0], box[3] - box[1]) and sbox == (0, 0, *img.size)
+            np.testing.assert_array_equal(np.asarray(img), pillow_decode(data)[box[1]:box[3], box[0]:box[2]])
+        else:  # the region's resize equals the resize of the whole decoded photo: the filter's reach is in it
+            scaled_box = tuple(v * m / 8 for v in box)
+            np.testing.assert_array_equal(resized(img, sbox, resample), resized(whole(data, m), scaled_box, resample),
+                                          err_msg=str(box))
     assert [dct_scale_for((s, 1000), (224, 224)) for s in (224, 298, 299, 358, 359, 448, 1000)] == [8, 8, 6, 6, 5, 4, 2]
     assert dct_scale_for((1792, 1800), (224, 224)) == 1
     png = io.BytesIO()
@@ -55,11 +70,9 @@ def test_the_scaled_decoder_gives_pillows_pixels_at_every_scale_pillow_has(photo
         exif[0x0112] = 6  # "rotate 90": Pillow does not apply it when decoding, nor may we
         save['exif'] = exif
     data = jpeg(img, **save)
-    w, h = photo.size
     for k in (1, 2, 4, 8):
-        ours, box = open_undecoded(data).decode_for((0, 0, w, h), (w // k, h // k))  # scale 1/k
-        assert ours.mode == "RGB" and box == (0, 0, w / k, h / k)
-        np.testing.assert_array_equal(np.asarray(ours), pillow_decode(data, k), err_msg=f'{kind} at 1/{k}')
+        np.testing.assert_array_equal(decode_jpeg_scaled(data, photo.size, 8 // k), pillow_decode(data, k),
+                                      err_msg=f'{kind} at 1/{k}')
 
 
 @pytest.mark.parametrize('m', [3, 5, 6])
@@ -70,7 +83,7 @@ def test_a_crop_decoded_at_a_reduced_scale_looks_like_the_full_size_crop(photo, 
     box = (20, 10, 20 + side, 10 + side)
     assert dct_scale_for((side, side), (224, 224)) == m
     scaled, sbox = open_undecoded(data).decode_for(box, (224, 224))
-    assert scaled.width == -(-big.width * m // 8)
+    assert sbox[2] - sbox[0] == side * m / 8
     a = np.asarray(scaled.resize((224, 224), Image.Resampling.BICUBIC, box=sbox), dtype=np.float32)
     b = np.asarray(decode_rgb(data).resize((224, 224), Image.Resampling.BICUBIC, box=box), dtype=np.float32)
     assert np.abs(a - b).mean() < 1.2  # DCT-domain vs Pillow's antialiased reduction: measured 0.35-0.8
