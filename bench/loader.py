@@ -104,7 +104,7 @@ def timed_turns(make, prefix: str, mode: str):
     """Endless (seconds, samples) of ``BATCH`` samples each (a batch in the full modes), the pipeline
     restarted at each epoch's end (the cut-short last turn of an epoch is dropped)."""
     while True:
-        it = make(prefix, mode)
+        it, turns = make(prefix, mode), 0
         while True:
             start, count = time.perf_counter(), 0
             try:
@@ -113,7 +113,10 @@ def timed_turns(make, prefix: str, mode: str):
                     count += len(item) if torch.is_tensor(item) else 1
             except StopIteration:
                 break
+            turns += 1
             yield time.perf_counter() - start, count
+        if turns == 0:
+            raise ValueError(f'an epoch of {mode!r} holds fewer than {BATCH} samples: use more --images')
 
 
 def interleaved(prefix: str, mode: str, turns: int, blocks: int, pipelines=None) -> dict:
@@ -143,6 +146,8 @@ def main(argv=None) -> dict:
     p.add_argument('--photo-size', default='500x375', help='WxH of the stored photos')
     p.add_argument('--workdir', help='keep the shards here (default: a temp folder)')
     args = p.parse_args(argv)
+    if args.images < 2 * BATCH:
+        p.error(f'--images must be at least {2 * BATCH} (a turn is a batch of {BATCH})')
     torch.set_num_threads(1)  # one core: samples/s/core
     size = tuple(int(v) for v in args.photo_size.split('x'))
     work = Path(args.workdir or tempfile.mkdtemp(prefix='replk-bench-'))
