@@ -12,7 +12,8 @@ The whole check can outlast one 10-minute device call: split it, e.g. ``--only=a
   d. bench/label_job.py: the labeling job vs a bare ViT-L/16 forward, synthetic 500x375 JPEGs.
 
 ``--cpu-dry-run`` runs every step on tiny shapes on CPU (step a runs the same Trainer probe the
-GPU test runs, with the model shrunk), so the script cannot rot: ``make test`` runs it.
+GPU test runs, with the model shrunk), as many steps at once as there are cores, so the script
+cannot rot: ``make test`` runs it.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,6 +100,11 @@ STEPS = {'a': ('a_gpu_tests', step_a), 'b': ('b_train_throughput', step_b), 'c':
          'd': ('d_label_job', step_d)}
 
 
+def start_step(name: str, fn, dry: bool) -> dict:
+    print(f'gpu_check: {name} ...', flush=True)  # when it starts, not when it is queued
+    return fn(dry)
+
+
 def report_step(name: str, result: dict) -> None:
     """One step's outcome as soon as it is known, with its error: a run killed later still told it."""
     print(f'gpu_check: {name} {"ok" if result["ok"] else "FAILED"} ({result.get("seconds", 0)} s)', flush=True)
@@ -123,15 +130,23 @@ def main(argv=None) -> dict:
     started = time.monotonic()
     steps = {}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    for letter in sorted(set(args.only)):
-        name, fn = STEPS[letter]
-        print(f'gpu_check: {name} ...', flush=True)
-        steps[name] = fn(args.cpu_dry_run)
-        report_step(name, steps[name])
-        summary = dict(check='gpu_check', device=device, torch=torch.__version__,
-                       ok=all(s['ok'] for s in steps.values()), seconds=round(time.monotonic() - started, 1),
-                       steps=steps)
-        (Path(args.out) / 'gpu_check.json').write_text(json.dumps(summary, indent=2))  # after every step
+    letters = sorted(set(args.only))
+    # On the GPU each step times things and must have the card to itself: one at a time. The dry run
+    # only proves the script, so its steps (each a process, one thread) share the CPU's cores.
+    at_once = min(len(letters), os.cpu_count() or 1) if args.cpu_dry_run else 1
+    with ThreadPoolExecutor(at_once) as pool:
+        pending = {}
+        for letter in letters:
+            name, fn = STEPS[letter]
+            pending[pool.submit(start_step, name, fn, args.cpu_dry_run)] = name
+        for done in as_completed(pending):
+            name = pending[done]
+            steps[name] = done.result()
+            report_step(name, steps[name])
+            summary = dict(check='gpu_check', device=device, torch=torch.__version__,
+                           ok=all(s['ok'] for s in steps.values()), seconds=round(time.monotonic() - started, 1),
+                           steps=dict(sorted(steps.items())))
+            (Path(args.out) / 'gpu_check.json').write_text(json.dumps(summary, indent=2))  # after every step
     print(json.dumps(summary), flush=True)
     if not summary['ok']:
         raise SystemExit(1)
