@@ -117,14 +117,14 @@ class ComposedTrainTransform:
         size = (self.rrc.size[1], self.rrc.size[0])
         box = (j, i, j + w, i + h)
         if isinstance(img, UndecodedJpeg):
-            img, box = img.decode_for(box, size)  # box in the decoded image's coordinates
+            img, box = img.decode_for(box, size)  # the pixels the resize reads; box in their coordinates
         if applied and applied[0][0].aug_fn in TRANSLATIONS:
             # A shift of the resized crop is a shifted box of the resize: one antialiased pass.
             op, args, _ = applied.pop(0)
             dx, dy = _op_matrix(op.aug_fn, args, *size)[:2, 2]
             out = shifted_resize(img, box, size, resample, -dx if flipped else dx, dy, op.kwargs.get('fillcolor'))
             return self._finish(out, flipped, applied)
-        if box[2] - box[0] != w:  # decoded smaller: the crop is a box of the resize, no copy
+        if box[2] - box[0] != w:  # decoded at a reduced scale: the crop is a box of the resize
             return self._finish(img.resize(size, resample, box=box), flipped, applied)
         crop = img if box == (0, 0, *img.size) else img.crop(box)  # decode_for may hand over the crop itself
         if applied and applied[0][0].aug_fn in GEOMETRIC and w <= size[0] and h <= size[1]:
