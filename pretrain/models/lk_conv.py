@@ -21,16 +21,23 @@ except ImportError:  # triton is optional; 'native' needs none of this module
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ALGORITHMS = ('direct', 'toeplitz')   # toeplitz: maps of at most TOEPLITZ_MAX_PIXELS pixels
 TOEPLITZ_MAX_PIXELS = 1024
+TOEPLITZ_MAX_WIDTH = 64              # a reduction step holds whole input rows
 TOEPLITZ_TILE = dict(BLOCK_N=32, BLOCK_S=64, BLOCK_K=32)
-BLOCK_W, BLOCK_C = 16, 32            # the tiles under the interpreter (and the first GPU candidates)
-WGRAD_BLOCK_W, WGRAD_BLOCK_C = 8, 32
+# The tiles under the interpreter: several output rows per program, so the tests cover the row
+# blocking and its edge masks.
+INTERPRETER_FWD_TILE = dict(BLOCK_H=4, BLOCK_W=16, BLOCK_C=32)
+WGRAD_BLOCK_W, WGRAD_BLOCK_C = 4, 32
 WGRAD_TARGET_PROGRAMS = 1024   # enough programs to fill 132 SMs several times over
 # On a GPU each kernel is autotuned over these tiles at its first call per shape (the key): none
 # of them has been timed yet, so the choice is left to the card. Channel stride in the key:
-# channels-last and NCHW want different tiles.
+# channels-last and NCHW want different tiles. Forward tiles are (BLOCK_H, BLOCK_W, BLOCK_C, warps):
+# more rows per program issue fewer instructions per multiply-add, one row needs no shared memory;
+# none spills registers on sm_90 (bench/lk_conv_sass.py; tested). Weight-gradient tiles are
+# (BLOCK_W, warps).
 TUNE_KEY = ['C', 'H', 'W', 'K', 'sxc']
-FWD_TILES = [(8, 32, 4), (16, 32, 4), (16, 64, 4), (32, 64, 8), (8, 128, 4), (16, 128, 8)]
-WGRAD_TILES = [(4, 4), (8, 4), (8, 8), (16, 8)]
+FWD_TILES = [(1, 16, 64, 4), (2, 16, 64, 4), (4, 16, 32, 4), (4, 16, 64, 4), (4, 8, 128, 4),
+             (8, 16, 64, 8), (4, 32, 64, 8)]
+WGRAD_TILES = [(2, 4), (4, 4), (8, 8), (16, 8)]
 
 
 def interpreting() -> bool:
@@ -40,7 +47,8 @@ def interpreting() -> bool:
 
 if triton is not None and not interpreting():
     forward_launcher = triton.autotune(
-        [triton.Config(dict(BLOCK_W=bw, BLOCK_C=bc), num_warps=nw) for bw, bc, nw in FWD_TILES], key=TUNE_KEY,
+        [triton.Config(dict(BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc), num_warps=nw) for bh, bw, bc, nw in FWD_TILES],
+        key=TUNE_KEY,
     )(depthwise_fwd_kernel)
     wgrad_launcher = triton.autotune(
         [triton.Config(dict(BLOCK_W=bw), num_warps=nw) for bw, nw in WGRAD_TILES], key=TUNE_KEY,
@@ -48,7 +56,7 @@ if triton is not None and not interpreting():
     FWD_TILE, WGRAD_TILE = {}, {}
 elif triton is not None:
     forward_launcher, wgrad_launcher = depthwise_fwd_kernel, depthwise_wgrad_kernel
-    FWD_TILE, WGRAD_TILE = dict(BLOCK_W=BLOCK_W, BLOCK_C=BLOCK_C), dict(BLOCK_W=WGRAD_BLOCK_W)
+    FWD_TILE, WGRAD_TILE = INTERPRETER_FWD_TILE, dict(BLOCK_W=WGRAD_BLOCK_W)
 
 
 def triton_supported(device: torch.device) -> bool:
@@ -78,11 +86,12 @@ def check_inputs(x: torch.Tensor, weight: torch.Tensor) -> None:
 
 
 def kernel_taps_last(weight: torch.Tensor, flip: bool = False) -> torch.Tensor:
-    """[C, 1, k, k] -> contiguous [k, k, C]: channels innermost for coalesced loads."""
+    """[C, 1, k, k] -> contiguous fp32 [k, k, C]: channels innermost for coalesced loads, and
+    converted once here instead of once per multiply-add in the kernels (exact from bf16/fp16)."""
     w = weight[:, 0]
     if flip:
         w = w.flip(-1, -2)
-    return w.permute(1, 2, 0).contiguous()
+    return w.permute(1, 2, 0).to(torch.float32).contiguous()
 
 
 def empty_output(like: torch.Tensor) -> torch.Tensor:
@@ -98,9 +107,16 @@ def empty_partials(shape, device) -> torch.Tensor:
 def check_algorithm(algorithm: str, x: torch.Tensor) -> None:
     if algorithm not in ALGORITHMS:
         raise ValueError(f'algorithm {algorithm!r} is not one of {ALGORITHMS}')
-    if algorithm == 'toeplitz' and x.shape[-1] * x.shape[-2] > TOEPLITZ_MAX_PIXELS:
-        raise ValueError(f"algorithm 'toeplitz' is for maps of at most {TOEPLITZ_MAX_PIXELS} pixels; "
-                         f'got {tuple(x.shape[-2:])}')
+    if algorithm == 'toeplitz' and (x.shape[-1] * x.shape[-2] > TOEPLITZ_MAX_PIXELS
+                                    or x.shape[-1] > TOEPLITZ_MAX_WIDTH):
+        raise ValueError(f"algorithm 'toeplitz' is for maps of at most {TOEPLITZ_MAX_PIXELS} pixels and "
+                         f'{TOEPLITZ_MAX_WIDTH} columns; got {tuple(x.shape[-2:])}')
+
+
+def toeplitz_tile(width: int) -> dict:
+    """The Toeplitz kernel's tile for a map ``width`` wide: a reduction step of whole input rows."""
+    wpad = triton.next_power_of_2(width)
+    return dict(TOEPLITZ_TILE, WPAD=wpad, BLOCK_K=max(TOEPLITZ_TILE['BLOCK_K'], wpad))
 
 
 def run_forward(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor],
@@ -109,7 +125,7 @@ def run_forward(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor
     k = taps.shape[0]
     y = empty_output(x)
     if algorithm == 'toeplitz':
-        tile = TOEPLITZ_TILE
+        tile = toeplitz_tile(w)
         grid = (c, triton.cdiv(n, tile['BLOCK_N']), triton.cdiv(h * w, tile['BLOCK_S']))
         depthwise_toeplitz_fwd_kernel[grid](
             x, taps, bias if bias is not None else taps, y, n, c, h, w, *x.stride(), *y.stride(), K=k,
@@ -117,7 +133,7 @@ def run_forward(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor
         return y
 
     def grid(meta):
-        return n * h, triton.cdiv(w, meta['BLOCK_W']), triton.cdiv(c, meta['BLOCK_C'])
+        return n * triton.cdiv(h, meta['BLOCK_H']), triton.cdiv(w, meta['BLOCK_W']), triton.cdiv(c, meta['BLOCK_C'])
     forward_launcher[grid](x, taps, bias if bias is not None else taps, y, c, h, w,
                            *x.stride(), *y.stride(), K=k, HAS_BIAS=bias is not None, **FWD_TILE)
     return y

@@ -5,17 +5,26 @@ kernel takes the tensors' strides, so channels-last and NCHW inputs run without 
 are the innermost (vectorized) block, which is where channels-last keeps them contiguous. Offsets
 are 32-bit: the caller refuses tensors of 2**31 elements or more.
 
-- ``depthwise_fwd_kernel``: one program per (image row, block of columns, block of channels).
-  It visits only the kernel rows whose input row lies inside the map, so the vertical zero
-  padding costs nothing (at 7 px with k = 13 that is about half of the nominal taps).
-  The input gradient is this kernel run on the output gradient with the kernel flipped.
+- ``depthwise_fwd_kernel``: one program per (image, block of BLOCK_H output rows, block of
+  columns, block of channels). It walks the input rows those output rows read (rows in the zero
+  padding are never visited: at 7 px with k = 13 about half of the nominal taps) and, for each
+  kernel column, loads the shifted input row once and adds it into all BLOCK_H output rows with
+  each row's own tap: a loaded input element feeds up to BLOCK_H multiply-adds (BLOCK_H = 1 is
+  the plain direct convolution). The kernel comes as fp32 taps, converted once by the caller
+  rather than once per multiply-add. The input gradient is this kernel run on the output
+  gradient with the kernel flipped.
 - ``depthwise_toeplitz_fwd_kernel``: the same convolution for small maps as a product with a
   banded (Toeplitz) matrix per channel, on tensor cores (its docstring); the input gradient again
   with the kernel flipped.
 - ``depthwise_wgrad_kernel``: one program per (block of channels, kernel row, slice of the
   batch); for each valid output pixel row it loads the output gradient once and the input as a
-  [columns, kernel columns, channels] window, accumulating a [kernel columns, channels] tile.
-  The per-slice partial sums (fp32) are added by the caller: deterministic, no atomics.
+  [columns, kernel columns, channels] window, accumulating a [columns, kernel columns, channels]
+  tile that is summed over the columns once, at the end (not once per row: that sum goes through
+  shared memory). The per-slice partial sums (fp32) are added by the caller: deterministic, no
+  atomics.
+
+What ptxas makes of each kernel for an H100 (registers, spills, instructions per multiply-add in
+the hot loop) is printed by ``bench/lk_conv_sass.py``, on any machine.
 """
 import triton
 import triton.language as tl
@@ -25,31 +34,39 @@ import triton.language as tl
 def depthwise_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W,
                          sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                          K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
-    # w_ptr: the kernel as a contiguous [K, K, C] tensor (channels innermost, loads coalesce).
-    row = tl.program_id(0)
-    n = row // H
-    h = row % H
+                         BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    # w_ptr: the kernel as contiguous fp32 taps [K, K, C] (channels innermost, loads coalesce).
+    rows = tl.cdiv(H, BLOCK_H)
+    n = tl.program_id(0) // rows
+    h0 = (tl.program_id(0) % rows) * BLOCK_H
+    offs_h = h0 + tl.arange(0, BLOCK_H)
     offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     P: tl.constexpr = K // 2
-    acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
-    kh_lo = tl.maximum(P - h, 0)
-    kh_hi = tl.minimum(H + P - h, K)
-    x_img = x_ptr + n * sxn + offs_c[None, :] * sxc
-    for kh in range(kh_lo, kh_hi):
-        x_row = x_img + (h + kh - P) * sxh
-        for kw in tl.static_range(K):
-            iw = offs_w + (kw - P)
-            m = ((iw >= 0) & (iw < W))[:, None] & mask_c[None, :]
-            xv = tl.load(x_row + iw[:, None] * sxw, mask=m, other=0.0)
-            wv = tl.load(w_ptr + (kh * K + kw) * C + offs_c, mask=mask_c, other=0.0)
-            acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+    acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=tl.float32)
+    ih_lo = tl.maximum(h0 - P, 0)
+    ih_hi = tl.minimum(h0 + BLOCK_H + P, H)
+    # Operands are built in the accumulator's three dimensions, size 1 where they broadcast.
+    c3 = offs_c[None, None, :]
+    mask_c3 = mask_c[None, None, :]
+    h3 = offs_h[:, None, None]
+    x_img = x_ptr + n * sxn + c3 * sxc
+    for ih in range(ih_lo, ih_hi):
+        x_row = x_img + ih * sxh
+        kh = ih - h3 + P                                                   # [BLOCK_H, 1, 1]
+        w_row = w_ptr + kh * K * C + c3
+        mask_kh = (kh >= 0) & (kh < K) & mask_c3
+        for kw in range(K):
+            iw = offs_w[None, :, None] + (kw - P)                         # [1, BLOCK_W, 1]
+            xv = tl.load(x_row + iw * sxw, mask=(iw >= 0) & (iw < W) & mask_c3, other=0.0)
+            wv = tl.load(w_row + kw * C, mask=mask_kh, other=0.0)
+            acc += xv.to(tl.float32) * wv
     if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-    y = y_ptr + n * syn + h * syh + offs_w[:, None] * syw + offs_c[None, :] * syc
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=(offs_w < W)[:, None] & mask_c[None, :])
+        acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, None, :]
+    y = y_ptr + n * syn + offs_h[:, None, None] * syh + offs_w[None, :, None] * syw + offs_c[None, None, :] * syc
+    mask_y = (offs_h < H)[:, None, None] & ((offs_w < W)[:, None] & mask_c[None, :])[None, :, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask_y)
 
 
 @triton.jit
@@ -65,7 +82,7 @@ def depthwise_wgrad_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, W, IMAGES_PER_PROGR
     P: tl.constexpr = K // 2
     kw = tl.arange(0, KPAD)
     mask_k = kw < K
-    acc = tl.zeros([KPAD, BLOCK_C], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_W, KPAD, BLOCK_C], dtype=tl.float32)
     n_lo = piece * IMAGES_PER_PROGRAM
     n_hi = tl.minimum(n_lo + IMAGES_PER_PROGRAM, N)
     # Output rows h whose input row h + kh - P lies inside the map.
@@ -84,38 +101,52 @@ def depthwise_wgrad_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, W, IMAGES_PER_PROGR
                 m_win = (iw >= 0) & (iw < W) & mask_w[:, None] & mask_k[None, :]
                 xv = tl.load(x_row + iw[:, :, None] * sxw + offs_c[None, None, :] * sxc,
                              mask=m_win[:, :, None] & mask_c[None, None, :], other=0.0)
-                acc += tl.sum(xv.to(tl.float32) * g[:, None, :], axis=0)
+                acc += xv.to(tl.float32) * g[:, None, :]
     out = part_ptr + ((piece * K + kh) * K + kw[:, None]) * C + offs_c[None, :]
-    tl.store(out, acc, mask=mask_k[:, None] & mask_c[None, :])
+    tl.store(out, tl.sum(acc, axis=0), mask=mask_k[:, None] & mask_c[None, :])
 
 
 @triton.jit
 def depthwise_toeplitz_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, C, H, W,
                                   sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                                   K: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-                                  BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
+                                  WPAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+                                  BLOCK_K: tl.constexpr):
     """Small maps on tensor cores: per channel c, y_c [N, H*W] = x_c [N, H*W] @ M_c [H*W, H*W], where
     M_c[s_in, s_out] = w[c, h_in - h_out + P, w_in - w_out + P] inside the kernel's support, else 0.
-    The banded matrix is gathered from the [K, K, C] kernel tile by tile, never stored; no multiply
-    touches the zero padding around the map. Grid: (channels, batch blocks, output-pixel blocks)."""
+    The banded matrix is gathered from the fp32 [K, K, C] taps tile by tile, never stored; no
+    multiply touches the zero padding around the map. Grid: (channels, batch blocks, output-pixel
+    blocks). Each step of the reduction takes BLOCK_K // WPAD whole input rows (WPAD: the map's
+    width rounded up to a power of two), so the band's tap indices are one matrix computed before
+    the loop plus the step's row offset: the gather costs an add, not a division per element.
+    Only the input rows within the kernel's reach of the block's output rows are visited."""
     c = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_s = tl.program_id(2) * BLOCK_S + tl.arange(0, BLOCK_S)       # output pixels h * W + w
+    s0 = tl.program_id(2) * BLOCK_S
+    offs_s = s0 + tl.arange(0, BLOCK_S)                               # output pixels h * W + w
     P: tl.constexpr = K // 2
+    ROWS: tl.constexpr = BLOCK_K // WPAD
     HW = H * W
     h_out, w_out = offs_s // W, offs_s % W
     mask_n, mask_s = offs_n < N, offs_s < HW
+    r = tl.arange(0, BLOCK_K) // WPAD                                 # the step's input row, 0..ROWS-1
+    w_in = tl.arange(0, BLOCK_K) % WPAD
+    kh0 = r[:, None] - h_out[None, :] + P                             # tap row at input row 0
+    kw = w_in[:, None] - w_out[None, :] + P                           # [BLOCK_K, BLOCK_S]
+    band = (kw >= 0) & (kw < K) & (w_in < W)[:, None] & mask_s[None, :]
+    taps = w_ptr + (kh0 * K + kw) * C + c
+    x_at = x_ptr + offs_n[:, None] * sxn + c * sxc + r[None, :] * sxh + w_in[None, :] * sxw
+    mask_x = mask_n[:, None] & (w_in < W)[None, :]
     acc = tl.zeros([BLOCK_N, BLOCK_S], dtype=tl.float32)
-    for k0 in range(0, HW, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)                           # input pixels
-        mask_k = offs_k < HW
-        h_in, w_in = offs_k // W, offs_k % W
-        xv = tl.load(x_ptr + offs_n[:, None] * sxn + c * sxc + h_in[None, :] * sxh + w_in[None, :] * sxw,
-                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        kh = h_in[:, None] - h_out[None, :] + P                        # [BLOCK_K, BLOCK_S]
-        kw = w_in[:, None] - w_out[None, :] + P
-        inside = (kh >= 0) & (kh < K) & (kw >= 0) & (kw < K) & mask_k[:, None] & mask_s[None, :]
-        mv = tl.load(w_ptr + (kh * K + kw) * C + c, mask=inside, other=0.0)
+    last_out_row = (tl.minimum(s0 + BLOCK_S, HW) - 1) // W
+    row_lo = tl.maximum(s0 // W - P, 0)
+    row_hi = tl.minimum(last_out_row + P + 1, H)
+    for h0 in range(row_lo, row_hi, ROWS):
+        kh = kh0 + h0
+        h_ok = (r + h0) < H
+        xv = tl.load(x_at + h0 * sxh, mask=mask_x & h_ok[None, :], other=0.0)
+        inside = band & (kh >= 0) & (kh < K) & h_ok[:, None]
+        mv = tl.load(taps + h0 * (K * C), mask=inside, other=0.0).to(x_ptr.dtype.element_ty)
         if UPCAST:  # Triton's interpreter computes bf16 tl.dot wrongly; fp32 there
             acc += tl.dot(xv.to(tl.float32), mv.to(tl.float32))
         elif IEEE:  # fp32 inputs: full precision, not TF32

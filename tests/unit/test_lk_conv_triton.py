@@ -30,6 +30,10 @@ CASES = [
     (2, 5, 7, 5, 27, False, torch.float32, 'toeplitz'),
     (33, 2, 4, 4, 3, True, torch.bfloat16, 'toeplitz'),
     (2, 4, 5, 6, 27, False, torch.bfloat16, 'toeplitz'),
+    # output-pixel blocks of a few rows, each reading only the input rows within the kernel's reach;
+    # a map wider than one reduction step's default
+    (2, 3, 16, 16, 5, True, torch.float32, 'toeplitz'),
+    (1, 2, 6, 40, 7, False, torch.bfloat16, 'toeplitz'),
 ]
 
 
@@ -71,6 +75,31 @@ def test_forward_and_gradients_match_float64_conv(poisoned_buffers, n, c, h, w, 
         assert relative_error(ours.grad, theirs.grad) < bound, name
 
 
+@pytest.mark.skipif(not lk_conv.interpreting(), reason='on a GPU the autotuner picks the tile')
+@pytest.mark.parametrize('forward_tile,wgrad_block_w', [
+    (dict(BLOCK_H=1, BLOCK_W=8, BLOCK_C=32), 2),     # one output row a program: the plain direct kernel
+    (dict(BLOCK_H=2, BLOCK_W=4, BLOCK_C=8), 16),     # row blocks and channel blocks cut the map unevenly
+    (dict(BLOCK_H=8, BLOCK_W=16, BLOCK_C=16), 8),    # a row block taller than the map
+])
+def test_every_tile_shape_gives_the_float64_convolution(poisoned_buffers, monkeypatch, forward_tile, wgrad_block_w):
+    # The GPU autotuner may pick any of several tiles; under the interpreter the tile is fixed, so
+    # tiles of each kind are checked here on a map that none of them divides.
+    monkeypatch.setattr(lk_conv, 'FWD_TILE', forward_tile)
+    monkeypatch.setattr(lk_conv, 'WGRAD_TILE', dict(BLOCK_W=wgrad_block_w))
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 11, 7, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight, grad_out = torch.randn(11, 1, 5, 5, generator=gen), torch.randn(2, 11, 7, 9, generator=gen)
+    leaves = [t.clone().requires_grad_() for t in (x, weight)]
+    out = lk_conv.depthwise_conv(*leaves, None)
+    out.backward(grad_out)
+    ref_leaves = [t.double().requires_grad_() for t in (x, weight)]
+    ref = F.conv2d(*ref_leaves, padding=2, groups=11)
+    ref.backward(grad_out.double())
+    assert relative_error(out, ref) < 1e-5
+    for name, ours, theirs in zip(('input', 'weight'), leaves, ref_leaves):
+        assert relative_error(ours.grad, theirs.grad) < 1e-5, name
+
+
 @pytest.mark.parametrize('algorithm', lk_conv.ALGORITHMS)
 def test_input_gradient_is_the_transposed_convolution_on_an_asymmetric_kernel(poisoned_buffers, algorithm):
     # A kernel without symmetry: flipping it the wrong way (or not at all) cannot pass.
@@ -91,9 +120,10 @@ def test_unsupported_inputs_are_refused_with_the_reason():
         lk_conv.depthwise_conv(x, torch.randn(3, 1, 3, 3, device=DEVICE), None)
     with pytest.raises(ValueError, match="algorithm 'fft' is not one of"):
         lk_conv.depthwise_conv(x, torch.randn(4, 1, 3, 3, device=DEVICE), None, 'fft')
-    with pytest.raises(ValueError, match="'toeplitz' is for maps of at most 1024 pixels"):
-        lk_conv.depthwise_conv(torch.randn(1, 1, 33, 32, device=DEVICE), torch.randn(1, 1, 3, 3, device=DEVICE),
-                               None, 'toeplitz')
+    for too_big in ((33, 32), (2, 65)):
+        with pytest.raises(ValueError, match="'toeplitz' is for maps of at most 1024 pixels and 64 columns"):
+            lk_conv.depthwise_conv(torch.randn(1, 1, *too_big, device=DEVICE), torch.randn(1, 1, 3, 3, device=DEVICE),
+                                   None, 'toeplitz')
 
 
 def test_torch_compile_traces_around_the_op_with_its_gradients():

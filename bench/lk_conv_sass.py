@@ -1,0 +1,175 @@
+"""What ptxas makes of the large-kernel convolution's Triton kernels for an H100, on any machine.
+
+No GPU needed: each kernel is compiled for sm_90 the way Triton's launcher would specialize it for
+a RepLKNet layer in channels-last bf16 (an integer argument equal to 1 becomes a constant, one
+divisible by 16 gets that hint, pointers are 16-byte aligned), with every tile the GPU autotuner may
+pick, and Triton's bundled ``ptxas`` and ``cuobjdump`` report on the machine code:
+
+- registers per thread and spill bytes (a spill in the hot loop is a slow kernel on any card);
+- the hot loop: the innermost loop doing the multiply-adds (FFMA; HMMA/HGMMA on tensor cores, for
+  the Toeplitz kernel), its instructions per multiply-add of a thread, and its global and shared
+  loads. Instructions issued per multiply-add bound a kernel's time from below at the card's issue
+  rate; fewer is faster when nothing else (memory, latency) binds.
+
+This is static evidence about the code, not a timing: `bench/lk_conv.py` times the kernels on a GPU.
+
+    python bench/lk_conv_sass.py              # a table, then one JSON line
+    python bench/lk_conv_sass.py --kernel 13  # another kernel size (default 27)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# The compiler cannot run where Triton's interpreter is on (tests/conftest.py turns it on): this
+# tool compiles, so it runs without it, in its own process.
+os.environ.pop('TRITON_INTERPRET', None)
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Multiply-adds per thread of one instruction: FFMA one; a warp's HMMA.MNK (m16n8k16 is written
+# 16816) M*N*K over 32 threads; a warpgroup's HGMMA.MxNxK over 128.
+FFMA = re.compile(r'\bFFMA\b')
+HMMA = re.compile(r'\bHMMA\.(16)(8)(16|8)\b')
+HGMMA = re.compile(r'\bHGMMA\.(\d+)x(\d+)x(\d+)\b')
+
+
+def multiply_adds(op: str) -> float:
+    """Multiply-adds per thread done by one instruction (0 for anything else)."""
+    if FFMA.search(op):
+        return 1
+    for pattern, threads in ((HMMA, 32), (HGMMA, 128)):
+        shape = pattern.search(op)
+        if shape:
+            m, n, k = map(int, shape.groups())
+            return m * n * k / threads
+    return 0
+
+
+def compile_as_launched(fn, args: dict, constexprs: dict, num_warps: int, capability: int = 90):
+    """Compile ``fn`` for ``sm_<capability>``; ``args`` maps each runtime argument to a pointer type
+    ('*bf16') or the integer a launch would pass, specialized as Triton's launcher does."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    signature, attrs, constants = {}, {}, dict(constexprs)
+    for index, name in enumerate(fn.arg_names):
+        if name in constants:
+            signature[name] = 'constexpr'
+        elif isinstance(args[name], str):
+            signature[name] = args[name]
+            attrs[(index,)] = [['tt.divisibility', 16]]
+        elif args[name] == 1:
+            signature[name], constants[name] = 'constexpr', 1
+        else:
+            signature[name] = 'i32'
+            if args[name] % 16 == 0:
+                attrs[(index,)] = [['tt.divisibility', 16]]
+    source = ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget('cuda', capability, 32), options=dict(num_warps=num_warps))
+
+
+def nvidia_tool(name: str) -> str:
+    import triton
+    return str(Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin' / name)
+
+
+def ptxas_usage(kernel, capability: int = 90) -> dict:
+    """Registers per thread and spill bytes, from ``ptxas -v`` on the kernel's PTX."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp) / 'kernel.ptx'
+        ptx.write_text(kernel.asm['ptx'])
+        out = subprocess.run([nvidia_tool('ptxas'), f'-arch=sm_{capability}a', '-v', str(ptx),
+                              '-o', str(Path(tmp) / 'kernel.cubin')], capture_output=True, text=True, check=True)
+    text = out.stderr
+    return dict(registers=int(re.search(r'Used (\d+) registers', text).group(1)),
+                spill_bytes=sum(int(b) for b in re.findall(r'(\d+) bytes spill (?:stores|loads)', text)))
+
+
+def sass(kernel) -> list:
+    """[(address, instruction)] of the kernel's machine code."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / 'kernel.cubin'
+        cubin.write_bytes(kernel.asm['cubin'])
+        text = subprocess.run([nvidia_tool('cuobjdump'), '-sass', str(cubin)],
+                              capture_output=True, text=True, check=True).stdout
+    return [(int(a, 16), op.strip()) for a, op in re.findall(r'/\*([0-9a-f]{4,})\*/\s+([^;]*);', text)]
+
+
+def hot_loop(code: list) -> dict:
+    """The shortest loop (a backward branch and its target) that does multiply-adds: its instructions
+    per multiply-add of a thread, and its loads."""
+    index = {address: i for i, (address, _) in enumerate(code)}
+    best = None
+    for i, (address, op) in enumerate(code):
+        target = re.search(r'\bBRA (0x[0-9a-f]+)', op)
+        if not target or int(target.group(1), 16) >= address or int(target.group(1), 16) not in index:
+            continue
+        body = [o for _, o in code[index[int(target.group(1), 16)]:i + 1]]
+        macs = sum(multiply_adds(o) for o in body)
+        if macs and (best is None or len(body) < best['instructions']):
+            best = dict(instructions=len(body), multiply_adds=macs, per_multiply_add=round(len(body) / macs, 2),
+                        global_loads=sum('LDG' in o for o in body), shared_loads=sum('LDS' in o for o in body))
+    return best or {}
+
+
+def layer_args(kernel_name: str, c: int, hw: int, n: int = 64) -> dict:
+    """A launch's runtime arguments for a channels-last bf16 layer [n, c, hw, hw]."""
+    strides = dict(n=hw * hw * c, c=1, h=hw * c, w=c)
+    x = {f'sx{k}': v for k, v in strides.items()}
+    if kernel_name == 'weight_grad':
+        return dict(x_ptr='*bf16', dy_ptr='*bf16', part_ptr='*fp32', N=n, C=c, H=hw, W=hw,
+                    IMAGES_PER_PROGRAM=3, **x, **{f'sd{k}': v for k, v in strides.items()})
+    return dict(x_ptr='*bf16', w_ptr='*fp32', b_ptr='*bf16', y_ptr='*bf16', N=n, C=c, H=hw, W=hw,
+                **x, **{f'sy{k}': v for k, v in strides.items()})
+
+
+def report(c: int, k: int, hw: int) -> list:
+    """One row per kernel and autotune tile at one layer shape."""
+    import triton
+
+    from pretrain.models import lk_conv, lk_conv_kernels
+    builds = [('forward', lk_conv_kernels.depthwise_fwd_kernel,
+               dict(K=k, HAS_BIAS=True, BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc), warps)
+              for bh, bw, bc, warps in lk_conv.FWD_TILES]
+    builds += [('weight_grad', lk_conv_kernels.depthwise_wgrad_kernel,
+                dict(K=k, KPAD=triton.next_power_of_2(k), BLOCK_W=bw, BLOCK_C=lk_conv.WGRAD_BLOCK_C), warps)
+               for bw, warps in lk_conv.WGRAD_TILES]
+    if hw * hw <= lk_conv.TOEPLITZ_MAX_PIXELS:
+        builds.append(('toeplitz_forward', lk_conv_kernels.depthwise_toeplitz_fwd_kernel,
+                       dict(K=k, HAS_BIAS=True, UPCAST=False, IEEE=False, **lk_conv.toeplitz_tile(hw)), 4))
+    rows = []
+    for name, fn, constexprs, warps in builds:
+        args = {a: v for a, v in layer_args(name, c, hw).items() if a in fn.arg_names}
+        kernel = compile_as_launched(fn, args, constexprs, warps)
+        tile = {key: v for key, v in constexprs.items() if key.startswith('BLOCK')}
+        rows.append(dict(kernel=name, channels=c, k=k, size=hw, tile=tile, num_warps=warps,
+                         **ptxas_usage(kernel), hot_loop=hot_loop(sass(kernel))))
+    return rows
+
+
+def main(argv=None) -> list:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--kernel', type=int, default=27, help='kernel size (odd)')
+    ap.add_argument('--channels', type=int, default=384)
+    ap.add_argument('--size', type=int, default=14, help='map size (at most 32 also builds the Toeplitz kernel)')
+    args = ap.parse_args(argv)
+    rows = report(args.channels, args.kernel, args.size)
+    for row in rows:
+        loop = row['hot_loop']
+        print(f"{row['kernel']:<17} {json.dumps(row['tile']):<48} warps {row['num_warps']}  "
+              f"{row['registers']:>3} registers  spills {row['spill_bytes']:>4} B  hot loop: "
+              f"{loop.get('per_multiply_add', float('nan')):5.2f} instructions per multiply-add "
+              f"({loop.get('global_loads', 0)} global, {loop.get('shared_loads', 0)} shared loads)", flush=True)
+    print(json.dumps(dict(bench='lk_conv_sass', target='sm_90', rows=rows)), flush=True)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
