@@ -115,7 +115,8 @@ def hot_loop(code: list) -> dict:
         macs = sum(multiply_adds(o) for o in body)
         if macs and (best is None or len(body) < best['instructions']):
             best = dict(instructions=len(body), multiply_adds=macs, per_multiply_add=round(len(body) / macs, 2),
-                        global_loads=sum('LDG' in o for o in body), shared_loads=sum('LDS' in o for o in body))
+                        global_loads=sum('LDG' in o for o in body), shared_loads=sum('LDS' in o for o in body),
+                        barriers=sum(bool(re.search(r'\bBAR\.SYNC|\bBAR\b', o)) for o in body))
     return best or {}
 
 
@@ -136,8 +137,8 @@ def report(c: int, k: int, hw: int) -> list:
 
     from pretrain.models import lk_conv, lk_conv_kernels
     builds = [('forward', lk_conv_kernels.depthwise_fwd_kernel,
-               dict(K=k, HAS_BIAS=True, BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc), warps)
-              for bh, bw, bc, warps in lk_conv.FWD_TILES]
+               dict(K=k, HAS_BIAS=True, BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc, SPREAD_TAPS=spread), warps)
+              for bh, bw, bc, warps, spread in lk_conv.FWD_TILES]
     builds += [('weight_grad', lk_conv_kernels.depthwise_wgrad_kernel,
                 dict(K=k, KPAD=triton.next_power_of_2(k), BLOCK_W=bw, BLOCK_C=lk_conv.WGRAD_BLOCK_C), warps)
                for bw, warps in lk_conv.WGRAD_TILES]
@@ -148,7 +149,7 @@ def report(c: int, k: int, hw: int) -> list:
     for name, fn, constexprs, warps in builds:
         args = {a: v for a, v in layer_args(name, c, hw).items() if a in fn.arg_names}
         kernel = compile_as_launched(fn, args, constexprs, warps)
-        tile = {key: v for key, v in constexprs.items() if key.startswith('BLOCK')}
+        tile = {key: v for key, v in constexprs.items() if key.startswith('BLOCK') or key == 'SPREAD_TAPS'}
         rows.append(dict(kernel=name, channels=c, k=k, size=hw, tile=tile, num_warps=warps,
                          **ptxas_usage(kernel), hot_loop=hot_loop(sass(kernel))))
     return rows
@@ -163,10 +164,11 @@ def main(argv=None) -> list:
     rows = report(args.channels, args.kernel, args.size)
     for row in rows:
         loop = row['hot_loop']
-        print(f"{row['kernel']:<17} {json.dumps(row['tile']):<48} warps {row['num_warps']}  "
+        print(f"{row['kernel']:<17} {json.dumps(row['tile']):<69} warps {row['num_warps']}  "
               f"{row['registers']:>3} registers  spills {row['spill_bytes']:>4} B  hot loop: "
               f"{loop.get('per_multiply_add', float('nan')):5.2f} instructions per multiply-add "
-              f"({loop.get('global_loads', 0)} global, {loop.get('shared_loads', 0)} shared loads)", flush=True)
+              f"({loop.get('global_loads', 0)} global, {loop.get('shared_loads', 0)} shared loads, "
+              f"{loop.get('barriers', 0)} barriers)", flush=True)
     print(json.dumps(dict(bench='lk_conv_sass', target='sm_90', rows=rows)), flush=True)
     return rows
 

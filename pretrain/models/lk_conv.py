@@ -25,18 +25,19 @@ TOEPLITZ_MAX_WIDTH = 64              # a reduction step holds whole input rows
 TOEPLITZ_TILE = dict(BLOCK_N=32, BLOCK_S=64, BLOCK_K=32)
 # The tiles under the interpreter: several output rows per program, so the tests cover the row
 # blocking and its edge masks.
-INTERPRETER_FWD_TILE = dict(BLOCK_H=4, BLOCK_W=16, BLOCK_C=32)
+INTERPRETER_FWD_TILE = dict(BLOCK_H=4, BLOCK_W=16, BLOCK_C=32, SPREAD_TAPS=False)
 WGRAD_BLOCK_W, WGRAD_BLOCK_C = 4, 32
 WGRAD_TARGET_PROGRAMS = 1024   # enough programs to fill 132 SMs several times over
 # On a GPU each kernel is autotuned over these tiles at its first call per shape (the key): none
 # of them has been timed yet, so the choice is left to the card. Channel stride in the key:
-# channels-last and NCHW want different tiles. Forward tiles are (BLOCK_H, BLOCK_W, BLOCK_C, warps):
-# more rows per program issue fewer instructions per multiply-add, one row needs no shared memory;
-# none spills registers on sm_90 (bench/lk_conv_sass.py; tested). Weight-gradient tiles are
+# channels-last and NCHW want different tiles. Forward tiles are (BLOCK_H, BLOCK_W, BLOCK_C, warps,
+# SPREAD_TAPS): more rows per program issue fewer instructions per multiply-add; spread taps trade a
+# barrier and a shared-memory exchange per tap for more (L1) loads; which wins is the card's to say.
+# None spills registers on sm_90 (bench/lk_conv_sass.py; tested). Weight-gradient tiles are
 # (BLOCK_W, warps).
 TUNE_KEY = ['C', 'H', 'W', 'K', 'sxc']
-FWD_TILES = [(1, 16, 64, 4), (2, 16, 64, 4), (4, 16, 32, 4), (4, 16, 64, 4), (4, 8, 128, 4),
-             (8, 16, 64, 8), (4, 32, 64, 8)]
+FWD_TILES = [(1, 16, 64, 4, False), (2, 16, 64, 4, True), (4, 16, 64, 4, False), (4, 16, 64, 4, True),
+             (4, 8, 128, 4, True), (8, 16, 64, 8, False), (4, 32, 64, 8, False), (4, 32, 64, 8, True)]
 WGRAD_TILES = [(2, 4), (4, 4), (8, 8), (16, 8)]
 
 
@@ -47,7 +48,8 @@ def interpreting() -> bool:
 
 if triton is not None and not interpreting():
     forward_launcher = triton.autotune(
-        [triton.Config(dict(BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc), num_warps=nw) for bh, bw, bc, nw in FWD_TILES],
+        [triton.Config(dict(BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc, SPREAD_TAPS=spread), num_warps=nw)
+         for bh, bw, bc, nw, spread in FWD_TILES],
         key=TUNE_KEY,
     )(depthwise_fwd_kernel)
     wgrad_launcher = triton.autotune(

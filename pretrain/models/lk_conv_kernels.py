@@ -11,8 +11,9 @@ are 32-bit: the caller refuses tensors of 2**31 elements or more.
   kernel column, loads the shifted input row once and adds it into all BLOCK_H output rows with
   each row's own tap: a loaded input element feeds up to BLOCK_H multiply-adds (BLOCK_H = 1 is
   the plain direct convolution). The kernel comes as fp32 taps, converted once by the caller
-  rather than once per multiply-add. The input gradient is this kernel run on the output
-  gradient with the kernel flipped.
+  rather than once per multiply-add; with SPREAD_TAPS every thread loads the taps it uses
+  rather than receiving them through shared memory (the autotuner tries both). The input
+  gradient is this kernel run on the output gradient with the kernel flipped.
 - ``depthwise_toeplitz_fwd_kernel``: the same convolution for small maps as a product with a
   banded (Toeplitz) matrix per channel, on tensor cores (its docstring); the input gradient again
   with the kernel flipped.
@@ -34,8 +35,11 @@ import triton.language as tl
 def depthwise_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W,
                          sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                          K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+                         BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+                         SPREAD_TAPS: tl.constexpr):
     # w_ptr: the kernel as contiguous fp32 taps [K, K, C] (channels innermost, loads coalesce).
+    # SPREAD_TAPS: each thread loads the taps it multiplies by (more loads, from L1) instead of one
+    # load per row and channel handed round through shared memory (a barrier every tap).
     rows = tl.cdiv(H, BLOCK_H)
     n = tl.program_id(0) // rows
     h0 = (tl.program_id(0) % rows) * BLOCK_H
@@ -51,12 +55,13 @@ def depthwise_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W,
     c3 = offs_c[None, None, :]
     mask_c3 = mask_c[None, None, :]
     h3 = offs_h[:, None, None]
+    spread = tl.zeros([1, BLOCK_W if SPREAD_TAPS else 1, 1], dtype=tl.int32)
     x_img = x_ptr + n * sxn + c3 * sxc
     for ih in range(ih_lo, ih_hi):
         x_row = x_img + ih * sxh
         kh = ih - h3 + P                                                   # [BLOCK_H, 1, 1]
-        w_row = w_ptr + kh * K * C + c3
-        mask_kh = (kh >= 0) & (kh < K) & mask_c3
+        w_row = w_ptr + kh * K * C + c3 + spread
+        mask_kh = (kh >= 0) & (kh < K) & mask_c3 & (spread == 0)
         for kw in range(K):
             iw = offs_w[None, :, None] + (kw - P)                         # [1, BLOCK_W, 1]
             xv = tl.load(x_row + iw * sxw, mask=(iw >= 0) & (iw < W) & mask_c3, other=0.0)

@@ -77,9 +77,12 @@ def test_forward_and_gradients_match_float64_conv(poisoned_buffers, n, c, h, w, 
 
 @pytest.mark.skipif(not lk_conv.interpreting(), reason='on a GPU the autotuner picks the tile')
 @pytest.mark.parametrize('forward_tile,wgrad_block_w', [
-    (dict(BLOCK_H=1, BLOCK_W=8, BLOCK_C=32), 2),     # one output row a program: the plain direct kernel
-    (dict(BLOCK_H=2, BLOCK_W=4, BLOCK_C=8), 16),     # row blocks and channel blocks cut the map unevenly
-    (dict(BLOCK_H=8, BLOCK_W=16, BLOCK_C=16), 8),    # a row block taller than the map
+    # one output row a program: the plain direct kernel
+    (dict(BLOCK_H=1, BLOCK_W=8, BLOCK_C=32, SPREAD_TAPS=False), 2),
+    # row blocks and channel blocks cut the map unevenly; every thread loads its own taps
+    (dict(BLOCK_H=2, BLOCK_W=4, BLOCK_C=8, SPREAD_TAPS=True), 16),
+    # a row block taller than the map
+    (dict(BLOCK_H=8, BLOCK_W=16, BLOCK_C=16, SPREAD_TAPS=False), 8),
 ])
 def test_every_tile_shape_gives_the_float64_convolution(poisoned_buffers, monkeypatch, forward_tile, wgrad_block_w):
     # The GPU autotuner may pick any of several tiles; under the interpreter the tile is fixed, so
