@@ -102,6 +102,15 @@ def passes(impl: str, x, w, dy):
                 wgrad=lambda: lk_conv.depthwise_weight_grad(x, dy, k))
 
 
+def autotuned_tiles() -> dict:
+    """The tiles the GPU autotuner picked at the last launch of each kernel (none when interpreted):
+    the next round of tuning starts from them."""
+    from pretrain.models import lk_conv
+    picked = {name: getattr(launcher, 'best_config', None)
+              for name, launcher in (('forward', lk_conv.forward_launcher), ('weight_grad', lk_conv.wgrad_launcher))}
+    return {name: None if config is None else str(config) for name, config in picked.items()}
+
+
 def available_impls(device, size: int) -> list:
     from pretrain.models import lk_conv
     if not lk_conv.triton_supported(device):
@@ -140,6 +149,8 @@ def bench_layer(layer, batch: int, device, dtype, rates: dict, reps: int) -> dic
     for impl, fns in impls.items():
         row[impl] = {p: round(timed(fn, device, reps), 4) for p, fn in fns.items()}
         row[impl]['total'] = round(sum(row[impl].values()), 4)
+        if impl == 'triton':
+            row['autotuned'] = autotuned_tiles()
     ours = [i for i in ('triton', 'toeplitz') if i in row]
     if ours:
         best = min(ours, key=lambda i: row[i]['total'])
