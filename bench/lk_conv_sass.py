@@ -120,13 +120,15 @@ def hot_loop(code: list) -> dict:
     return best or {}
 
 
-def layer_args(kernel_name: str, c: int, hw: int, n: int = 64) -> dict:
-    """A launch's runtime arguments for a channels-last bf16 layer [n, c, hw, hw]."""
+def layer_args(kernel_name: str, c: int, kernel: int, hw: int, n: int = 64) -> dict:
+    """A launch's runtime arguments for a channels-last bf16 layer [n, c, hw, hw] (batch 64)."""
     strides = dict(n=hw * hw * c, c=1, h=hw * c, w=c)
     x = {f'sx{k}': v for k, v in strides.items()}
     if kernel_name == 'weight_grad':
+        from pretrain.models.lk_conv import weight_grad_split
         return dict(x_ptr='*bf16', dy_ptr='*bf16', part_ptr='*fp32', N=n, C=c, H=hw, W=hw,
-                    IMAGES_PER_PROGRAM=3, **x, **{f'sd{k}': v for k, v in strides.items()})
+                    IMAGES_PER_PROGRAM=weight_grad_split(n, c, kernel)[2], **x,
+                    **{f'sd{k}': v for k, v in strides.items()})
     return dict(x_ptr='*bf16', w_ptr='*fp32', b_ptr='*bf16', y_ptr='*bf16', N=n, C=c, H=hw, W=hw,
                 **x, **{f'sy{k}': v for k, v in strides.items()})
 
@@ -147,7 +149,7 @@ def report(c: int, k: int, hw: int) -> list:
                        dict(K=k, HAS_BIAS=True, UPCAST=False, IEEE=False, **lk_conv.toeplitz_tile(hw)), 4))
     rows = []
     for name, fn, constexprs, warps in builds:
-        args = {a: v for a, v in layer_args(name, c, hw).items() if a in fn.arg_names}
+        args = {a: v for a, v in layer_args(name, c, k, hw).items() if a in fn.arg_names}
         kernel = compile_as_launched(fn, args, constexprs, warps)
         tile = {key: v for key, v in constexprs.items() if key.startswith('BLOCK') or key == 'SPREAD_TAPS'}
         rows.append(dict(kernel=name, channels=c, k=k, size=hw, tile=tile, num_warps=warps,

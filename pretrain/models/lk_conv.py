@@ -157,16 +157,22 @@ def depthwise_conv_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, algo
     return run_forward(grad_out, kernel_taps_last(weight, flip=True), None, algorithm)
 
 
+def weight_grad_split(n: int, c: int, k: int):
+    """(channel blocks, batch slices, images per slice) of the weight gradient's grid: enough
+    programs to fill the card, each slice's partial sums added afterwards."""
+    c_blocks = math.ceil(c / WGRAD_BLOCK_C)
+    slices = max(1, min(n, math.ceil(WGRAD_TARGET_PROGRAMS / (c_blocks * k))))
+    images = math.ceil(n / slices)
+    return c_blocks, math.ceil(n / images), images
+
+
 @torch.library.custom_op('replk::depthwise_conv_weight_grad', mutates_args=())
 def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """d loss / d weight as [C, 1, k, k] in x's dtype, summed in fp32."""
     n, c, h, w = x.shape
     k = kernel_size
     check_inputs(x, x.new_empty(c, 1, k, k))
-    c_blocks = triton.cdiv(c, WGRAD_BLOCK_C)
-    slices = max(1, min(n, math.ceil(WGRAD_TARGET_PROGRAMS / (c_blocks * k))))
-    images = math.ceil(n / slices)
-    slices = math.ceil(n / images)
+    c_blocks, slices, images = weight_grad_split(n, c, k)
     part = empty_partials((slices, k, k, c), x.device)
     wgrad_launcher[(c_blocks, k, slices)](
         x, grad_out, part, n, c, h, w, images, *x.stride(), *grad_out.stride(),
