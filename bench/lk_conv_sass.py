@@ -13,8 +13,8 @@ pick, and Triton's bundled ``ptxas`` and ``cuobjdump`` report on the machine cod
 
 This is static evidence about the code, not a timing: `bench/lk_conv.py` times the kernels on a GPU.
 
-    python bench/lk_conv_sass.py              # a table, then one JSON line
-    python bench/lk_conv_sass.py --kernel 13  # another kernel size (default 27)
+    python bench/lk_conv_sass.py                                    # XL's stage 3; a table, then one JSON line
+    python bench/lk_conv_sass.py --layer 1536,27,14 --layer 3072,13,7  # channels,kernel,map size
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # The compiler cannot run where Triton's interpreter is on (tests/conftest.py turns it on): this
@@ -147,26 +148,40 @@ def report(c: int, k: int, hw: int) -> list:
     if hw * hw <= lk_conv.TOEPLITZ_MAX_PIXELS:
         builds.append(('toeplitz_forward', lk_conv_kernels.depthwise_toeplitz_fwd_kernel,
                        dict(K=k, HAS_BIAS=True, UPCAST=False, IEEE=False, **lk_conv.toeplitz_tile(hw)), 4))
+    kernels = [compile_as_launched(fn, {a: v for a, v in layer_args(name, c, k, hw).items() if a in fn.arg_names},
+                                   constexprs, warps) for name, fn, constexprs, warps in builds]
+    # ptxas and cuobjdump are separate processes (~0.4 s each): read the kernels side by side.
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        readings = list(pool.map(lambda kernel: (ptxas_usage(kernel), hot_loop(sass(kernel))), kernels))
     rows = []
-    for name, fn, constexprs, warps in builds:
-        args = {a: v for a, v in layer_args(name, c, k, hw).items() if a in fn.arg_names}
-        kernel = compile_as_launched(fn, args, constexprs, warps)
+    for (name, _, constexprs, warps), (usage, loop) in zip(builds, readings):
         tile = {key: v for key, v in constexprs.items() if key.startswith('BLOCK') or key == 'SPREAD_TAPS'}
-        rows.append(dict(kernel=name, channels=c, k=k, size=hw, tile=tile, num_warps=warps,
-                         **ptxas_usage(kernel), hot_loop=hot_loop(sass(kernel))))
+        rows.append(dict(kernel=name, channels=c, k=k, size=hw, tile=tile, num_warps=warps, **usage, hot_loop=loop))
     return rows
+
+
+def layer(text: str) -> tuple:
+    """'C,k,px' -> (channels, kernel, map size)."""
+    try:
+        c, k, hw = (int(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'a layer is channels,kernel,size (e.g. 1536,27,14); got {text!r}')
+    if k % 2 == 0 or min(c, k, hw) < 1:
+        raise argparse.ArgumentTypeError(f'a layer needs positive sizes and an odd kernel; got {text!r}')
+    return c, k, hw
 
 
 def main(argv=None) -> list:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--kernel', type=int, default=27, help='kernel size (odd)')
-    ap.add_argument('--channels', type=int, default=384)
-    ap.add_argument('--size', type=int, default=14, help='map size (at most 32 also builds the Toeplitz kernel)')
+    ap.add_argument('--layer', type=layer, action='append',
+                    help="channels,kernel,map size; repeatable (default 1536,27,14: XL's stage 3; maps of at "
+                         "most 32 px also build the Toeplitz kernel)")
     args = ap.parse_args(argv)
-    rows = report(args.channels, args.kernel, args.size)
+    rows = [row for c, k, hw in args.layer or [(1536, 27, 14)] for row in report(c, k, hw)]
     for row in rows:
         loop = row['hot_loop']
-        print(f"{row['kernel']:<17} {json.dumps(row['tile']):<69} warps {row['num_warps']}  "
+        print(f"{row['channels']:>4} ch {row['k']:>2}x{row['k']:<2} {row['size']:>2} px  "
+              f"{row['kernel']:<17} {json.dumps(row['tile']):<69} warps {row['num_warps']}  "
               f"{row['registers']:>3} registers  spills {row['spill_bytes']:>4} B  hot loop: "
               f"{loop.get('per_multiply_add', float('nan')):5.2f} instructions per multiply-add "
               f"({loop.get('global_loads', 0)} global, {loop.get('shared_loads', 0)} shared loads, "
