@@ -7,8 +7,8 @@ pick, and Triton's bundled ``ptxas`` and ``cuobjdump`` report on the machine cod
 
 - registers per thread and spill bytes (a spill in the hot loop is a slow kernel on any card);
 - the hot loop: the innermost loop doing the multiply-adds (FFMA; HMMA/HGMMA on tensor cores, for
-  the Toeplitz kernel), its instructions per multiply-add of a thread, and its global and shared
-  loads. Instructions issued per multiply-add bound a kernel's time from below at the card's issue
+  the Toeplitz kernel), its instructions per multiply-add of a thread, its global and shared loads
+  and its barriers. Instructions issued per multiply-add bound a kernel's time from below at the card's issue
   rate; fewer is faster when nothing else (memory, latency) binds.
 
 This is static evidence about the code, not a timing: `bench/lk_conv.py` times the kernels on a GPU.
