@@ -6,8 +6,8 @@ CUDA-event timings), and the layer's floor — the larger of its bytes moved at 
 copy bandwidth and its nominal multiply-adds at the card's measured bf16 matmul rate. The
 implementations: ``cudnn`` (``F.conv2d`` / ``aten.convolution_backward`` with
 ``cudnn.benchmark=True``), ``triton`` (our direct kernels, ``pretrain.models.lk_conv``) and, on maps
-of at most 1024 pixels, ``toeplitz`` (our banded-matrix forward and input gradient on tensor cores,
-the direct weight gradient), all checked against cuDNN before timing. ratio = cudnn time / the
+of at most 1024 pixels and 64 columns, ``toeplitz`` (our banded-matrix kernels on tensor cores for
+all three passes), all checked against cuDNN before timing. ratio = cudnn time / the
 faster Triton algorithm's time (above 1: Triton is faster). It then times XL's
 whole training step (bf16 autocast, channels-last, AdamW) with ``lk_impl='native'`` and ``'auto'``.
 
@@ -99,7 +99,7 @@ def passes(impl: str, x, w, dy):
     algorithm = 'toeplitz' if impl == 'toeplitz' else 'direct'
     return dict(fwd=lambda: lk_conv.depthwise_forward(x, w, None, algorithm),
                 dgrad=lambda: lk_conv.depthwise_input_grad(dy, w, algorithm),
-                wgrad=lambda: lk_conv.depthwise_weight_grad(x, dy, k))
+                wgrad=lambda: lk_conv.depthwise_weight_grad(x, dy, k, algorithm))
 
 
 def autotuned_tiles() -> dict:
@@ -115,7 +115,8 @@ def available_impls(device, size: int) -> list:
     from pretrain.models import lk_conv
     if not lk_conv.triton_supported(device):
         return ['cudnn']
-    return ['cudnn', 'triton'] + (['toeplitz'] if size * size <= lk_conv.TOEPLITZ_MAX_PIXELS else [])
+    small = size * size <= lk_conv.TOEPLITZ_MAX_PIXELS and size <= lk_conv.TOEPLITZ_MAX_WIDTH
+    return ['cudnn', 'triton'] + (['toeplitz'] if small else [])
 
 
 def max_rel_error(impl_passes: dict, ref_passes: dict) -> float:

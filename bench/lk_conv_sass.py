@@ -125,7 +125,7 @@ def layer_args(kernel_name: str, c: int, kernel: int, hw: int, n: int = 64) -> d
     """A launch's runtime arguments for a channels-last bf16 layer [n, c, hw, hw] (batch 64)."""
     strides = dict(n=hw * hw * c, c=1, h=hw * c, w=c)
     x = {f'sx{k}': v for k, v in strides.items()}
-    if kernel_name == 'weight_grad':
+    if kernel_name.endswith('weight_grad'):
         from pretrain.models.lk_conv import weight_grad_split
         return dict(x_ptr='*bf16', dy_ptr='*bf16', part_ptr='*fp32', N=n, C=c, H=hw, W=hw,
                     IMAGES_PER_PROGRAM=weight_grad_split(n, c, kernel)[2], **x,
@@ -148,6 +148,8 @@ def report(c: int, k: int, hw: int) -> list:
     if hw * hw <= lk_conv.TOEPLITZ_MAX_PIXELS:
         builds.append(('toeplitz_forward', lk_conv_kernels.depthwise_toeplitz_fwd_kernel,
                        dict(K=k, HAS_BIAS=True, UPCAST=False, IEEE=False, **lk_conv.toeplitz_tile(hw)), 4))
+        builds.append(('toeplitz_weight_grad', lk_conv_kernels.depthwise_toeplitz_wgrad_kernel,
+                       dict(K=k, UPCAST=False, IEEE=False, **lk_conv.toeplitz_wgrad_tile(hw)), 4))
     kernels = [compile_as_launched(fn, {a: v for a, v in layer_args(name, c, k, hw).items() if a in fn.arg_names},
                                    constexprs, warps) for name, fn, constexprs, warps in builds]
     # ptxas and cuobjdump are separate processes (~0.4 s each): read the kernels side by side.
@@ -155,7 +157,7 @@ def report(c: int, k: int, hw: int) -> list:
         readings = list(pool.map(lambda kernel: (ptxas_usage(kernel), hot_loop(sass(kernel))), kernels))
     rows = []
     for (name, _, constexprs, warps), (usage, loop) in zip(builds, readings):
-        tile = {key: v for key, v in constexprs.items() if key.startswith('BLOCK') or key == 'SPREAD_TAPS'}
+        tile = {key: v for key, v in constexprs.items() if key.startswith('BLOCK') or key in ('SPREAD_TAPS', 'WPAD')}
         rows.append(dict(kernel=name, channels=c, k=k, size=hw, tile=tile, num_warps=warps, **usage, hot_loop=loop))
     return rows
 
@@ -181,7 +183,7 @@ def main(argv=None) -> list:
     for row in rows:
         loop = row['hot_loop']
         print(f"{row['channels']:>4} ch {row['k']:>2}x{row['k']:<2} {row['size']:>2} px  "
-              f"{row['kernel']:<17} {json.dumps(row['tile']):<69} warps {row['num_warps']}  "
+              f"{row['kernel']:<20} {json.dumps(row['tile']):<69} warps {row['num_warps']}  "
               f"{row['registers']:>3} registers  spills {row['spill_bytes']:>4} B  hot loop: "
               f"{loop.get('per_multiply_add', float('nan')):5.2f} instructions per multiply-add "
               f"({loop.get('global_loads', 0)} global, {loop.get('shared_loads', 0)} shared loads, "

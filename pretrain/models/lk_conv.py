@@ -14,7 +14,8 @@ import torch
 
 try:
     import triton
-    from .lk_conv_kernels import depthwise_fwd_kernel, depthwise_toeplitz_fwd_kernel, depthwise_wgrad_kernel
+    from .lk_conv_kernels import (depthwise_fwd_kernel, depthwise_toeplitz_fwd_kernel, depthwise_toeplitz_wgrad_kernel,
+                                  depthwise_wgrad_kernel)
 except ImportError:  # triton is optional; 'native' needs none of this module
     triton = None
 
@@ -23,6 +24,7 @@ ALGORITHMS = ('direct', 'toeplitz')   # toeplitz: maps of at most TOEPLITZ_MAX_P
 TOEPLITZ_MAX_PIXELS = 1024
 TOEPLITZ_MAX_WIDTH = 64              # a reduction step holds whole input rows
 TOEPLITZ_TILE = dict(BLOCK_N=32, BLOCK_S=64, BLOCK_K=32)
+TOEPLITZ_WGRAD_BLOCK_R = 32
 # The tiles under the interpreter: several output rows per program, so the tests cover the row
 # blocking and its edge masks.
 INTERPRETER_FWD_TILE = dict(BLOCK_H=4, BLOCK_W=16, BLOCK_C=32, SPREAD_TAPS=False)
@@ -121,6 +123,12 @@ def toeplitz_tile(width: int) -> dict:
     return dict(TOEPLITZ_TILE, WPAD=wpad, BLOCK_K=max(TOEPLITZ_TILE['BLOCK_K'], wpad))
 
 
+def toeplitz_wgrad_tile(width: int) -> dict:
+    """The Toeplitz weight gradient's tile: columns padded to a power of two of at least 16 (the
+    smallest tensor-core product), rows of the batch x height in blocks of BLOCK_R."""
+    return dict(WPAD=max(16, triton.next_power_of_2(width)), BLOCK_R=TOEPLITZ_WGRAD_BLOCK_R)
+
+
 def run_forward(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor],
                 algorithm: str = 'direct') -> torch.Tensor:
     n, c, h, w = x.shape
@@ -167,16 +175,24 @@ def weight_grad_split(n: int, c: int, k: int):
 
 
 @torch.library.custom_op('replk::depthwise_conv_weight_grad', mutates_args=())
-def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int) -> torch.Tensor:
+def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int,
+                               algorithm: str = 'direct') -> torch.Tensor:
     """d loss / d weight as [C, 1, k, k] in x's dtype, summed in fp32."""
     n, c, h, w = x.shape
     k = kernel_size
     check_inputs(x, x.new_empty(c, 1, k, k))
-    c_blocks, slices, images = weight_grad_split(n, c, k)
-    part = empty_partials((slices, k, k, c), x.device)
-    wgrad_launcher[(c_blocks, k, slices)](
-        x, grad_out, part, n, c, h, w, images, *x.stride(), *grad_out.stride(),
-        K=k, KPAD=triton.next_power_of_2(k), BLOCK_C=WGRAD_BLOCK_C, **WGRAD_TILE)
+    check_algorithm(algorithm, x)
+    if algorithm == 'toeplitz':
+        part = empty_partials((1, k, k, c), x.device)
+        depthwise_toeplitz_wgrad_kernel[(c, k)](
+            x, grad_out, part, n, c, h, w, *x.stride(), *grad_out.stride(), K=k, UPCAST=interpreting(),
+            IEEE=x.dtype == torch.float32, **toeplitz_wgrad_tile(w))
+    else:
+        c_blocks, slices, images = weight_grad_split(n, c, k)
+        part = empty_partials((slices, k, k, c), x.device)
+        wgrad_launcher[(c_blocks, k, slices)](
+            x, grad_out, part, n, c, h, w, images, *x.stride(), *grad_out.stride(),
+            K=k, KPAD=triton.next_power_of_2(k), BLOCK_C=WGRAD_BLOCK_C, **WGRAD_TILE)
     return part.sum(0).permute(2, 0, 1).unsqueeze(1).to(x.dtype).contiguous()
 
 
@@ -191,7 +207,7 @@ def _(grad_out, weight, algorithm='direct'):
 
 
 @depthwise_conv_weight_grad.register_fake
-def _(x, grad_out, kernel_size):
+def _(x, grad_out, kernel_size, algorithm='direct'):
     return x.new_empty(x.shape[1], 1, kernel_size, kernel_size).contiguous()
 
 
@@ -207,7 +223,7 @@ def _backward(ctx, grad_out):
     if ctx.needs_input_grad[0]:
         grad_x = depthwise_conv_input_grad(grad_out, weight, ctx.algorithm)
     if ctx.needs_input_grad[1]:
-        grad_w = depthwise_conv_weight_grad(x, grad_out, weight.shape[-1])
+        grad_w = depthwise_conv_weight_grad(x, grad_out, weight.shape[-1], ctx.algorithm)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_b = grad_out.sum((0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
     return grad_x, grad_w, grad_b, None
@@ -225,5 +241,5 @@ def depthwise_input_grad(grad_out, weight, algorithm='direct'):
     return depthwise_conv_input_grad(grad_out, weight, algorithm)
 
 
-def depthwise_weight_grad(x, grad_out, kernel_size):
-    return depthwise_conv_weight_grad(x, grad_out, kernel_size)
+def depthwise_weight_grad(x, grad_out, kernel_size, algorithm='direct'):
+    return depthwise_conv_weight_grad(x, grad_out, kernel_size, algorithm)

@@ -17,6 +17,10 @@ are 32-bit: the caller refuses tensors of 2**31 elements or more.
 - ``depthwise_toeplitz_fwd_kernel``: the same convolution for small maps as a product with a
   banded (Toeplitz) matrix per channel, on tensor cores (its docstring); the input gradient again
   with the kernel flipped.
+- ``depthwise_toeplitz_wgrad_kernel``: the weight gradient of small maps on tensor cores: per
+  channel and kernel row, a [columns, columns] product of the output gradient's rows with the
+  input's rows shifted by the kernel row, whose diagonals are the kernel row's taps (its
+  docstring). Rows and columns in the padding are never multiplied.
 - ``depthwise_wgrad_kernel``: one program per (block of channels, kernel row, slice of the
   batch); for each valid output pixel row it loads the output gradient once and the input as a
   [columns, kernel columns, channels] window, accumulating a [columns, kernel columns, channels]
@@ -162,3 +166,43 @@ def depthwise_toeplitz_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, C, H, W,
         acc += tl.load(b_ptr + c).to(tl.float32)
     y = y_ptr + offs_n[:, None] * syn + c * syc + h_out[None, :] * syh + w_out[None, :] * syw
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_s[None, :])
+
+
+@triton.jit
+def depthwise_toeplitz_wgrad_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, W,
+                                    sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
+                                    K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+                                    WPAD: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The weight gradient of small maps on tensor cores. Program (c, kh): over every image n and
+    every output row h whose input row h + kh - P lies inside the map (the vertical padding is never
+    visited), G [WPAD, WPAD] += dy_c[rows, w_out]^T @ x_c[rows shifted by kh, w_in]; then
+    dW[c, kh, kw] = the sum of G's diagonal w_in - w_out = kw - P, written to part_ptr (fp32
+    [K, K, C]). Columns past the map's width are zero in both operands, so no product touches
+    the horizontal padding either."""
+    c = tl.program_id(0)
+    kh = tl.program_id(1)
+    P: tl.constexpr = K // 2
+    h_lo = tl.maximum(P - kh, 0)
+    rows_per_image = tl.minimum(H + P - kh, H) - h_lo
+    rows = N * rows_per_image
+    cols = tl.arange(0, WPAD)
+    mask_cols = cols < W
+    acc = tl.zeros([WPAD, WPAD], dtype=tl.float32)
+    for r0 in range(0, rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        n = r // rows_per_image
+        h = h_lo + r % rows_per_image
+        mask_r = r < rows
+        gT = tl.load(dy_ptr + c * sdc + n[None, :] * sdn + h[None, :] * sdh + cols[:, None] * sdw,
+                     mask=mask_cols[:, None] & mask_r[None, :], other=0.0)            # [w_out, rows]
+        xv = tl.load(x_ptr + c * sxc + n[:, None] * sxn + (h + kh - P)[:, None] * sxh + cols[None, :] * sxw,
+                     mask=mask_r[:, None] & mask_cols[None, :], other=0.0)            # [rows, w_in]
+        if UPCAST:  # Triton's interpreter computes bf16 tl.dot wrongly; fp32 there
+            acc += tl.dot(gT.to(tl.float32), xv.to(tl.float32))
+        elif IEEE:  # fp32 inputs: full precision, not TF32
+            acc += tl.dot(gT, xv, input_precision='ieee')
+        else:
+            acc += tl.dot(gT, xv)
+    shift = cols[None, :] - cols[:, None] + P                                       # kw of G[w_out, w_in]
+    for kw in range(K):
+        tl.store(part_ptr + (kh * K + kw) * C + c, tl.sum(tl.sum(tl.where(shift == kw, acc, 0.0), axis=1), axis=0))
