@@ -1,6 +1,6 @@
 """Triton kernels of the large-kernel depthwise convolution (stride 1, padding k//2, odd k).
 
-Direct convolution, fp32 accumulation, any input dtype Triton loads (bf16, fp16, fp32). Every
+fp32 accumulation, any input dtype Triton loads (bf16, fp16, fp32). Every
 kernel takes the tensors' strides, so channels-last and NCHW inputs run without copies; channels
 are the innermost (vectorized) block, which is where channels-last keeps them contiguous. Offsets
 are 32-bit: the caller refuses tensors of 2**31 elements or more.
