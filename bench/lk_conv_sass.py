@@ -14,7 +14,7 @@ pick, and Triton's bundled ``ptxas`` and ``cuobjdump`` report on the machine cod
 This is static evidence about the code, not a timing: `bench/lk_conv.py` times the kernels on a GPU.
 
     python bench/lk_conv_sass.py                                    # XL's stage 3; a table, then one JSON line
-    python bench/lk_conv_sass.py --layer 1536,27,14 --layer 3072,13,7  # channels,kernel,map size
+    python bench/lk_conv_sass.py --layer 1536,27,14 --layer 3072,13,7,fp32  # channels,kernel,size[,dtype]
 """
 from __future__ import annotations
 
@@ -121,21 +121,23 @@ def hot_loop(code: list) -> dict:
     return best or {}
 
 
-def layer_args(kernel_name: str, c: int, kernel: int, hw: int, n: int = 64) -> dict:
-    """A launch's runtime arguments for a channels-last bf16 layer [n, c, hw, hw] (batch 64)."""
+def layer_args(kernel_name: str, c: int, kernel: int, hw: int, dtype: str = 'bf16', n: int = 64) -> dict:
+    """A launch's runtime arguments for a channels-last layer [n, c, hw, hw] (batch 64) in ``dtype``."""
     strides = dict(n=hw * hw * c, c=1, h=hw * c, w=c)
     x = {f'sx{k}': v for k, v in strides.items()}
     if kernel_name.endswith('weight_grad'):
         from pretrain.models.lk_conv import weight_grad_split
-        return dict(x_ptr='*bf16', dy_ptr='*bf16', part_ptr='*fp32', N=n, C=c, H=hw, W=hw,
+        return dict(x_ptr=f'*{dtype}', dy_ptr=f'*{dtype}', part_ptr='*fp32', N=n, C=c, H=hw, W=hw,
                     IMAGES_PER_PROGRAM=weight_grad_split(n, c, kernel)[2], **x,
                     **{f'sd{k}': v for k, v in strides.items()})
-    return dict(x_ptr='*bf16', w_ptr='*fp32', b_ptr='*bf16', y_ptr='*bf16', N=n, C=c, H=hw, W=hw,
+    return dict(x_ptr=f'*{dtype}', w_ptr='*fp32', b_ptr=f'*{dtype}', y_ptr=f'*{dtype}', N=n, C=c, H=hw, W=hw,
                 **x, **{f'sy{k}': v for k, v in strides.items()})
 
 
-def report(c: int, k: int, hw: int) -> list:
-    """One row per kernel and autotune tile at one layer shape."""
+def report(c: int, k: int, hw: int, dtype: str = 'bf16') -> list:
+    """One row per kernel and autotune tile at one layer shape and dtype ('bf16' or 'fp32': the
+    Toeplitz kernels then multiply at full fp32 precision, not TF32)."""
+    ieee = dtype == 'fp32'
     import triton
 
     from pretrain.models import lk_conv, lk_conv_kernels
@@ -147,10 +149,10 @@ def report(c: int, k: int, hw: int) -> list:
                for bw, warps in lk_conv.WGRAD_TILES]
     if hw * hw <= lk_conv.TOEPLITZ_MAX_PIXELS:
         builds.append(('toeplitz_forward', lk_conv_kernels.depthwise_toeplitz_fwd_kernel,
-                       dict(K=k, HAS_BIAS=True, UPCAST=False, IEEE=False, **lk_conv.toeplitz_tile(hw)), 4))
+                       dict(K=k, HAS_BIAS=True, UPCAST=False, IEEE=ieee, **lk_conv.toeplitz_tile(hw)), 4))
         builds.append(('toeplitz_weight_grad', lk_conv_kernels.depthwise_toeplitz_wgrad_kernel,
-                       dict(K=k, UPCAST=False, IEEE=False, **lk_conv.toeplitz_wgrad_tile(hw)), 4))
-    kernels = [compile_as_launched(fn, {a: v for a, v in layer_args(name, c, k, hw).items() if a in fn.arg_names},
+                       dict(K=k, UPCAST=False, IEEE=ieee, **lk_conv.toeplitz_wgrad_tile(hw)), 4))
+    kernels = [compile_as_launched(fn, {a: v for a, v in layer_args(name, c, k, hw, dtype).items() if a in fn.arg_names},
                                    constexprs, warps) for name, fn, constexprs, warps in builds]
     # ptxas and cuobjdump are separate processes (~0.4 s each): read the kernels side by side.
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
@@ -158,31 +160,35 @@ def report(c: int, k: int, hw: int) -> list:
     rows = []
     for (name, _, constexprs, warps), (usage, loop) in zip(builds, readings):
         tile = {key: v for key, v in constexprs.items() if key.startswith('BLOCK') or key in ('SPREAD_TAPS', 'WPAD')}
-        rows.append(dict(kernel=name, channels=c, k=k, size=hw, tile=tile, num_warps=warps, **usage, hot_loop=loop))
+        rows.append(dict(kernel=name, channels=c, k=k, size=hw, dtype=dtype, tile=tile, num_warps=warps, **usage,
+                         hot_loop=loop))
     return rows
 
 
 def layer(text: str) -> tuple:
-    """'C,k,px' -> (channels, kernel, map size)."""
+    """'C,k,px' or 'C,k,px,dtype' -> (channels, kernel, map size, dtype: bf16 unless given)."""
+    parts = text.split(',')
     try:
-        c, k, hw = (int(v) for v in text.split(','))
+        c, k, hw = (int(v) for v in parts[:3])
     except ValueError:
-        raise argparse.ArgumentTypeError(f'a layer is channels,kernel,size (e.g. 1536,27,14); got {text!r}')
+        c = None
+    if c is None or len(parts) not in (3, 4) or parts[3:] not in ([], ['bf16'], ['fp32']):
+        raise argparse.ArgumentTypeError(f'a layer is channels,kernel,size[,bf16|fp32] (e.g. 1536,27,14); got {text!r}')
     if k % 2 == 0 or min(c, k, hw) < 1:
         raise argparse.ArgumentTypeError(f'a layer needs positive sizes and an odd kernel; got {text!r}')
-    return c, k, hw
+    return c, k, hw, (parts[3:] or ['bf16'])[0]
 
 
 def main(argv=None) -> list:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--layer', type=layer, action='append',
-                    help="channels,kernel,map size; repeatable (default 1536,27,14: XL's stage 3; maps of at "
-                         "most 32 px also build the Toeplitz kernel)")
+                    help="channels,kernel,map size[,bf16|fp32]; repeatable (default 1536,27,14: XL's stage 3 "
+                         "in bf16; maps of at most 32 px also build the Toeplitz kernels)")
     args = ap.parse_args(argv)
-    rows = [row for c, k, hw in args.layer or [(1536, 27, 14)] for row in report(c, k, hw)]
+    rows = [row for spec in args.layer or [(1536, 27, 14, 'bf16')] for row in report(*spec)]
     for row in rows:
         loop = row['hot_loop']
-        print(f"{row['channels']:>4} ch {row['k']:>2}x{row['k']:<2} {row['size']:>2} px  "
+        print(f"{row['channels']:>4} ch {row['k']:>2}x{row['k']:<2} {row['size']:>2} px {row['dtype']}  "
               f"{row['kernel']:<20} {json.dumps(row['tile']):<69} warps {row['num_warps']}  "
               f"{row['registers']:>3} registers  spills {row['spill_bytes']:>4} B  hot loop: "
               f"{loop.get('per_multiply_add', float('nan')):5.2f} instructions per multiply-add "

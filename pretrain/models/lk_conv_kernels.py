@@ -116,6 +116,18 @@ def depthwise_wgrad_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, W, IMAGES_PER_PROGR
 
 
 @triton.jit
+def tensor_core_product(a, b, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """a @ b in fp32. UPCAST: Triton's interpreter computes bf16 tl.dot wrongly, so fp32 there;
+    IEEE: fp32 inputs at full precision, not TF32."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    elif IEEE:
+        return tl.dot(a, b, input_precision='ieee')
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
 def depthwise_toeplitz_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, C, H, W,
                                   sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                                   K: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
@@ -156,12 +168,7 @@ def depthwise_toeplitz_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, C, H, W,
         xv = tl.load(x_at + h0 * sxh, mask=mask_x & h_ok[None, :], other=0.0)
         inside = band & (kh >= 0) & (kh < K) & h_ok[:, None]
         mv = tl.load(taps + h0 * (K * C), mask=inside, other=0.0).to(x_ptr.dtype.element_ty)
-        if UPCAST:  # Triton's interpreter computes bf16 tl.dot wrongly; fp32 there
-            acc += tl.dot(xv.to(tl.float32), mv.to(tl.float32))
-        elif IEEE:  # fp32 inputs: full precision, not TF32
-            acc += tl.dot(xv, mv, input_precision='ieee')
-        else:
-            acc += tl.dot(xv, mv)
+        acc += tensor_core_product(xv, mv, UPCAST, IEEE)
     if HAS_BIAS:
         acc += tl.load(b_ptr + c).to(tl.float32)
     y = y_ptr + offs_n[:, None] * syn + c * syc + h_out[None, :] * syh + w_out[None, :] * syw
@@ -197,12 +204,7 @@ def depthwise_toeplitz_wgrad_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, W,
                      mask=mask_cols[:, None] & mask_r[None, :], other=0.0)            # [w_out, rows]
         xv = tl.load(x_ptr + c * sxc + n[:, None] * sxn + (h + kh - P)[:, None] * sxh + cols[None, :] * sxw,
                      mask=mask_r[:, None] & mask_cols[None, :], other=0.0)            # [rows, w_in]
-        if UPCAST:  # Triton's interpreter computes bf16 tl.dot wrongly; fp32 there
-            acc += tl.dot(gT.to(tl.float32), xv.to(tl.float32))
-        elif IEEE:  # fp32 inputs: full precision, not TF32
-            acc += tl.dot(gT, xv, input_precision='ieee')
-        else:
-            acc += tl.dot(gT, xv)
+        acc += tensor_core_product(gT, xv, UPCAST, IEEE)
     shift = cols[None, :] - cols[:, None] + P                                       # kw of G[w_out, w_in]
     for kw in range(K):
         tl.store(part_ptr + (kh * K + kw) * C + c, tl.sum(tl.sum(tl.where(shift == kw, acc, 0.0), axis=1), axis=0))
