@@ -115,8 +115,7 @@ def available_impls(device, size: int) -> list:
     from pretrain.models import lk_conv
     if not lk_conv.triton_supported(device):
         return ['cudnn']
-    small = size * size <= lk_conv.TOEPLITZ_MAX_PIXELS and size <= lk_conv.TOEPLITZ_MAX_WIDTH
-    return ['cudnn', 'triton'] + (['toeplitz'] if small else [])
+    return ['cudnn', 'triton'] + (['toeplitz'] if lk_conv.toeplitz_fits(size, size) else [])
 
 
 def max_rel_error(impl_passes: dict, ref_passes: dict) -> float:

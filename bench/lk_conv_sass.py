@@ -105,7 +105,7 @@ def sass(kernel) -> list:
 
 def hot_loop(code: list) -> dict:
     """The shortest loop (a backward branch and its target) that does multiply-adds: its instructions
-    per multiply-add of a thread, and its loads."""
+    per multiply-add of a thread, its loads and barriers."""
     index = {address: i for i, (address, _) in enumerate(code)}
     best = None
     for i, (address, op) in enumerate(code):
@@ -117,7 +117,7 @@ def hot_loop(code: list) -> dict:
         if macs and (best is None or len(body) < best['instructions']):
             best = dict(instructions=len(body), multiply_adds=macs, per_multiply_add=round(len(body) / macs, 2),
                         global_loads=sum('LDG' in o for o in body), shared_loads=sum('LDS' in o for o in body),
-                        barriers=sum(bool(re.search(r'\bBAR\.SYNC|\bBAR\b', o)) for o in body))
+                        barriers=sum(bool(re.search(r'\bBAR\b', o)) for o in body))
     return best or {}
 
 
@@ -137,17 +137,16 @@ def layer_args(kernel_name: str, c: int, kernel: int, hw: int, dtype: str = 'bf1
 def report(c: int, k: int, hw: int, dtype: str = 'bf16') -> list:
     """One row per kernel and autotune tile at one layer shape and dtype ('bf16' or 'fp32': the
     Toeplitz kernels then multiply at full fp32 precision, not TF32)."""
-    ieee = dtype == 'fp32'
     import triton
 
     from pretrain.models import lk_conv, lk_conv_kernels
-    builds = [('forward', lk_conv_kernels.depthwise_fwd_kernel,
-               dict(K=k, HAS_BIAS=True, BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc, SPREAD_TAPS=spread), warps)
-              for bh, bw, bc, warps, spread in lk_conv.FWD_TILES]
+    ieee = dtype == 'fp32'
+    builds = [('forward', lk_conv_kernels.depthwise_fwd_kernel, dict(K=k, HAS_BIAS=True, **meta), warps)
+              for meta, warps in lk_conv.forward_tiles()]
     builds += [('weight_grad', lk_conv_kernels.depthwise_wgrad_kernel,
-                dict(K=k, KPAD=triton.next_power_of_2(k), BLOCK_W=bw, BLOCK_C=lk_conv.WGRAD_BLOCK_C), warps)
-               for bw, warps in lk_conv.WGRAD_TILES]
-    if hw * hw <= lk_conv.TOEPLITZ_MAX_PIXELS:
+                dict(K=k, KPAD=triton.next_power_of_2(k), BLOCK_C=lk_conv.WGRAD_BLOCK_C, **meta), warps)
+               for meta, warps in lk_conv.weight_grad_tiles()]
+    if lk_conv.toeplitz_fits(hw, hw):
         builds.append(('toeplitz_forward', lk_conv_kernels.depthwise_toeplitz_fwd_kernel,
                        dict(K=k, HAS_BIAS=True, UPCAST=False, IEEE=ieee, **lk_conv.toeplitz_tile(hw)), 4))
         builds.append(('toeplitz_weight_grad', lk_conv_kernels.depthwise_toeplitz_wgrad_kernel,
@@ -183,7 +182,7 @@ def main(argv=None) -> list:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--layer', type=layer, action='append',
                     help="channels,kernel,map size[,bf16|fp32]; repeatable (default 1536,27,14: XL's stage 3 "
-                         "in bf16; maps of at most 32 px also build the Toeplitz kernels)")
+                         "in bf16; maps the Toeplitz kernels take, up to 32x32, build them too)")
     args = ap.parse_args(argv)
     rows = [row for spec in args.layer or [(1536, 27, 14, 'bf16')] for row in report(*spec)]
     for row in rows:

@@ -43,6 +43,18 @@ FWD_TILES = [(1, 16, 64, 4, False), (2, 16, 64, 4, True), (4, 16, 64, 4, False),
 WGRAD_TILES = [(2, 4), (4, 4), (8, 8), (16, 8)]
 
 
+def forward_tiles() -> list:
+    """[(kernel meta-parameters, warps)] of FWD_TILES: what the autotuner tries (and
+    bench/lk_conv_sass.py compiles)."""
+    return [(dict(BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc, SPREAD_TAPS=spread), warps)
+            for bh, bw, bc, warps, spread in FWD_TILES]
+
+
+def weight_grad_tiles() -> list:
+    """[(kernel meta-parameters, warps)] of WGRAD_TILES."""
+    return [(dict(BLOCK_W=bw), warps) for bw, warps in WGRAD_TILES]
+
+
 def interpreting() -> bool:
     """Whether the kernels were built for Triton's interpreter (TRITON_INTERPRET=1 when imported)."""
     return triton is not None and type(depthwise_fwd_kernel).__name__ == 'InterpretedFunction'
@@ -50,12 +62,10 @@ def interpreting() -> bool:
 
 if triton is not None and not interpreting():
     forward_launcher = triton.autotune(
-        [triton.Config(dict(BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc, SPREAD_TAPS=spread), num_warps=nw)
-         for bh, bw, bc, nw, spread in FWD_TILES],
-        key=TUNE_KEY,
+        [triton.Config(meta, num_warps=warps) for meta, warps in forward_tiles()], key=TUNE_KEY,
     )(depthwise_fwd_kernel)
     wgrad_launcher = triton.autotune(
-        [triton.Config(dict(BLOCK_W=bw), num_warps=nw) for bw, nw in WGRAD_TILES], key=TUNE_KEY,
+        [triton.Config(meta, num_warps=warps) for meta, warps in weight_grad_tiles()], key=TUNE_KEY,
     )(depthwise_wgrad_kernel)
     FWD_TILE, WGRAD_TILE = {}, {}
 elif triton is not None:
@@ -108,11 +118,15 @@ def empty_partials(shape, device) -> torch.Tensor:
     return torch.empty(shape, device=device, dtype=torch.float32)
 
 
+def toeplitz_fits(height: int, width: int) -> bool:
+    """Whether the Toeplitz kernels take a map of this size."""
+    return height * width <= TOEPLITZ_MAX_PIXELS and width <= TOEPLITZ_MAX_WIDTH
+
+
 def check_algorithm(algorithm: str, x: torch.Tensor) -> None:
     if algorithm not in ALGORITHMS:
         raise ValueError(f'algorithm {algorithm!r} is not one of {ALGORITHMS}')
-    if algorithm == 'toeplitz' and (x.shape[-1] * x.shape[-2] > TOEPLITZ_MAX_PIXELS
-                                    or x.shape[-1] > TOEPLITZ_MAX_WIDTH):
+    if algorithm == 'toeplitz' and not toeplitz_fits(*x.shape[-2:]):
         raise ValueError(f"algorithm 'toeplitz' is for maps of at most {TOEPLITZ_MAX_PIXELS} pixels and "
                          f'{TOEPLITZ_MAX_WIDTH} columns; got {tuple(x.shape[-2:])}')
 
