@@ -9,7 +9,7 @@
 Every measurement runs in its own process (one engine per process, fresh memory statistics).
 ratio = ours / bare XL at the same micro-batch.
 
-    python bench/gpu_train.py --micro-batches 32 64 --steps 10
+    python bench/gpu_train.py --micro-batches 32 64 --steps 10 [--timeout 60] [--out DIR]
     python bench/gpu_train.py --cpu-dry-run          # every step on tiny shapes on CPU
 """
 from __future__ import annotations
@@ -113,13 +113,28 @@ def run_one(args) -> dict:
     return bare('convnext_atto' if args.tiny else 'convnext_xlarge', {}, 1000, args.micro_batch, args.size, args.steps)
 
 
-def measure(kind: str, micro_batch: int, size: int, steps: int, tiny: bool, workers: int) -> dict:
+def measure(kind: str, micro_batch: int, size: int, steps: int, tiny: bool, workers: int, timeout: float) -> dict:
     cmd = [sys.executable, __file__, '--one', kind, '--micro-batch', str(micro_batch), '--size', str(size),
            '--steps', str(steps), '--workers', str(workers)] + (['--tiny'] if tiny else [])
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(error=f'timed out after {timeout:.0f} s')
     if proc.returncode != 0:
         return dict(error=(proc.stderr or proc.stdout)[-1500:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list, size: int) -> str:
+    lines = [f'training at {size}px, one GPU          img/s   peak GB']
+    for row in rows:
+        for kind, name in (('ours', 'ours (Trainer, XL config)'), ('bare_xl', 'bare loop, same XL'),
+                           ('convnext', 'timm convnext_xlarge')):
+            r = row[kind]
+            cell = f"{r['images_per_s']:>7.1f} {r['peak_gb']:>8.2f}" if 'images_per_s' in r else r['error'][-200:]
+            lines.append(f"mb {row['micro_batch']:<3} {name:<26} {cell}")
+        lines.append(f"ours / bare XL: {row['ratio']}")
+    return '\n'.join(lines)[:2000]
 
 
 def main(argv=None) -> dict:
@@ -128,6 +143,8 @@ def main(argv=None) -> dict:
     ap.add_argument('--size', type=int, default=224)
     ap.add_argument('--steps', type=int, default=10)
     ap.add_argument('--workers', type=int, default=10)
+    ap.add_argument('--timeout', type=float, default=600, help='seconds per measurement (each its own process)')
+    ap.add_argument('--out', help='folder to write gpu_train.json into')
     ap.add_argument('--cpu-dry-run', action='store_true', help='tiny shapes on CPU: proves the script runs')
     ap.add_argument('--one', choices=('ours', 'bare_xl', 'convnext'), help=argparse.SUPPRESS)
     ap.add_argument('--micro-batch', type=int, help=argparse.SUPPRESS)
@@ -142,14 +159,16 @@ def main(argv=None) -> dict:
     for mb in args.micro_batches:
         row = dict(micro_batch=mb)
         for kind in ('ours', 'bare_xl', 'convnext'):
-            row[kind] = measure(kind, mb, args.size, args.steps, args.cpu_dry_run, args.workers)
+            row[kind] = measure(kind, mb, args.size, args.steps, args.cpu_dry_run, args.workers, args.timeout)
         o, b = row['ours'].get('images_per_s'), row['bare_xl'].get('images_per_s')
         row['ratio'] = round(o / b, 3) if o and b else None
         rows.append(row)
-        print(f'micro-batch {mb:3d} at {args.size}px: ours {row["ours"]}  bare XL {row["bare_xl"]}  '
-              f'convnext_xlarge {row["convnext"]}  ratio {row["ratio"]}', flush=True)
     headline = dict(bench='gpu_train', metric='images/s', size=args.size, steps=args.steps, rows=rows,
-                    dry_run=args.cpu_dry_run)
+                    dry_run=args.cpu_dry_run, table=table(rows, args.size))
+    print(headline['table'], flush=True)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / 'gpu_train.json').write_text(json.dumps(headline, indent=1))
     print(json.dumps(headline))
     if any('error' in row[k] for row in rows for k in ('ours', 'bare_xl', 'convnext')):
         raise SystemExit('gpu_train: a measurement failed (its error is in the JSON line above)')

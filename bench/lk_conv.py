@@ -1,25 +1,30 @@
-"""Large-kernel depthwise convolution: every large-kernel layer of RepLKNet-31B and XL, timed.
+"""Large-kernel depthwise convolution: cuDNN against our Triton algorithms on RepLKNet's layers, then
+the whole training step with ``lk_impl='native'`` against ``'auto'``, side by side in one process
+(so cuDNN's benchmarking of these slow shapes is paid once).
 
-For each layer shape (bf16, channels-last, stride 1, padding k//2, groups = channels) and each
-implementation present, in one run: forward, input-gradient and weight-gradient times (median of
-CUDA-event timings), and the layer's floor — the larger of its bytes moved at the card's measured
-copy bandwidth and its nominal multiply-adds at the card's measured bf16 matmul rate. The
-implementations: ``cudnn`` (``F.conv2d`` / ``aten.convolution_backward`` with
-``cudnn.benchmark=True``), ``triton`` (our direct kernels, ``pretrain.models.lk_conv``) and, on maps
-of at most 1024 pixels and 64 columns, ``toeplitz`` (our banded-matrix kernels on tensor cores for
-all three passes), all checked against cuDNN before timing. ratio = cudnn time / the
-faster Triton algorithm's time (above 1: Triton is faster). It then times XL's
-whole training step (bf16 autocast, channels-last, AdamW) with ``lk_impl='native'`` and ``'auto'``.
+1. Per layer (bf16, channels-last, stride 1, padding k//2, groups = channels) and per candidate —
+   ``cudnn``, ``direct`` and, on maps of at most 1024 pixels and 64 columns, ``toeplitz``: forward,
+   input-gradient and weight-gradient ms (median of CUDA-event timings), TMAC/s over the three passes
+   (nominal multiply-adds, padding included), the tiles Triton's autotuner chose; every Triton
+   candidate checked against cuDNN first. The times go into ``lk_impl='auto'``'s decision cache
+   (:mod:`pretrain.models.lk_choice`), the same file a training run on this card reads.
+2. XL's (or, dry, a tiny model's) whole training step, bf16 autocast, channels-last, AdamW:
+   ``native`` against ``auto`` (which now reads the cache): ms per step, images/s, peak memory, and
+   the algorithm ``auto`` ran per layer.
 
-    python bench/lk_conv.py                      # on a GPU; one JSON line at the end
-    python bench/lk_conv.py --write-table        # ... and record where Triton won, for lk_impl='auto'
-    python bench/lk_conv.py --cpu-dry-run        # tiny shapes on CPU, Triton interpreted (`make test`)
+    python bench/lk_conv.py --layers XL --batches 32 --step-batch 32 --out runs/lk_conv
+    python bench/lk_conv.py --write-table      # ... and record the winners in the shipped override table
+    python bench/lk_conv.py --cpu-dry-run      # tiny shapes on CPU, Triton interpreted (`make test`)
+
+The dry run's card is the interpreter's pseudo-card: its speed means nothing, so only the Triton
+algorithms' times are recorded there and ``auto`` runs Triton from the cache (the plumbing a GPU
+run uses, exercised). Each part prints a table of at most 2 KB and writes its JSON into ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,145 +34,92 @@ sys.path.insert(0, str(REPO))
 
 # (model, stage, channels of the depthwise conv, kernel, map size at 224): RepLKNet-31B has
 # dw_ratio 1, XL dw_ratio 1.5 on channels (256, 512, 1024, 2048).
-LAYERS = [('31B', 1, 128, 31, 56), ('31B', 2, 256, 29, 28), ('31B', 3, 512, 27, 14), ('31B', 4, 1024, 13, 7),
-          ('XL', 1, 384, 27, 56), ('XL', 2, 768, 27, 28), ('XL', 3, 1536, 27, 14), ('XL', 4, 3072, 13, 7)]
-DRY_LAYERS = [('tiny', 1, 8, 7, 5)]  # under Triton's interpreter: seconds per call
+LAYERS = {'31B': [('31B', 1, 128, 31, 56), ('31B', 2, 256, 29, 28), ('31B', 3, 512, 27, 14), ('31B', 4, 1024, 13, 7)],
+          'XL': [('XL', 1, 384, 27, 56), ('XL', 2, 768, 27, 28), ('XL', 3, 1536, 27, 14), ('XL', 4, 3072, 13, 7)],
+          'tiny': [('tiny', 1, 8, 7, 8), ('tiny', 2, 16, 5, 4)]}   # the dry run's model at 32 px, interpreted
 MAX_REL_ERROR = {'float32': 1e-4, 'bfloat16': 3e-2}
+TABLE_BYTES = 2000
 
 
-def timed(fn, device, reps: int) -> float:
-    """Median milliseconds of ``fn`` over ``reps`` runs after warm-up."""
-    import torch
-    for _ in range(3 if device.type == 'cuda' else 1):
-        fn()
-    if device.type != 'cuda':
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
-def card_rates(device) -> dict:
-    """Copy bandwidth (bytes read + written per second) and bf16 matmul FLOP/s, measured."""
-    import torch
-    if device.type != 'cuda':
-        return dict(copy_bytes_per_s=1e10, matmul_flops_per_s=1e11, measured=False)
-    src = torch.empty(2 ** 30, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    copy_ms = timed(lambda: dst.copy_(src), device, 20)
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    mm_ms = timed(lambda: a @ b, device, 10)
-    return dict(copy_bytes_per_s=2 * src.numel() / (copy_ms / 1e3),
-                matmul_flops_per_s=2 * 8192 ** 3 / (mm_ms / 1e3), measured=True)
-
-
-def floors_ms(n: int, c: int, k: int, hw: int, rates: dict) -> dict:
-    """Per pass: max(bytes moved / copy rate, nominal 2*MACs / matmul rate), in ms (bf16 = 2 bytes)."""
-    act = n * c * hw * hw * 2
-    flops = 2 * n * c * hw * hw * k * k
-    compute = flops / rates['matmul_flops_per_s'] * 1e3
-    bw = rates['copy_bytes_per_s']
-    # forward: read x, write y; input grad: read dy, write dx; weight grad: read x and dy.
-    return {p: round(max(2 * act / bw * 1e3, compute), 4) for p in ('fwd', 'dgrad', 'wgrad')}
-
-
-def passes(impl: str, x, w, dy):
-    """The three passes of one implementation as zero-argument callables."""
-    import torch
-    import torch.nn.functional as F
-    k, c = w.shape[-1], w.shape[0]
-    if impl == 'cudnn':
-        def backward(mask):
-            return lambda: torch.ops.aten.convolution_backward(
-                dy, x, w, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], c, mask)
-        return dict(fwd=lambda: F.conv2d(x, w, None, 1, k // 2, 1, c),
-                    dgrad=backward([True, False, False]), wgrad=backward([False, True, False]))
-    from pretrain.models import lk_conv
-    algorithm = 'toeplitz' if impl == 'toeplitz' else 'direct'
-    return dict(fwd=lambda: lk_conv.depthwise_forward(x, w, None, algorithm),
-                dgrad=lambda: lk_conv.depthwise_input_grad(dy, w, algorithm),
-                wgrad=lambda: lk_conv.depthwise_weight_grad(x, dy, k, algorithm))
-
-
-def autotuned_tiles() -> dict:
-    """The tiles the GPU autotuner picked at the last launch of each kernel (none when interpreted):
-    the next round of tuning starts from them."""
-    from pretrain.models import lk_conv
-    picked = {name: getattr(launcher, 'best_config', None)
-              for name, launcher in (('forward', lk_conv.forward_launcher), ('weight_grad', lk_conv.wgrad_launcher))}
-    return {name: None if config is None else str(config) for name, config in picked.items()}
-
-
-def available_impls(device, size: int) -> list:
-    from pretrain.models import lk_conv
-    if not lk_conv.triton_supported(device):
-        return ['cudnn']
-    return ['cudnn', 'triton'] + (['toeplitz'] if lk_conv.toeplitz_fits(size, size) else [])
-
-
-def max_rel_error(impl_passes: dict, ref_passes: dict) -> float:
-    """Largest relative difference of the three passes' results between two implementations."""
+def max_rel_error(ours: dict, ref: dict) -> float:
+    """Largest relative difference of the three passes' results between two candidates."""
     worst = 0.0
     for name in ('fwd', 'dgrad', 'wgrad'):
-        a, b = impl_passes[name](), ref_passes[name]()
-        a = a[0] if isinstance(a, (tuple, list)) else a
-        b = [t for t in b if t is not None][0] if isinstance(b, (tuple, list)) else b
-        worst = max(worst, ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item())
+        a, b = ours[name]().float(), ref[name]().float()
+        worst = max(worst, ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item())
     return worst
 
 
-def bench_layer(layer, batch: int, device, dtype, rates: dict, reps: int) -> dict:
-    import torch
+def tile_brief(config: str) -> str:
+    """'BLOCK_H: 4, BLOCK_W: 16, BLOCK_C: 64, SPREAD_TAPS: True, num_warps: 4, ...' -> 'H4 W16 C64 spread w4'."""
+    found = dict(re.findall(r'(\w+): (\w+)', config))
+    parts = [f'{k[-1]}{found[k]}' for k in ('BLOCK_H', 'BLOCK_W', 'BLOCK_C') if k in found]
+    if found.get('SPREAD_TAPS') == 'True':
+        parts.append('spread')
+    return ' '.join(parts + [f'w{found.get("num_warps", "?")}'])
+
+
+def bench_layer(layer, batch: int, device, dtype, reps: int) -> dict:
+    from pretrain.models import lk_measure
     model, stage, c, k, hw = layer
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(batch, c, hw, hw, device=device, dtype=dtype, generator=gen)
-    x = x.contiguous(memory_format=torch.channels_last)
-    dy = torch.randn_like(x).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(c, 1, k, k, device=device, dtype=dtype, generator=gen) / k
-    row = dict(model=model, stage=stage, channels=c, kernel=k, size=hw, batch=batch,
-               floor_ms=floors_ms(batch, c, k, hw, rates))
-    impls = {impl: passes(impl, x, w, dy) for impl in available_impls(device, hw)}
-    for impl in impls:
-        if impl != 'cudnn':
-            row[f'{impl}_vs_cudnn_rel_error'] = err = max_rel_error(impls[impl], impls['cudnn'])
-            if err > MAX_REL_ERROR[str(dtype).replace('torch.', '')]:
-                raise SystemExit(f'lk_conv: {impl} disagrees with cuDNN on {layer} at batch {batch}: '
-                                 f'relative error {err:.2e}')
-    for impl, fns in impls.items():
-        row[impl] = {p: round(timed(fn, device, reps), 4) for p, fn in fns.items()}
-        row[impl]['total'] = round(sum(row[impl].values()), 4)
-        if impl == 'triton':
-            row['autotuned'] = autotuned_tiles()
-    ours = [i for i in ('triton', 'toeplitz') if i in row]
-    if ours:
-        best = min(ours, key=lambda i: row[i]['total'])
-        row['best_triton'] = 'direct' if best == 'triton' else 'toeplitz'
-        row['ratio'] = {p: round(row['cudnn'][p] / row[best][p], 2) for p in row['cudnn']}
-    floor_total = sum(row['floor_ms'].values())
-    row['cudnn_over_floor'] = round(row['cudnn']['total'] / floor_total, 2)
+    shape = lk_measure.LayerShape(str(dtype).replace('torch.', ''), True, c, k, hw, hw)
+    x, w, dy = lk_measure.layer_tensors(shape, batch, device)
+    candidates = lk_measure.candidates_for(shape) if triton_here(device) else ('cudnn',)
+    row = dict(model=model, stage=stage, channels=c, kernel=k, size=hw, batch=batch, shape=shape.key())
+    fns = {cand: lk_measure.passes(cand, x, w, dy) for cand in candidates}
+    for cand in candidates[1:]:
+        row[f'{cand}_rel_error'] = err = max_rel_error(fns[cand], fns['cudnn'])
+        if err > MAX_REL_ERROR[shape.dtype]:
+            raise SystemExit(f'lk_conv: {cand} disagrees with cuDNN on {layer} at batch {batch}: relative error {err:.2e}')
+    macs = 3 * batch * c * hw * hw * k * k
+    for cand in candidates:
+        row[cand] = lk_measure.time_passes(cand, x, w, dy, reps=reps)
+        row[cand]['tmac_s'] = round(macs / (row[cand]['total'] * 1e-3) / 1e12, 3)
+        if cand == 'direct':
+            row['tiles'] = lk_measure.autotuned_tiles()
+    row['best'] = min(candidates, key=lambda cand: row[cand]['total'])
+    row['speedup_over_cudnn'] = round(row['cudnn']['total'] / row[row['best']]['total'], 2)
     return row
 
 
+def triton_here(device) -> bool:
+    from pretrain.models import lk_conv
+    return lk_conv.triton_supported(device)
+
+
+def record_decisions(rows: list, card: str, dry: bool) -> str:
+    """Every row's times into the decision cache lk_impl='auto' reads (Triton's only, on the dry run's pseudo-card)."""
+    from pretrain.models import lk_choice
+    from pretrain.models.lk_measure import LayerShape
+    path = None
+    for row in rows:
+        shape = LayerShape('float32' if dry else 'bfloat16', True, row['channels'], row['kernel'], row['size'], row['size'])
+        times = {c: row[c]['total'] for c in lk_choice.EVERY_CANDIDATE if c in row and not (dry and c == 'cudnn')}
+        path = lk_choice.save_entry(card, shape, times, row['batch'], row.get('tiles', {}))
+    return str(path)
+
+
+def layers_table(rows: list) -> str:
+    lines = ['layer           batch  ms fwd/dgrad/wgrad (TMAC/s over 3 passes) per candidate          best  x cuDNN']
+    for r in rows:
+        cells = [f"{c} {r[c]['fwd']:.2f}/{r[c]['dgrad']:.2f}/{r[c]['wgrad']:.2f} ({r[c]['tmac_s']:.1f})"
+                 for c in ('cudnn', 'direct', 'toeplitz') if c in r]
+        tiles = ' '.join(f'{k[0]}:{tile_brief(v)}' for k, v in r.get('tiles', {}).items())
+        lines.append(f"{r['model']} s{r['stage']} {r['channels']}c k{r['kernel']} {r['size']}px  {r['batch']:>4}  "
+                     + '  '.join(cells) + f"  {r['best']} {r['speedup_over_cudnn']}" + (f'  [{tiles}]' if tiles else ''))
+    return '\n'.join(lines)[:TABLE_BYTES]
+
+
 def whole_step(lk_impl: str, batch: int, size: int, steps: int, device, tiny: bool) -> dict:
-    """XL's (or, dry, a tiny model's) training step in ms: bf16 autocast, channels-last, AdamW."""
+    """XL's (or a tiny model's) training step: bf16 autocast, channels-last, AdamW."""
     import timm
     import torch
     import torch.nn.functional as F
 
     import pretrain.models  # noqa: F401  (registers RepLKNet)
+    from pretrain.models import lk_choice
+    from pretrain.models.lk_measure import median_ms
+    lk_choice.forget_decisions()
     kwargs = dict(depths=(1, 1), channels=(8, 16), kernel_sizes=(7, 5)) if tiny else {}
     model = timm.create_model('replknet_3' if tiny else 'replknet_xl', num_classes=1000, lk_impl=lk_impl,
                               **kwargs).to(device).to(memory_format=torch.channels_last)
@@ -176,26 +128,44 @@ def whole_step(lk_impl: str, batch: int, size: int, steps: int, device, tiny: bo
     y = torch.randint(0, 1000, (batch,), device=device)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not tiny):
             loss = F.cross_entropy(model(x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    ms = timed(step, device, steps)
-    return dict(ms_per_step=round(ms, 2), images_per_s=round(batch / (ms / 1e3), 1))
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    ms = median_ms(step, device, steps, warmup=2)
+    peak = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if device.type == 'cuda' else 0.0
+    out = dict(ms_per_step=round(ms, 2), images_per_s=round(batch / (ms / 1e3), 1), peak_gb=peak)
+    if lk_impl == 'auto':
+        out['auto_ran'] = lk_choice.decisions()
+    del model, opt
+    return out
+
+
+def step_table(step: dict, batch: int, size: int) -> str:
+    lines = [f'whole training step, batch {batch} at {size}px     ms/step   img/s  peak GB']
+    for impl in ('native', 'auto'):
+        s = step[impl]
+        lines.append(f"{impl:<8}{'':33}{s['ms_per_step']:>8.1f} {s['images_per_s']:>7.1f} {s['peak_gb']:>7.2f}")
+    lines.append(f"auto over native: x{step['speedup_auto_over_native']}; auto ran "
+                 + ', '.join(f'{k.split(",", 2)[2]}: {v}' for k, v in step['native_vs_auto_ran'].items()))
+    return '\n'.join(lines)[:TABLE_BYTES]
 
 
 def write_table(rows: list, device_name: str, dtype: str) -> dict:
-    """Record, for lk_impl='auto', the shapes where Triton's three passes beat cuDNN's at every batch,
-    with the algorithm that was faster at the largest batch."""
-    from pretrain.models.lk_impl import MEASURED_TABLE, TABLE_FORMAT, shape_key
+    """Record in the shipped override table the shapes where a Triton algorithm beat cuDNN at every
+    batch measured, with the algorithm that won at the largest batch."""
+    from pretrain.models.lk_choice import MEASURED_TABLE, TABLE_FORMAT, shape_key
     wins, algorithm = {}, {}
     for row in sorted(rows, key=lambda r: r['batch']):
-        if 'best_triton' in row:
+        ours = [c for c in ('direct', 'toeplitz') if c in row]
+        if ours:
             key = shape_key(row['channels'], row['kernel'], row['size'], row['size'])
-            best = row['triton' if row['best_triton'] == 'direct' else 'toeplitz']['total']
-            wins.setdefault(key, []).append(best < row['cudnn']['total'])
-            algorithm[key] = row['best_triton']
+            best = min(ours, key=lambda c: row[c]['total'])
+            wins.setdefault(key, []).append(row[best]['total'] < row['cudnn']['total'])
+            algorithm[key] = best
     faster = {key: algorithm[key] for key in sorted(wins) if all(wins[key])}
     table = json.loads(MEASURED_TABLE.read_text())
     if table.get('format') != TABLE_FORMAT:
@@ -205,52 +175,66 @@ def write_table(rows: list, device_name: str, dtype: str) -> dict:
     return dict(table=str(MEASURED_TABLE), device=device_name, dtype=dtype, faster=faster)
 
 
+def save(out: Path, name: str, data: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(data, indent=1))
+
+
+def run_layers(args, device, dtype, card: str) -> dict:
+    started = time.monotonic()
+    layers = LAYERS['tiny'] if args.cpu_dry_run else sum((LAYERS[m] for m in args.layers), [])
+    batches, reps = ([2], 1) if args.cpu_dry_run else (args.batches, args.reps)
+    rows = [bench_layer(layer, batch, device, dtype, reps) for batch in batches for layer in layers]
+    result = dict(part='layers', card=card, rows=rows, table=layers_table(rows),
+                  cache=record_decisions(rows, card, args.cpu_dry_run) if triton_here(device) else None)
+    if args.write_table and not args.cpu_dry_run:
+        result['override_table'] = write_table(rows, card, 'bfloat16')
+    result['seconds'] = round(time.monotonic() - started, 1)
+    print(result['table'], flush=True)
+    return result
+
+
+def run_step(args, device, card: str) -> dict:
+    started = time.monotonic()
+    batch, size, steps = (2, 32, 2) if args.cpu_dry_run else (args.step_batch, 224, 5)
+    step = {impl: whole_step(impl, batch, size, steps, device, args.cpu_dry_run) for impl in ('native', 'auto')}
+    step['speedup_auto_over_native'] = round(step['native']['ms_per_step'] / step['auto']['ms_per_step'], 3)
+    step['native_vs_auto_ran'] = step['auto'].pop('auto_ran')
+    result = dict(part='whole_step', card=card, batch=batch, size=size, **step, table=step_table(step, batch, size),
+                  seconds=round(time.monotonic() - started, 1))
+    print(result['table'], flush=True)
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--cpu-dry-run', action='store_true', help='tiny shapes in fp32 on CPU')
-    ap.add_argument('--batches', type=int, nargs='+', default=[32, 64])
-    ap.add_argument('--reps', type=int, default=20)
+    ap.add_argument('--cpu-dry-run', action='store_true', help='tiny shapes in fp32 on CPU, Triton interpreted')
+    ap.add_argument('--layers', nargs='+', choices=('XL', '31B'), default=['XL', '31B'])
+    ap.add_argument('--batches', type=int, nargs='+', default=[32])
+    ap.add_argument('--reps', type=int, default=10)
     ap.add_argument('--step-batch', type=int, default=32, help="batch of XL's whole training step (0: skip it)")
+    ap.add_argument('--out', default='runs/lk_conv', help='folder for lk_conv_layers.json and lk_conv_step.json')
     ap.add_argument('--write-table', action='store_true',
-                    help="record where Triton won in pretrain/models/lk_conv_measured.json (lk_impl='auto')")
+                    help='also record the winners in pretrain/models/lk_conv_measured.json (the override table)')
     args = ap.parse_args(argv)
     import torch
+    from pretrain.models.lk_choice import card_identity
     if args.cpu_dry_run:
-        # Triton's interpreter runs the kernels on CPU when TRITON_INTERPRET=1 is set (before import).
-        device, dtype, layers, batches, reps = torch.device('cpu'), torch.float32, DRY_LAYERS, [2], 1
+        device, dtype = torch.device('cpu'), torch.float32
     else:
         if not torch.cuda.is_available():
             raise SystemExit('lk_conv: no CUDA device here; use --cpu-dry-run to check the script on CPU')
-        torch.backends.cudnn.benchmark = True
-        device, dtype, layers, batches, reps = torch.device('cuda'), torch.bfloat16, LAYERS, args.batches, args.reps
-    rates = card_rates(device)
-    rows = []
-    for batch in batches:
-        for layer in layers:
-            row = bench_layer(layer, batch, device, dtype, rates, reps)
-            rows.append(row)
-            print(f"{row['model']:>4} s{row['stage']} C={row['channels']:<5} k={row['kernel']:<3} "
-                  f"{row['size']:>2}px N={batch:<3} floor={sum(row['floor_ms'].values()):8.3f} ms  "
-                  + '  '.join(f"{i} {row[i]['fwd']:.3f}/{row[i]['dgrad']:.3f}/{row[i]['wgrad']:.3f}"
-                              for i in ('cudnn', 'triton', 'toeplitz') if i in row)
-                  + (f"  ratio {row['ratio']}" if 'ratio' in row else ''), flush=True)
-    device_name = 'cpu (dry run)' if args.cpu_dry_run else torch.cuda.get_device_name()
-    summary = dict(bench='lk_conv', device=device_name, torch=torch.__version__,
-                   rates={k: (round(v / 1e12, 3) if isinstance(v, float) else v) for k, v in rates.items()},
-                   rate_units='TB/s copy (read+write), TFLOP/s bf16 matmul', rows=rows)
-    if args.write_table and not args.cpu_dry_run:
-        summary['table'] = write_table(rows, device_name, str(dtype).replace('torch.', ''))
-        print(f"lk_impl='auto' table: {summary['table']}", flush=True)
+        torch.backends.cudnn.benchmark = True   # what a training run sets
+        device, dtype = torch.device('cuda'), torch.bfloat16
+    card = card_identity(device) or str(device)
+    out = Path(args.out)
+    summary = dict(bench='lk_conv', card=card, torch=torch.__version__)
+    summary['layers'] = run_layers(args, device, dtype, card)
+    save(out, 'lk_conv_layers.json', summary['layers'])    # before the step: a timeout there keeps these
     if args.step_batch:
-        # 'auto' after the table (if written): the step shows what a config with lk_impl='auto' gets.
-        from pretrain.models.lk_impl import measured_faster
-        measured_faster.cache_clear()
-        batch, size, steps = (2, 32, 2) if args.cpu_dry_run else (args.step_batch, 224, 5)
-        step = {impl: whole_step(impl, batch, size, steps, device, args.cpu_dry_run) for impl in ('native', 'auto')}
-        step['speedup_auto_over_native'] = round(step['native']['ms_per_step'] / step['auto']['ms_per_step'], 3)
-        summary['xl_step' if not args.cpu_dry_run else 'tiny_step'] = step
-        print(f'whole training step, batch {batch} at {size}px: {step}', flush=True)
-    print(json.dumps(summary), flush=True)
+        summary['whole_step'] = run_step(args, device, card)
+        save(out, 'lk_conv_step.json', summary['whole_step'])
+    print(json.dumps(dict(bench='lk_conv', card=card, out=str(out))), flush=True)
     return summary
 
 

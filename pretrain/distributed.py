@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional, TypeVar
 
 import torch
+
+T = TypeVar('T')
 
 
 @dataclass(frozen=True)
@@ -83,4 +85,28 @@ def init_distributed(local_rank_arg: Optional[int] = None) -> tuple[DistEnv, tor
         # gloo is what CPU runs (tests, the demo) need.
         deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] = False
     deepspeed.init_distributed(dist_backend='nccl' if device.type == 'cuda' else 'gloo')
+    from .models import lk_choice
+    lk_choice.set_agreement(main_rank_decides)
     return env, device
+
+
+def main_rank_decides(decide: Callable[[], T]) -> T:
+    """Run ``decide`` on rank 0 and hand its result to every rank (a broadcast every rank must reach:
+    the large-kernel decision is asked for at a layer shape's first forward, which ranks run together).
+    An exception on rank 0 is raised on every rank, so none waits forever."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return decide()
+    box = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [('ok', decide())]
+        except Exception as exc:  # noqa: BLE001  handed to every rank, then raised there
+            box = [('error', f'{type(exc).__name__}: {exc}')]
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == 'error':
+        raise RuntimeError(f'rank 0 failed to decide (its error: {value})')
+    return value

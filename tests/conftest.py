@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ import torch
 # is defined: set it before anything imports pretrain.models.lk_conv.
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
+# lk_impl='auto' keeps its decisions in a per-user cache: the tests (and the processes they start)
+# keep theirs in a folder of their own, never the user's.
+os.environ.setdefault('REPLK_CACHE_DIR', tempfile.mkdtemp(prefix='replk-test-cache-'))
 
 from helpers import BIN_DIR, REPO_ROOT, write_image  # noqa: E402
 
@@ -141,3 +145,15 @@ def no_process_group_leaks():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def fresh_lk_decisions(tmp_path_factory, monkeypatch):
+    """Each test starts with no large-kernel decision made in this process, an empty decision cache,
+    and ranks that decide alone (a CLI run in-process installs the process group's agreement)."""
+    from pretrain.models import lk_choice
+    monkeypatch.setenv('REPLK_CACHE_DIR', str(tmp_path_factory.mktemp('lk-cache')))
+    lk_choice.forget_decisions()
+    yield
+    lk_choice.forget_decisions()
+    lk_choice.set_agreement(None)

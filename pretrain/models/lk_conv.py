@@ -20,6 +20,7 @@ except ImportError:  # triton is optional; 'native' needs none of this module
     triton = None
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_ELEMENTS = 2 ** 31               # offsets are 32-bit
 ALGORITHMS = ('direct', 'toeplitz')   # toeplitz: maps of at most TOEPLITZ_MAX_PIXELS pixels
 TOEPLITZ_MAX_PIXELS = 1024
 TOEPLITZ_MAX_WIDTH = 64              # a reduction step holds whole input rows
@@ -60,13 +61,18 @@ def interpreting() -> bool:
     return triton is not None and type(depthwise_fwd_kernel).__name__ == 'InterpretedFunction'
 
 
+def autotuned(kernel, tiles: list):
+    """The kernel behind Triton's autotuner over ``tiles``, its results kept in Triton's on-disk cache
+    (``cache_results``, triton >= 3.2) so a card tunes a shape once, not once per process and rank."""
+    import inspect
+    cache = {'cache_results': True} if 'cache_results' in inspect.signature(triton.autotune).parameters else {}
+    return triton.autotune([triton.Config(meta, num_warps=warps) for meta, warps in tiles], key=TUNE_KEY,
+                           **cache)(kernel)
+
+
 if triton is not None and not interpreting():
-    forward_launcher = triton.autotune(
-        [triton.Config(meta, num_warps=warps) for meta, warps in forward_tiles()], key=TUNE_KEY,
-    )(depthwise_fwd_kernel)
-    wgrad_launcher = triton.autotune(
-        [triton.Config(meta, num_warps=warps) for meta, warps in weight_grad_tiles()], key=TUNE_KEY,
-    )(depthwise_wgrad_kernel)
+    forward_launcher = autotuned(depthwise_fwd_kernel, forward_tiles())
+    wgrad_launcher = autotuned(depthwise_wgrad_kernel, weight_grad_tiles())
     FWD_TILE, WGRAD_TILE = {}, {}
 elif triton is not None:
     forward_launcher, wgrad_launcher = depthwise_fwd_kernel, depthwise_wgrad_kernel
@@ -91,7 +97,7 @@ def check_inputs(x: torch.Tensor, weight: torch.Tensor) -> None:
     k = weight.shape[-1]
     if weight.shape[-2] != k or k % 2 == 0:
         raise ValueError(f'depthwise convolution needs a square, odd kernel; got {tuple(weight.shape[-2:])}')
-    if x.numel() >= 2 ** 31:
+    if x.numel() >= MAX_ELEMENTS:
         raise ValueError(f'the Triton depthwise convolution indexes with 32 bits; x {tuple(x.shape)} has '
                          f'{x.numel()} elements (split the batch)')
     if x.dtype not in SUPPORTED_DTYPES or weight.dtype != x.dtype:

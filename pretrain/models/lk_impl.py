@@ -3,29 +3,32 @@
 - ``native``: ``nn.Conv2d`` (cuDNN on GPUs), the default.
 - ``triton``: our Triton kernels (``pretrain.models.lk_conv``) everywhere; an error where they
   cannot run (CPU without ``TRITON_INTERPRET=1``, an unsupported dtype), never a quiet fallback.
-  The algorithm per shape (``direct`` or ``toeplitz``) is the measured winner on this card where
-  there is one, else ``direct``.
-- ``auto``: the Triton kernels on CUDA for the layer shapes where ``bench/lk_conv.py`` measured
-  them faster than cuDNN on this very card (``lk_conv_measured.json``, written by
-  ``bench/lk_conv.py --write-table``, with the faster algorithm), ``nn.Conv2d`` everywhere else
-  (CPU, another dtype, no Triton, no measurement for this card or shape); it logs each choice once.
+  The algorithm per shape (``direct`` or ``toeplitz``) is the faster one on this card, measured at
+  the shape's first call (:mod:`pretrain.models.lk_choice`).
+- ``auto``: the fastest of cuDNN and the Triton algorithms for each layer shape on this very card,
+  measured at the shape's first call like ``cudnn.benchmark`` and cached on disk per card and
+  torch/triton version (:mod:`pretrain.models.lk_choice`); ``nn.Conv2d`` where Triton cannot run
+  (no CUDA, no Triton, another dtype, an even kernel) and for a call the kernels refuse (an empty
+  batch, 2**31 elements or more). Each decision and each fallback is logged once.
+
+``lk_conv_measured.json`` beside this file is an optional override: a card, dtype and shape
+listed there runs the algorithm written there, unmeasured (``bench/lk_conv.py --write-table``).
 
 Every module here is an ``nn.Conv2d`` (weight ``[C, 1, k, k]``, bias ``[C]``), so state dicts,
 official checkpoints, re-parameterization and export are the same whichever runs.
 """
 import functools
-import json
 import logging
-from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
 
 from .layers import depthwise_conv2d
+from .lk_choice import EVERY_CANDIDATE, card_identity, choose
+from .lk_measure import TRITON_ALGORITHMS
 
 log = logging.getLogger(__name__)
-MEASURED_TABLE = Path(__file__).with_name('lk_conv_measured.json')
 LK_IMPLS = ('native', 'triton', 'auto')
 
 
@@ -48,22 +51,45 @@ class TritonDepthwiseConv2d(DepthwiseConv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .lk_conv import depthwise_conv
         x, weight, bias = autocast_inputs(x, self.weight, self.bias)
-        return depthwise_conv(x, weight, bias, measured_algorithm(x.device, x.dtype, x.shape[1],
-                                                                 self.kernel_size[0], tuple(x.shape[-2:])))
+        return depthwise_conv(x, weight, bias, choose(x, self.kernel_size[0], x.dtype, TRITON_ALGORITHMS).algorithm)
 
 
 class AutoDepthwiseConv2d(DepthwiseConv2d):
-    """``nn.Conv2d`` unless this card's measurements say the Triton kernel is faster for this shape."""
+    """The fastest of ``nn.Conv2d`` and the Triton algorithms for this shape on this card."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = autocast_dtype(x) or x.dtype
-        use_triton, algorithm, why = auto_choice(x.device, dtype, x.shape[1], self.kernel_size[0],
-                                                 tuple(x.shape[-2:]))
-        log_choice_once(str(x.device), str(dtype), tuple(x.shape[1:]), self.kernel_size[0], use_triton, why)
-        if not use_triton:
+        refused = triton_refuses(x, self.kernel_size[0], dtype)
+        if refused:
+            log_fallback_once(str(x.device), tuple(x.shape[1:]), self.kernel_size[0], refused)
+            return super().forward(x)
+        algorithm = choose(x, self.kernel_size[0], dtype, EVERY_CANDIDATE).algorithm
+        if algorithm != 'cudnn' and not triton_takes(x):   # decided for the shape; this one call is refused
+            log_fallback_once(str(x.device), tuple(x.shape[1:]), self.kernel_size[0],
+                              f'the Triton kernels refuse a batch of {x.shape[0]} ({x.numel()} elements)')
+            algorithm = 'cudnn'
+        if algorithm == 'cudnn':
             return super().forward(x)
         from .lk_conv import depthwise_conv
         return depthwise_conv(*autocast_inputs(x, self.weight, self.bias), algorithm)
+
+
+def triton_refuses(x: torch.Tensor, kernel: int, dtype: torch.dtype) -> Optional[str]:
+    """Why the Triton kernels cannot run this layer here at all (None: they can; decide by measuring)."""
+    from . import lk_conv
+    if kernel % 2 == 0:
+        return f'the kernels handle odd sizes only, not {kernel}'
+    if card_identity(x.device) is None:
+        return f'{x.device.type} is not CUDA' if lk_conv.triton is not None else 'triton is not installed'
+    if dtype not in lk_conv.SUPPORTED_DTYPES:
+        return f'{dtype} is not among the kernel dtypes'
+    return None
+
+
+def triton_takes(x: torch.Tensor) -> bool:
+    """Whether the kernels take this call's tensor (they refuse an empty batch and 32-bit overflow)."""
+    from . import lk_conv
+    return 0 < x.numel() < lk_conv.MAX_ELEMENTS
 
 
 def autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
@@ -81,65 +107,10 @@ def autocast_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
-TABLE_FORMAT = 2
-
-
-def shape_key(channels: int, kernel: int, height: int, width: int) -> str:
-    return f'{channels},{kernel},{height},{width}'
-
-
 @functools.lru_cache(maxsize=None)
-def measured_faster(device_name: str, dtype: str) -> Dict[str, str]:
-    """Shapes ("channels,kernel,height,width") where Triton beat cuDNN on this card -> the faster
-    Triton algorithm, from the table."""
-    if not MEASURED_TABLE.exists():
-        return {}
-    table = json.loads(MEASURED_TABLE.read_text())
-    if table.get('format') != TABLE_FORMAT:
-        raise ValueError(f'{MEASURED_TABLE}: format {table.get("format")!r} is not {TABLE_FORMAT}; '
-                         'rerun bench/lk_conv.py --write-table')
-    return dict(table.get('devices', {}).get(device_name, {}).get(dtype, {}))
-
-
-def measured_winner(device: torch.device, dtype: torch.dtype, channels: int, kernel: int,
-                    size: Tuple[int, int]) -> Optional[str]:
-    """The Triton algorithm the table says beat cuDNN for this shape on this CUDA card, or None."""
-    found = measured_faster(torch.cuda.get_device_name(device), str(dtype).replace('torch.', ''))
-    return found.get(shape_key(channels, kernel, *size))
-
-
-def measured_algorithm(device: torch.device, dtype: torch.dtype, channels: int, kernel: int,
-                       size: Tuple[int, int]) -> str:
-    """The Triton algorithm measured faster for this shape on this card, else 'direct'."""
-    if device.type != 'cuda':
-        return 'direct'
-    return measured_winner(device, dtype, channels, kernel, size) or 'direct'
-
-
-def auto_choice(device: torch.device, dtype: torch.dtype, channels: int, kernel: int,
-                size: Tuple[int, int]) -> Tuple[bool, str, str]:
-    """(use Triton?, its algorithm, why) for ``lk_impl='auto'``."""
-    from . import lk_conv
-    if kernel % 2 == 0:
-        return False, '', f'the kernel handles odd sizes only, not {kernel}'
-    if device.type != 'cuda':
-        return False, '', f'{device.type} is not CUDA'
-    if not lk_conv.triton_supported(device):
-        return False, '', 'triton is not installed'
-    if dtype not in lk_conv.SUPPORTED_DTYPES:
-        return False, '', f'{dtype} is not among the kernel dtypes'
-    name = torch.cuda.get_device_name(device)
-    algorithm = measured_winner(device, dtype, channels, kernel, size)
-    if algorithm is not None:
-        return True, algorithm, f'measured faster than cuDNN on {name} ({algorithm}; {MEASURED_TABLE.name})'
-    return False, '', f'no measurement on {name} shows it faster for this shape ({MEASURED_TABLE.name})'
-
-
-@functools.lru_cache(maxsize=None)
-def log_choice_once(device: str, dtype: str, shape: tuple, kernel: int, use_triton: bool, why: str) -> None:
-    log.info("lk_impl='auto': %s for the %dx%d depthwise convolution of %d channels on %s maps, %s on %s: %s",
-             'Triton' if use_triton else 'nn.Conv2d', kernel, kernel, shape[0], 'x'.join(map(str, shape[1:])),
-             dtype, device, why)
+def log_fallback_once(device: str, shape: tuple, kernel: int, why: str) -> None:
+    log.info("lk_impl='auto': nn.Conv2d for the %dx%d depthwise convolution of %d channels on %s maps on %s: %s",
+             kernel, kernel, shape[0], 'x'.join(map(str, shape[1:])), device, why)
 
 
 FACTORIES: Dict[str, Callable[[int, int, bool], nn.Module]] = {

@@ -10,8 +10,10 @@ import torch
 from helpers import REPO_ROOT
 from pretrain.config import load_config
 from pretrain.engine import build_model
-from pretrain.models import RepLKNet, lk_conv, lk_impl
+from pretrain.models import RepLKNet, lk_choice, lk_conv, lk_impl
+from pretrain.models.lk_measure import LayerShape
 
+EVERY = lk_choice.EVERY_CANDIDATE
 TINY = dict(kernel_sizes=(7, 5), depths=(1, 1), channels=(8, 16), small_kernel=3, num_classes=4)
 
 
@@ -56,10 +58,11 @@ def test_lk_impl_comes_from_the_config_and_a_typo_is_an_error_naming_the_choices
         build_model(cfg.model, {'in1k': 3})
 
 
-def test_auto_runs_nn_conv2d_off_cuda_and_says_why_once(caplog):
+def test_auto_runs_nn_conv2d_off_cuda_and_says_why_once(caplog, monkeypatch):
+    monkeypatch.setattr(lk_conv, 'interpreting', lambda: False)   # a plain CPU: no Triton to run
     conv = lk_impl.AutoDepthwiseConv2d(6, 5, True)
     x = torch.randn(1, 6, 7, 7)
-    lk_impl.log_choice_once.cache_clear()
+    lk_impl.log_fallback_once.cache_clear()
     with caplog.at_level(logging.INFO, logger='pretrain.models.lk_impl'):
         out = conv(x)
         conv(x)
@@ -68,28 +71,27 @@ def test_auto_runs_nn_conv2d_off_cuda_and_says_why_once(caplog):
     assert len(said) == 1 and 'nn.Conv2d' in said[0] and 'cpu is not CUDA' in said[0]
 
 
-def test_auto_picks_triton_only_for_the_shapes_measured_faster_on_this_card(tmp_path, monkeypatch):
+def test_the_override_table_names_the_algorithm_per_card_dtype_and_shape(tmp_path, monkeypatch):
     table = tmp_path / 'measured.json'
     table.write_text(json.dumps({'format': 2, 'devices': {'Card X': {'bfloat16': {
         '384,27,56,56': 'direct', '3072,13,7,7': 'toeplitz'}}}}))
-    monkeypatch.setattr(lk_impl, 'MEASURED_TABLE', table)
-    monkeypatch.setattr(lk_conv, 'triton_supported', lambda device: True)
-    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Card X')
-    lk_impl.measured_faster.cache_clear()
-    cuda = torch.device('cuda')
-    assert lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (56, 56))[:2] == (True, 'direct')
-    assert lk_impl.auto_choice(cuda, torch.bfloat16, 3072, 13, (7, 7))[:2] == (True, 'toeplitz')
-    assert lk_impl.measured_algorithm(cuda, torch.bfloat16, 3072, 13, (7, 7)) == 'toeplitz'
-    assert not lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (28, 28))[0]   # not measured
-    assert not lk_impl.auto_choice(cuda, torch.float32, 384, 27, (56, 56))[0]    # another dtype
-    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Card Y')
-    use, _, why = lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (56, 56))
-    assert not use and 'no measurement on Card Y' in why
+    monkeypatch.setattr(lk_choice, 'MEASURED_TABLE', table)
+    lk_choice.measured_faster.cache_clear()
+
+    def shape(c, k, px, dtype='bfloat16'):
+        return LayerShape(dtype, True, c, k, px, px)
+    assert lk_choice.table_override('Card X', shape(384, 27, 56)) == 'direct'
+    assert lk_choice.table_override('Card X', shape(3072, 13, 7)) == 'toeplitz'
+    assert lk_choice.table_override('Card X', shape(384, 27, 28)) is None             # not listed
+    assert lk_choice.table_override('Card X', shape(384, 27, 56, 'float32')) is None  # another dtype
+    assert lk_choice.table_override('Card Y', shape(384, 27, 56)) is None
+    decision = lk_choice.decide('Card X', shape(384, 27, 56), EVERY, 32, measure=None, table='direct')
+    assert (decision.algorithm, decision.source) == ('direct', 'table')
     table.write_text(json.dumps({'format': 1, 'devices': {}}))
-    lk_impl.measured_faster.cache_clear()
+    lk_choice.measured_faster.cache_clear()
     with pytest.raises(ValueError, match='format 1 is not 2; rerun bench/lk_conv.py --write-table'):
-        lk_impl.auto_choice(cuda, torch.bfloat16, 384, 27, (56, 56))
-    lk_impl.measured_faster.cache_clear()
+        lk_choice.table_override('Card X', shape(384, 27, 56))
+    lk_choice.measured_faster.cache_clear()
 
 
 def test_triton_without_a_gpu_or_the_interpreter_is_an_error_not_a_fallback(monkeypatch):
@@ -98,28 +100,27 @@ def test_triton_without_a_gpu_or_the_interpreter_is_an_error_not_a_fallback(monk
         lk_impl.TritonDepthwiseConv2d(4, 3, False)(torch.randn(1, 4, 5, 5))
 
 
-def test_the_bench_writes_the_table_auto_reads(tmp_path, monkeypatch):
+def test_the_bench_writes_the_override_table_auto_reads(tmp_path, monkeypatch):
     import importlib.util
     spec = importlib.util.spec_from_file_location('bench_lk_conv', REPO_ROOT / 'bench' / 'lk_conv.py')
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     table = tmp_path / 'measured.json'
     table.write_text((REPO_ROOT / 'pretrain' / 'models' / 'lk_conv_measured.json').read_text())
-    monkeypatch.setattr(lk_impl, 'MEASURED_TABLE', table)
+    monkeypatch.setattr(lk_choice, 'MEASURED_TABLE', table)
 
     def row(c, size, batch, cudnn, direct, toeplitz=None):
-        r = dict(channels=c, kernel=27, size=size, batch=batch, cudnn=dict(total=cudnn), triton=dict(total=direct))
+        r = dict(channels=c, kernel=27, size=size, batch=batch, cudnn=dict(total=cudnn), direct=dict(total=direct))
         if toeplitz is not None:
             r['toeplitz'] = dict(total=toeplitz)
-        r['best_triton'] = 'toeplitz' if toeplitz is not None and toeplitz < direct else 'direct'
         return r
     rows = [row(384, 56, 32, 10.0, 2.0), row(384, 56, 64, 20.0, 4.0),            # faster at both batches
             row(1536, 14, 32, 5.0, 6.0, 1.0), row(1536, 14, 64, 9.0, 12.0, 2.0),  # toeplitz wins
             row(768, 28, 32, 3.0, 2.0), row(768, 28, 64, 3.0, 4.0)]               # not at every batch
     bench.write_table(rows, 'Card X', 'bfloat16')
-    lk_impl.measured_faster.cache_clear()
-    assert lk_impl.measured_faster('Card X', 'bfloat16') == {'384,27,56,56': 'direct', '1536,27,14,14': 'toeplitz'}
-    lk_impl.measured_faster.cache_clear()
+    lk_choice.measured_faster.cache_clear()
+    assert lk_choice.measured_faster('Card X', 'bfloat16') == {'384,27,56,56': 'direct', '1536,27,14,14': 'toeplitz'}
+    lk_choice.measured_faster.cache_clear()
 
 
 @pytest.mark.slow  # interpreted kernels; lower-bounds keeps the same torch/triton
