@@ -39,6 +39,9 @@ def one_rank(rank: int, port: int, root: str) -> None:
     with open(f'{root}/rank{rank}.json', 'w') as f:
         json.dump(dict(decisions=lk_choice.decisions(), timed=timed, finite=bool(torch.isfinite(out).all()),
                        cache_files=sorted(os.listdir(cache)) if os.path.isdir(cache) else [], error=error), f)
+    import torch.distributed as dist
+    dist.barrier()                 # neither rank leaves while the other still talks (gloo aborts otherwise)
+    dist.destroy_process_group()
 
 def test_every_rank_runs_the_algorithm_rank_0_measured_and_only_rank_0_measures(tmp_path, free_port):
     mp.spawn(one_rank, args=(free_port, str(tmp_path)), nprocs=2, join=True)
