@@ -40,6 +40,8 @@ class SourceConfig:
     """shard prefix holding the shard index (_index/), or a brace pattern"""
     weight: Optional[float] = None
     """mixing weight; null: by sample count"""
+    allow_incomplete: bool = False
+    """train on a source whose build jobs did not all finish (its missing shards are named in a warning); false: an error"""
 
 
 @dataclass

@@ -88,7 +88,7 @@ def build_loader(cfg: RunConfig, env: DistEnv) -> ResumableLoader:
     stream_cfg = StreamConfig(seed=cfg.train.seed, batch_size=cfg.train.micro_batch,
                               shuffle_buffer=cfg.data.shuffle_buffer, few_shards=cfg.data.few_shards,
                               max_corrupt_fraction=cfg.data.max_corrupt_fraction, exclude=cfg.data.exclude)
-    stream = ShardStream([SourceSpec(s.name, s.url, s.weight) for s in cfg.data.sources], stream_cfg,
+    stream = ShardStream([SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources], stream_cfg,
                          train_transform(tcfg), env.rank, env.world_size, cfg.data.workers,
                          decode_min_side=tcfg.decode_min_side(train=True), batch_transform=joiner)
     return ResumableLoader(stream, num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())

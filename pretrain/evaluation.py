@@ -53,7 +53,7 @@ class EvalSpec:
     @classmethod
     def of_run(cls, cfg: RunConfig) -> 'EvalSpec':
         d = cfg.data
-        return cls(task_classes(cfg.tasks), [SourceSpec(s.name, s.url) for s in d.val_sources], transform_config(d),
+        return cls(task_classes(cfg.tasks), [SourceSpec(s.name, s.url, allow_incomplete=s.allow_incomplete) for s in d.val_sources], transform_config(d),
                    cfg.train.micro_batch, d.workers, cfg.train.precision, cfg.model.channels_last, d.label_store,
                    d.tasks_file)
 

@@ -149,7 +149,7 @@ def train(args, check=None) -> dict:
     env, device = init_distributed(args.local_rank)
     check_launch(cfg, env.world_size)
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file, list_commits=env.is_main)
-    coverage = label_coverage([SourceSpec(s.name, s.url) for s in cfg.data.sources], list(cfg.tasks),
+    coverage = label_coverage([SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources], list(cfg.tasks),
                               cfg.data.label_store, cfg.data.tasks_file)  # every rank: it may refuse the store
     run_dir = cfg.checkpoint.dir
     if env.is_main:

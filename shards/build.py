@@ -193,6 +193,11 @@ def check_build(options: BuildOptions, build_info: dict) -> None:
     if previous['fingerprint'] != build_info['fingerprint']:
         raise ValueError(f'source {options.source!r} under {options.prefix} was built from other inputs or '
                          'shard sizes; resuming would mix two plans. Use a new source name or prefix.')
+    planned_jobs = previous.get('num_jobs')   # absent from builds that predate recording it
+    if planned_jobs is not None and planned_jobs != build_info['num_jobs']:
+        raise ValueError(f'source {options.source!r} under {options.prefix} was planned for {planned_jobs} build jobs; '
+                         f'this job says --num-jobs {build_info["num_jobs"]}, which would assign shards to jobs that '
+                         f'never run: rerun with --num-jobs {planned_jobs} (and --job-index 0..{planned_jobs - 1})')
     changed = [k for k in ('max_side', 'quality') if previous.get(k) != build_info[k]]
     if changed:  # the encoding is part of a build's identity: one source, one encoding
         raise ValueError(f'source {options.source!r} under {options.prefix} was built with '
@@ -221,7 +226,7 @@ def build(items: Sequence[Item], options: BuildOptions,
     if not items:
         raise ValueError(f'source {options.source!r}: no input images')
     plan = plan_shards(items, options.samples_per_shard, options.max_shard_bytes)
-    build_info = dict(fingerprint=_fingerprint(plan), shards=len(plan), inputs=len(items),
+    build_info = dict(fingerprint=_fingerprint(plan), shards=len(plan), inputs=len(items), num_jobs=options.num_jobs,
                       samples_per_shard=options.samples_per_shard, max_shard_bytes=options.max_shard_bytes,
                       max_side=options.max_side, quality=options.quality, classes=classes or {})
     check_build(options, build_info)

@@ -23,13 +23,13 @@ import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .naming import shard_stem
+from .naming import shard_name, shard_stem
 from .safe_files import check_name
 
 INDEX_NAME = '_index.json'      # the single-file index of older builds (read, never written)
@@ -168,6 +168,35 @@ def load_build_info(prefix: str, source: str, policy: storage.RetryPolicy = stor
         return (legacy or {}).get('builds', {}).get(source)
 
 
+def planned_but_missing(source: str, entries: Dict[str, 'ShardEntry'], build_info: Optional[dict]
+                        ) -> List[Tuple[str, Optional[int]]]:
+    """(name, the build job that owns it, or None when the build predates recording its job count) of
+    every shard the build planned but the index does not list: a job that never ran, or failed."""
+    planned = (build_info or {}).get('shards')
+    if not isinstance(planned, int):
+        return []
+    jobs = build_info.get('num_jobs')
+    return [(shard_name(source, i), i % jobs if jobs else None) for i in range(planned)
+            if shard_name(source, i) not in entries]
+
+
+def missing_shards(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY
+                   ) -> List[Tuple[str, Optional[int]]]:
+    return planned_but_missing(source, load_source(prefix, source, policy), load_build_info(prefix, source, policy))
+
+
+def incomplete_message(source: str, missing: List[Tuple[str, Optional[int]]], build_info: dict) -> str:
+    """One line naming the missing shards, the jobs that own them and the rerun that fills them in."""
+    jobs = build_info.get('num_jobs')
+    shown = ', '.join(name + (f' (job {job} of {jobs})' if job is not None else '') for name, job in missing[:3])
+    owners = sorted({job for _, job in missing if job is not None})
+    rerun = (f'rerun `replk-shards build` for source {source} with ' +
+             ' / '.join(f'--job-index {j} --num-jobs {jobs}' for j in owners[:4]) + (' ...' if len(owners) > 4 else '')
+             if owners else 'rerun its build (with the job count it was planned for)')
+    return (f'source {source!r} is incomplete: {len(missing)} of {build_info["shards"]} planned shards are not in '
+            f'the index, e.g. {shown}; {rerun} (a build writes only what is missing)')
+
+
 def list_sources(prefix: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[str]:
     sources = set(storage.list_names(storage.join(prefix, INDEX_DIR), policy))
     legacy = _legacy(prefix, policy)
@@ -210,16 +239,19 @@ class ShardIndex:
     """Every source under a prefix, merged (for the tools: stat, verify, validate, import)."""
     shards: Dict[str, ShardEntry] = field(default_factory=dict)
     builds: Dict[str, dict] = field(default_factory=dict)    # per source: the parameters it was built with
+    missing: Dict[str, list] = field(default_factory=dict)   # per source: planned shards not listed (name, job)
 
     @classmethod
     def load(cls, prefix: str, missing_ok: bool = False,
              policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> 'ShardIndex':
         index = cls()
         for source in list_sources(prefix, policy):
-            index.shards.update(load_source(prefix, source, policy))
+            entries = load_source(prefix, source, policy)
+            index.shards.update(entries)
             info = load_build_info(prefix, source, policy)
             if info is not None:
                 index.builds[source] = info
+                index.missing[source] = planned_but_missing(source, entries, info)
         if not index.shards and not missing_ok:
             raise IndexError_(f'no shard index under {prefix} ({INDEX_DIR}/ or {INDEX_NAME}): '
                               f'no shards were ever completed there')
@@ -234,6 +266,11 @@ class ShardIndex:
 
     def shards_of(self, source: str) -> List[ShardEntry]:
         return [self.shards[n] for n in sorted(self.shards) if self.shards[n].source == source]
+
+    def incomplete(self) -> Dict[str, str]:
+        """Per incomplete source, the line that names its missing shards and their jobs."""
+        return {src: incomplete_message(src, missing, self.builds[src]) for src, missing in sorted(self.missing.items())
+                if missing}
 
     def totals(self, source: Optional[str] = None) -> dict:
         """Per source: shards, samples, bytes, skipped images and human labels per task."""

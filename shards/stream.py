@@ -18,7 +18,7 @@ from . import plan as P
 from . import storage
 from .images import BadImage, decode_or_defer, image_part
 from .exclusions import Exclusions, kept_to_raw
-from .index import INDEX_DIR, load_source
+from .index import INDEX_DIR, incomplete_message, load_build_info, load_source, planned_but_missing
 from .naming import shard_source
 from .reader import iter_shard_samples
 
@@ -31,6 +31,7 @@ class SourceSpec:
     name: str
     url: str
     weight: Optional[float] = None
+    allow_incomplete: bool = False   # read a source whose build jobs did not all finish (a warning says so)
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,22 @@ def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
         if not entries:
             raise ValueError(f'source {spec.name!r}: no shards of that source in the index under {prefix} '
                              f'({INDEX_DIR}/{spec.name}/)')
+        check_whole(spec, prefix, listed, retry)
         urls = [storage.join(prefix, e.name) for e in entries]
     return urls, entries
+
+
+def check_whole(spec: SourceSpec, prefix: str, listed: dict, retry: storage.RetryPolicy) -> None:
+    """Refuse a source whose build planned shards the index lacks (a job never ran, or failed),
+    unless ``spec.allow_incomplete`` says to read it anyway, which is then said every time."""
+    info = load_build_info(prefix, spec.name, retry)
+    missing = planned_but_missing(spec.name, listed, info)
+    if not missing:
+        return
+    message = incomplete_message(spec.name, missing, info)
+    if not spec.allow_incomplete:
+        raise ValueError(f'{message}; or set allow_incomplete on this source to train on what is there')
+    log.warning('%s; reading it anyway (allow_incomplete): %d planned shards left out', message, len(missing))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def _check_samples(shard: str, members: Dict[str, Dict[str, bytes]], faults: Lis
 def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[str]:
     """All faults found, each naming the shard and sample at fault; empty when all is well."""
     index = ShardIndex.load(prefix, policy=retry)
-    faults: List[str] = []
+    faults: List[str] = list(index.incomplete().values())
     seen: Dict[str, str] = {}
     for entry in index.shards.values():
         url = storage.join(prefix, entry.name)
