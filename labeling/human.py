@@ -8,6 +8,7 @@ from shards import storage
 from shards.index import ShardIndex
 from shards.reader import iter_shard_samples
 
+from .commits import labels_this_content
 from .store import LabelStore, Row
 
 
@@ -30,13 +31,13 @@ def import_human(store: LabelStore, shard_prefix: str, tasks: List[str]) -> Dict
     done = {t: store.commit_records(t) for t in tasks}
     written = {t: 0 for t in tasks}
     for entry in index.shards.values():
-        todo = [t for t in tasks if done[t].get(entry.stem, {}).get('kind') != 'teacher']
+        todo = [t for t in tasks if not labels_this_content(done[t].get(entry.stem), entry.sha256, kind='teacher')]
         if not todo:
-            continue  # a teacher part already holds this shard's human labels too
+            continue  # a teacher part of these very bytes already holds this shard's human labels too
         rows = human_rows(storage.join(shard_prefix, entry.name), todo, store.retry)
         for task, task_rows in rows.items():
             if task_rows:
-                store.write_part(task, entry.stem, task_rows, kind='human')
+                store.write_part(task, entry.stem, task_rows, kind='human', shard_sha256=entry.sha256)
                 written[task] += len(task_rows)
     for task in tasks:
         store.refresh_manifest(task)

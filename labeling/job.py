@@ -21,6 +21,7 @@ from shards.naming import shard_stem
 from shards.reader import iter_shard_samples
 from shards.stream import ResolvedSource, resolve_source
 
+from .commits import labels_this_content
 from .config import JobConfig
 from .store import LabelStore, Row
 from .tasks import TaskRegistry
@@ -157,12 +158,14 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
     sources: List[ResolvedSource] = [resolve_source(s) for s in cfg.sources]
     shard_urls = {shard_stem(url.rsplit('/', 1)[1]): (url, n)
                   for src in sources for url, n in zip(src.urls, src.counts)}
+    content = {shard_stem(url.rsplit('/', 1)[1]): sha for src in sources for url, sha in zip(src.urls, src.sha256)}
     mine = assign_shards(list(shard_urls), job_index, num_jobs)
     ensemble = Ensemble([load_teacher(t, task.num_classes, task.class_names) for t in cfg.teachers])
     store = LabelStore(cfg.store, registry)
     identity = dict(teachers=ensemble.identity(), topk=cfg.topk)
     store.open_task(cfg.task, teacher=identity, topk=cfg.topk)
-    done = {s for s, r in store.commit_records(cfg.task).items() if r.get('kind') == 'teacher'}
+    done = {s for s, r in store.commit_records(cfg.task).items() if s in content
+            and labels_this_content(r, content[s], kind='teacher')}   # a rebuilt shard is labeled again
     todo = [s for s in mine if s not in done]
     summary = dict(task=cfg.task, job_index=job_index, num_jobs=num_jobs, assigned=len(mine),
                    already_done=len(mine) - len(todo), committed=0, images=0, unreadable=0)
@@ -186,7 +189,8 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
         summary['images'] += len(rows)
         bar.update(len(rows) + len(failed))
         if batch['last']:
-            store.write_part(cfg.task, batch['stem'], pending.pop(batch['stem']), kind='teacher', teacher=identity)
+            store.write_part(cfg.task, batch['stem'], pending.pop(batch['stem']), kind='teacher', teacher=identity,
+                             shard_sha256=content[batch['stem']])
             summary['committed'] += 1
             store.refresh_manifest(cfg.task, force=False)
     bar.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -39,9 +40,10 @@ from shards.naming import shard_stem_of_key
 from shards.safe_files import check_name
 
 from .commits import (COMMIT_SUFFIX, KINDS, PARTS_TABLE_TTL_S, LabelError, commit_name, parse_commit_name,
-                      parts_to_parquet, read_parts_table, winning_record)
+                      parts_to_parquet, read_parts_table, shard_fingerprint, winning_record)
 from .tasks import Task, TaskRegistry
 
+log = logging.getLogger(__name__)
 STORE_VERSION = 1
 PART_SCHEMA = pa.schema([
     ('key', pa.string()),
@@ -289,9 +291,12 @@ class LabelStore:
         return {stem: {k: v for k, v in r.items() if k != 'legacy'} for stem, r in sorted(winners.items())}
 
     def write_part(self, task_name: str, stem: str, rows: Iterable[Row], kind: str,
-                   teacher: Optional[dict] = None) -> dict:
+                   teacher: Optional[dict] = None, shard_sha256: Optional[str] = None) -> dict:
         """Validate, write the part whole, then its commit record. ``kind``: "teacher" or "human".
-        A teacher part's record carries the identity of its teacher (``teacher``, else the task's)."""
+        A teacher part's record carries the identity of its teacher (``teacher``, else the task's),
+        and every record the content of the shard it labels (``shard_sha256``, from the shard index):
+        the records of this shard made for other content are then removed (they label images the
+        shard no longer holds)."""
         if kind == 'teacher' and teacher is None:
             teacher = self.manifest(task_name).get('teacher')
         task = self.registry.get(task_name)
@@ -310,11 +315,23 @@ class LabelStore:
         record = dict(stem=stem, file=file, rows=table.num_rows, sha256=digest, kind=kind, **counts)
         if teacher is not None:
             record['teacher_id'] = teacher_id(teacher)
+        if shard_sha256 is not None:
+            record['shard'] = shard_fingerprint(shard_sha256)
         # The name carries the facts (readers only LIST); the body repeats them for a person.
         name = commit_name(record)
         storage.write_bytes_atomic(f'{self._task_dir(task_name)}/_commits/{name}', json.dumps(record).encode(),
                                    self.retry)
+        if shard_sha256 is not None:
+            self._remove_records_of_other_content(task_name, stem, record['shard'])
         return record
+
+    def _remove_records_of_other_content(self, task: str, stem: str, shard: str) -> None:
+        folder = f'{self._task_dir(task)}/_commits'
+        for name in storage.list_names(folder, self.retry):
+            if name.startswith(f'{stem}.') and name.endswith(COMMIT_SUFFIX):
+                other = parse_commit_name(name)
+                if other['stem'] == stem and other.get('shard') not in (None, shard):
+                    storage.remove(f'{folder}/{name}', self.retry)
 
     def refresh_manifest(self, task: str, force: bool = True) -> dict:
         """Rebuild ``parts`` of ``_task.json`` from the commit records until they agree.
@@ -363,14 +380,17 @@ class LabelStore:
                 raise KeyError(f'{unknown.args[0]} (this store predates recorded class names)') from None
             return Task(task_name, tuple(names))
 
-    def read_part(self, task_name: str, stem: str) -> Optional[pa.Table]:
-        """The validated part of one image shard for one task, or None if none is committed."""
+    def read_part(self, task_name: str, stem: str, shard_sha256: Optional[str] = None) -> Optional[pa.Table]:
+        """The validated part of one image shard for one task, or None if none is committed. With
+        ``shard_sha256`` (the shard's hash in the index) a part made for other content is refused."""
         task = self.task(task_name)
         manifest = self.manifest(task_name)
         self.check_task(task, manifest)
         record = manifest['parts'].get(stem)
         if record is None:
             return None
+        if shard_sha256 is not None:
+            check_content(task_name, stem, record, shard_sha256)
         if record.get('teacher_id') not in (None, teacher_id(manifest.get('teacher'))):
             raise LabelError(f'task {task_name!r}, shard {stem}: its part was written by teacher '
                              f'{record["teacher_id"]}, but the task holds teacher {teacher_id(manifest.get("teacher"))} '
@@ -384,11 +404,12 @@ class LabelStore:
         validate_table(task, stem, table)
         return table
 
-    def shard_targets(self, stem: str, tasks: Sequence[str]) -> Dict[str, Dict[str, tuple]]:
+    def shard_targets(self, stem: str, tasks: Sequence[str],
+                      shard_sha256: Optional[str] = None) -> Dict[str, Dict[str, tuple]]:
         """For one image shard: ``{task: {key: (idx, prob, source)}}`` for every committed task."""
         out = {}
         for task in tasks:
-            table = self.read_part(task, stem)
+            table = self.read_part(task, stem, shard_sha256)
             if table is None:
                 out[task] = {}
                 continue
@@ -406,6 +427,11 @@ class LabelStore:
         for stem in sorted(self.manifest(task, reload=True)['parts']):
             if stem not in stems:
                 faults.append(f'task {task!r}, shard {stem}: labeled, but {shards} has no such shard')
+                continue
+            try:
+                check_content(task, stem, self.manifest(task)['parts'][stem], index.shards[stems[stem]].sha256)
+            except LabelError as exc:
+                faults.append(str(exc))
                 continue
             members = member_keys(storage.join(shards, stems[stem]), self.retry)
             ghosts = [k for k in self.read_part(task, stem).column('key').to_pylist() if k not in members]
@@ -439,3 +465,24 @@ class LabelStore:
                 faults.append(str(exc))
         faults += [f'task {task!r}: orphan part {name} (no commit record names it)' for name in self.orphans(task)]
         return faults
+
+
+_WARNED_UNBOUND: set = set()
+
+
+def check_content(task: str, stem: str, record: dict, shard_sha256: str) -> None:
+    """Refuse a part made for other bytes of its shard (a source rebuilt under the same names);
+    a part from before records named their content is read, with one warning per task."""
+    made_for = record.get('shard')
+    if made_for is None:
+        if task not in _WARNED_UNBOUND:
+            _WARNED_UNBOUND.add(task)
+            log.warning('task %r: its label parts (e.g. shard %s) do not name the shard content they label '
+                        '(committed by an older version); a rebuilt shard cannot be told from its old bytes: '
+                        'relabel or re-import to bind them', task, stem)
+        return
+    if made_for != shard_fingerprint(shard_sha256):
+        raise LabelError(f'task {task!r}, shard {stem}: its labels were made for other content (shard sha256 '
+                         f'{made_for}..., the index now says {shard_fingerprint(shard_sha256)}...): the shard was '
+                         f'rebuilt since; relabel it (python -m labeling run) or re-import its human labels '
+                         f'(python -m labeling import-human)')

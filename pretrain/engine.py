@@ -21,7 +21,7 @@ from .batchnorm import apply_sync_bn, average_running_stats
 from .config import ModelConfig, OptimConfig, RunConfig, task_classes
 from .ds_config import deepspeed_config
 from .distributed import DistEnv
-from .labels import LabelJoiner
+from .labels import LabelJoiner, shard_facts
 from .evaluation import EvalSpec, evaluate_model, to_model_input, transform_config
 from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
@@ -84,13 +84,15 @@ def build_optimizer(o: OptimConfig, groups: List[dict]) -> torch.optim.Optimizer
 def build_loader(cfg: RunConfig, env: DistEnv) -> ResumableLoader:
     """The training stream over ``data.sources`` with augmentation and the label join."""
     tcfg = transform_config(cfg.data)
-    joiner = LabelJoiner(task_classes(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file)
     stream_cfg = StreamConfig(seed=cfg.train.seed, batch_size=cfg.train.micro_batch,
                               shuffle_buffer=cfg.data.shuffle_buffer, few_shards=cfg.data.few_shards,
                               max_corrupt_fraction=cfg.data.max_corrupt_fraction, exclude=cfg.data.exclude)
     stream = ShardStream([SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources], stream_cfg,
                          train_transform(tcfg), env.rank, env.world_size, cfg.data.workers,
-                         decode_min_side=tcfg.decode_min_side(train=True), batch_transform=joiner)
+                         decode_min_side=tcfg.decode_min_side(train=True))
+    # the join checks each part against the content and size of the shard the stream resolved
+    stream.batch_transform = LabelJoiner(task_classes(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file,
+                                         shards=shard_facts(stream.sources))
     return ResumableLoader(stream, num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
 
 

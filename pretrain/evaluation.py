@@ -18,7 +18,7 @@ from shards.stream import SourceSpec
 from shards.transforms import DeviceNormalize, TransformConfig, eval_transform
 
 from .config import DataConfig, RunConfig, task_classes
-from .labels import LabelJoiner
+from .labels import LabelJoiner, shard_facts
 
 
 def transform_config(d: DataConfig) -> TransformConfig:
@@ -61,9 +61,8 @@ class EvalSpec:
 def eval_loader(spec: EvalSpec, rank: int, world_size: int, device: torch.device) -> DataLoader:
     """Every evaluation sample once, with the eval transform (resize, center crop) and the label join."""
     from shards.storage import worker_start_method
-    joiner = LabelJoiner(spec.tasks, spec.label_store, spec.tasks_file)
-    data = EvalShards(spec.sources, eval_transform(spec.transform), rank, world_size, spec.batch_size,
-                      batch_transform=joiner)
+    data = EvalShards(spec.sources, eval_transform(spec.transform), rank, world_size, spec.batch_size)
+    data.batch_transform = LabelJoiner(spec.tasks, spec.label_store, spec.tasks_file, shards=shard_facts(data.resolved))
     urls = [s.url for s in spec.sources] + ([spec.label_store] if spec.label_store else [])
     return DataLoader(data, batch_size=None, num_workers=spec.workers, pin_memory=device.type == 'cuda',
                       multiprocessing_context=worker_start_method(urls) if spec.workers else None)

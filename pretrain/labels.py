@@ -6,30 +6,49 @@ training. Targets stay sparse (top-k) until the device: ``{task: {idx, prob, mas
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from labeling.store import LabelStore
-from shards.naming import shard_stem_of_key
+from labeling.commits import LabelError
+from labeling.store import LabelStore, check_content
 from labeling.tasks import TaskRegistry
+from shards.naming import shard_stem, shard_stem_of_key
+from shards.stream import ResolvedSource
+
+
+ShardFacts = Dict[str, Tuple[str, int]]   # shard stem -> (its sha256 in the index, its samples there)
+
+
+def shard_facts(sources: Sequence[ResolvedSource]) -> ShardFacts:
+    """What the join checks a shard's labels against: the content and size the index lists."""
+    return {shard_stem(url.rsplit('/', 1)[1]): (sha, n)
+            for src in sources for url, sha, n in zip(src.urls, src.sha256, src.listed)}
 
 
 class LabelJoiner:
-    """Picklable: each worker opens the store lazily and caches the parts of recent shards."""
+    """Picklable: each worker opens the store lazily and caches the parts of recent shards. With
+    ``shards`` (:func:`shard_facts`), a part made for other bytes of its shard and a label key past
+    the shard's samples are refused rather than joined."""
 
     def __init__(self, tasks: Dict[str, int], store_root: Optional[str], tasks_file: Optional[str] = None,
-                 cache_shards: int = 16):
+                 cache_shards: int = 16, shards: Optional[ShardFacts] = None,
+                 registry: Optional[TaskRegistry] = None):
         self.tasks, self.store_root, self.tasks_file, self.cache_shards = tasks, store_root, tasks_file, cache_shards
+        self.shards, self.registry = shards, registry
         self._store: Optional[LabelStore] = None
         self._cache: OrderedDict = OrderedDict()
 
     def _targets_of(self, stem: str) -> dict:
         if self._store is None:
-            self._store = LabelStore(self.store_root, TaskRegistry.from_json(self.tasks_file))
+            self._store = LabelStore(self.store_root, self.registry or TaskRegistry.from_json(self.tasks_file))
             self._store_tasks = [t for t in self.tasks if self._store.has_task(t)]
         if stem not in self._cache:
-            self._cache[stem] = self._store.shard_targets(stem, self._store_tasks)
+            sha, samples = self.shards.get(stem, (None, None)) if self.shards is not None else (None, None)
+            targets = self._store.shard_targets(stem, self._store_tasks, sha)
+            if samples is not None:
+                check_keys_within(targets, stem, samples)
+            self._cache[stem] = targets
             if len(self._cache) > self.cache_shards:
                 self._cache.popitem(last=False)
         return self._cache[stem]
@@ -46,6 +65,39 @@ class LabelJoiner:
                 rows[task].append(row)
         batch['targets'] = {t: _pack(r) for t, r in rows.items()}
         return batch
+
+
+def check_keys_within(targets: Dict[str, dict], stem: str, samples: int) -> None:
+    """A label key names its sample's position in the shard (``{source}/{shard}/{index}``): one past
+    the shard's sample count labels no image, and the image it was meant for has lost its label."""
+    for task, rows in targets.items():
+        stray = [k for k in rows if int(k.rsplit('/', 1)[1]) >= samples]
+        if stray:
+            raise LabelError(f'task {task!r}, shard {stem}: label key {stray[0]} is past the shard\'s {samples} '
+                             f'samples ({len(stray)} such keys), so some image of it lost its label; find them with '
+                             f'`python -m labeling validate --task {task} --shards <shard prefix>` and relabel '
+                             'or re-import the shard')
+
+
+def check_labels_match_shards(store_root: Optional[str], tasks: Dict[str, object], sources: Sequence[ResolvedSource],
+                              tasks_file: Optional[str], registry: Optional[TaskRegistry] = None) -> None:
+    """Before the first step: every committed part of the run's shards was made for the bytes the
+    index lists now (a source rebuilt under the same names would put its labels on other images).
+    Reads only the manifests (each part's record names its shard's content), no part."""
+    if not store_root:
+        return
+    store = LabelStore(store_root, registry or TaskRegistry.from_json(tasks_file))
+    facts = shard_facts(sources)
+    for task in (t for t in tasks if store.has_task(t)):
+        faults = []
+        for stem, record in store.committed_parts(task).items():
+            if stem in facts:
+                try:
+                    check_content(task, stem, record, facts[stem][0])
+                except LabelError as exc:
+                    faults.append(str(exc))
+        if faults:
+            raise ValueError(faults[0] + (f' ({len(faults)} shards of task {task!r} in all)' if len(faults) > 1 else ''))
 
 
 def _pack(rows: List) -> dict:

@@ -22,11 +22,12 @@ from pretrain.console import (eval_line, log_to_file, save_traceback, setup_logg
                               step_line)
 from pretrain.distributed import init_distributed, read_dist_env  # noqa: E402
 from pretrain.ds_config import check_deepspeed_keys  # noqa: E402
-from pretrain.labels import check_store_tasks, label_coverage, warn_unlabeled_sources  # noqa: E402
+from pretrain.labels import (check_labels_match_shards, check_store_tasks, label_coverage,  # noqa: E402
+                             warn_unlabeled_sources)
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
 from shards.helpformat import HelpFormatter  # noqa: E402
 from shards.safe_files import UnsafeFileError  # noqa: E402
-from shards.stream import SourceSpec  # noqa: E402
+from shards.stream import SourceSpec, resolve_source  # noqa: E402
 
 log = logging.getLogger('pretrain')
 
@@ -149,8 +150,10 @@ def train(args, check=None) -> dict:
     env, device = init_distributed(args.local_rank)
     check_launch(cfg, env.world_size)
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file, list_commits=env.is_main)
-    coverage = label_coverage([SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources], list(cfg.tasks),
-                              cfg.data.label_store, cfg.data.tasks_file)  # every rank: it may refuse the store
+    specs = [SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources]
+    check_labels_match_shards(cfg.data.label_store, cfg.tasks, [resolve_source(s) for s in specs], cfg.data.tasks_file)
+    coverage = label_coverage(specs, list(cfg.tasks), cfg.data.label_store,
+                              cfg.data.tasks_file)  # every rank: it may refuse the store
     run_dir = cfg.checkpoint.dir
     if env.is_main:
         Path(run_dir).mkdir(parents=True, exist_ok=True)

@@ -139,13 +139,20 @@ def load_source(prefix: str, source: str, policy: storage.RetryPolicy = storage.
                 ) -> Dict[str, ShardEntry]:
     """The complete shards of one source (name -> entry): every job's part, and an older build's
     ``_index.json``. Cached per process; one LIST tells whether the cache is current."""
+    return load_source_and_plan(prefix, source, policy)[0]
+
+
+def load_source_and_plan(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY
+                         ) -> Tuple[Dict[str, ShardEntry], Optional[dict]]:
+    """:func:`load_source` and the build's plan (``build.json``, or an older build's), read with
+    the same listing and cached with it."""
     folder = source_folder(prefix, source)
     listing = storage.list_details(folder, policy)
     parts = sorted(n for n in listing if n.startswith('shards.') and n.endswith('.parquet'))
-    signature = tuple((n, listing[n]) for n in parts)
+    signature = tuple((n, listing[n]) for n in parts + ([BUILD_NAME] if BUILD_NAME in listing else []))
     cached = _CACHE.get((prefix, source))
     if cached is not None and cached[0] == signature:
-        return dict(cached[1])
+        return dict(cached[1]), cached[2]
     entries: Dict[str, ShardEntry] = {}
     urls = [f'{folder}/{name}' for name in parts]
     for url, data in zip(urls, storage.read_many(urls, policy) if urls else []):  # concurrent GETs on S3
@@ -155,8 +162,10 @@ def load_source(prefix: str, source: str, policy: storage.RetryPolicy = storage.
     for name, entry in (legacy or {}).get('shards', {}).items():
         if entry.source == source:
             entries.setdefault(name, entry)
-    _CACHE[(prefix, source)] = (signature, entries)
-    return dict(entries)
+    plan = (json.loads(storage.read_bytes(f'{folder}/{BUILD_NAME}', policy)) if BUILD_NAME in listing
+            else (legacy or {}).get('builds', {}).get(source))
+    _CACHE[(prefix, source)] = (signature, entries, plan)
+    return dict(entries), plan
 
 
 def load_build_info(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY

@@ -18,7 +18,7 @@ from . import plan as P
 from . import storage
 from .images import BadImage, decode_or_defer, image_part
 from .exclusions import Exclusions, kept_to_raw
-from .index import INDEX_DIR, incomplete_message, load_build_info, load_source, planned_but_missing
+from .index import INDEX_DIR, incomplete_message, load_source, load_source_and_plan, planned_but_missing
 from .naming import shard_source
 from .reader import iter_shard_samples
 
@@ -40,6 +40,8 @@ class ResolvedSource:
     urls: tuple
     counts: tuple                 # samples each shard gives the stream (excluded ones not counted)
     excluded: tuple = ()          # per shard: the sorted tar positions an exclusion list removes
+    sha256: tuple = ()            # per shard: its hash in the index (what labels are bound to)
+    listed: tuple = ()            # per shard: its samples in the index (exclusions counted)
 
     @property
     def samples(self) -> int:
@@ -54,8 +56,9 @@ def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
     """Shard URLs and exact sample counts, from the index beside the shards, less what ``exclude``
     lists (near-duplicates of evaluation images; ``shards/exclusions.py``)."""
     urls, entries = source_entries(spec, retry)
+    facts = dict(sha256=tuple(e.sha256 for e in entries), listed=tuple(e.samples for e in entries))
     if exclude is None:
-        return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries))
+        return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries), **facts)
     excluded = []
     for url, entry in zip(urls, entries):
         sha, ordinals, _ = exclude.by_shard.get(entry.name, (entry.sha256, (), ()))
@@ -68,7 +71,7 @@ def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
                              f'{entry.samples}')
         excluded.append(ordinals)
     counts = tuple(e.samples - len(x) for e, x in zip(entries, excluded))
-    return ResolvedSource(spec.name, tuple(urls), counts, tuple(excluded))
+    return ResolvedSource(spec.name, tuple(urls), counts, tuple(excluded), **facts)
 
 
 def check_shards_present(urls, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> None:
@@ -102,20 +105,19 @@ def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
         entries = [listed[u.rsplit('/', 1)[1]] for u in urls]
     else:
         prefix = spec.url.rstrip('/')
-        listed = load_source(prefix, spec.name, retry)
+        listed, plan = load_source_and_plan(prefix, spec.name, retry)
         entries = [listed[n] for n in sorted(listed)]
         if not entries:
             raise ValueError(f'source {spec.name!r}: no shards of that source in the index under {prefix} '
                              f'({INDEX_DIR}/{spec.name}/)')
-        check_whole(spec, prefix, listed, retry)
+        check_whole(spec, listed, plan)
         urls = [storage.join(prefix, e.name) for e in entries]
     return urls, entries
 
 
-def check_whole(spec: SourceSpec, prefix: str, listed: dict, retry: storage.RetryPolicy) -> None:
+def check_whole(spec: SourceSpec, listed: dict, info: Optional[dict]) -> None:
     """Refuse a source whose build planned shards the index lacks (a job never ran, or failed),
     unless ``spec.allow_incomplete`` says to read it anyway, which is then said every time."""
-    info = load_build_info(prefix, spec.name, retry)
     missing = planned_but_missing(spec.name, listed, info)
     if not missing:
         return
