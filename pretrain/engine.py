@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import timm
@@ -157,6 +157,8 @@ class Trainer:
         self.corrupt_total = 0
         self.parts = self._register_parts()
         self._pending_norm = None   # (step, grad norm): checked at the next host sync
+        self.stop_request = None    # a preemption.StopRequest the entry point installed, if any
+        self.stop_agreed = False    # every rank saw a stop request: checkpoint at the next step, then stop
 
     # --- checkpointed state: registered once, walked by pretrain.checkpoint ------------------
     state_version = 1   # the trainer's own counters
@@ -211,7 +213,8 @@ class Trainer:
             images, targets = self.mixup(images, targets, np.random)  # global: saved in checkpoints
         logits = self.engine(images)
         loss, per_task = multitask_loss(logits, targets, self.weights, self.smoothing)
-        if self._nonfinite_loss_anywhere(loss):
+        bad_loss, self.stop_agreed = self._agree_on_flags(loss)
+        if bad_loss:
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1
             log.warning('non-finite loss at step %d on some rank: micro-step skipped on every rank (%d in a row)',
@@ -245,16 +248,19 @@ class Trainer:
                         and not n.endswith('_no_decay')})
         return out
 
-    def _nonfinite_loss_anywhere(self, loss: torch.Tensor) -> bool:
-        """The micro-step's one host sync: [loss non-finite, last grad norm non-finite], max over ranks."""
-        flags = torch.stack([(~torch.isfinite(loss.detach())).float(), self._pending_norm_flag()])
+    def _agree_on_flags(self, loss: torch.Tensor) -> Tuple[bool, bool]:
+        """The micro-step's one host sync: [loss non-finite, last grad norm non-finite, a stop
+        requested (a preemption signal)], max over ranks: (bad loss anywhere, stop everywhere)."""
+        stop = float(self.stop_request is not None and self.stop_request.requested)
+        flags = torch.stack([(~torch.isfinite(loss.detach())).float(), self._pending_norm_flag(),
+                             torch.tensor(stop, device=self.device)])
         if dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        bad_loss, bad_norm = flags.tolist()
+        bad_loss, bad_norm, stop = flags.tolist()
         if bad_norm:
             self._raise_nonfinite_norm()
         self._pending_norm = None
-        return bool(bad_loss)
+        return bool(bad_loss), self.stop_agreed or bool(stop)
 
     def _pending_norm_flag(self) -> torch.Tensor:
         norm = None if self._pending_norm is None else self._pending_norm[1]

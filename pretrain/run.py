@@ -25,6 +25,7 @@ from pretrain.ds_config import check_deepspeed_keys  # noqa: E402
 from pretrain.labels import (check_labels_match_shards, check_store_tasks, label_coverage,  # noqa: E402
                              warn_unlabeled_sources)
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
+from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest  # noqa: E402
 from shards.helpformat import HelpFormatter  # noqa: E402
 from shards.safe_files import UnsafeFileError  # noqa: E402
 from shards.stream import SourceSpec, resolve_source  # noqa: E402
@@ -99,8 +100,13 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None)
                 metrics.write(step, dict(last, epoch=trainer.loader.epoch, **rates))
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
                 evaluated = (step, _evaluate(trainer, cfg, metrics, step))
-            if step % cfg.checkpoint.every_steps == 0 or step == trainer.total_steps:
+            saved = step % cfg.checkpoint.every_steps == 0 or step == trainer.total_steps
+            if saved:
                 _save(trainer, cfg, run_dir)
+            if trainer.stop_agreed and step < trainer.total_steps:   # every rank saw a preemption signal
+                if not saved:
+                    _save(trainer, cfg, run_dir)
+                raise Preempted(step, trainer.stop_request.signal_name or 'a signal to another rank')
             pace.computed()  # evaluation and checkpoints are not data wait
             if step >= trainer.total_steps:
                 break
@@ -133,6 +139,15 @@ def main(argv=None, check=None, doc: str = __doc__) -> dict:
     setup_logging(rank)
     try:
         return train(args, check)
+    except Preempted as stop:
+        if rank == 0:
+            print(str(stop), file=sys.stderr, flush=True)
+        raise SystemExit(PREEMPTED_EXIT) from None
+    except KeyboardInterrupt:
+        if rank == 0:
+            print('interrupted (Ctrl-C): stopped without a new checkpoint; rerun the same command to resume from '
+                  'the last one (SIGTERM or SIGUSR1 checkpoints first)', file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except USER_ERRORS as exc:
         if args.debug:
             raise
@@ -161,6 +176,7 @@ def train(args, check=None) -> dict:
         (Path(run_dir) / 'config.json').write_text(json.dumps(to_dict(cfg), indent=2))
     from pretrain.engine import Trainer
     trainer = Trainer(cfg, env, device)
+    trainer.stop_request = StopRequest().install(cfg.checkpoint.preempt_signals)
     tag = checkpoint.resume_tag(run_dir, cfg.checkpoint.resume)
     if env.is_main:
         _announce(trainer, cfg, tag, coverage)

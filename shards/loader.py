@@ -124,6 +124,18 @@ class ShardStream(IterableDataset):
         return {s: total.get(s, 0) for s in self.plan.sources}
 
 
+STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1')
+
+
+def leave_stopping_to_the_parent(worker_id: int) -> None:
+    """A scheduler's or a terminal's stop signal reaches the whole process group: the workers ignore
+    it, so the training process decides when to stop (after a checkpoint) and then ends them, instead
+    of each worker dying with a traceback and the loader failing mid-step."""
+    import signal
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class ResumableLoader:
     """A DataLoader over a ShardStream that knows exactly where it is (``state_dict``): the one
     owner of the data cursor (epoch, batches into it, samples per source)."""
@@ -140,7 +152,7 @@ class ResumableLoader:
         self.loader_kwargs = dict(batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                                   persistent_workers=False, multiprocessing_context=multiprocessing_context)
         if num_workers > 0:
-            self.loader_kwargs['prefetch_factor'] = prefetch_factor or 2
+            self.loader_kwargs.update(prefetch_factor=prefetch_factor or 2, worker_init_fn=leave_stopping_to_the_parent)
         self.batches_in_epoch = 0
         self.per_source: Counter = Counter()
 

@@ -168,3 +168,51 @@ def test_zero3_evaluation_with_uneven_batches_per_rank_finishes(tmp_path_factory
     assert proc.returncode == 0, out[-3000:]
     result = json.loads((tmp_path / 'run' / 'result.json').read_text())
     assert result['val/shape/images'] == 40
+
+
+def wait_for_step(run_dir, step, proc, timeout=240):
+    deadline = time.monotonic() + timeout
+    while not (Path(run_dir) / 'metrics.jsonl').exists() or max(metrics(run_dir), default=0) < step:
+        assert proc.poll() is None, 'the run ended before it could be signalled'
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_sigterm_to_torchrun_checkpoints_at_that_step_and_the_resumed_run_equals_an_uninterrupted_one(
+        tiny, tmp_path, free_port, launch):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}')
+    args = ('schedule.max_steps=12', 'checkpoint.every_steps=100', 'log.every_steps=1')
+    run_dir = tmp_path / 'preempted'
+    proc = subprocess.Popen(torchrun(free_port, *overrides(tiny, run_dir, *args)), cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_step(run_dir, 3, proc)
+    proc.send_signal(signal.SIGTERM)           # what Slurm sends before the time limit
+    out, err = proc.communicate(timeout=120)
+    steps = [int(p.name.split('-')[1]) for p in (run_dir / 'ckpt').glob('step-*') if (p / 'COMMITTED').exists()]
+    assert len(steps) == 1 and 3 <= steps[0] < 12, (steps, err[-3000:])
+    said = [line for line in err.splitlines() if line.startswith('preempted at step')]
+    assert said == [f'preempted at step {steps[0]} (SIGTERM); checkpoint step-{steps[0]} written; '
+                    'rerun the same command to resume'], err[-3000:]
+    # the workers stop without a traceback (torchrun then reports the signal it got with its own)
+    assert 'Traceback' not in out + err.split('preempted at step')[0]
+    assert not (run_dir / 'result.json').exists()
+    launch(torchrun(free_port, *overrides(tiny, run_dir, *args)))
+    launch(torchrun(free_port, *overrides(tiny, tmp_path / 'straight', *args)))
+    resumed, straight = metrics(run_dir), metrics(tmp_path / 'straight')
+    assert sorted(resumed) == list(range(1, 13))
+    assert [resumed[s] for s in range(1, 13)] == [straight[s] for s in range(1, 13)]
+
+
+def test_ctrl_c_stops_with_one_line_and_no_traceback(tiny, tmp_path, free_port):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}')
+    run_dir = tmp_path / 'run'
+    proc = subprocess.Popen([sys.executable, 'pretrain/run.py', '--config', CONFIG,
+                             *overrides(tiny, run_dir, 'schedule.max_steps=200', 'log.every_steps=1')],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    wait_for_step(run_dir, 2, proc)
+    os.killpg(proc.pid, signal.SIGINT)          # a terminal's Ctrl-C reaches the whole process group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert 'Traceback' not in out + err, err[-3000:]
+    assert [line for line in err.splitlines() if line.strip()][-1].startswith('interrupted (Ctrl-C): stopped')
