@@ -170,6 +170,7 @@ class LabelStore:
                  retry: storage.RetryPolicy = storage.DEFAULT_RETRY):
         self.root, self.registry, self.retry = root.rstrip('/'), registry or TaskRegistry(), retry
         self._manifests: Dict[str, dict] = {}
+        self._pinned: set = set()   # tasks whose manifest is fixed (a training run's pinned labels)
         self._last_refresh: Dict[str, float] = {}
         self._refresh_cost: Dict[str, float] = {}
 
@@ -236,8 +237,15 @@ class LabelStore:
         except FileNotFoundError:
             return False
 
+    def pin(self, task: str, manifest: dict) -> None:
+        """Read this manifest for ``task`` from now on, never the store's (see ``pretrain/label_pin.py``)."""
+        self._manifests[task] = manifest
+        self._pinned.add(task)
+
     def manifest(self, task: str, reload: bool = False) -> dict:
         """``_task.json`` with ``parts`` (stem -> record) read from the table it names."""
+        if task in self._pinned:
+            return self._manifests[task]
         if reload or task not in self._manifests:
             for _ in range(5):
                 header = json.loads(storage.read_bytes(self._manifest_url(task), self.retry))

@@ -132,7 +132,8 @@ def load(engine, run_dir: str, tag: str, rank: int, world_size: int, parts: Dict
     folder = ckpt_root(run_dir) / tag
     marker = _read_marker(folder, world_size)
     saved = marker['parts']
-    if set(saved) != set(parts):
+    newer = {n for n in set(parts) - set(saved) if getattr(parts[n].obj, 'optional_in_older_checkpoints', False)}
+    if set(saved) != set(parts) - newer:
         raise ValueError(f'{folder} holds the parts {sorted(saved)}, this run registers {sorted(parts)} '
                          f'(missing: {sorted(set(parts) - set(saved))}, not registered: '
                          f'{sorted(set(saved) - set(parts))}): resume with the configuration that wrote it '
@@ -142,6 +143,9 @@ def load(engine, run_dir: str, tag: str, rank: int, world_size: int, parts: Dict
     if client_state is None:
         raise RuntimeError(f'{folder}: DeepSpeed could not load the checkpoint')
     for name, part in parts.items():
+        if name in newer:   # state this code added since the checkpoint was written, and that can start afresh
+            part.obj.on_missing(tag)
+            continue
         part.obj.load_state_dict(_read_part(folder, name, part.file_name(name, rank), part.obj.state_version))
     return client_state
 

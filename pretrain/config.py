@@ -50,6 +50,8 @@ class DataConfig:
     """training sources: [{name, url, weight}]"""
     label_store: Optional[str] = None
     """labels/{task}/... root; None: human labels from shard metadata"""
+    labels_refresh: bool = False
+    """at a resume, train on the store's labels as they are now (each changed task logged and recorded) instead of those the run started with"""
     image_size: int = 224
     """training and evaluation input size"""
     mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)

@@ -155,6 +155,7 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.corrupt_total = 0
+        self.label_pin = self._pin_labels()
         self.parts = self._register_parts()
         self._pending_norm = None   # (step, grad norm): checked at the next host sync
         self.stop_request = None    # a preemption.StopRequest the entry point installed, if any
@@ -169,7 +170,20 @@ class Trainer:
                      counters=Part(self, per_rank=True))
         if self.ema is not None:
             parts['ema'] = Part(ModuleWeights(self.ema.module), per_rank=False)
+        if self.label_pin is not None:
+            parts['labels'] = Part(self.label_pin, per_rank=False)
         return parts
+
+    def _pin_labels(self):
+        """The label manifests this run trains on, read once by rank 0 and handed to every rank."""
+        if not self.cfg.data.label_store:
+            return None
+        from .distributed import main_rank_decides
+        from .label_pin import LabelPin, describe, read_current
+        pinned = main_rank_decides(lambda: read_current(self.cfg.data.label_store, list(self.cfg.tasks),
+                                                        self.cfg.data.tasks_file))
+        log.info('labels: pinned for this run: %s', describe(pinned))
+        return LabelPin(self.loader.dataset.batch_transform, pinned, self.cfg.data.labels_refresh)
 
     def state_dict(self) -> dict:
         return dict(nonfinite_in_a_row=self.nonfinite_in_a_row, nonfinite_total=self.nonfinite_total,

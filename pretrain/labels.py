@@ -36,13 +36,27 @@ class LabelJoiner:
                  registry: Optional[TaskRegistry] = None):
         self.tasks, self.store_root, self.tasks_file, self.cache_shards = tasks, store_root, tasks_file, cache_shards
         self.shards, self.registry = shards, registry
+        self.pinned: Optional[Dict[str, dict]] = None
         self._store: Optional[LabelStore] = None
         self._cache: OrderedDict = OrderedDict()
 
+    def pin(self, pinned: Optional[Dict[str, dict]]) -> None:
+        """Join from these manifests only (``pretrain/label_pin.py``), never the store's newer ones."""
+        self.pinned, self._store = pinned, None
+        self._cache.clear()
+
+    def _open_store(self) -> None:
+        self._store = LabelStore(self.store_root, self.registry or TaskRegistry.from_json(self.tasks_file))
+        if self.pinned is not None:
+            from .label_pin import apply_pin
+            apply_pin(self._store, self.pinned)
+            self._store_tasks = [t for t in self.tasks if t in self.pinned]
+        else:
+            self._store_tasks = [t for t in self.tasks if self._store.has_task(t)]
+
     def _targets_of(self, stem: str) -> dict:
         if self._store is None:
-            self._store = LabelStore(self.store_root, self.registry or TaskRegistry.from_json(self.tasks_file))
-            self._store_tasks = [t for t in self.tasks if self._store.has_task(t)]
+            self._open_store()
         if stem not in self._cache:
             sha, samples = self.shards.get(stem, (None, None)) if self.shards is not None else (None, None)
             targets = self._store.shard_targets(stem, self._store_tasks, sha)

@@ -216,3 +216,57 @@ def test_ctrl_c_stops_with_one_line_and_no_traceback(tiny, tmp_path, free_port):
     assert proc.returncode == 130
     assert 'Traceback' not in out + err, err[-3000:]
     assert [line for line in err.splitlines() if line.strip()][-1].startswith('interrupted (Ctrl-C): stopped')
+
+
+def label_unl_shards(labels_root, tiny):
+    """What a labeling job or an import committing while a run trains does: labels for every 'unl' shard."""
+    from labeling.store import LabelStore, Row
+    from labeling.tasks import TaskRegistry
+    from shards.naming import shard_stem
+    from shards.stream import SourceSpec, resolve_source
+    store = LabelStore(str(labels_root), TaskRegistry.from_json(tiny['tasks_file']))
+    src = resolve_source(SourceSpec('unl', tiny['shards']))
+    for url, sha, n in zip(src.urls, src.sha256, src.listed):
+        stem = shard_stem(url.rsplit('/', 1)[1])
+        shard = int(stem.rsplit('-', 1)[1])
+        store.write_part('shape', stem, [Row(f'unl/{shard:06d}/{i:06d}', [i % 4], [1.0], 'human') for i in range(n)],
+                         'human', shard_sha256=sha)
+    store.refresh_manifest('shape')
+
+
+def plain_run(tiny, run_dir, labels, *extra):
+    return [sys.executable, 'pretrain/run.py', '--config', CONFIG,
+            *overrides(tiny, run_dir, f'data.label_store="{labels}"', 'log.every_steps=1', *extra)]
+
+
+def test_labels_committed_while_a_run_trains_do_not_change_it_and_a_resume_keeps_them(tiny, tmp_path, launch):
+    import shutil
+    for name in ('still', 'moving', 'resumed', 'refreshed'):
+        shutil.copytree(tiny['labels'], tmp_path / f'labels_{name}')
+    steps = ('schedule.max_steps=20', 'checkpoint.every_steps=100')   # two epochs and a half
+    launch(plain_run(tiny, tmp_path / 'still', tmp_path / 'labels_still', *steps))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}')
+    proc = subprocess.Popen(plain_run(tiny, tmp_path / 'moving', tmp_path / 'labels_moving', *steps), cwd=REPO_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(tmp_path / 'moving', 2, proc)
+    label_unl_shards(tmp_path / 'labels_moving', tiny)       # a job commits during the first epoch
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    still = metrics(tmp_path / 'still')
+    assert metrics(tmp_path / 'moving') == still
+    # a resume trains on the labels the run started with, not the store's newer ones ...
+    launch(plain_run(tiny, tmp_path / 'resumed', tmp_path / 'labels_resumed', 'schedule.max_steps=10',
+                     'checkpoint.every_steps=10'))
+    label_unl_shards(tmp_path / 'labels_resumed', tiny)
+    launch(plain_run(tiny, tmp_path / 'resumed', tmp_path / 'labels_resumed', *steps))
+    assert metrics(tmp_path / 'resumed') == still
+    # ... unless told to take them, which it says
+    launch(plain_run(tiny, tmp_path / 'refreshed', tmp_path / 'labels_refreshed', 'schedule.max_steps=10',
+                     'checkpoint.every_steps=10'))
+    label_unl_shards(tmp_path / 'labels_refreshed', tiny)
+    proc = launch(plain_run(tiny, tmp_path / 'refreshed', tmp_path / 'labels_refreshed', *steps,
+                            'data.labels_refresh=true'))
+    assert 'data.labels_refresh: task shape switches from' in proc.stdout + proc.stderr
+    refreshed = metrics(tmp_path / 'refreshed')
+    assert [refreshed[s] for s in range(1, 11)] == [still[s] for s in range(1, 11)]
+    assert [refreshed[s] for s in range(11, 21)] != [still[s] for s in range(11, 21)]
