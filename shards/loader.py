@@ -124,6 +124,15 @@ class ShardStream(IterableDataset):
         return {s: total.get(s, 0) for s in self.plan.sources}
 
 
+def content_digest(src) -> str:
+    """One hash of a source's shard names and their sha256 in the index: what a resume continues on."""
+    import hashlib
+    h = hashlib.sha256()
+    for url, sha in zip(src.urls, src.sha256):
+        h.update(f'{url.rsplit("/", 1)[1]}={sha}\n'.encode())
+    return h.hexdigest()[:16]
+
+
 STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1')
 
 
@@ -182,7 +191,8 @@ class ResumableLoader:
                     rank=d.rank, batch_size=d.cfg.batch_size, sources=list(d.plan.sources),
                     exclusions=d.exclusions.id if d.exclusions else None,
                     epoch=d.epoch, batches_in_epoch=self.batches_in_epoch,
-                    samples_per_source={s: self.per_source.get(s, 0) for s in d.plan.sources})
+                    samples_per_source={s: self.per_source.get(s, 0) for s in d.plan.sources},
+                    content={src.name: content_digest(src) for src in d.sources})
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` left off: same seed, batch size, sources, rank, world size and
@@ -198,6 +208,14 @@ class ResumableLoader:
         if state.get('exclusions') != ours:  # states from before exclusion lists have none
             raise ValueError(f'loader state was saved with exclusion list {state.get("exclusions")!r}, this run '
                              f'has {ours!r} (data.exclude): the samples, and so the position, differ')
+        for src in d.sources:   # states from before content digests have none
+            saved = state.get('content', {}).get(src.name)
+            if saved is not None and saved != content_digest(src):
+                raise ValueError(f'source {src.name!r}: its shards hold other bytes than when this checkpoint was '
+                                 f'written (content {saved} then, {content_digest(src)} now; same names and counts): '
+                                 'the source was rebuilt, so the position would continue on other images. Resume '
+                                 'on the shards it was written for, or start a new run from its weights '
+                                 '(init.checkpoint)')
         expected = d.expected_per_source(state['epoch'], state['batches_in_epoch'])
         if expected != state['samples_per_source']:
             raise ValueError(f'loader state counts {state["samples_per_source"]} samples per source, but the '

@@ -105,6 +105,22 @@ def test_changed_world_size_or_workers_is_an_error_naming_both(two_sources):
         loader(two_sources, workers=1).load_state_dict(state)
 
 
+def test_a_resume_on_shards_rebuilt_with_other_bytes_under_the_same_names_is_refused(two_sources, tmp_path):
+    import shutil
+    run = loader(two_sources)
+    next(iter(run))
+    state = run.state_dict()
+    loader(two_sources).load_state_dict(state)               # the same shards: fine
+    shutil.rmtree(two_sources)                                # rebuilt: same names and counts, other images
+    unl = [Item(str(write_image(tmp_path / 'u2' / f'{i}.jpg', 500 + i)), f'u{i:03d}') for i in range(30)]
+    lab = [Item(str(write_image(tmp_path / 'l' / f'{i}.jpg', i)), f'l{i:03d}', {'t': i % 3}) for i in range(40)]
+    build(lab, BuildOptions(two_sources, 'lab', samples_per_shard=6, progress=False))
+    build(unl, BuildOptions(two_sources, 'unl', samples_per_shard=4, progress=False))
+    with pytest.raises(ValueError, match=r"source 'unl': its shards hold other bytes than when this checkpoint was "
+                                         r"written .* the source was rebuilt"):
+        loader(two_sources).load_state_dict(state)
+
+
 def test_more_slots_than_shards_fails_at_start_or_shares_when_asked(two_sources):
     with pytest.raises(ValueError, match=r"source 'lab' has 7 shards for world size 4 x 2 workers = 8 slots"):
         loader(two_sources, world_size=4, workers=2)
