@@ -51,10 +51,11 @@ def _write_json_atomic(path: Path, doc: dict) -> None:
 
 
 def save(engine, run_dir: str, step: int, rank: int, world_size: int, parts: Dict[str, Part], keep: int,
-         client_state: Optional[dict] = None) -> str:
+         client_state: Optional[dict] = None, config: Optional[dict] = None) -> str:
     """Collective: every rank calls it. DeepSpeed writes the model, optimizer and scheduler; each
     registered part is written as ``{name}_rank{r}.pt`` (per rank) or ``{name}.pt`` (rank 0).
-    The marker, written last, lists the parts. Returns the tag."""
+    The marker, written last, lists the parts and holds the run's resolved ``config`` (what a
+    resume compares its own with). Returns the tag."""
     tag = f'step-{step}'
     root = ckpt_root(run_dir)
     try:
@@ -69,7 +70,7 @@ def save(engine, run_dir: str, step: int, rank: int, world_size: int, parts: Dic
     if rank == 0:
         listed = {name: dict(per_rank=part.per_rank, version=part.obj.state_version) for name, part in parts.items()}
         _write_json_atomic(root / tag / MARKER, dict(version=STATE_VERSION, step=step, world_size=world_size,
-                                                   parts=listed, time=time.time()))
+                                                   parts=listed, time=time.time(), config=config))
         _prune(root, keep)
     dist.barrier()
     return tag
@@ -148,6 +149,11 @@ def load(engine, run_dir: str, tag: str, rank: int, world_size: int, parts: Dict
             continue
         part.obj.load_state_dict(_read_part(folder, name, part.file_name(name, rank), part.obj.state_version))
     return client_state
+
+
+def saved_config(run_dir: str, tag: str) -> Optional[dict]:
+    """The resolved config a committed checkpoint was written with (None: written before markers held it)."""
+    return json.loads((ckpt_root(run_dir) / tag / MARKER).read_text()).get('config')
 
 
 def _read_marker(folder: Path, world_size: int) -> dict:

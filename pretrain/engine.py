@@ -142,6 +142,8 @@ class Trainer:
                                     cfg.schedule.min_lr_ratio)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, env.world_size))
+        # each group's base lr and weight decay as this run's config sets them (a resume restores the old ones)
+        self.configured_optim = [(g['initial_lr'], g['weight_decay']) for g in self.optimizer.param_groups]
         self.ema = None
         if cfg.train.ema_decay is not None:
             from timm.utils import ModelEmaV3
@@ -193,6 +195,19 @@ class Trainer:
         self.nonfinite_in_a_row = state['nonfinite_in_a_row']
         self.nonfinite_total = state['nonfinite_total']
         self.corrupt_total = state['corrupt_total']
+
+    def apply_configured_optim(self) -> None:
+        """After a resume: this run's optim.lr and optim.weight_decay in every group and in the schedule,
+        the schedule continuing at the restored step (a changed lr or schedule takes effect)."""
+        groups = self.optimizer.param_groups
+        for g, (lr, wd) in zip(groups, self.configured_optim):
+            g['initial_lr'], g['weight_decay'] = lr, wd
+        self.scheduler.base_lrs = [lr for lr, _ in self.configured_optim]
+        step = self.scheduler.last_epoch
+        lrs = [base * factor(step) for base, factor in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+        for g, lr in zip(groups, lrs):
+            g['lr'] = lr
+        self.scheduler._last_lr = lrs
 
     @property
     def step(self) -> int:

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 if __package__ in (None, ''):  # run as a script by a launcher: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,6 +27,7 @@ from pretrain.labels import (check_labels_match_shards, check_store_tasks, label
                              warn_unlabeled_sources)
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
 from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest  # noqa: E402
+from pretrain.resume_changes import check_resume_changes  # noqa: E402
 from shards.helpformat import HelpFormatter  # noqa: E402
 from shards.safe_files import UnsafeFileError  # noqa: E402
 from shards.stream import SourceSpec, resolve_source  # noqa: E402
@@ -73,7 +75,30 @@ class Pace:
 def resume(trainer, run_dir: str, tag: str) -> None:
     env = trainer.env
     checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size, trainer.parts)
+    trainer.apply_configured_optim()   # the checkpoint restored the lr and weight decay it was written with
     log.info('resumed from %s at step %d', tag, trainer.step)
+
+
+def check_resume(cfg: RunConfig, run_dir: str, tag: Optional[str]) -> None:
+    """A resume may change how the run is steered, never what it is (``resume_changes.py``)."""
+    if tag is None:
+        return
+    saved = checkpoint.saved_config(run_dir, tag)
+    if saved is None:
+        log.warning('%s was written before checkpoints recorded their config: changed settings cannot be checked', tag)
+        return
+    for line in check_resume_changes(saved, to_dict(cfg), tag):
+        log.info('resume: %s (takes effect from %s on)', line, tag)
+
+
+def already_complete(trainer, run_dir: str, tag: Optional[str]) -> Optional[dict]:
+    """The result of a run that already ran to its end: rerunning it changes nothing."""
+    if tag is None or checkpoint.step_of(tag) < trainer.total_steps:
+        return None
+    result = Path(run_dir) / 'result.json'
+    log.info('%s is already complete at %s (of %d steps); nothing to do (raise schedule.max_steps or schedule.epochs '
+             'to train longer)', run_dir, tag, trainer.total_steps)
+    return json.loads(result.read_text()) if result.is_file() else dict(step=checkpoint.step_of(tag))
 
 
 def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None) -> dict:
@@ -127,7 +152,7 @@ def _evaluate(trainer, cfg: RunConfig, metrics: MetricsWriter, step: int) -> dic
 def _save(trainer, cfg: RunConfig, run_dir: str) -> None:
     trainer.sync_running_stats()  # one set of BN statistics in every rank's copy
     checkpoint.save(trainer.engine, run_dir, trainer.step, trainer.env.rank, trainer.env.world_size,
-                    trainer.parts, cfg.checkpoint.keep, client_state=dict(config=to_dict(cfg)))
+                    trainer.parts, cfg.checkpoint.keep, client_state=dict(config=to_dict(cfg)), config=to_dict(cfg))
     log.info('checkpoint step-%d written to %s', trainer.step, checkpoint.ckpt_root(run_dir))
 
 
@@ -173,11 +198,16 @@ def train(args, check=None) -> dict:
     if env.is_main:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         log_to_file(run_dir)
-        (Path(run_dir) / 'config.json').write_text(json.dumps(to_dict(cfg), indent=2))
+    tag = checkpoint.resume_tag(run_dir, cfg.checkpoint.resume)
+    check_resume(cfg, run_dir, tag)
     from pretrain.engine import Trainer
     trainer = Trainer(cfg, env, device)
+    done = already_complete(trainer, run_dir, tag)
+    if done is not None:
+        return done
+    if env.is_main:   # what runs: written once the resume's changes are accepted
+        (Path(run_dir) / 'config.json').write_text(json.dumps(to_dict(cfg), indent=2))
     trainer.stop_request = StopRequest().install(cfg.checkpoint.preempt_signals)
-    tag = checkpoint.resume_tag(run_dir, cfg.checkpoint.resume)
     if env.is_main:
         _announce(trainer, cfg, tag, coverage)
     metrics = MetricsWriter(run_dir, enabled=env.is_main, tensorboard=cfg.log.tensorboard,

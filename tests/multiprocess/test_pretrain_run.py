@@ -270,3 +270,38 @@ def test_labels_committed_while_a_run_trains_do_not_change_it_and_a_resume_keeps
     refreshed = metrics(tmp_path / 'refreshed')
     assert [refreshed[s] for s in range(1, 11)] == [still[s] for s in range(1, 11)]
     assert [refreshed[s] for s in range(11, 21)] != [still[s] for s in range(11, 21)]
+
+
+def lrs(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / 'metrics.jsonl').read_text().splitlines()]
+    return {r['step']: r['lr'] for r in rows if 'lr' in r}
+
+
+def test_a_resume_applies_a_new_lr_and_refuses_a_changed_model_and_a_finished_run_changes_nothing(
+        tiny, tmp_path, launch):
+    from pretrain.schedule import lr_factor
+    run_dir = tmp_path / 'run'
+    launch(plain_run(tiny, run_dir, tiny['labels'], 'schedule.max_steps=4', 'checkpoint.every_steps=4'))
+    proc = launch(plain_run(tiny, run_dir, tiny['labels'], 'schedule.max_steps=8', 'checkpoint.every_steps=4',
+                            'optim.lr=0.0001', 'optim.weight_decay=0.5'))
+    said = proc.stdout + proc.stderr
+    assert 'resume: optim.lr: 0.002 -> 0.0001' in said and 'resume: optim.weight_decay: 0.05 -> 0.5' in said
+    warmup = 8   # schedule.warmup_epochs=1 of 8 steps per epoch
+    assert lrs(run_dir)[5] == pytest.approx(0.0001 * lr_factor(5, 8, warmup))      # was 0.002 * ...
+    assert json.loads((run_dir / 'config.json').read_text())['optim']['lr'] == 0.0001   # what ran
+    # what defines the run cannot change under a resume
+    env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}')
+    refused = subprocess.run(plain_run(tiny, run_dir, tiny['labels'], 'schedule.max_steps=12', 'optim.lr=0.0001',
+                                       'optim.weight_decay=0.5', 'checkpoint.every_steps=4',
+                                       'model.kwargs={"kernel_sizes": [7, 5], "depths": [1, 1], "channels": [16, 48], '
+                                       '"small_kernel": 3}', 'train.micro_batch=4'),
+                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert ('error: resuming step-8 with settings that define the run changed (2): '
+            'model.kwargs.channels: [16, 32] -> [16, 48]; train.micro_batch: 8 -> 4.') in refused.stderr
+    # rerunning the finished run: it says so, and nothing is rewritten
+    before = {n: (run_dir / n).read_text() for n in ('result.json', 'metrics.jsonl', 'config.json')}
+    again = launch(plain_run(tiny, run_dir, tiny['labels'], 'schedule.max_steps=8', 'checkpoint.every_steps=4',
+                             'optim.lr=0.0001', 'optim.weight_decay=0.5'))
+    assert 'is already complete at step-8' in again.stdout + again.stderr
+    assert {n: (run_dir / n).read_text() for n in before} == before
