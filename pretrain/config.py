@@ -184,6 +184,8 @@ class CheckpointConfig:
     """newest committed checkpoints kept"""
     resume: Literal['auto', 'must', 'never'] = 'auto'
     """auto: from the newest committed checkpoint if any; must: fail without one; never: start fresh"""
+    lease_timeout_s: float = 300.0
+    """a run folder's lease whose heartbeat is older than this belonged to a dead trainer and is taken over"""
     preempt_signals: List[str] = field(default_factory=lambda: ['SIGTERM', 'SIGUSR1'])
     """on any of these signals every rank checkpoints at the next step and the run exits with code 75; []: the default action"""
 

@@ -161,6 +161,7 @@ class Trainer:
         self.parts = self._register_parts()
         self._pending_norm = None   # (step, grad norm): checked at the next host sync
         self.stop_request = None    # a preemption.StopRequest the entry point installed, if any
+        self.lease = None           # the run folder's lease (rank 0), when the entry point took one
         self.stop_agreed = False    # every rank saw a stop request: checkpoint at the next step, then stop
 
     # --- checkpointed state: registered once, walked by pretrain.checkpoint ------------------

@@ -28,6 +28,7 @@ from pretrain.labels import (check_labels_match_shards, check_store_tasks, label
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
 from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest  # noqa: E402
 from pretrain.resume_changes import check_resume_changes  # noqa: E402
+from pretrain.run_lease import check_still_owned, own_run_folder  # noqa: E402
 from shards.helpformat import HelpFormatter  # noqa: E402
 from shards.safe_files import UnsafeFileError  # noqa: E402
 from shards.stream import SourceSpec, resolve_source  # noqa: E402
@@ -150,6 +151,7 @@ def _evaluate(trainer, cfg: RunConfig, metrics: MetricsWriter, step: int) -> dic
 
 
 def _save(trainer, cfg: RunConfig, run_dir: str) -> None:
+    check_still_owned(trainer.lease)  # never two writers, even when this trainer was thought dead
     trainer.sync_running_stats()  # one set of BN statistics in every rank's copy
     checkpoint.save(trainer.engine, run_dir, trainer.step, trainer.env.rank, trainer.env.world_size,
                     trainer.parts, cfg.checkpoint.keep, client_state=dict(config=to_dict(cfg)), config=to_dict(cfg))
@@ -194,6 +196,15 @@ def train(args, check=None) -> dict:
     check_labels_match_shards(cfg.data.label_store, cfg.tasks, [resolve_source(s) for s in specs], cfg.data.tasks_file)
     coverage = label_coverage(specs, list(cfg.tasks), cfg.data.label_store,
                               cfg.data.tasks_file)  # every rank: it may refuse the store
+    lease = own_run_folder(cfg.checkpoint.dir, cfg.checkpoint.lease_timeout_s)   # one trainer per run folder
+    try:
+        return run_in_folder(cfg, env, device, coverage, lease)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def run_in_folder(cfg: RunConfig, env, device, coverage: dict, lease) -> dict:
     run_dir = cfg.checkpoint.dir
     if env.is_main:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -202,6 +213,7 @@ def train(args, check=None) -> dict:
     check_resume(cfg, run_dir, tag)
     from pretrain.engine import Trainer
     trainer = Trainer(cfg, env, device)
+    trainer.lease = lease
     done = already_complete(trainer, run_dir, tag)
     if done is not None:
         return done
