@@ -268,6 +268,13 @@ class Trainer:
         metrics['corrupt_samples'] = self.corrupt_total  # replaced undecodable samples seen by this rank
         return metrics
 
+    def corrupt_samples_all_ranks(self) -> int:
+        """Replaced undecodable samples summed over every rank (a logging step's collective)."""
+        total = torch.tensor([float(self.corrupt_total)], device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        return int(total.item())
+
     def learning_rates(self) -> Dict[str, float]:
         """``lr``: the base lr (the head's, under layer decay); ``lr/<group>``: each decayed group's."""
         lrs = self.scheduler.get_last_lr()

@@ -121,6 +121,7 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None)
             last = out
             if step % cfg.log.every_steps == 0 or step == trainer.total_steps:
                 last = materialize(out)  # the host sync of a logging step
+                last['corrupt_samples'] = trainer.corrupt_samples_all_ranks()
                 rates = pace.report(step, trainer.total_steps)
                 log.info(step_line(step, trainer.total_steps, trainer.loader.epoch, last, **rates))
                 metrics.write(step, dict(last, epoch=trainer.loader.epoch, **rates))

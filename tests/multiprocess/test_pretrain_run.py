@@ -330,3 +330,19 @@ def test_a_second_trainer_on_a_run_folder_is_refused_and_a_dead_ones_lease_is_ta
     assert f'taking over the lease of host {os.uname().nodename} pid {first.pid}' in third.stdout + third.stderr
     assert f'resumed from step-{committed}' in third.stdout
     assert not (run_dir / 'LEASE').exists()   # released at the end
+
+
+def test_corrupt_samples_in_the_metrics_are_summed_over_every_rank(tiny, tmp_path, free_port, launch):
+    import shutil
+    from helpers import rewrite_tar_member
+    shards = tmp_path / 'shards'
+    shutil.copytree(tiny['shards'], shards)
+    for shard in range(4):   # the first image of every unlabeled shard: 4 of the epoch's 64 samples
+        rewrite_tar_member(shards / f'unl-{shard:06d}.tar', f'unl/{shard:06d}/000000.jpg', b'not a jpeg')
+    run_dir = tmp_path / 'run'
+    args = overrides(dict(tiny, shards=str(shards)), run_dir, 'schedule.max_steps=4', 'data.max_corrupt_fraction=0.5')
+    launch(torchrun(free_port, *args))
+    rows = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['corrupt_samples'] for r in rows if r.get('step') == 4 and 'corrupt_samples' in r] == [4]
+    assert json.loads((run_dir / 'result.json').read_text())['corrupt_samples'] == 4
+
