@@ -78,10 +78,30 @@ def exported_model(file, args):
     ``--task NAME=N`` may name the labels of the evaluation data differently."""
     from .export import TaskOutput, load_export
 
+    meta = json.loads(Path(file).with_name('config.json').read_text())
+    check_export_arguments(args, meta)
     model, meta = load_export(file)
     task = args.task[0].split('=')[0] if args.task else meta['task']
     transform = eval_transform_config(args, DataConfig(), meta['pretrained_cfg'], from_run=False)
     return TaskOutput(model, task), eval_spec(args, {task: meta['num_classes']}, transform, None)
+
+
+def check_export_arguments(args, meta: dict) -> None:
+    """An export names its own architecture and head: a --model, --model-kwargs or --task class
+    count that disagrees with it is an error, never silently ignored."""
+    if args.model and args.model != meta['architecture']:
+        raise ValueError(f'--model {args.model}: the export is a {meta["architecture"]} (its config.json); drop '
+                         '--model, an export names its own architecture')
+    if args.model_kwargs:
+        raise ValueError('--model-kwargs: an export records its own model arguments (its config.json); drop it')
+    if args.task:
+        if len(args.task) > 1:
+            raise ValueError(f'--task given {len(args.task)} times: an export has one head ({meta["task"]})')
+        classes = parse_tasks(args.task)
+        name, n = next(iter(classes.items()))
+        if n != meta['num_classes']:
+            raise ValueError(f'--task {name}={n}: the export\'s head ({meta["task"]}) has {meta["num_classes"]} '
+                             f'classes; use --task {name}={meta["num_classes"]} (or drop --task)')
 
 
 def weights_model(args):

@@ -90,3 +90,15 @@ def test_evaluate_refuses_model_arguments_that_a_run_folder_would_override(tmp_p
     (tmp_path / 'run' / 'config.json').write_text(json.dumps({'tasks': {'a': {'num_classes': 2}}}))
     with pytest.raises(SystemExit, match='a run folder names its own model and tasks'):
         evaluate(['--checkpoint', str(tmp_path / 'run'), '--data', 'v=/x', '--model', 'replknet_xl', '--task', 'a=2'])
+
+
+@pytest.mark.parametrize('extra,said', [
+    (['--model', 'replknet_13'], '--model replknet_13: the export is a replknet_31b'),
+    (['--task', 'pets=3'], "--task pets=3: the export's head (pets) has 2 classes; use --task pets=2"),
+    (['--model-kwargs', '{"depths": [2, 2]}'], '--model-kwargs: an export records its own model arguments'),
+])
+def test_evaluate_refuses_arguments_an_export_contradicts_instead_of_ignoring_them(exported, extra, said):
+    from pretrain.evaluate import main as evaluate
+    file = exported[0]
+    with pytest.raises(SystemExit, match=said.replace('(', r'\(').replace(')', r'\)')):
+        evaluate(['--checkpoint', str(file), '--data', 'val=/nowhere', '--workers', '0', *extra])
