@@ -82,6 +82,10 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a lost mount): what the user must fix, said in one line."""
+
+
 def _write_failure(root: Path, tag: str, exc: Exception) -> Exception:
     """A failed checkpoint write, said plainly: torch reports a full disk as
     ``[enforce fail at inline_container.cc] . unexpected pos``."""
@@ -97,7 +101,7 @@ def _write_failure(root: Path, tag: str, exc: Exception) -> Exception:
     intact = (f'the previous checkpoint {previous[-1]} is intact (it resumes from there)' if previous
               else 'no earlier checkpoint exists')
     what = f'no space left on {root}' if full else f'{type(exc).__name__}: {exc}'
-    return OSError(f'writing checkpoint {tag} failed: {what}; {intact}. Free space or move checkpoint.dir, '
+    return CheckpointWriteError(f'writing checkpoint {tag} failed: {what}; {intact}. Free space or move checkpoint.dir, '
                    'then relaunch')
 
 

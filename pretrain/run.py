@@ -37,7 +37,8 @@ log = logging.getLogger('pretrain')
 
 
 # What a user can act on: one line naming the fault, the traceback only in the run's train.log.
-USER_ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError, FloatingPointError, UnsafeFileError)
+USER_ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError, FloatingPointError, UnsafeFileError,
+               checkpoint.CheckpointWriteError)
 
 
 def parse_args(argv=None, doc: str = __doc__) -> argparse.Namespace:

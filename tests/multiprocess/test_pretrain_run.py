@@ -346,3 +346,29 @@ def test_corrupt_samples_in_the_metrics_are_summed_over_every_rank(tiny, tmp_pat
     assert [r['corrupt_samples'] for r in rows if r.get('step') == 4 and 'corrupt_samples' in r] == [4]
     assert json.loads((run_dir / 'result.json').read_text())['corrupt_samples'] == 4
 
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1.2 MB filesystem (tmpfs; needs root): room for two checkpoints of the tiny model."""
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1200k', 'tmpfs', str(disk)], capture_output=True).returncode:
+        pytest.skip('mounting a tmpfs needs root')
+    yield disk
+    subprocess.run(['umount', '-l', str(disk)])
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_intact_checkpoint(tiny, tmp_path, small_disk):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}')
+    run_dir = small_disk / 'run'
+    proc = subprocess.run(plain_run(tiny, run_dir, tiny['labels'], 'schedule.max_steps=20', 'checkpoint.every_steps=1',
+                                    'checkpoint.keep=20'), cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    committed = sorted(int(p.name.split('-')[1]) for p in (run_dir / 'ckpt').glob('step-*') if (p / 'COMMITTED').exists())
+    assert committed
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and 'Warning' not in line]
+    assert lines[-1].startswith(f'error: writing checkpoint step-{committed[-1] + 1} failed: no space left on ')
+    assert f'the previous checkpoint step-{committed[-1]} is intact' in lines[-1]
+    assert 'Traceback' not in proc.stderr
