@@ -145,7 +145,8 @@ def write_shard(job: dict) -> dict:
     hashes: List[SampleHash] = []
     fd, tmp = tempfile.mkstemp(prefix=f'{TEMP_PREFIX}{os.getpid()}-', suffix='.tar')
     try:
-        with os.fdopen(fd, 'wb') as f, tarfile.open(fileobj=f, mode='w', format=tarfile.USTAR_FORMAT) as tar:
+        with storage.local_write(tmp, f'{tmp} (the temporary copy of {entry.name}: set TMPDIR to a larger disk)'), \
+                os.fdopen(fd, 'wb') as f, tarfile.open(fileobj=f, mode='w', format=tarfile.USTAR_FORMAT) as tar:
             for pos, it in enumerate(items):
                 try:
                     with open(it.path, 'rb') as img_file:
@@ -169,7 +170,8 @@ def write_shard(job: dict) -> dict:
         entry.bytes, entry.sha256, entry.tasks = os.path.getsize(tmp), digest.hexdigest(), tasks
         storage.put_file_atomic(tmp, storage.join(opts.prefix, entry.name), opts.retry)
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):   # local_write removed it already
+            os.unlink(tmp)
     return dict(entry=asdict(entry), hashes=hashes)
 
 

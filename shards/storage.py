@@ -5,7 +5,9 @@ S3 endpoints and credentials come from the standard AWS environment variables
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import random
@@ -30,6 +32,25 @@ CREDENTIAL_ERRORS = ('NoCredentialsError', 'PartialCredentialsError', 'Credentia
 
 class StorageError(RuntimeError):
     """Storage stayed unreachable for the whole retry budget."""
+
+
+class NoSpace(StorageError):
+    """A local or shared disk is full: no retry helps, freeing space does."""
+
+
+@contextlib.contextmanager
+def local_write(staged: str, url: str):
+    """Writing ``staged`` on the way to ``url``: a failure removes the partial file, and a full disk
+    is one error naming where (finished work is kept; a rerun writes only what is missing)."""
+    try:
+        yield
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(staged)
+        if exc.errno == errno.ENOSPC:
+            raise NoSpace(f'no space left on the disk holding {url}: free space (or point the output elsewhere) '
+                          'and rerun; what was finished is kept') from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -180,8 +201,9 @@ def open_read(url: str, policy: RetryPolicy = DEFAULT_RETRY):
 
 def write_bytes_atomic(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY) -> None:
     """Readers see the old object or the whole new one, never a part."""
-    with tempfile.NamedTemporaryFile(delete=False) as tmp:
+    with tempfile.NamedTemporaryFile(delete=False) as tmp, local_write(tmp.name, tmp.name):
         tmp.write(data)
+        tmp.flush()   # a full disk shows here, inside local_write, not when the file closes
     try:
         put_file_atomic(tmp.name, url, policy)
     finally:
@@ -195,7 +217,7 @@ def put_file_atomic(local_path: str, url: str, policy: RetryPolicy = DEFAULT_RET
     if is_local(url):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         staged = f'{path}.tmp-{os.getpid()}'
-        with open(local_path, 'rb') as src, open(staged, 'wb') as dst:
+        with local_write(staged, url), open(local_path, 'rb') as src, open(staged, 'wb') as dst:
             while chunk := src.read(16 << 20):
                 dst.write(chunk)
             dst.flush()
@@ -216,7 +238,7 @@ def create_exclusive(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY)
     if is_local(url):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         staged = f'{path}.tmp-{os.getpid()}-{random.getrandbits(32):08x}'
-        with open(staged, 'wb') as f:
+        with local_write(staged, url), open(staged, 'wb') as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
