@@ -28,6 +28,10 @@ def launcher_slot(environ=os.environ) -> tuple:
     return rank, world, local
 
 
+def retry_policy(args) -> storage.RetryPolicy:
+    return storage.RetryPolicy(budget_s=args.retry_budget)
+
+
 def _run(args) -> int:
     from .config import load_job_config
     from .job import run_job
@@ -42,7 +46,7 @@ def _run(args) -> int:
         torch.device('cuda', local) if torch.cuda.is_available() else torch.device('cpu'))
     if device.type == 'cuda':
         torch.cuda.set_device(device)  # else every process opens a context (and allocates) on GPU 0
-    summary = run_job(cfg, job_index, num_jobs, device, progress=not args.no_progress)
+    summary = run_job(cfg, job_index, num_jobs, device, progress=not args.no_progress, retry=retry_policy(args))
     print(json.dumps(summary))
     return 0
 
@@ -50,7 +54,7 @@ def _run(args) -> int:
 def _import_human(args) -> int:
     from .human import import_human
 
-    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file))
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args))
     written = import_human(store, args.shards, args.task)
     for task, n in written.items():
         print(f'{task}: {n} human labels imported')
@@ -58,7 +62,7 @@ def _import_human(args) -> int:
 
 
 def _commit(args) -> int:
-    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file))
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args))
     for task in args.task:
         manifest = store.refresh_manifest(task)
         print(f'{task}: {len(manifest["parts"])} parts listed in _task.json')
@@ -66,7 +70,7 @@ def _commit(args) -> int:
 
 
 def _validate(args) -> int:
-    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file))
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args))
     faults = [f for task in args.task for f in store.validate(task, args.shards)]
     for f in faults:
         print(f'FAULT {f}')
@@ -81,7 +85,7 @@ def _report(args) -> int:
     if args.shards:
         from shards.index import ShardIndex
         totals = {src: t['samples'] for src, t in ShardIndex.load(args.shards).totals().items()}
-    summary = write_report(LabelStore(args.store, TaskRegistry.from_json(args.tasks_file)), args.task, args.out,
+    summary = write_report(LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args)), args.task, args.out,
                            totals)
     print(json.dumps(summary, indent=1))
     return 0
@@ -96,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument('--num-jobs', type=int, default=1)
     r.add_argument('--device', help='default: cuda:LOCAL_RANK when there is a GPU, else cpu')
     r.add_argument('--no-progress', action='store_true')
+    r.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     r.add_argument('--local_rank', '--local-rank', type=int, default=None, help='set by the deepspeed launcher')
     r.set_defaults(func=_run)
     for name, func, text in (('import-human', _import_human, 'human labels from the shards\' metadata'),
@@ -106,6 +111,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument('--store', required=True, help='label store root')
         s.add_argument('--task', required=True, nargs='+')
         s.add_argument('--tasks-file', help='JSON with user tasks')
+        s.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
         if name == 'import-human':
             s.add_argument('--shards', required=True, help='shard prefix holding the shard index (_index/)')
         if name == 'validate':

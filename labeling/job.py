@@ -151,17 +151,17 @@ def label_batch(labeler: Labeler, batch: dict) -> Tuple[List[Row], List[str]]:
 
 
 def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch.device = torch.device('cpu'),
-            progress: bool = True) -> dict:
+            progress: bool = True, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> dict:
     """Label every not-yet-committed shard assigned to this job; returns a summary."""
     registry = TaskRegistry.from_json(cfg.tasks_file)
     task = registry.get(cfg.task)
-    sources: List[ResolvedSource] = [resolve_source(s) for s in cfg.sources]
+    sources: List[ResolvedSource] = [resolve_source(s, retry) for s in cfg.sources]
     shard_urls = {shard_stem(url.rsplit('/', 1)[1]): (url, n)
                   for src in sources for url, n in zip(src.urls, src.counts)}
     content = {shard_stem(url.rsplit('/', 1)[1]): sha for src in sources for url, sha in zip(src.urls, src.sha256)}
     mine = assign_shards(list(shard_urls), job_index, num_jobs)
     ensemble = Ensemble([load_teacher(t, task.num_classes, task.class_names) for t in cfg.teachers])
-    store = LabelStore(cfg.store, registry)
+    store = LabelStore(cfg.store, registry, retry)
     identity = dict(teachers=ensemble.identity(), topk=cfg.topk)
     store.open_task(cfg.task, teacher=identity, topk=cfg.topk)
     done = {s for s, r in store.commit_records(cfg.task).items() if s in content

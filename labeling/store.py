@@ -449,10 +449,10 @@ class LabelStore:
         return faults
 
     def orphans(self, task: str) -> List[str]:
-        """Part files no commit record names (a racing or killed job's leftovers)."""
+        """Part files no commit record names, and unfinished writes (a racing or killed job's leftovers)."""
         named = {r['file'] for r in self.commit_records(task).values()}
         return [n for n in storage.list_names(self._task_dir(task), self.retry)
-                if n.endswith('.parquet') and n not in named]
+                if (n.endswith('.parquet') and n not in named) or '.parquet.tmp-' in n]
 
     def validate(self, task: str, shards: Optional[str] = None) -> List[str]:
         """All faults of one task: unreadable or invalid parts, uncommitted records, orphans; with

@@ -13,6 +13,7 @@ import torch
 from labeling.commits import LabelError
 from labeling.store import LabelStore, check_content
 from labeling.tasks import TaskRegistry
+from shards import storage
 from shards.naming import shard_stem, shard_stem_of_key
 from shards.stream import ResolvedSource
 
@@ -141,6 +142,9 @@ def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks
     store = LabelStore(store_root, TaskRegistry.from_json(tasks_file))
     present = [name for name in tasks if store.has_task(name)]
     if not present:
+        missing = storage.missing_bucket(store_root)
+        if missing is not None:
+            raise missing
         raise ValueError(f'data.label_store={store_root}: no label store there (no labels/<task>/_task.json for '
                          f'any of {sorted(tasks)}); check the path, or remove data.label_store to train on the '
                          "shards' human labels only")

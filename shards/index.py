@@ -262,6 +262,9 @@ class ShardIndex:
                 index.builds[source] = info
                 index.missing[source] = planned_but_missing(source, entries, info)
         if not index.shards and not missing_ok:
+            missing = storage.missing_bucket(prefix)
+            if missing is not None:
+                raise missing
             raise IndexError_(f'no shard index under {prefix} ({INDEX_DIR}/ or {INDEX_NAME}): '
                               f'no shards were ever completed there')
         return index

@@ -38,6 +38,34 @@ class NoSpace(StorageError):
     """A local or shared disk is full: no retry helps, freeing space does."""
 
 
+def missing_bucket(url: str) -> Optional[FileNotFoundError]:
+    """For an S3 URL whose bucket does not exist, the error that says so (asked only after a read
+    found nothing or a write was refused: servers answer both for a missing bucket too)."""
+    if not url.startswith('s3://'):
+        return None
+    bucket = url[len('s3://'):].split('/', 1)[0]
+    fs, _ = filesystem(url)
+    try:
+        if fs.exists(bucket):
+            return None
+    except Exception:  # noqa: BLE001  no answer is no evidence: keep the original error
+        return None
+    where = os.environ.get('AWS_ENDPOINT_URL') or 'AWS'
+    return FileNotFoundError(f'{url}: the bucket {bucket!r} does not exist on {where}; create it or fix the URL')
+
+
+@contextlib.contextmanager
+def s3_write(url: str):
+    """A refused S3 write into a bucket that does not exist says that, at once."""
+    try:
+        yield
+    except (PermissionError, StorageError) as exc:
+        missing = missing_bucket(url)
+        if missing is not None:
+            raise missing from exc
+        raise
+
+
 @contextlib.contextmanager
 def local_write(staged: str, url: str):
     """Writing ``staged`` on the way to ``url``: a failure removes the partial file, and a full disk
@@ -225,7 +253,8 @@ def put_file_atomic(local_path: str, url: str, policy: RetryPolicy = DEFAULT_RET
         os.replace(staged, path)
     else:
         # An S3 object (single or multipart upload) becomes visible only once complete.
-        with_retries(lambda: fs.put_file(local_path, path), f'uploading {url}', policy)
+        with s3_write(url):
+            with_retries(lambda: fs.put_file(local_path, path), f'uploading {url}', policy)
 
 
 def create_exclusive(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY) -> bool:
@@ -262,7 +291,8 @@ def create_exclusive(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY)
             if 'pre-condition' in str(exc).lower() or 'PreconditionFailed' in str(exc) or '412' in str(exc):
                 return False
             raise
-    return with_retries(put, f'creating {url}', policy)
+    with s3_write(url):
+        return with_retries(put, f'creating {url}', policy)
 
 
 def remove(url: str, policy: RetryPolicy = DEFAULT_RETRY) -> None:

@@ -108,6 +108,9 @@ def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
         listed, plan = load_source_and_plan(prefix, spec.name, retry)
         entries = [listed[n] for n in sorted(listed)]
         if not entries:
+            missing = storage.missing_bucket(prefix)
+            if missing is not None:
+                raise missing
             raise ValueError(f'source {spec.name!r}: no shards of that source in the index under {prefix} '
                              f'({INDEX_DIR}/{spec.name}/)')
         check_whole(spec, listed, plan)
