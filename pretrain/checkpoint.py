@@ -58,22 +58,74 @@ def save(engine, run_dir: str, step: int, rank: int, world_size: int, parts: Dic
     resume compares its own with). Returns the tag."""
     tag = f'step-{step}'
     root = ckpt_root(run_dir)
-    try:
+
+    def write_parts():
         engine.save_checkpoint(str(root), tag=tag, client_state=client_state or {}, save_latest=False)
         for name, part in parts.items():
             if part.per_rank or rank == 0:
                 _save_atomic(dict(version=part.obj.state_version, state=part.obj.state_dict()),
                              root / tag / part.file_name(name, rank))
-    except (OSError, RuntimeError) as exc:
-        raise _write_failure(root, tag, exc) from exc
-    dist.barrier()
-    if rank == 0:
-        listed = {name: dict(per_rank=part.per_rank, version=part.obj.state_version) for name, part in parts.items()}
-        _write_json_atomic(root / tag / MARKER, dict(version=STATE_VERSION, step=step, world_size=world_size,
-                                                   parts=listed, time=time.time(), config=config))
-        _prune(root, keep)
-    dist.barrier()
+
+    def write_marker():
+        if rank == 0:
+            listed = {name: dict(per_rank=part.per_rank, version=part.obj.state_version) for name, part in parts.items()}
+            _write_json_atomic(root / tag / MARKER, dict(version=STATE_VERSION, step=step, world_size=world_size,
+                                                       parts=listed, time=time.time(), config=config))
+            _prune(root, keep)
+    _check_room(engine, root, tag)
+    for phase in (write_parts, write_marker):
+        _on_every_rank(phase, root, tag)
     return tag
+
+
+def _check_room(engine, root: Path, tag: str) -> None:
+    """Refuse a save the disk cannot hold, on every rank, before any rank starts writing: DeepSpeed's
+    own save is collective, and a rank that fails inside it would leave the others waiting there."""
+    need = _expected_bytes(engine, root)
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if _any_rank(free < need):
+        previous = committed_tags(str(root.parent))
+        intact = f'the previous checkpoint {previous[-1]} is intact' if previous else 'no earlier checkpoint exists'
+        raise CheckpointWriteError(f'writing checkpoint {tag} failed: no space left on {root} (about {need >> 20} MB '
+                                   f'needed, {free >> 20} MB free on some rank); {intact}. Free space or move '
+                                   'checkpoint.dir, then relaunch')
+
+
+def _expected_bytes(engine, root: Path) -> int:
+    """What a checkpoint takes: the newest committed one's size, else the fp32 weights and two
+    optimizer moments (with room to spare either way)."""
+    previous = committed_tags(str(root.parent))
+    if previous:
+        folder = root / previous[-1]
+        return int(1.2 * sum(f.stat().st_size for f in folder.rglob('*') if f.is_file()))
+    module = getattr(engine, 'module', None)
+    params = sum(p.numel() for p in module.parameters()) if module is not None else 0
+    return int(1.2 * 12 * params)
+
+
+def _on_every_rank(phase, root: Path, tag: str) -> None:
+    """Run one phase of a save; if it failed on any rank, every rank raises (none waits forever at
+    the next barrier for a rank that gave up)."""
+    failure = None
+    try:
+        phase()
+    except (OSError, RuntimeError) as exc:
+        failure = _write_failure(root, tag, exc)
+        failure.__cause__ = exc
+    if _any_rank(failure is not None):
+        raise failure or CheckpointWriteError(f'writing checkpoint {tag} failed on another rank (its error is in its '
+                                              'log); the previous checkpoint is intact')
+
+
+def _any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank (a barrier too)."""
+    if not dist.is_initialized():
+        return flag
+    device = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    mine = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+    return bool(mine.item())
 
 
 def _save_atomic(obj, path: Path) -> None:

@@ -18,13 +18,14 @@ from shards.naming import shard_stem, shard_stem_of_key
 from shards.stream import ResolvedSource
 
 
-ShardFacts = Dict[str, Tuple[str, int]]   # shard stem -> (its sha256 in the index, its samples there)
+ShardFacts = Dict[str, Tuple[str, int]]   # shard stem -> (its sha256 in the index, the positions its keys index)
 
 
 def shard_facts(sources: Sequence[ResolvedSource]) -> ShardFacts:
-    """What the join checks a shard's labels against: the content and size the index lists."""
+    """What the join checks a shard's labels against: the content the index lists, and how many
+    build positions its keys can name (a skipped input keeps its position: keys are not contiguous)."""
     return {shard_stem(url.rsplit('/', 1)[1]): (sha, n)
-            for src in sources for url, sha, n in zip(src.urls, src.sha256, src.listed)}
+            for src in sources for url, sha, n in zip(src.urls, src.sha256, src.positions)}
 
 
 class LabelJoiner:
@@ -59,10 +60,10 @@ class LabelJoiner:
         if self._store is None:
             self._open_store()
         if stem not in self._cache:
-            sha, samples = self.shards.get(stem, (None, None)) if self.shards is not None else (None, None)
+            sha, positions = self.shards.get(stem, (None, None)) if self.shards is not None else (None, None)
             targets = self._store.shard_targets(stem, self._store_tasks, sha)
-            if samples is not None:
-                check_keys_within(targets, stem, samples)
+            if positions is not None:
+                check_keys_within(targets, stem, positions)
             self._cache[stem] = targets
             if len(self._cache) > self.cache_shards:
                 self._cache.popitem(last=False)
@@ -82,14 +83,14 @@ class LabelJoiner:
         return batch
 
 
-def check_keys_within(targets: Dict[str, dict], stem: str, samples: int) -> None:
-    """A label key names its sample's position in the shard (``{source}/{shard}/{index}``): one past
-    the shard's sample count labels no image, and the image it was meant for has lost its label."""
+def check_keys_within(targets: Dict[str, dict], stem: str, positions: int) -> None:
+    """A label key names its sample's position in the shard's build (``{source}/{shard}/{index}``):
+    one past the shard's positions labels no image, and the image it was meant for lost its label."""
     for task, rows in targets.items():
-        stray = [k for k in rows if int(k.rsplit('/', 1)[1]) >= samples]
+        stray = [k for k in rows if int(k.rsplit('/', 1)[1]) >= positions]
         if stray:
-            raise LabelError(f'task {task!r}, shard {stem}: label key {stray[0]} is past the shard\'s {samples} '
-                             f'samples ({len(stray)} such keys), so some image of it lost its label; find them with '
+            raise LabelError(f'task {task!r}, shard {stem}: label key {stray[0]} is past the shard\'s {positions} '
+                             f'positions ({len(stray)} such keys), so some image of it lost its label; find them with '
                              f'`python -m labeling validate --task {task} --shards <shard prefix>` and relabel '
                              'or re-import the shard')
 

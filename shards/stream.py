@@ -41,7 +41,7 @@ class ResolvedSource:
     counts: tuple                 # samples each shard gives the stream (excluded ones not counted)
     excluded: tuple = ()          # per shard: the sorted tar positions an exclusion list removes
     sha256: tuple = ()            # per shard: its hash in the index (what labels are bound to)
-    listed: tuple = ()            # per shard: its samples in the index (exclusions counted)
+    positions: tuple = ()         # per shard: the build positions its keys index (samples + skipped inputs)
 
     @property
     def samples(self) -> int:
@@ -56,7 +56,7 @@ def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
     """Shard URLs and exact sample counts, from the index beside the shards, less what ``exclude``
     lists (near-duplicates of evaluation images; ``shards/exclusions.py``)."""
     urls, entries = source_entries(spec, retry)
-    facts = dict(sha256=tuple(e.sha256 for e in entries), listed=tuple(e.samples for e in entries))
+    facts = dict(sha256=tuple(e.sha256 for e in entries), positions=tuple(e.samples + e.num_skipped for e in entries))
     if exclude is None:
         return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries), **facts)
     excluded = []

@@ -215,11 +215,9 @@ def card_identity(device: torch.device) -> Optional[str]:
     """The card a decision belongs to: the CUDA device's name, the interpreter's pseudo-card on a CPU
     where the Triton kernels are interpreted, else None (nothing to decide: nn.Conv2d runs)."""
     from . import lk_conv
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    if lk_conv.triton_supported(device):
-        return INTERPRETER_CARD
-    return None
+    if not lk_conv.triton_supported(device):   # no Triton here (or a CPU without the interpreter)
+        return None
+    return torch.cuda.get_device_name(device) if device.type == 'cuda' else INTERPRETER_CARD
 
 
 @torch.compiler.disable   # a decision is host code (files, timing, a collective), not part of a graph

@@ -79,8 +79,10 @@ def triton_refuses(x: torch.Tensor, kernel: int, dtype: torch.dtype) -> Optional
     from . import lk_conv
     if kernel % 2 == 0:
         return f'the kernels handle odd sizes only, not {kernel}'
-    if card_identity(x.device) is None:
-        return f'{x.device.type} is not CUDA' if lk_conv.triton is not None else 'triton is not installed'
+    if lk_conv.triton is None:
+        return 'triton is not installed'
+    if card_identity(x.device) is None or not lk_conv.triton_supported(x.device):
+        return f'{x.device.type} is not CUDA'
     if dtype not in lk_conv.SUPPORTED_DTYPES:
         return f'{dtype} is not among the kernel dtypes'
     return None

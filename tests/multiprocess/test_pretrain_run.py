@@ -226,7 +226,7 @@ def label_unl_shards(labels_root, tiny):
     from shards.stream import SourceSpec, resolve_source
     store = LabelStore(str(labels_root), TaskRegistry.from_json(tiny['tasks_file']))
     src = resolve_source(SourceSpec('unl', tiny['shards']))
-    for url, sha, n in zip(src.urls, src.sha256, src.listed):
+    for url, sha, n in zip(src.urls, src.sha256, src.positions):
         stem = shard_stem(url.rsplit('/', 1)[1])
         shard = int(stem.rsplit('-', 1)[1])
         store.write_part('shape', stem, [Row(f'unl/{shard:06d}/{i:06d}', [i % 4], [1.0], 'human') for i in range(n)],
@@ -372,3 +372,14 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_intact_checkpoint(ti
     assert lines[-1].startswith(f'error: writing checkpoint step-{committed[-1] + 1} failed: no space left on ')
     assert f'the previous checkpoint step-{committed[-1]} is intact' in lines[-1]
     assert 'Traceback' not in proc.stderr
+
+
+def test_a_full_disk_at_a_checkpoint_stops_every_rank_not_only_the_one_that_failed(tiny, small_disk, free_port):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}')
+    run_dir = small_disk / 'run'
+    proc = subprocess.run(torchrun(free_port, *overrides(tiny, run_dir, 'schedule.max_steps=20',
+                                                         'checkpoint.every_steps=1', 'checkpoint.keep=20')),
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)  # no rank left waiting
+    assert proc.returncode != 0
+    assert [line for line in proc.stderr.splitlines() if line.startswith('error: writing checkpoint step-')], \
+        proc.stderr[-3000:]

@@ -117,5 +117,20 @@ def test_a_label_key_past_the_shards_samples_is_refused_by_the_join_not_silently
     store.refresh_manifest(TASK)
     joiner = LabelJoiner({TASK: 2}, str(tmp_path / 'store'), None, shards=shard_facts(sources), registry=registry)
     with pytest.raises(LabelError, match=r"task 'pets', shard pets-000000: label key pets/000000/000077 is past "
-                                         r"the shard's 4 samples \(1 such keys\), so some image of it lost its label"):
+                                         r"the shard's 4 positions \(1 such keys\), so some image of it lost its label"):
         joiner(dict(key=['pets/000000/000003'], meta=[{}]))
+
+
+def test_keys_after_an_input_skipped_at_build_time_are_joined(tmp_path):
+    # a skipped (unreadable) input keeps its position: the shard's 3 samples are keys 0, 2 and 3
+    tree = photos(tmp_path / 'tree', {'cat': range(0, 2), 'dog': range(100, 102)})
+    (tree / 'cat' / '1.jpg').write_bytes(b'not an image')
+    build_tree(tree, tmp_path / 'shards')
+    registry = TaskRegistry({TASK: Task(TASK, ('cat', 'dog'))})
+    store = LabelStore(str(tmp_path / 'store'), registry)
+    import_human(store, str(tmp_path / 'shards'), [TASK])
+    sources = [resolve_source(SourceSpec('pets', str(tmp_path / 'shards')))]
+    assert sources[0].counts == (3,)
+    joiner = LabelJoiner({TASK: 2}, str(tmp_path / 'store'), None, shards=shard_facts(sources), registry=registry)
+    batch = joiner(dict(key=['pets/000000/000000', 'pets/000000/000002', 'pets/000000/000003'], meta=[{}] * 3))
+    assert batch['targets'][TASK]['idx'][:, 0].tolist() == [0, 1, 1]

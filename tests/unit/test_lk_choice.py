@@ -127,3 +127,16 @@ def test_the_cache_file_says_which_card_and_versions_wrote_it():
     data = json.loads(lk_choice.cache_file('NVIDIA H100 80GB HBM3').read_text())
     assert data['card'] == 'NVIDIA H100 80GB HBM3' and data['torch'] == torch.__version__
     assert data['shapes'][XL_STAGE3.key()]['times_ms'] == {'cudnn': 9.0, 'direct': 3.0, 'toeplitz': 1.2}
+
+
+def test_auto_runs_nn_conv2d_where_triton_is_not_installed_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(lk_conv, 'triton', None)                  # a CUDA machine without Triton, say
+    monkeypatch.setattr(lk_conv, 'triton_supported', lambda device: False)
+    monkeypatch.setattr(lk_conv, 'depthwise_conv', refuse_to_measure)
+    conv = lk_impl.AutoDepthwiseConv2d(6, 5, False)
+    x = torch.randn(2, 6, 7, 7)
+    lk_impl.log_fallback_once.cache_clear()
+    with caplog.at_level(logging.INFO, logger='pretrain.models.lk_impl'):
+        torch.testing.assert_close(conv(x), torch.nn.Conv2d.forward(conv, x))
+    assert 'triton is not installed' in caplog.text
+    assert lk_choice.card_identity(torch.device('cpu')) is None
