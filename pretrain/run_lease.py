@@ -78,8 +78,8 @@ class RunLease:
             try:
                 if self.still_ours():
                     storage.write_bytes_atomic(self.url, self._record())
-            except OSError as exc:   # a full disk or a storage hiccup: the next beat tries again
-                log.warning('%s: could not renew the lease (%s)', self.url, exc)
+            except Exception as exc:  # noqa: BLE001  a full disk, a storage hiccup: the next beat tries again
+                log.warning('%s: could not renew the lease (%s: %s)', self.url, type(exc).__name__, exc)
 
     def release(self) -> None:
         self._stop.set()
@@ -88,7 +88,7 @@ class RunLease:
         try:
             if self.still_ours():
                 storage.remove(self.url)
-        except OSError as exc:
+        except (OSError, storage.StorageError) as exc:
             log.warning('%s: could not release the lease (%s); the next trainer takes it over after %g s',
                         self.url, exc, self.timeout_s)
 

@@ -46,9 +46,11 @@ def missing_bucket(url: str) -> Optional[FileNotFoundError]:
     bucket = url[len('s3://'):].split('/', 1)[0]
     fs, _ = filesystem(url)
     try:
-        if fs.exists(bucket):
-            return None
-    except Exception:  # noqa: BLE001  no answer is no evidence: keep the original error
+        fs.call_s3('head_bucket', Bucket=bucket)
+        return None
+    except FileNotFoundError:   # s3fs's translation of a 404 / NoSuchBucket: the one answer that proves it
+        pass
+    except Exception:  # noqa: BLE001  403, network: no evidence either way, keep the original error
         return None
     where = os.environ.get('AWS_ENDPOINT_URL') or 'AWS'
     return FileNotFoundError(f'{url}: the bucket {bucket!r} does not exist on {where}; create it or fix the URL')

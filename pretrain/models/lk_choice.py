@@ -93,12 +93,14 @@ def load_cache(card: str) -> Dict[str, dict]:
     return dict(data.get('shapes', {}))
 
 
-def save_entry(card: str, shape: LayerShape, times_ms: Dict[str, float], batch: int, tiles: Dict[str, str]) -> Path:
-    """Merge one shape's times into the card's cache file (atomic replace; a write that fails, e.g.
-    a read-only home, is logged and the run goes on with the decision in memory)."""
+def save_entry(card: str, shape: LayerShape, times_ms: Dict[str, float], batch: int, tiles: Dict[str, str],
+               replace: bool = False) -> Path:
+    """Merge one shape's times (taken at ``batch``) into the card's cache file, or ``replace`` its
+    entry (atomic replace; a write that fails, e.g. a read-only home, is logged and the run goes on
+    with the decision in memory)."""
     path = cache_file(card)
     shapes = load_cache(card)
-    entry = dict(shapes.get(shape.key(), {}))
+    entry = {} if replace else dict(shapes.get(shape.key(), {}))
     entry['times_ms'] = dict(entry.get('times_ms', {}), **times_ms)
     entry.update(batch=batch, tiles=dict(entry.get('tiles', {}), **tiles))
     shapes[shape.key()] = entry
@@ -157,12 +159,14 @@ def decide(card: str, shape: LayerShape, allowed: Sequence[str], batch: int,
     entry = load_cache(card).get(shape.key(), {})
     times = dict(entry.get('times_ms', {}))
     missing = [c for c in allowed if c not in times]
+    batch = max(1, batch)
+    if missing and measure is not None and entry.get('batch', batch) != batch:
+        missing, times, entry = list(allowed), {}, {}   # times are compared at one batch only: measure all again
     if missing and measure is not None:
-        batch = max(1, batch)
         fresh = {c: measure(c, shape, batch)['total'] for c in missing}
         from .lk_measure import autotuned_tiles
         tiles = autotuned_tiles() if 'direct' in fresh else {}   # the direct kernels' last launch: this shape
-        save_entry(card, shape, fresh, batch, tiles)
+        save_entry(card, shape, fresh, batch, tiles, replace=not entry)
         times.update(fresh)
         return Decision(fastest(times, allowed), 'measured', {c: times[c] for c in allowed}, batch,
                         dict(entry.get('tiles', {}), **tiles))

@@ -140,3 +140,12 @@ def test_auto_runs_nn_conv2d_where_triton_is_not_installed_and_says_so(monkeypat
         torch.testing.assert_close(conv(x), torch.nn.Conv2d.forward(conv, x))
     assert 'triton is not installed' in caplog.text
     assert lk_choice.card_identity(torch.device('cpu')) is None
+
+
+def test_times_from_another_batch_are_not_compared_with_new_ones_all_are_measured_again():
+    lk_choice.decide('Card X', XL_STAGE3, lk_choice.TRITON_ALGORITHMS, 64, Timer(direct=3.0, toeplitz=4.0))
+    at_8 = Timer(cudnn=2.0, direct=0.5, toeplitz=0.6)   # at batch 8 every candidate is ~8x faster
+    d = lk_choice.decide('Card X', XL_STAGE3, EVERY, 8, at_8)
+    assert sorted(c for c, _, _ in at_8.calls) == ['cudnn', 'direct', 'toeplitz'] and d.algorithm == 'direct'
+    entry = lk_choice.load_cache('Card X')[XL_STAGE3.key()]
+    assert entry['batch'] == 8 and entry['times_ms'] == {'cudnn': 2.0, 'direct': 0.5, 'toeplitz': 0.6}
