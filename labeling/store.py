@@ -330,16 +330,20 @@ class LabelStore:
         storage.write_bytes_atomic(f'{self._task_dir(task_name)}/_commits/{name}', json.dumps(record).encode(),
                                    self.retry)
         if shard_sha256 is not None:
-            self._remove_records_of_other_content(task_name, stem, record['shard'])
+            self._remove_records_of_other_content(task_name, stem, record['shard'], file)
         return record
 
-    def _remove_records_of_other_content(self, task: str, stem: str, shard: str) -> None:
+    def _remove_records_of_other_content(self, task: str, stem: str, shard: str, keep_file: str) -> None:
+        """The records of this shard made for other bytes, and their part files (one prefix LIST of
+        this shard's records, not of the whole store)."""
         folder = f'{self._task_dir(task)}/_commits'
-        for name in storage.list_names(folder, self.retry):
-            if name.startswith(f'{stem}.') and name.endswith(COMMIT_SUFFIX):
+        for name in storage.list_prefixed(folder, f'{stem}.', self.retry):
+            if name.endswith(COMMIT_SUFFIX):
                 other = parse_commit_name(name)
                 if other['stem'] == stem and other.get('shard') not in (None, shard):
                     storage.remove(f'{folder}/{name}', self.retry)
+                    if other['file'] != keep_file:   # content-addressed: the same labels are the same file
+                        storage.remove(f'{self._task_dir(task)}/{other["file"]}', self.retry)
 
     def refresh_manifest(self, task: str, force: bool = True) -> dict:
         """Rebuild ``parts`` of ``_task.json`` from the commit records until they agree.

@@ -102,11 +102,20 @@ def main_rank_decides(decide: Callable[[], T]) -> T:
         try:
             box = [('ok', decide())]
         except Exception as exc:  # noqa: BLE001  handed to every rank, then raised there
-            box = [('error', f'{type(exc).__name__}: {exc}')]
+            box = [('error', exc if _picklable(exc) else RuntimeError(f'{type(exc).__name__}: {exc}'))]
             dist.broadcast_object_list(box, src=0)
             raise
     dist.broadcast_object_list(box, src=0)
     kind, value = box[0]
-    if kind == 'error':
-        raise RuntimeError(f'rank 0 failed to decide (its error: {value})')
+    if kind == 'error':   # the same exception: a user error stays one line on every rank
+        raise value
     return value
+
+
+def _picklable(exc: Exception) -> bool:
+    import pickle
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return True
+    except Exception:  # noqa: BLE001  an exception class whose arguments do not round-trip
+        return False

@@ -351,5 +351,6 @@ class Trainer:
         if not self.cfg.data.val_sources:
             return {}
         net = model if model is not None else self.engine
-        return evaluate_model(net, EvalSpec.of_run(self.cfg), self.device, self.env.rank, self.env.world_size,
+        pinned = self.label_pin.pinned if self.label_pin is not None else None   # the labels this run trains on
+        return evaluate_model(net, EvalSpec.of_run(self.cfg, pinned), self.device, self.env.rank, self.env.world_size,
                               max_batches)

@@ -49,23 +49,28 @@ class EvalSpec:
     channels_last: bool = False
     label_store: Optional[str] = None
     tasks_file: Optional[str] = None
+    pinned_labels: Optional[Dict[str, dict]] = None
+    """a training run's pinned label manifests (``label_pin.py``): evaluation reads the same labels"""
 
     @classmethod
-    def of_run(cls, cfg: RunConfig) -> 'EvalSpec':
+    def of_run(cls, cfg: RunConfig, pinned_labels: Optional[Dict[str, dict]] = None) -> 'EvalSpec':
         d = cfg.data
-        return cls(task_classes(cfg.tasks), [SourceSpec(s.name, s.url, allow_incomplete=s.allow_incomplete) for s in d.val_sources], transform_config(d),
-                   cfg.train.micro_batch, d.workers, cfg.train.precision, cfg.model.channels_last, d.label_store,
-                   d.tasks_file)
+        sources = [SourceSpec(s.name, s.url, allow_incomplete=s.allow_incomplete) for s in d.val_sources]
+        return cls(task_classes(cfg.tasks), sources, transform_config(d), cfg.train.micro_batch, d.workers,
+                   cfg.train.precision, cfg.model.channels_last, d.label_store, d.tasks_file, pinned_labels)
 
 
 def eval_loader(spec: EvalSpec, rank: int, world_size: int, device: torch.device) -> DataLoader:
     """Every evaluation sample once, with the eval transform (resize, center crop) and the label join."""
+    from shards.loader import leave_stopping_to_the_parent
     from shards.storage import worker_start_method
     data = EvalShards(spec.sources, eval_transform(spec.transform), rank, world_size, spec.batch_size)
     data.batch_transform = LabelJoiner(spec.tasks, spec.label_store, spec.tasks_file, shards=shard_facts(data.resolved))
+    data.batch_transform.pin(spec.pinned_labels)
     urls = [s.url for s in spec.sources] + ([spec.label_store] if spec.label_store else [])
     return DataLoader(data, batch_size=None, num_workers=spec.workers, pin_memory=device.type == 'cuda',
-                      multiprocessing_context=worker_start_method(urls) if spec.workers else None)
+                      multiprocessing_context=worker_start_method(urls) if spec.workers else None,
+                      worker_init_fn=leave_stopping_to_the_parent if spec.workers else None)
 
 
 def lockstep(batches: Iterable, device: torch.device, max_batches: Optional[int] = None) -> Iterator[Optional[dict]]:

@@ -26,10 +26,14 @@ class Preempted(Exception):
 
 
 def signal_number(name: str) -> signal.Signals:
-    try:
-        return signal.Signals[name if name.startswith('SIG') else f'SIG{name}']
-    except KeyError:
-        raise ValueError(f'checkpoint.preempt_signals: {name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)') from None
+    """A preemption signal by name; only those DataLoader workers ignore (they leave stopping to
+    their parent: ``shards.loader.STOP_SIGNALS``), else a signal to the whole job kills the workers."""
+    from shards.loader import STOP_SIGNALS
+    full = name if name.startswith('SIG') else f'SIG{name}'
+    if full not in STOP_SIGNALS or full == 'SIGINT':
+        raise ValueError(f'checkpoint.preempt_signals: {name!r} is not one of '
+                         f'{[s for s in STOP_SIGNALS if s != "SIGINT"]} (SIGINT is Ctrl-C: it stops at once)')
+    return signal.Signals[full]
 
 
 class StopRequest:

@@ -15,9 +15,12 @@ from typing import Dict, List, Tuple
 log = logging.getLogger('pretrain')
 
 # The flattened config keys (or sections) a resume may change.
-MAY_CHANGE = ('schedule', 'log', 'eval', 'checkpoint.every_steps', 'checkpoint.keep', 'checkpoint.resume',
-              'checkpoint.preempt_signals', 'optim.lr', 'optim.weight_decay', 'train.max_nonfinite_steps',
-              'data.labels_refresh', 'description', 'launch', 'init')   # init: a resume takes the checkpoint's weights
+MAY_CHANGE = ('schedule', 'log', 'eval', 'checkpoint', 'optim.lr', 'optim.weight_decay', 'train.max_nonfinite_steps',
+              'data.labels_refresh', 'data.val_sources', 'data.val_crop_pct', 'model.grad_checkpointing',
+              'description', 'launch',
+              'init')   # a resume takes the checkpoint's weights, not init's
+# checkpoint.*: its cadence, keep, lease and signals steer the run; checkpoint.dir is the run itself
+# (the same folder, however it is spelled: a moved run folder resumes).
 
 
 def flatten(doc: dict, prefix: str = '') -> Dict[str, object]:
@@ -52,9 +55,12 @@ def differences(saved: dict, now: dict) -> List[Tuple[str, object, object]]:
 
 
 def check_resume_changes(saved: dict, now: dict, tag: str) -> List[str]:
-    """Refuse changes to what defines the run, naming each; return one line per allowed change."""
+    """Refuse changes to what defines the run, naming each; return one line per allowed change. A
+    setting the checkpoint does not know (added by a later version) or no longer used is not a change
+    of the run: it is reported, never refused, so an upgrade does not strand a run in progress."""
     diff = differences(saved, now)
-    refused = [(k, then, new) for k, then, new in diff if not changeable(k)]
+    refused = [(k, then, new) for k, then, new in diff
+               if not changeable(k) and then is not ABSENT and new is not ABSENT]
     if refused:
         shown = '; '.join(f'{k}: {_show(then)} -> {_show(new)}' for k, then, new in refused[:6])
         raise ValueError(f'resuming {tag} with settings that define the run changed ({len(refused)}): {shown}. Resume '

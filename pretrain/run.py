@@ -21,12 +21,12 @@ from pretrain import checkpoint  # noqa: E402
 from pretrain.config import ConfigError, RunConfig, check_launch, load_config, to_dict  # noqa: E402
 from pretrain.console import (eval_line, log_to_file, save_traceback, setup_logging, startup_summary,  # noqa: E402
                               step_line)
-from pretrain.distributed import init_distributed, read_dist_env  # noqa: E402
+from pretrain.distributed import init_distributed, main_rank_decides, read_dist_env  # noqa: E402
 from pretrain.ds_config import check_deepspeed_keys  # noqa: E402
 from pretrain.labels import (check_labels_match_shards, check_store_tasks, label_coverage,  # noqa: E402
                              warn_unlabeled_sources)
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
-from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest  # noqa: E402
+from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest, signal_number  # noqa: E402
 from pretrain.resume_changes import check_resume_changes  # noqa: E402
 from pretrain.run_lease import check_still_owned, own_run_folder  # noqa: E402
 from shards.helpformat import HelpFormatter  # noqa: E402
@@ -126,7 +126,7 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None)
                 rates = pace.report(step, trainer.total_steps)
                 log.info(step_line(step, trainer.total_steps, trainer.loader.epoch, last, **rates))
                 metrics.write(step, dict(last, epoch=trainer.loader.epoch, **rates))
-            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and not trainer.stop_agreed:
                 evaluated = (step, _evaluate(trainer, cfg, metrics, step))
             saved = step % cfg.checkpoint.every_steps == 0 or step == trainer.total_steps
             if saved:
@@ -191,19 +191,26 @@ def train(args, check=None) -> dict:
     check_deepspeed_keys(cfg.deepspeed)
     if check is not None:
         check(cfg)
+    for name in cfg.checkpoint.preempt_signals:   # a typo is an error before anything starts
+        signal_number(name)
     env, device = init_distributed(args.local_rank)
     check_launch(cfg, env.world_size)
-    check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file, list_commits=env.is_main)
-    specs = [SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources]
-    check_labels_match_shards(cfg.data.label_store, cfg.tasks, [resolve_source(s) for s in specs], cfg.data.tasks_file)
-    coverage = label_coverage(specs, list(cfg.tasks), cfg.data.label_store,
-                              cfg.data.tasks_file)  # every rank: it may refuse the store
+    # rank 0 reads the store and the index and says; a failure stops every rank with its own error
+    coverage = main_rank_decides(lambda: startup_checks(cfg))
     lease = own_run_folder(cfg.checkpoint.dir, cfg.checkpoint.lease_timeout_s)   # one trainer per run folder
     try:
         return run_in_folder(cfg, env, device, coverage, lease)
     finally:
         if lease is not None:
             lease.release()
+
+
+def startup_checks(cfg: RunConfig) -> dict:
+    """The label store and the sources before the first step; returns the label coverage per source."""
+    check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file)
+    specs = [SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources]
+    check_labels_match_shards(cfg.data.label_store, cfg.tasks, [resolve_source(s) for s in specs], cfg.data.tasks_file)
+    return label_coverage(specs, list(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file)
 
 
 def run_in_folder(cfg: RunConfig, env, device, coverage: dict, lease) -> dict:

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from . import storage
 from .hashes import SampleHash, save_segment
 from .images import BadImage, check_and_normalize, to_rgb
-from .index import (BUILD_NAME, ShardEntry, load_build_info, load_source, read_part, read_skipped, save_job_part,
-                    source_folder, job_tag)
+from .index import (BUILD_NAME, ShardEntry, load_build_info, load_source, owner_job, read_part, read_skipped,
+                    save_job_part, source_folder, job_tag)
 from .inputs import Item
 from .naming import sample_key, shard_name
 from .perceptual import image_hashes, to_hex
@@ -106,7 +106,7 @@ TEMP_PREFIX = 'replk-shard-'
 
 
 def owns(options: BuildOptions, shard: int) -> bool:
-    return shard % options.num_jobs == options.job_index
+    return owner_job(shard, options.num_jobs) == options.job_index
 
 
 def remove_leftovers(options: BuildOptions) -> None:

@@ -61,15 +61,16 @@ def _stat(args) -> int:
             owners = sorted({job for _, job in missing if job is not None})
             totals[src]['incomplete'] = (f'{len(missing)} of {index.builds[src]["shards"]} planned shards missing'
                                          + (f' (rerun job {", ".join(map(str, owners))} of {jobs})' if owners else ''))
+    whole = not any('incomplete' in t for t in totals.values())
     if args.json:
         print(json.dumps(totals, indent=1))
-        return 0
+        return 0 if whole else 1
     print(f'{"source":12} {"shards":>7} {"samples":>10} {"GB":>8} {"skipped":>8}  human labels per task')
     for src, t in totals.items():
         tasks = ', '.join(f'{k}: {v}' for k, v in t['tasks'].items()) or '-'
         print(f'{src:12} {t["shards"]:>7} {t["samples"]:>10} {t["bytes"] / 1e9:>8.3f} {t["skipped"]:>8}  {tasks}'
               + (f'  INCOMPLETE: {t["incomplete"]}' if 'incomplete' in t else ''))
-    return 1 if any('incomplete' in t for t in totals.values()) else 0
+    return 0 if whole else 1
 
 
 def _migrate_index(args) -> int:

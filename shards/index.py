@@ -185,8 +185,13 @@ def planned_but_missing(source: str, entries: Dict[str, 'ShardEntry'], build_inf
     if not isinstance(planned, int):
         return []
     jobs = build_info.get('num_jobs')
-    return [(shard_name(source, i), i % jobs if jobs else None) for i in range(planned)
+    return [(shard_name(source, i), owner_job(i, jobs) if jobs else None) for i in range(planned)
             if shard_name(source, i) not in entries]
+
+
+def owner_job(shard: int, num_jobs: int) -> int:
+    """Which of ``num_jobs`` build jobs writes shard ``shard`` (the multi-job protocol's one rule)."""
+    return shard % num_jobs
 
 
 def missing_shards(prefix: str, source: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY

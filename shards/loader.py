@@ -133,7 +133,7 @@ def content_digest(src) -> str:
     return h.hexdigest()[:16]
 
 
-STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1')
+STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1', 'SIGUSR2', 'SIGHUP')   # what a scheduler or a terminal sends
 
 
 def leave_stopping_to_the_parent(worker_id: int) -> None:

@@ -318,6 +318,18 @@ def list_names(prefix: str, policy: RetryPolicy = DEFAULT_RETRY) -> list[str]:
                   for p in with_retries(lambda: fs.ls(path, detail=False, refresh=True), f'listing {prefix}', policy))
 
 
+def list_prefixed(folder: str, name_prefix: str, policy: RetryPolicy = DEFAULT_RETRY) -> list[str]:
+    """Names in ``folder`` that start with ``name_prefix``: one prefix-limited listing on S3, not
+    the whole folder (a label store's commit folder holds a record per shard)."""
+    import glob as globmod
+    fs, path = filesystem(folder)
+    pattern = f'{path.rstrip("/")}/{globmod.escape(name_prefix)}*'
+    if not is_local(folder):
+        fs.invalidate_cache(path)   # other processes' writes: never answer from s3fs's listing cache
+    found = with_retries(lambda: fs.glob(pattern), f'listing {folder}/{name_prefix}*', policy)
+    return sorted(os.path.basename(p.rstrip('/')) for p in found)
+
+
 def list_details(prefix: str, policy: RetryPolicy = DEFAULT_RETRY) -> Dict[str, tuple]:
     """name -> (size, version) of the objects under ``prefix`` (version: ETag on S3, mtime on disk),
     in one listing: enough to tell whether a cached copy of them is current."""

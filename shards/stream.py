@@ -126,7 +126,7 @@ def check_whole(spec: SourceSpec, listed: dict, info: Optional[dict]) -> None:
         return
     message = incomplete_message(spec.name, missing, info)
     if not spec.allow_incomplete:
-        raise ValueError(f'{message}; or set allow_incomplete on this source to train on what is there')
+        raise ValueError(f'{message}; or set allow_incomplete on this source to read what is there')
     log.warning('%s; reading it anyway (allow_incomplete): %d planned shards left out', message, len(missing))
 
 

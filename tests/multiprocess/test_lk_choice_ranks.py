@@ -50,4 +50,4 @@ def test_every_rank_runs_the_algorithm_rank_0_measured_and_only_rank_0_measures(
     assert r0['timed'] == ['cudnn', 'direct', 'toeplitz'] and r1['timed'] == []
     assert len(r0['cache_files']) == 1 and r1['cache_files'] == []
     assert r0['finite'] and r1['finite']
-    assert r0['error'] == 'no card' and r1['error'] == 'rank 0 failed to decide (its error: ValueError: no card)'
+    assert r0['error'] == r1['error'] == 'no card'   # every rank raises rank 0's own error

@@ -76,7 +76,7 @@ def test_the_join_refuses_a_part_made_for_other_bytes(rebuilt):
 def test_relabeling_binds_the_labels_to_the_new_content_and_they_land_on_the_right_images(rebuilt):
     store = LabelStore(rebuilt['store'], rebuilt['registry'])
     import_human(store, rebuilt['shards'], [TASK])
-    assert store.validate(TASK, shards=rebuilt['shards']) == []
+    assert store.validate(TASK, shards=rebuilt['shards']) == []   # no old record, no orphan part left
     sources = [resolve_source(SourceSpec('pets', rebuilt['shards']))]
     check_labels_match_shards(rebuilt['store'], {TASK: TaskConfig(num_classes=2)}, sources, None,
                               registry=rebuilt['registry'])
@@ -134,3 +134,19 @@ def test_keys_after_an_input_skipped_at_build_time_are_joined(tmp_path):
     joiner = LabelJoiner({TASK: 2}, str(tmp_path / 'store'), None, shards=shard_facts(sources), registry=registry)
     batch = joiner(dict(key=['pets/000000/000000', 'pets/000000/000002', 'pets/000000/000003'], meta=[{}] * 3))
     assert batch['targets'][TASK]['idx'][:, 0].tolist() == [0, 1, 1]
+
+
+def test_a_relabel_of_a_rebuilt_shard_leaves_no_old_record_or_orphan_part(tmp_path):
+    tree = photos(tmp_path / 'tree', {'cat': range(0, 6), 'dog': range(100, 106)})
+    shards = tmp_path / 'shards'
+    build_tree(tree, shards)
+    registry = TaskRegistry({TASK: Task(TASK, ('cat', 'dog'))})
+    store = LabelStore(str(tmp_path / 'store'), registry)
+    import_human(store, str(shards), [TASK])
+    (tree / 'cat' / '0.jpg').unlink()       # every shard now holds other images and other labels
+    shutil.rmtree(shards)
+    build_tree(tree, shards)
+    import_human(store, str(shards), [TASK])
+    assert store.validate(TASK, shards=str(shards)) == []
+    parts = sorted(p.name for p in (tmp_path / 'store' / 'labels' / TASK).glob('*.parquet'))
+    assert len(parts) == 3      # one part per shard of the rebuilt source
