@@ -4,9 +4,9 @@ A Slurm requeue can start a job while its previous incarnation still runs (or st
 last checkpoint): two trainers on one ``checkpoint.dir`` would resume from each other's half-done
 state and interleave ``metrics.jsonl``. Rank 0 takes ``{run}/LEASE`` by exclusive create
 (first writer wins on local and shared disks, and on S3: ``storage.create_exclusive``), naming its
-host and pid, and renews a heartbeat in it; a lease whose heartbeat is older than
-``checkpoint.lease_timeout_s`` belonged to a trainer that was killed (kill -9, a lost node) and is
-taken over. Before each checkpoint the owner checks that the lease is still its own.
+host and pid, and renews a heartbeat in it; a lease whose owner on this host is no longer running,
+or whose heartbeat is older than ``checkpoint.lease_timeout_s`` (an owner on another host: a lost
+node), belonged to a trainer that was killed and is taken over. Before each checkpoint the owner checks that the lease is still its own.
 """
 from __future__ import annotations
 
@@ -58,6 +58,11 @@ class RunLease:
             if held is None:
                 continue   # released between our create and our read
             age = time.time() - float(held.get('heartbeat', 0))
+            if self._dead_here(held):
+                log.warning('%s: taking over the lease of host %s pid %s, which is no longer running', self.url,
+                            held.get('host'), held.get('pid'))
+                storage.remove(self.url)
+                continue
             if age < self.timeout_s:
                 raise LeaseHeld(f'{self.url}: another trainer runs on this folder (host {held.get("host")}, pid '
                                 f'{held.get("pid")}, heartbeat {age:.0f} s ago); stop it or use another '
@@ -67,6 +72,19 @@ class RunLease:
                         held.get('host'), held.get('pid'), age)
             storage.remove(self.url)
         raise LeaseHeld(f'{self.url}: could not take the lease (other trainers keep taking it)')
+
+    def _dead_here(self, held: dict) -> bool:
+        """An owner on this very host whose process is gone (kill -9, a crash): no need to wait for
+        its heartbeat to go stale. Owners on other hosts can only be judged by their heartbeat."""
+        if held.get('host') != self.owner['host'] or not isinstance(held.get('pid'), int):
+            return False
+        try:
+            os.kill(held['pid'], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:   # alive, another user's
+            return False
+        return False
 
     def still_ours(self) -> bool:
         held = self.current()
