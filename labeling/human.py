@@ -2,24 +2,29 @@
 from __future__ import annotations
 
 import json
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from shards import storage
 from shards.index import ShardIndex
 from shards.reader import iter_shard_samples
 
+from .class_map import human_index_map
 from .commits import labels_this_content
 from .store import LabelStore, Row
 
 
-def human_rows(shard_url: str, tasks: List[str], retry=storage.DEFAULT_RETRY) -> Dict[str, List[Row]]:
-    """Per task, a one-hot row for every sample of the shard whose metadata labels that task."""
+def human_rows(shard_url: str, tasks: List[str], retry=storage.DEFAULT_RETRY,
+               index_maps: Optional[Dict[str, Optional[List[int]]]] = None) -> Dict[str, List[Row]]:
+    """Per task, a one-hot row for every sample of the shard whose metadata labels that task, its
+    index carried to the task's class order (``index_maps``: see ``class_map.py``)."""
     rows: Dict[str, List[Row]] = {t: [] for t in tasks}
     for sample in iter_shard_samples(shard_url, retry=retry):
         labels = json.loads(sample['json']).get('labels') or {}
         for task in tasks:
             if task in labels:
-                rows[task].append(Row(sample['__key__'], [int(labels[task])], [1.0], 'human'))
+                index = int(labels[task])
+                mapping = (index_maps or {}).get(task)
+                rows[task].append(Row(sample['__key__'], [mapping[index] if mapping else index], [1.0], 'human'))
     return rows
 
 
@@ -34,7 +39,9 @@ def import_human(store: LabelStore, shard_prefix: str, tasks: List[str]) -> Dict
         todo = [t for t in tasks if not labels_this_content(done[t].get(entry.stem), entry.sha256, kind='teacher')]
         if not todo:
             continue  # a teacher part of these very bytes already holds this shard's human labels too
-        rows = human_rows(storage.join(shard_prefix, entry.name), todo, store.retry)
+        built = index.builds.get(entry.source, {}).get('classes', {})
+        maps = {t: human_index_map(store.registry.get(t), built.get(t), f'source {entry.source}') for t in todo}
+        rows = human_rows(storage.join(shard_prefix, entry.name), todo, store.retry, maps)
         for task, task_rows in rows.items():
             if task_rows:
                 store.write_part(task, entry.stem, task_rows, kind='human', shard_sha256=entry.sha256)

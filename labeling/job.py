@@ -21,6 +21,7 @@ from shards.naming import shard_stem
 from shards.reader import iter_shard_samples
 from shards.stream import ResolvedSource, resolve_source
 
+from .class_map import human_index_map
 from .commits import labels_this_content
 from .config import JobConfig
 from .store import LabelStore, Row
@@ -54,22 +55,24 @@ class ShardBatches(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, n = (info.id, info.num_workers) if info else (0, 1)
-        for stem, url, count in self.shards[worker::n]:
+        for stem, url, count, index_map in self.shards[worker::n]:
             batch = []
             # The shared reader: a dropped connection reopens the shard instead of failing the job.
             for sample in iter_shard_samples(url, 0, count, self.retry):
-                batch.append(self._prepare(sample))
+                batch.append(self._prepare(sample, index_map))
                 if len(batch) == self.batch_size:
                     yield self._collate(stem, batch, last=False)
                     batch = []
             yield self._collate(stem, batch, last=True)
 
-    def _prepare(self, sample: dict):
+    def _prepare(self, sample: dict, index_map: Optional[List[int]] = None):
         if sample.get('__missing__'):  # the shard was cut short: nothing to label at this position
             log.warning('%s: missing from a truncated shard (left unlabeled)', sample['__key__'])
             return sample['__key__'], None, -1
         meta = json.loads(sample.get('json', b'{}'))
-        label = (meta.get('labels') or {}).get(self.task, -1)
+        label = int((meta.get('labels') or {}).get(self.task, -1))
+        if label >= 0 and index_map:   # the shard's class order -> the task's, by name
+            label = index_map[label]
         try:
             data = image_part(sample)
             if self.decode == 'device' and is_plain_jpeg(data):
@@ -159,6 +162,8 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
     shard_urls = {shard_stem(url.rsplit('/', 1)[1]): (url, n)
                   for src in sources for url, n in zip(src.urls, src.counts)}
     content = {shard_stem(url.rsplit('/', 1)[1]): sha for src in sources for url, sha in zip(src.urls, src.sha256)}
+    index_maps = {shard_stem(url.rsplit('/', 1)[1]): human_index_map(task, built.get(cfg.task), f'source {src.name}')
+                  for src in sources for url, built in zip(src.urls, src.classes)}   # human labels by class name
     mine = assign_shards(list(shard_urls), job_index, num_jobs)
     ensemble = Ensemble([load_teacher(t, task.num_classes, task.class_names) for t in cfg.teachers])
     store = LabelStore(cfg.store, registry, retry)
@@ -172,7 +177,7 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
     if not todo:
         store.refresh_manifest(cfg.task)
         return summary
-    data = ShardBatches([(s, *shard_urls[s]) for s in todo], cfg.task, ensemble.preprocess,
+    data = ShardBatches([(s, *shard_urls[s], index_maps[s]) for s in todo], cfg.task, ensemble.preprocess,
                         cfg.batch_size, store.retry, decode=cfg.decode)
     loader = DataLoader(data, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == 'cuda',
                         multiprocessing_context=storage.worker_start_method(

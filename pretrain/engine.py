@@ -12,6 +12,7 @@ from torch import nn
 
 import pretrain.models  # noqa: F401  (registers RepLKNet with timm)
 
+from labeling.tasks import TaskRegistry
 from shards.loader import ResumableLoader, ShardStream
 from shards.plan import seed_global_rngs
 from shards.stream import SourceSpec, StreamConfig
@@ -21,7 +22,7 @@ from .batchnorm import apply_sync_bn, average_running_stats
 from .config import ModelConfig, OptimConfig, RunConfig, task_classes
 from .ds_config import deepspeed_config
 from .distributed import DistEnv
-from .labels import LabelJoiner, shard_facts
+from .labels import LabelJoiner, human_label_maps, shard_facts
 from .evaluation import EvalSpec, evaluate_model, to_model_input, transform_config
 from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
@@ -91,8 +92,9 @@ def build_loader(cfg: RunConfig, env: DistEnv) -> ResumableLoader:
                          train_transform(tcfg), env.rank, env.world_size, cfg.data.workers,
                          decode_min_side=tcfg.decode_min_side(train=True))
     # the join checks each part against the content and size of the shard the stream resolved
+    human_maps = human_label_maps(cfg.tasks, stream.sources, TaskRegistry.from_json(cfg.data.tasks_file))
     stream.batch_transform = LabelJoiner(task_classes(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file,
-                                         shards=shard_facts(stream.sources))
+                                         shards=shard_facts(stream.sources), human_maps=human_maps)
     return ResumableLoader(stream, num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
 
 

@@ -12,7 +12,8 @@ import torch
 
 from labeling.commits import LabelError
 from labeling.store import LabelStore, check_content
-from labeling.tasks import TaskRegistry
+from labeling.class_map import human_index_map
+from labeling.tasks import Task, TaskRegistry
 from shards import storage
 from shards.naming import shard_stem, shard_stem_of_key
 from shards.stream import ResolvedSource
@@ -35,9 +36,10 @@ class LabelJoiner:
 
     def __init__(self, tasks: Dict[str, int], store_root: Optional[str], tasks_file: Optional[str] = None,
                  cache_shards: int = 16, shards: Optional[ShardFacts] = None,
-                 registry: Optional[TaskRegistry] = None):
+                 registry: Optional[TaskRegistry] = None, human_maps: Optional[Dict[str, dict]] = None):
         self.tasks, self.store_root, self.tasks_file, self.cache_shards = tasks, store_root, tasks_file, cache_shards
         self.shards, self.registry = shards, registry
+        self.human_maps = human_maps or {}   # stem -> {task: shard class index -> task index}, where they differ
         self.pinned: Optional[Dict[str, dict]] = None
         self._store: Optional[LabelStore] = None
         self._cache: OrderedDict = OrderedDict()
@@ -72,15 +74,45 @@ class LabelJoiner:
     def __call__(self, batch: dict) -> dict:
         rows: Dict[str, List] = {t: [] for t in self.tasks}
         for key, meta in zip(batch['key'], batch['meta']):
-            stored = self._targets_of(shard_stem_of_key(key)) if self.store_root else {}
+            stem = shard_stem_of_key(key)
+            stored = self._targets_of(stem) if self.store_root else {}
             human = meta.get('labels') or {}
             for task in self.tasks:
                 row = stored.get(task, {}).get(key)
                 if row is None and task in human:
-                    row = ([int(human[task])], [1.0], 'human')
+                    index = int(human[task])
+                    mapping = self.human_maps.get(stem, {}).get(task)   # the shard's class order -> the task's
+                    row = ([mapping[index] if mapping else index], [1.0], 'human')
                 rows[task].append(row)
         batch['targets'] = {t: _pack(r) for t, r in rows.items()}
         return batch
+
+
+def human_label_maps(tasks: Dict[str, object], sources: Sequence[ResolvedSource],
+                     registry: TaskRegistry) -> Dict[str, dict]:
+    """{stem: {task: index map}} for the shards whose build ordered a task's classes otherwise than
+    the task (labels carried by name, ``labeling/class_map.py``); an error where the classes differ,
+    or where a build or the tasks file counts another number of classes than the config."""
+    out: Dict[str, dict] = {}
+    for name, task_cfg in tasks.items():
+        task = registry_task(registry, name, task_cfg.num_classes)
+        if task.num_classes != task_cfg.num_classes:
+            raise ValueError(f'tasks.{name}.num_classes={task_cfg.num_classes} but the tasks file names '
+                             f'{task.num_classes} classes ({list(task.class_names)[:6]}...)')
+        for src in sources:
+            for url, built in zip(src.urls, src.classes):
+                mapping = human_index_map(task, built.get(name), f'source {src.name}')
+                if mapping:
+                    out.setdefault(shard_stem(url.rsplit('/', 1)[1]), {})[name] = mapping
+    return out
+
+
+def registry_task(registry: TaskRegistry, name: str, num_classes: int) -> Task:
+    """The task as the tasks file (or the built-in list) names it, else unnamed classes of the config's count."""
+    try:
+        return registry.get(name)
+    except KeyError:
+        return Task(name, tuple(f'{name}/{i}' for i in range(num_classes)))
 
 
 def check_keys_within(targets: Dict[str, dict], stem: str, positions: int) -> None:

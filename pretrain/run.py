@@ -23,8 +23,9 @@ from pretrain.console import (eval_line, log_to_file, save_traceback, setup_logg
                               step_line)
 from pretrain.distributed import init_distributed, main_rank_decides, read_dist_env  # noqa: E402
 from pretrain.ds_config import check_deepspeed_keys  # noqa: E402
-from pretrain.labels import (check_labels_match_shards, check_store_tasks, label_coverage,  # noqa: E402
-                             warn_unlabeled_sources)
+from pretrain.labels import (check_labels_match_shards, check_store_tasks, human_label_maps,  # noqa: E402
+                             label_coverage, warn_unlabeled_sources)
+from labeling.tasks import TaskRegistry  # noqa: E402
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
 from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest, signal_number  # noqa: E402
 from pretrain.resume_changes import check_resume_changes  # noqa: E402
@@ -209,7 +210,9 @@ def startup_checks(cfg: RunConfig) -> dict:
     """The label store and the sources before the first step; returns the label coverage per source."""
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file)
     specs = [SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources]
-    check_labels_match_shards(cfg.data.label_store, cfg.tasks, [resolve_source(s) for s in specs], cfg.data.tasks_file)
+    resolved = [resolve_source(s) for s in specs]
+    check_labels_match_shards(cfg.data.label_store, cfg.tasks, resolved, cfg.data.tasks_file)
+    human_label_maps(cfg.tasks, resolved, TaskRegistry.from_json(cfg.data.tasks_file))   # class names agree
     return label_coverage(specs, list(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file)
 
 

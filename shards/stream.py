@@ -42,6 +42,7 @@ class ResolvedSource:
     excluded: tuple = ()          # per shard: the sorted tar positions an exclusion list removes
     sha256: tuple = ()            # per shard: its hash in the index (what labels are bound to)
     positions: tuple = ()         # per shard: the build positions its keys index (samples + skipped inputs)
+    classes: tuple = ()           # per shard: {task: class names} its build recorded (human labels index them)
 
     @property
     def samples(self) -> int:
@@ -56,7 +57,12 @@ def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
     """Shard URLs and exact sample counts, from the index beside the shards, less what ``exclude``
     lists (near-duplicates of evaluation images; ``shards/exclusions.py``)."""
     urls, entries = source_entries(spec, retry)
-    facts = dict(sha256=tuple(e.sha256 for e in entries), positions=tuple(e.samples + e.num_skipped for e in entries))
+    plans = {}
+    for url, e in zip(urls, entries):   # one plan per build the shards come from (cached with the index)
+        if e.source not in plans:
+            plans[e.source] = load_source_and_plan(url.rsplit('/', 1)[0], e.source, retry)[1] or {}
+    facts = dict(sha256=tuple(e.sha256 for e in entries), positions=tuple(e.samples + e.num_skipped for e in entries),
+                 classes=tuple(plans[e.source].get('classes') or {} for e in entries))
     if exclude is None:
         return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries), **facts)
     excluded = []
