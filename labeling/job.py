@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -172,8 +173,11 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
     done = {s for s, r in store.commit_records(cfg.task).items() if s in content
             and labels_this_content(r, content[s], kind='teacher')}   # a rebuilt shard is labeled again
     todo = [s for s in mine if s not in done]
+    pre = asdict(ensemble.preprocess)
+    log.info('task %s: teachers %s, preprocessing %s', cfg.task, [t.spec.path or t.spec.model for t in ensemble.teachers],
+             pre)
     summary = dict(task=cfg.task, job_index=job_index, num_jobs=num_jobs, assigned=len(mine),
-                   already_done=len(mine) - len(todo), committed=0, images=0, unreadable=0)
+                   already_done=len(mine) - len(todo), committed=0, images=0, unreadable=0, preprocess=pre)
     if not todo:
         store.refresh_manifest(cfg.task)
         return summary

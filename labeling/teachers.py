@@ -6,6 +6,7 @@ averages the teachers' tempered probabilities; its members must share a preproce
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,22 +19,31 @@ from torchvision import transforms as T
 
 from shards.safe_files import load_torch_file
 
-KINDS = ('timm', 'transformers')
+KINDS = ('timm', 'transformers', 'export')
 
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    kind: str                         # "timm" or "transformers"
-    model: str                        # timm name, or a transformers model folder / hub id
+    kind: str                         # "timm", "transformers", or "export" (a pretrain.export folder)
+    model: str = ''                   # timm name, or a transformers model folder / hub id (export: from it)
     weights: Optional[str] = None     # timm: a local .safetensors/.pth/.bin file, or "hub"
     temperature: float = 1.0
     model_kwargs: dict = field(default_factory=dict)
     trust_pickle: bool = False        # timm .pth/.bin: allow code execution when unpickling (trusted files only)
     trust_remote_code: bool = False   # transformers: run the model repository's own Python code
+    path: Optional[str] = None        # export: the export folder (or its model.safetensors)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f'teacher kind {self.kind!r} is not one of {KINDS}')
+        if self.kind == 'export':
+            if not self.path or self.model or self.weights or self.model_kwargs:
+                raise ValueError('an "export" teacher takes "path" (the folder pretrain.export wrote) and reads its '
+                                 'architecture, shape, weights and preprocessing from there: drop model, weights '
+                                 'and model_kwargs')
+            return
+        if not self.model:
+            raise ValueError(f'a {self.kind} teacher needs "model"')
         if self.temperature <= 0:
             raise ValueError(f'teacher temperature must be > 0, got {self.temperature}')
         if self.kind == 'timm' and not self.weights:
@@ -75,14 +85,20 @@ def file_sha256(path: str) -> str:
 
 
 class Teacher(nn.Module):
-    def __init__(self, spec: TeacherSpec, model: nn.Module, preprocess: Preprocess, weights_hash: str):
+    def __init__(self, spec: TeacherSpec, model: nn.Module, preprocess: Preprocess, weights_hash: str,
+                 name: Optional[str] = None):
         super().__init__()
         self.spec, self.model, self.preprocess, self.weights_hash = spec, model, preprocess, weights_hash
+        self.name = name or spec.model
         self.is_hf = spec.kind == 'transformers'
 
     def identity(self) -> dict:
-        return dict(kind=self.spec.kind, model=self.spec.model, weights_sha256=self.weights_hash,
-                    temperature=self.spec.temperature)
+        out = dict(kind=self.spec.kind, model=self.spec.model, weights_sha256=self.weights_hash,
+                   temperature=self.spec.temperature)
+        if self.spec.kind == 'export':   # new kinds name their preprocessing too (older identities stay as they were)
+            # the architecture, not the folder: a moved export is the same teacher (its weights hash says so)
+            out.update(model=self.name, preprocess=json.loads(json.dumps(asdict(self.preprocess))))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=x).logits if self.is_hf else self.model(x)
@@ -109,8 +125,8 @@ def read_timm_weights(path: str, trust_pickle: bool = False) -> dict:
 
 def _timm_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
     import timm
-    from timm.data import resolve_data_config
 
+    import pretrain.models  # noqa: F401  (the project's own models, e.g. a RepLKNet teacher, by timm name)
     if spec.weights == 'hub':
         model = timm.create_model(spec.model, pretrained=True, num_classes=num_classes, **spec.model_kwargs)
         digest = f'hub:{spec.model}'
@@ -120,13 +136,41 @@ def _timm_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
         model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **spec.model_kwargs)
         model.load_state_dict(read_timm_weights(spec.weights, spec.trust_pickle), strict=True)
         digest = file_sha256(spec.weights)
+    return Teacher(spec, model, timm_preprocess(model), digest)
+
+
+def _export_teacher(spec: TeacherSpec, num_classes: int, class_names: Optional[Sequence[str]] = None) -> Teacher:
+    """A model this project trained and exported: everything (architecture, shape, form, classes,
+    input size, crop, statistics) comes from the export's config.json."""
+    from pretrain.models.checkpoint import export_meta, load_exported   # the pure model library
+
+    folder = Path(spec.path)
+    file = folder / 'model.safetensors' if folder.is_dir() else folder
+    if not file.is_file():
+        raise FileNotFoundError(f'teacher export {spec.path}: no model.safetensors there (run python -m pretrain.export)')
+    meta = export_meta(file)
+    if meta is None:
+        raise ValueError(f'teacher export {spec.path}: no config.json of pretrain.export beside {file.name}')
+    if meta['num_classes'] != num_classes:
+        raise ValueError(f'teacher export {spec.path} predicts {meta["num_classes"]} classes (task {meta["task"]}), '
+                         f'the task has {num_classes}')
+    if meta['pretrained_cfg'].get('label_names'):
+        check_class_names(spec.path, meta['pretrained_cfg']['label_names'], class_names)
+    model, _ = load_exported(file)
+    return Teacher(spec, model, timm_preprocess(model), file_sha256(str(file)), name=meta['architecture'])
+
+
+def timm_preprocess(model: nn.Module) -> Preprocess:
+    """The eval preprocessing of a timm model from its own pretrained config (an export's: the size it
+    was trained and exported at); a model built for another input size than its config says (e.g. a
+    ViT with ``img_size``) runs at the size it was built for."""
+    from timm.data import resolve_data_config
     cfg = resolve_data_config({}, model=model)
-    h, w = cfg['input_size'][1:]
+    built = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
+    h, w = tuple(built) if built and tuple(built) != tuple(cfg['input_size'][1:]) else cfg['input_size'][1:]
     crop_pct = cfg.get('crop_pct') or 1.0
-    pre = Preprocess(size=(h, w), resize=int(h / crop_pct), center_crop=True,
-                     interpolation=cfg.get('interpolation', 'bicubic'),
-                     mean=tuple(cfg['mean']), std=tuple(cfg['std']))
-    return Teacher(spec, model, pre, digest)
+    return Preprocess(size=(h, w), resize=int(h / crop_pct), center_crop=True,
+                      interpolation=cfg.get('interpolation', 'bicubic'), mean=tuple(cfg['mean']), std=tuple(cfg['std']))
 
 
 def check_class_names(teacher: str, theirs: List[str], ours: Optional[Sequence[str]]) -> None:
@@ -167,8 +211,12 @@ def _hf_teacher(spec: TeacherSpec, num_classes: int, class_names: Optional[Seque
 
 def load_teacher(spec: TeacherSpec, num_classes: int, class_names: Optional[Sequence[str]] = None) -> Teacher:
     """``class_names``: the task's, checked against a transformers teacher's ``id2label``."""
-    teacher = (_timm_teacher(spec, num_classes) if spec.kind == 'timm'
-               else _hf_teacher(spec, num_classes, class_names))
+    if spec.kind == 'export':
+        teacher = _export_teacher(spec, num_classes, class_names)
+    elif spec.kind == 'timm':
+        teacher = _timm_teacher(spec, num_classes)
+    else:
+        teacher = _hf_teacher(spec, num_classes, class_names)
     return teacher.eval()
 
 

@@ -68,6 +68,11 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
     return write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema))
 
 
+# What an export's model_kwargs never carry: how to run it (lk_impl) and timm's loader arguments (the
+# export's own pretrained_cfg and file are what a loader uses).
+NOT_SHAPE = ('lk_impl', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path')
+
+
 def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict) -> dict:
     """Deploy form of ``task``'s model -> ``model.safetensors`` + ``config.json`` (what it is, how it
     was evaluated: timm reads the ``pretrained_cfg`` when loading the file)."""
@@ -89,7 +94,7 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict)
     form = 'fused' if hasattr(model, 'reparameterize') else 'plain'
     # The export describes the model, not how to run it: the large-kernel implementation (lk_impl)
     # is the loader's choice, so an export made with 'triton' loads on a CPU.
-    shape_kwargs = {k: v for k, v in cfg.model.kwargs.items() if k != 'lk_impl'}
+    shape_kwargs = {k: v for k, v in cfg.model.kwargs.items() if k not in NOT_SHAPE}
     meta = dict(architecture=cfg.model.name, num_classes=n, task=task, form=form, model_kwargs=shape_kwargs,
                 source=source, max_relative_error=err, pretrained_cfg=exported_pretrained_cfg(cfg, task, n))
     (folder / 'config.json').write_text(json.dumps(meta, indent=2, default=str))
@@ -139,13 +144,8 @@ class TaskOutput(torch.nn.Module):
 
 def load_export(file: Path):
     """(timm model in the exported form with its head, the export's config.json)."""
-    import timm
-
-    import pretrain.models  # noqa: F401  (registers RepLKNet)
-    meta = json.loads(file.with_name('config.json').read_text())
-    model = timm.create_model(meta['architecture'], pretrained=True,
-                              pretrained_cfg_overlay=dict(meta['pretrained_cfg'], file=str(file)), **meta['model_kwargs'])
-    return model, meta
+    from .models.checkpoint import load_exported
+    return load_exported(file)
 
 
 def main(argv=None) -> dict:

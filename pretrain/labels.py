@@ -212,7 +212,7 @@ def label_coverage(sources, tasks: List[str], store_root: Optional[str],
     parts = {t: store.committed_parts(t) for t in tasks if store.has_task(t)} if store else {}
     out = {}
     for spec in sources:
-        _, entries = source_entries(spec)
+        _, entries, _ = source_entries(spec)
         for task, task_parts in parts.items():
             ghosts = [(e.stem, task_parts[e.stem]['rows'], e.samples) for e in entries
                       if e.stem in task_parts and task_parts[e.stem]['rows'] > e.samples]

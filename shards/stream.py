@@ -18,7 +18,7 @@ from . import plan as P
 from . import storage
 from .images import BadImage, decode_or_defer, image_part
 from .exclusions import Exclusions, kept_to_raw
-from .index import INDEX_DIR, incomplete_message, load_source, load_source_and_plan, planned_but_missing
+from .index import INDEX_DIR, incomplete_message, load_source_and_plan, planned_but_missing
 from .naming import shard_source
 from .reader import iter_shard_samples
 
@@ -56,13 +56,9 @@ def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
                    exclude: Optional[Exclusions] = None) -> ResolvedSource:
     """Shard URLs and exact sample counts, from the index beside the shards, less what ``exclude``
     lists (near-duplicates of evaluation images; ``shards/exclusions.py``)."""
-    urls, entries = source_entries(spec, retry)
-    plans = {}
-    for url, e in zip(urls, entries):   # one plan per build the shards come from (cached with the index)
-        if e.source not in plans:
-            plans[e.source] = load_source_and_plan(url.rsplit('/', 1)[0], e.source, retry)[1] or {}
+    urls, entries, plans = source_entries(spec, retry)
     facts = dict(sha256=tuple(e.sha256 for e in entries), positions=tuple(e.samples + e.num_skipped for e in entries),
-                 classes=tuple(plans[e.source].get('classes') or {} for e in entries))
+                 classes=tuple((plans.get(e.source) or {}).get('classes') or {} for e in entries))
     if exclude is None:
         return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries), **facts)
     excluded = []
@@ -97,13 +93,14 @@ def check_shards_present(urls, retry: storage.RetryPolicy = storage.DEFAULT_RETR
 
 
 def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> tuple:
-    """(shard URLs, their index entries) of one source."""
+    """(shard URLs, their index entries, {build source: its plan}) of one source."""
     if spec.url.endswith('.tar'):
         urls = list(braceexpand(spec.url))
         prefix = urls[0].rsplit('/', 1)[0]
-        listed = {}
+        listed, plans = {}, {}
         for source in sorted({shard_source(u.rsplit('/', 1)[1]) for u in urls}):
-            listed.update(load_source(prefix, source, retry))
+            entries_of, plans[source] = load_source_and_plan(prefix, source, retry)
+            listed.update(entries_of)
         missing = [u for u in urls if u.rsplit('/', 1)[1] not in listed]
         if missing:
             raise ValueError(f'source {spec.name!r}: {len(missing)} shards are not in the index under {prefix} '
@@ -121,7 +118,8 @@ def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
                              f'({INDEX_DIR}/{spec.name}/)')
         check_whole(spec, listed, plan)
         urls = [storage.join(prefix, e.name) for e in entries]
-    return urls, entries
+        plans = {spec.name: plan}
+    return urls, entries, plans
 
 
 def check_whole(spec: SourceSpec, listed: dict, info: Optional[dict]) -> None:

@@ -32,9 +32,7 @@ from pretrain.apps.demo_data import TASKS, make_items
 
 REPO = Path(__file__).resolve().parents[2]
 STUDENT = {'kernel_sizes': [7, 5], 'depths': [1, 1], 'channels': [24, 48], 'small_kernel': 3}
-TEACHER = {'kernel_sizes': [7, 5], 'depths': [2, 2], 'channels': [32, 64], 'small_kernel': 3,
-           'pretrained_cfg_overlay': {'input_size': [3, 32, 32], 'crop_pct': 1.0, 'mean': [0.5, 0.5, 0.5],
-                                      'std': [0.5, 0.5, 0.5], 'interpolation': 'bicubic'}}
+TEACHER = {'kernel_sizes': [7, 5], 'depths': [2, 2], 'channels': [32, 64], 'small_kernel': 3}
 STUDENTS = ('human', 'pseudo')   # human labels only; human + pseudo-labels on every image
 LABELED_SHARE = 0.5              # of a pseudo-label student's batches: the human-labeled images
 
@@ -198,7 +196,6 @@ def train_teachers(demo: Demo) -> dict:
 def pseudo_label(demo: Demo) -> dict:
     """Each task's teacher labels every training image: the unlabeled ones and those that carry
     only the other task's human label (MuST); where its own task's human label exists, that is kept."""
-    import pretrain.models  # noqa: F401  (the teachers are RepLKNets: register them with timm)
     from labeling.config import JobConfig
     from labeling.job import run_job
     from labeling.teachers import TeacherSpec
@@ -207,8 +204,7 @@ def pseudo_label(demo: Demo) -> dict:
     out = {}
     for task, teacher in demo.results['teachers'].items():
         cfg = JobConfig(task=task, store=demo.store, sources=sources,
-                        teachers=[TeacherSpec('timm', 'replknet_31b', teacher['weights'],
-                                              model_kwargs=teacher['model_kwargs'])],
+                        teachers=[TeacherSpec('export', path=str(Path(teacher['weights']).parent))],
                         topk=3, batch_size=64, workers=0, precision='fp32', tasks_file=str(demo.out / 'tasks.json'))
         out[task] = {k: v for k, v in run_job(cfg, progress=False).items() if k != 'task'}
     return out

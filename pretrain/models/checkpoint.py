@@ -97,3 +97,24 @@ def export_meta(file) -> Optional[dict]:
         return None
     meta = json.loads(meta_path.read_text())
     return meta if 'pretrained_cfg' in meta and 'architecture' in meta else None
+
+
+def load_exported(file):
+    """(the model an export describes, in its exported form with its trained head, its ``config.json``).
+    The weights are safetensors (no code runs); ``pretrained_cfg`` gives timm its input size, crop and
+    statistics; the shape arguments come from the export, not from the caller."""
+    import timm
+
+    from . import registry  # noqa: F401  (registers the project's models with timm)
+    meta = export_meta(file)
+    if meta is None or Path(file).suffix != '.safetensors':
+        raise ValueError(f'{file}: not an export of pretrain.export (a model.safetensors with a config.json naming '
+                         'its architecture and pretrained_cfg beside it)')
+    loader_args = sorted(set(meta['model_kwargs']) & {'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay',
+                                                       'checkpoint_path', 'lk_impl'})
+    if loader_args:   # a downloaded export must not steer timm's loader (e.g. to a pickle elsewhere)
+        raise ValueError(f'{file}: its config.json puts {loader_args} among the model arguments; an export of '
+                         'pretrain.export never does: re-export it, or remove them if you trust the file')
+    model = timm.create_model(meta['architecture'], pretrained=True,
+                              pretrained_cfg_overlay=dict(meta['pretrained_cfg'], file=str(file)), **meta['model_kwargs'])
+    return model, meta
