@@ -61,7 +61,8 @@ def test_job_runs_one_process_per_rank_under_torchrun(tmp_path, free_port, launc
     proc = launch(['torchrun', '--nproc_per_node', '2', '--master_port', str(free_port),
                    '-m', 'labeling', 'run', '--config', str(cfg), '--no-progress'])
     # Both ranks print a summary to one pipe: whole objects, but their newlines may interleave.
-    summaries = [json.loads(m) for m in re.findall(r'\{"task"[^{}]*\}', proc.stdout)]
+    decoder = json.JSONDecoder()
+    summaries = [decoder.raw_decode(proc.stdout, m.start())[0] for m in re.finditer(r'\{"task"', proc.stdout)]
     assert sorted(s['job_index'] for s in summaries) == [0, 1] and all(s['num_jobs'] == 2 for s in summaries)
     assert sum(s['committed'] for s in summaries) == 6
     assert len(parts(tmp_path, str(tmp_path / 'store'))) == 6
