@@ -11,6 +11,7 @@ from pretrain.labels import check_store_tasks
 from shards import storage
 from shards.index import ShardIndex
 
+pytestmark = pytest.mark.multiprocess   # a real S3 server process (SeaweedFS), like the other S3 tests
 NO_BUCKET = 's3://replk-no-such-bucket'
 
 
