@@ -226,9 +226,12 @@ class LabelStore:
             raise LabelError(f'task {task.name!r}: store version {manifest.get("version")!r}, '
                              f'this code reads {STORE_VERSION}')
         if manifest['class_map_version'] != task.class_map_version or manifest['num_classes'] != task.num_classes:
-            raise LabelError(f'task {task.name!r}: the store has class-map version {manifest["class_map_version"]} '
-                             f'({manifest["num_classes"]} classes), the registry {task.class_map_version} '
-                             f'({task.num_classes} classes)')
+            stored = manifest.get('class_names') or []
+            raise LabelError(f'task {task.name!r}: the label store was made with {manifest["num_classes"]} classes '
+                             f'{_few(stored)} (class-map version {manifest["class_map_version"]}), the tasks file '
+                             f'here gives {task.num_classes} {_few(task.class_names)} (version {task.class_map_version}); '
+                             'its labels index the store\'s classes: use the tasks file the store was made with, '
+                             'or label into a new store')
 
     def has_task(self, task: str) -> bool:
         try:
@@ -498,3 +501,8 @@ def check_content(task: str, stem: str, record: dict, shard_sha256: str) -> None
                          f'{made_for}..., the index now says {shard_fingerprint(shard_sha256)}...): the shard was '
                          f'rebuilt since; relabel it (python -m labeling run) or re-import its human labels '
                          f'(python -m labeling import-human)')
+
+
+def _few(names) -> str:
+    names = list(names)
+    return str(names[:4])[:-1] + (', ...]' if len(names) > 4 else ']') if names else '(names not recorded)'

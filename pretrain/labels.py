@@ -187,6 +187,12 @@ def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks
                              f'label it (python -m labeling run) or import its human labels '
                              f'(python -m labeling import-human), or remove the task')
         manifest = store.manifest(name)
+        try:   # the tasks file (or a built-in task) names the classes the join maps labels onto
+            known = store.registry.get(name)
+        except KeyError:
+            known = None
+        if known is not None:
+            LabelStore.check_task(known, manifest)   # before the first step, not in a DataLoader worker
         unlisted = sorted(set(store.commit_records(name)) - set(manifest['parts'])) if list_commits else []
         if unlisted:  # a job killed before listing them: training would silently miss their labels
             raise ValueError(f'tasks.{name}: {len(unlisted)} committed label parts (e.g. {unlisted[0]}) are not yet '

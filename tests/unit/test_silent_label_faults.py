@@ -56,3 +56,12 @@ def test_committed_but_unlisted_label_parts_stop_the_run_before_it_starts(tiny, 
         check_store_tasks(str(root), TASKS, tiny['tasks_file'])
     store.refresh_manifest('shape')
     check_store_tasks(str(root), TASKS, tiny['tasks_file'])
+
+
+def test_a_tasks_file_naming_other_classes_than_the_store_is_an_error_before_the_first_step(tiny, tmp_path):
+    from labeling.commits import LabelError
+    tasks_file = tmp_path / 'tasks.json'
+    tasks_file.write_text('{"shape": ["a", "b", "c", "d"], "stripes": {"num_classes": 3}}')
+    with pytest.raises(LabelError, match=r"task 'shape': the label store was made with 4 classes .* the tasks file "
+                                         r"here gives 4 \['a', 'b', 'c', 'd'\] .* use the tasks file the store was made"):
+        check_store_tasks(tiny['labels'], TASKS, str(tasks_file))
