@@ -157,3 +157,22 @@ def fresh_lk_decisions(tmp_path_factory, monkeypatch):
     yield
     lk_choice.forget_decisions()
     lk_choice.set_agreement(None)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """``mount(size)`` -> a real filesystem of that size (a tmpfs; mounting needs root, else the test
+    is skipped), unmounted after the test: a full disk for real, not a mock."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        disk = tmp_path / f'disk{len(mounted)}'
+        disk.mkdir()
+        if subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(disk)],
+                          capture_output=True).returncode:
+            pytest.skip('mounting a tmpfs needs root')
+        mounted.append(disk)
+        return disk
+    yield mount
+    for disk in mounted:
+        subprocess.run(['umount', '-l', str(disk)])

@@ -349,14 +349,9 @@ def test_corrupt_samples_in_the_metrics_are_summed_over_every_rank(tiny, tmp_pat
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real 1.2 MB filesystem (tmpfs; needs root): room for two checkpoints of the tiny model."""
-    disk = tmp_path / 'disk'
-    disk.mkdir()
-    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1200k', 'tmpfs', str(disk)], capture_output=True).returncode:
-        pytest.skip('mounting a tmpfs needs root')
-    yield disk
-    subprocess.run(['umount', '-l', str(disk)])
+def small_disk(small_filesystem):
+    """A real 1.2 MB filesystem: room for two checkpoints of the tiny model."""
+    return small_filesystem('1200k')
 
 
 def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_intact_checkpoint(tiny, tmp_path, small_disk):

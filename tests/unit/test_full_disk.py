@@ -1,7 +1,5 @@
 """A full disk while building shards or writing labels: one line naming where, no partial files left,
 and finished work kept. On a real small filesystem (a tmpfs; mounting one needs root)."""
-import subprocess
-
 import pytest
 
 from helpers import write_image
@@ -10,13 +8,8 @@ from shards import cli as shards_cli
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    disk = tmp_path / 'disk'
-    disk.mkdir()
-    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', str(disk)], capture_output=True).returncode:
-        pytest.skip('mounting a tmpfs needs root')
-    yield disk
-    subprocess.run(['umount', '-l', str(disk)])
+def full_disk(small_filesystem):
+    return small_filesystem('256k')
 
 
 def fill(disk, leave: int):
