@@ -213,6 +213,18 @@ def decisions() -> Dict[str, str]:
 
 def forget_decisions() -> None:
     _decided.clear()
+    _per_call.clear()
+
+
+_per_call: Dict[tuple, object] = {}   # what a forward call needs, by what it can see cheaply
+
+
+def remembered(key: tuple, compute: Callable[[], object]):
+    """``compute()`` once per process for ``key`` (device, dtype, shape...): every forward of every
+    large-kernel layer asks, so the answer must cost a dict lookup, not a device query."""
+    if key not in _per_call:
+        _per_call[key] = compute()
+    return _per_call[key]
 
 
 def card_identity(device: torch.device) -> Optional[str]:
@@ -227,6 +239,12 @@ def card_identity(device: torch.device) -> Optional[str]:
 @torch.compiler.disable   # a decision is host code (files, timing, a collective), not part of a graph
 def choose(x: torch.Tensor, kernel: int, dtype: torch.dtype, allowed: Sequence[str]) -> Decision:
     """The decision for this call's layer shape (made once per process and shape)."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return remembered(('choose', x.device, dtype, tuple(x.shape[1:]), channels_last, kernel, tuple(allowed)),
+                      lambda: _choose(x, kernel, dtype, allowed))
+
+
+def _choose(x: torch.Tensor, kernel: int, dtype: torch.dtype, allowed: Sequence[str]) -> Decision:
     card = card_identity(x.device)
     shape = LayerShape.of(x, kernel, dtype)
     allowed = tuple(c for c in allowed if c in candidates_for(shape))

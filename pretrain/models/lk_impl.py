@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .layers import depthwise_conv2d
-from .lk_choice import EVERY_CANDIDATE, card_identity, choose
+from .lk_choice import EVERY_CANDIDATE, card_identity, choose, remembered
 from .lk_measure import TRITON_ALGORITHMS
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ class AutoDepthwiseConv2d(DepthwiseConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = autocast_dtype(x) or x.dtype
-        refused = triton_refuses(x, self.kernel_size[0], dtype)
+        kernel = self.kernel_size[0]
+        refused = remembered(('refuses', x.device, dtype, kernel), lambda: triton_refuses(x, kernel, dtype))
         if refused:
             log_fallback_once(str(x.device), tuple(x.shape[1:]), self.kernel_size[0], refused)
             return super().forward(x)
