@@ -404,12 +404,7 @@ class LabelStore:
         record = manifest['parts'].get(stem)
         if record is None:
             return None
-        if shard_sha256 is not None:
-            check_content(task_name, stem, record, shard_sha256)
-        if record.get('teacher_id') not in (None, teacher_id(manifest.get('teacher'))):
-            raise LabelError(f'task {task_name!r}, shard {stem}: its part was written by teacher '
-                             f'{record["teacher_id"]}, but the task holds teacher {teacher_id(manifest.get("teacher"))} '
-                             f'({manifest.get("teacher")}): relabel the shard with the task\'s teacher')
+        self.check_record(task_name, stem, record, shard_sha256)
         url = f'{self._task_dir(task_name)}/{check_name(record["file"], f"part file of {stem} in _task.json")}'
         data = storage.read_bytes(url, self.retry)
         if hashlib.sha256(data).hexdigest() != record['sha256']:
@@ -418,6 +413,17 @@ class LabelStore:
         table = pq.read_table(io.BytesIO(data))
         validate_table(task, stem, table)
         return table
+
+    def check_record(self, task_name: str, stem: str, record: dict, shard_sha256: Optional[str] = None) -> None:
+        """What a part's commit record alone can refuse, without reading the part: labels made for
+        other bytes of the shard (with ``shard_sha256``) or by a teacher the task no longer holds."""
+        if shard_sha256 is not None:
+            check_content(task_name, stem, record, shard_sha256)
+        manifest = self.manifest(task_name)
+        if record.get('teacher_id') not in (None, teacher_id(manifest.get('teacher'))):
+            raise LabelError(f'task {task_name!r}, shard {stem}: its part was written by teacher '
+                             f'{record["teacher_id"]}, but the task holds teacher {teacher_id(manifest.get("teacher"))} '
+                             f'({manifest.get("teacher")}): relabel the shard with the task\'s teacher')
 
     def shard_targets(self, stem: str, tasks: Sequence[str],
                       shard_sha256: Optional[str] = None) -> Dict[str, Dict[str, tuple]]:

@@ -119,3 +119,18 @@ def _picklable(exc: Exception) -> bool:
         return True
     except Exception:  # noqa: BLE001  an exception class whose arguments do not round-trip
         return False
+
+
+def tell_launcher(message: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Put a failing rank's one-line reason where torchrun's failure summary reads it ("Root
+    Cause ... traceback :"), so it is not just a pointer to the elastic docs under 40 lines."""
+    path = environ.get('TORCHELASTIC_ERROR_FILE')
+    if not path:
+        return
+    import json
+    import time
+    try:
+        with open(path, 'w') as f:
+            json.dump({'message': message, 'timestamp': int(time.time())}, f)
+    except OSError:
+        pass   # the launcher's summary is a convenience; the reason is on stderr already

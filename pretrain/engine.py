@@ -14,7 +14,7 @@ import pretrain.models  # noqa: F401  (registers RepLKNet with timm)
 
 from labeling.tasks import TaskRegistry
 from shards.loader import ResumableLoader, ShardStream
-from shards.plan import seed_global_rngs
+from shards.plan import EpochTooShort, seed_global_rngs
 from shards.stream import SourceSpec, StreamConfig
 from shards.transforms import DeviceNormalize, train_transform
 
@@ -88,14 +88,24 @@ def build_loader(cfg: RunConfig, env: DistEnv) -> ResumableLoader:
     stream_cfg = StreamConfig(seed=cfg.train.seed, batch_size=cfg.train.micro_batch,
                               shuffle_buffer=cfg.data.shuffle_buffer, few_shards=cfg.data.few_shards,
                               max_corrupt_fraction=cfg.data.max_corrupt_fraction, exclude=cfg.data.exclude)
-    stream = ShardStream([SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources], stream_cfg,
-                         train_transform(tcfg), env.rank, env.world_size, cfg.data.workers,
-                         decode_min_side=tcfg.decode_min_side(train=True))
+    try:
+        stream = ShardStream([SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources],
+                             stream_cfg, train_transform(tcfg), env.rank, env.world_size, cfg.data.workers,
+                             decode_min_side=tcfg.decode_min_side(train=True))
+    except EpochTooShort as short:
+        raise ValueError(too_short_message(short, env.world_size, cfg.data.workers)) from None
     # the join checks each part against the content and size of the shard the stream resolved
     human_maps = human_label_maps(cfg.tasks, stream.sources, TaskRegistry.from_json(cfg.data.tasks_file))
     stream.batch_transform = LabelJoiner(task_classes(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file,
                                          shards=shard_facts(stream.sources), human_maps=human_maps)
     return ResumableLoader(stream, num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
+
+
+def too_short_message(short: EpochTooShort, world_size: int, workers: int) -> str:
+    """The one line a too-small dataset gets, in the run config's own names."""
+    return (f'data.sources: an epoch gives each of the {short.slots} slots ({world_size} ranks x {max(workers, 1)} '
+            f'data.workers) {short.samples} samples, fewer than one batch (train.micro_batch {short.batch_size}): set '
+            f'train.micro_batch to {max(short.samples, 1)} or less, lower data.workers, or add samples')
 
 
 def weights_fingerprint(params: List[torch.Tensor]) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from labeling.commits import LabelError
-from labeling.store import LabelStore, check_content
+from labeling.store import LabelStore
 from labeling.class_map import human_index_map
 from labeling.tasks import Task, TaskRegistry
 from shards import storage
@@ -130,8 +130,9 @@ def check_keys_within(targets: Dict[str, dict], stem: str, positions: int) -> No
 def check_labels_match_shards(store_root: Optional[str], tasks: Dict[str, object], sources: Sequence[ResolvedSource],
                               tasks_file: Optional[str], registry: Optional[TaskRegistry] = None) -> None:
     """Before the first step: every committed part of the run's shards was made for the bytes the
-    index lists now (a source rebuilt under the same names would put its labels on other images).
-    Reads only the manifests (each part's record names its shard's content), no part."""
+    index lists now (a source rebuilt under the same names would put its labels on other images)
+    and by the teacher its task holds. Reads only the manifests (each part's record names its
+    shard's content and teacher), no part."""
     if not store_root:
         return
     store = LabelStore(store_root, registry or TaskRegistry.from_json(tasks_file))
@@ -141,7 +142,7 @@ def check_labels_match_shards(store_root: Optional[str], tasks: Dict[str, object
         for stem, record in store.committed_parts(task).items():
             if stem in facts:
                 try:
-                    check_content(task, stem, record, facts[stem][0])
+                    store.check_record(task, stem, record, facts[stem][0])
                 except LabelError as exc:
                     faults.append(str(exc))
         if faults:

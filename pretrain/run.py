@@ -21,7 +21,7 @@ from pretrain import checkpoint  # noqa: E402
 from pretrain.config import ConfigError, RunConfig, check_launch, load_config, to_dict  # noqa: E402
 from pretrain.console import (eval_line, log_to_file, save_traceback, setup_logging, startup_summary,  # noqa: E402
                               step_line)
-from pretrain.distributed import init_distributed, main_rank_decides, read_dist_env  # noqa: E402
+from pretrain.distributed import init_distributed, main_rank_decides, read_dist_env, tell_launcher  # noqa: E402
 from pretrain.ds_config import check_deepspeed_keys  # noqa: E402
 from pretrain.labels import (check_labels_match_shards, check_store_tasks, human_label_maps,  # noqa: E402
                              label_coverage, warn_unlabeled_sources)
@@ -182,6 +182,7 @@ def main(argv=None, check=None, doc: str = __doc__) -> dict:
         if args.debug:
             raise
         save_traceback()  # into train.log when the run folder exists
+        tell_launcher(f'error: {exc}')
         if rank == 0:
             print(f'error: {exc}', file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -61,6 +61,16 @@ class MixPlan:
         return sum(self.per_slot) // self.batch_size
 
 
+class EpochTooShort(ValueError):
+    """An epoch that gives a rank x worker slot less than one batch: nothing to train on."""
+
+    def __init__(self, slots: int, samples: int, batch_size: int):
+        self.slots, self.samples, self.batch_size = slots, samples, batch_size
+        super().__init__(f'an epoch gives each of the {slots} rank x worker slots only {samples} samples, fewer than '
+                         f'one batch of {batch_size}: use a batch of {max(samples, 1)} or less, fewer workers or '
+                         f'ranks, or more samples')
+
+
 def mix_plan(sources: Sequence[str], sizes: Sequence[int], weights: Optional[Sequence[float]],
              slots: int, batch_size: int) -> MixPlan:
     """Default weights are the source sizes: one training epoch reads each sample once."""
@@ -71,8 +81,7 @@ def mix_plan(sources: Sequence[str], sizes: Sequence[int], weights: Optional[Seq
         total, wsum = sum(natural), float(sum(weights))
         per_slot = [int(round(total * w / wsum)) for w in weights]
     if sum(per_slot) < batch_size:
-        raise ValueError(f'an epoch gives each of the {slots} rank x worker slots only {sum(per_slot)} samples, '
-                         f'fewer than one batch of {batch_size}')
+        raise EpochTooShort(slots, sum(per_slot), batch_size)
     return MixPlan(tuple(sources), tuple(per_slot), tuple(natural), batch_size)
 
 

@@ -65,3 +65,23 @@ def test_a_tasks_file_naming_other_classes_than_the_store_is_an_error_before_the
     with pytest.raises(LabelError, match=r"task 'shape': the label store was made with 4 classes .* the tasks file "
                                          r"here gives 4 \['a', 'b', 'c', 'd'\] .* use the tasks file the store was made"):
         check_store_tasks(tiny['labels'], TASKS, str(tasks_file))
+
+
+def test_a_part_of_a_teacher_the_task_no_longer_holds_stops_the_run_before_it_starts(tiny, tmp_path):
+    import shutil
+
+    from labeling.store import LabelStore, Row
+    from labeling.tasks import TaskRegistry
+    from pretrain.labels import check_labels_match_shards
+    from shards.stream import resolve_source
+    root = tmp_path / 'labels'
+    shutil.copytree(tiny['labels'], root)
+    store = LabelStore(str(root), TaskRegistry.from_json(tiny['tasks_file']))
+    store.open_task('shape', teacher={'model': 'now'}, topk=1)
+    store.write_part('shape', 'unl-000000', [Row('unl/000000/000000', [1], [1.0], 'pseudo')], 'teacher',
+                     teacher={'model': 'before'})
+    store.refresh_manifest('shape')
+    sources = [resolve_source(SourceSpec('unl', tiny['shards']))]
+    with pytest.raises(ValueError, match=r"task 'shape', shard unl-000000: its part was written by teacher \w+, but "
+                                         r"the task holds teacher .*relabel the shard"):
+        check_labels_match_shards(str(root), TASKS, sources, tiny['tasks_file'])   # was: a LabelError in a worker
