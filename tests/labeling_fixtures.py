@@ -58,3 +58,37 @@ def job_config(tmp: Path, shards: str, store: str, teachers: list, **extra) -> P
 
 def timm_teacher_spec(weights: Path) -> dict:
     return dict(kind='timm', model='vit_large_patch16_224', weights=str(weights), model_kwargs=TINY_VIT)
+
+
+def labels_against_teacher_forward(store_root: str, tasks_file: str, task: str, shards: str, export: str) -> tuple:
+    """(images compared, largest |stored top-1 prob - teacher's prob of that class|) for every stored
+    pseudo-label of ``shards``, the teacher run here by hand at the size its export records."""
+    import io
+
+    from PIL import Image
+
+    from labeling.store import LabelStore
+    from labeling.tasks import TaskRegistry
+    from labeling.teachers import TeacherSpec, load_teacher
+    from shards.reader import iter_shard_samples
+
+    store = LabelStore(store_root, TaskRegistry.from_json(tasks_file))
+    teacher = load_teacher(TeacherSpec('export', path=export), store.task(task).num_classes)
+    mean = torch.tensor(teacher.preprocess.mean).view(1, 3, 1, 1) * 255   # the transform leaves 0-255 values
+    std = torch.tensor(teacher.preprocess.std).view(1, 3, 1, 1) * 255
+    compared, worst = 0, 0.0
+    for stem, record in store.committed_parts(task).items():
+        table = store.read_part(task, stem).to_pydict()
+        stored = {k: (i[0], p[0]) for k, i, p, s in zip(table['key'], table['idx'], table['prob'], table['source'])
+                  if s == 'pseudo'}
+        for sample in iter_shard_samples(f'{shards}/{stem}.tar'):
+            if sample['__key__'] not in stored:
+                continue
+            image = Image.open(io.BytesIO(sample['jpg'])).convert('RGB')
+            x = teacher.preprocess.transform()(image).float().unsqueeze(0)
+            with torch.no_grad():
+                probs = teacher((x - mean) / std)[0]
+            index, prob = stored[sample['__key__']]
+            worst = max(worst, abs(prob - probs[index].item()))
+            compared += 1
+    return compared, worst

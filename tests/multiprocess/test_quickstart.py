@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from helpers import BIN_DIR, REPO_ROOT, write_image
-from labeling_fixtures import TINY_VIT
+from labeling_fixtures import labels_against_teacher_forward
 
 pytestmark = pytest.mark.multiprocess
+TEACHER_SIZE = 40   # not 224 and not the student's: labels must come at the size the teacher was trained
 TINY_MODEL = {'kernel_sizes': [7, 5], 'depths': [1, 1], 'channels': [16, 32], 'small_kernel': 3}
 
 
@@ -27,11 +28,11 @@ def quickstart():
 
 def shrink(name: str, cfg: dict, folder: Path) -> dict:
     if name == 'label_pets.json':
-        cfg['teachers'][0]['model_kwargs'] = TINY_VIT
+        assert cfg['teachers'] == [{'kind': 'export', 'path': 'export/teacher'}]   # shape and size from the export
         cfg['precision'] = 'fp32'  # bf16 is ~3x slower on this CPU; the GPU tier covers it
         return cfg
     cfg['model']['kwargs'] = TINY_MODEL
-    cfg['data']['image_size'] = 32
+    cfg['data']['image_size'] = TEACHER_SIZE if name == 'teacher_pets.json' else 32
     cfg['data']['val_crop_pct'] = 1.0
     cfg['train'].update(micro_batch=4, precision='fp32')
     cfg['schedule']['max_steps'] = 4
@@ -51,16 +52,9 @@ def photos(root: Path) -> None:
 
 
 def test_the_readme_quickstart_runs_as_written(tmp_path):
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
     commands, configs = quickstart()
-    assert set(configs) == {'label_pets.json', 'pretrain_pets.json', 'finetune_pets.json'}
+    assert set(configs) == {'teacher_pets.json', 'label_pets.json', 'pretrain_pets.json', 'finetune_pets.json'}
     photos(tmp_path / 'my_photos')
-    torch.manual_seed(0)
-    save_file(timm.create_model('vit_large_patch16_224', num_classes=2, **TINY_VIT).state_dict(),
-              str(tmp_path / 'my_teacher.safetensors'))
     for name, cfg in configs.items():
         (tmp_path / name).write_text(json.dumps(shrink(name, cfg, tmp_path)))
     env = dict(os.environ, OMP_NUM_THREADS='1', PATH=f'{BIN_DIR}{os.pathsep}{os.environ["PATH"]}',
@@ -75,6 +69,11 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
         assert proc.returncode == 0, f'{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}'
         printed[command] = proc.stdout
     assert json.loads((tmp_path / 'runs/pets_ft/result.json').read_text())['step'] == 4
+    labeled = json.loads(next(out for cmd, out in printed.items() if 'replk-label run' in cmd))
+    assert labeled['preprocess']['size'] == [TEACHER_SIZE, TEACHER_SIZE] and labeled['images'] == 16
+    compared, worst = labels_against_teacher_forward(str(tmp_path / 'data/labels'), str(tmp_path / 'tasks.json'),
+                                                     'pets', str(tmp_path / 'data/shards'), str(tmp_path / 'export/teacher'))
+    assert compared == 16 and worst < 2e-3   # the teacher's forward at its trained size, image by image
     last = list(printed.values())[-1]
     assert "['cat', 'dog'] 2" in last
     evaluated = next(out for cmd, out in printed.items() if 'pretrain.evaluate' in cmd)

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from helpers import write_image
+from labeling_fixtures import labels_against_teacher_forward
 from labeling.config import JobConfig
 from labeling.job import run_job
-from labeling.store import LabelStore
-from labeling.tasks import TaskRegistry
 from labeling.teachers import TeacherSpec, load_teacher
 from pretrain.config import load_config, task_classes
 from pretrain.engine import build_model
@@ -62,23 +61,9 @@ def test_the_stored_labels_are_the_teachers_forward_at_its_trained_size(teacher_
                     workers=0, precision='fp32', tasks_file=str(teacher_export / 'tasks.json'))
     summary = run_job(cfg, progress=False)
     assert summary['preprocess']['size'] == (40, 40) and summary['images'] == 6
-    store = LabelStore(str(tmp_path / 'store'), TaskRegistry.from_json(str(teacher_export / 'tasks.json')))
-    store.refresh_manifest('pets')
-    teacher = load_teacher(TeacherSpec('export', path=str(teacher_export / 'export')), 2)
-    from PIL import Image
-    from shards.reader import iter_shard_samples
-    import io
-    for shard in ('unl-000000', 'unl-000001'):
-        table = store.read_part('pets', shard).to_pydict()
-        stored = {k: dict(zip(i, p)) for k, i, p in zip(table['key'], table['idx'], table['prob'])}
-        for sample in iter_shard_samples(str(tmp_path / 'shards' / f'{shard}.tar')):
-            image = Image.open(io.BytesIO(sample['jpg'])).convert('RGB')
-            x = teacher.preprocess.transform()(image).float().unsqueeze(0)
-            mean = torch.tensor(teacher.preprocess.mean).view(1, 3, 1, 1) * 255
-            std = torch.tensor(teacher.preprocess.std).view(1, 3, 1, 1) * 255
-            with torch.no_grad():
-                probs = teacher((x - mean) / std)[0]
-            assert stored[sample['__key__']][0] == pytest.approx(probs[0].item(), abs=2e-3)
+    compared, worst = labels_against_teacher_forward(str(tmp_path / 'store'), str(teacher_export / 'tasks.json'),
+                                                     'pets', str(tmp_path / 'shards'), str(teacher_export / 'export'))
+    assert compared == 6 and worst < 2e-3
 
 
 def test_a_timm_teacher_naming_a_project_model_loads_in_a_fresh_process(teacher_export):
