@@ -11,7 +11,7 @@ import torch
 
 from shards import storage
 
-from shards.helpformat import HelpFormatter
+from shards.helpformat import HelpFormatter, command_name
 
 from .store import LabelError, LabelStore
 from .tasks import TaskRegistry
@@ -92,16 +92,16 @@ def _report(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m labeling', description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=command_name('labeling'), description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
     r = sub.add_parser('run', formatter_class=HelpFormatter, help='label image shards with the config\'s teachers')
-    r.add_argument('--config', required=True)
+    r.add_argument('--config', required=True, help='the label job config (JSON: task, store, sources, teachers, ...)')
     r.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs (e.g. $SLURM_ARRAY_TASK_ID)')
-    r.add_argument('--num-jobs', type=int, default=1)
+    r.add_argument('--num-jobs', type=int, default=1, help='jobs labeling these shards together (any number of machines)')
     r.add_argument('--device', help='default: cuda:LOCAL_RANK when there is a GPU, else cpu')
-    r.add_argument('--no-progress', action='store_true')
+    r.add_argument('--no-progress', action='store_true', help='no progress bar (logs, CI)')
     r.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
-    r.add_argument('--local_rank', '--local-rank', type=int, default=None, help='set by the deepspeed launcher')
+    r.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)  # from launchers
     r.set_defaults(func=_run)
     for name, func, text in (('import-human', _import_human, 'human labels from the shards\' metadata'),
                              ('commit', _commit, 'list every committed part in _task.json'),
@@ -109,8 +109,8 @@ def parser() -> argparse.ArgumentParser:
                              ('report', _report, 'coverage, confidence, teacher agreement')):
         s = sub.add_parser(name, formatter_class=HelpFormatter, help=text)
         s.add_argument('--store', required=True, help='label store root')
-        s.add_argument('--task', required=True, nargs='+')
-        s.add_argument('--tasks-file', help='JSON with user tasks')
+        s.add_argument('--task', required=True, nargs='+', help='one or more task names')
+        s.add_argument('--tasks-file', help='JSON of user tasks (class names or counts); built in: in1k, in22k, places365')
         s.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
         if name == 'import-human':
             s.add_argument('--shards', required=True, help='shard prefix holding the shard index (_index/)')

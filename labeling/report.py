@@ -15,6 +15,7 @@ def task_stats(store: LabelStore, task: str, shard_totals: Optional[Dict[str, in
     """Numbers for one task; ``shard_totals`` (samples per image source) adds the unlabeled count."""
     coverage: Dict[str, Counter] = defaultdict(Counter)
     confidence, entropy, top1, top5 = [], [], [], []
+    per_class: Counter = Counter()   # pseudo-labels by top-1 class
     for stem in sorted(store.committed_parts(task)):
         cols = store.read_part(task, stem).to_pydict()
         for key, idx, prob, source, t_idx in zip(cols['key'], cols['idx'], cols['prob'], cols['source'],
@@ -23,18 +24,32 @@ def task_stats(store: LabelStore, task: str, shard_totals: Optional[Dict[str, in
             if source == 'pseudo':
                 p = np.asarray(prob, dtype=np.float64)
                 confidence.append(float(p.max()))
+                per_class[idx[int(p.argmax())]] += 1
                 entropy.append(float(-(p * np.log(np.clip(p, 1e-12, None))).sum()))
             elif t_idx:
                 top1.append(t_idx[0] == idx[0])
                 top5.append(idx[0] in t_idx[:5])
     for src, total in (shard_totals or {}).items():
         coverage[src]['none'] = max(0, total - sum(coverage[src].values()))
+    names = store.task(task).class_names
     return dict(
         task=task,
         coverage={src: dict(c) for src, c in sorted(coverage.items())},
-        pseudo=dict(count=len(confidence), mean_confidence=_mean(confidence), mean_entropy=_mean(entropy)),
-        teacher_agreement=dict(images=len(top1), top1=_mean(top1), top5=_mean(top5)),
+        pseudo=dict(count=len(confidence), mean_confidence=_mean(confidence), mean_entropy=_mean(entropy),
+                    per_class={names[i]: n for i, n in sorted(per_class.items())}),
+        teacher_agreement=agreement(top1, top5, len(names)),
         _confidence=confidence, _entropy=entropy)
+
+
+def agreement(top1: List[bool], top5: List[bool], num_classes: int) -> dict:
+    """How often the teacher's top-1 (top-5, above 5 classes) is the human label, or why unknown."""
+    if not top1:
+        return dict(images=0, top1=None, why_none='no human-labeled image went through the teacher: put a labeled '
+                                                  'source in the label job\'s sources to measure this')
+    out = dict(images=len(top1), top1=_mean(top1))
+    if num_classes > 5:   # with 5 classes or fewer top-5 is 1 by construction
+        out['top5'] = _mean(top5)
+    return out
 
 
 def _mean(values) -> Optional[float]:

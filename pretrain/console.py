@@ -67,8 +67,8 @@ def eval_line(step: int, results: dict) -> str:
     for key, value in sorted(results.items()):
         if key.endswith('/top1'):
             prefix = key[:-len('/top1')]
-            parts.append(f'{prefix} top-1 {value:.4f} top-5 {results.get(prefix + "/top5", float("nan")):.4f} '
-                         f'({results.get(prefix + "/images", 0)} images)')
+            top5 = f' top-5 {results[prefix + "/top5"]:.4f}' if prefix + '/top5' in results else ''
+            parts.append(f'{prefix} top-1 {value:.4f}{top5} ({results.get(prefix + "/images", 0)} images)')
     return f'eval at step {step}: ' + ('; '.join(parts) if parts else 'no labeled validation images')
 
 

@@ -17,13 +17,14 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
-from shards.helpformat import HelpFormatter
+from shards.helpformat import HelpFormatter, command_name
 from shards.safe_files import UnsafeFileError, add_trust_pickle_argument
 from shards.stream import SourceSpec
 from shards.transforms import TransformConfig
 
 from .config import DataConfig, ModelConfig, RunConfig, build, load_config, task_classes
 from .evaluation import EvalSpec
+from .weights import check_run_folder
 
 # What the user can fix: one line naming the fault, no traceback.
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, UnsafeFileError)
@@ -37,6 +38,8 @@ def run_config(args) -> Optional[RunConfig]:
     """The training config of the weights: ``--config``, the run folder's, or None (``--model``)."""
     if args.config:
         return load_config(args.config)
+    if os.path.isdir(args.checkpoint) or not os.path.exists(args.checkpoint):
+        check_run_folder(args.checkpoint, '--checkpoint', '--tag')
     if is_run_folder(args.checkpoint):
         if args.model or args.task or args.model_kwargs:
             raise ValueError('a run folder names its own model and tasks (its config.json); drop --model/--task/'
@@ -54,6 +57,15 @@ def parse_tasks(items) -> Dict[str, int]:
         raise ValueError(f'--task: expected NAME=CLASSES, got {items}') from None
 
 
+def parse_source(item: str) -> SourceSpec:
+    """``--data NAME=URL``, checked as the command line is read (before any weights load)."""
+    name, sep, url = item.partition('=')
+    if not sep or not name or not url:
+        raise argparse.ArgumentTypeError(f'{item}: expected NAME=URL, the source\'s name in its shard index and '
+                                         f'the shard folder (e.g. pets_val={item if not sep else url or "data/val"})')
+    return SourceSpec(name, url)
+
+
 def eval_transform_config(args, data: DataConfig, pretrained_cfg: dict, from_run: bool) -> TransformConfig:
     """Normalization, crop and size of the run that trained the weights, else of the model's
     ``pretrained_cfg``; ``--size``/``--crop-pct`` override either."""
@@ -69,7 +81,7 @@ def eval_transform_config(args, data: DataConfig, pretrained_cfg: dict, from_run
 def eval_spec(args, tasks: Dict[str, int], transform: TransformConfig, cfg: Optional[RunConfig]) -> EvalSpec:
     data = cfg.data if cfg is not None else DataConfig()
     model = cfg.model if cfg is not None else ModelConfig()
-    return EvalSpec(tasks, [SourceSpec(*x.split('=', 1)) for x in args.data], transform, args.batch_size,
+    return EvalSpec(tasks, list(args.data), transform, args.batch_size,
                     args.workers, args.precision, model.channels_last, data.label_store, data.tasks_file)
 
 
@@ -123,18 +135,27 @@ def weights_model(args):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument('--checkpoint', required=True, help='run folder, .pt/.pth/.bin or .safetensors file')
-    p.add_argument('--tag', help='run folder: step-N (default: the newest committed)')
-    p.add_argument('--data', action='append', required=True, metavar='SOURCE=URL', help='labeled shards (repeatable)')
-    p.add_argument('--config'); p.add_argument('--model'); p.add_argument('--model-kwargs')
-    p.add_argument('--task', action='append', metavar='TASK=CLASSES')
-    p.add_argument('--size', type=int); p.add_argument('--crop-pct', type=float)
-    p.add_argument('--batch-size', type=int, default=64); p.add_argument('--workers', type=int, default=4)
-    p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16'))
-    p.add_argument('--ema', action='store_true', help='run folder: evaluate the EMA weights')
+    p = argparse.ArgumentParser(prog=command_name('pretrain.evaluate'), description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument('--checkpoint', required=True,
+                   help='a run folder, an export folder, or a .pt/.pth/.bin/.safetensors weights file')
+    p.add_argument('--tag', help='run folder: its step-N checkpoint (default: the newest committed)')
+    p.add_argument('--data', action='append', required=True, type=parse_source, metavar='SOURCE=URL',
+                   help='labeled shards: the source name in the shard index = the shard folder (repeatable)')
+    p.add_argument('--config', help='the run config the weights were trained with (default: the run folder\'s)')
+    p.add_argument('--model', help='weights file: the timm model name (with --task)')
+    p.add_argument('--model-kwargs', metavar='JSON', help='weights file: timm.create_model arguments, e.g. the shape')
+    p.add_argument('--task', action='append', metavar='TASK=CLASSES',
+                   help='weights file: a head and its class count (repeatable); export: rename its task')
+    p.add_argument('--size', type=int, help='evaluation crop size (default: the training size or pretrained_cfg)')
+    p.add_argument('--crop-pct', type=float, help='resize to size / crop-pct before the center crop (default: as '
+                                                  'trained, or pretrained_cfg)')
+    p.add_argument('--batch-size', type=int, default=64, help='images per forward, per process')
+    p.add_argument('--workers', type=int, default=4, help='decoding processes per rank (0: in the main process)')
+    p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16'), help='bf16: under autocast')
+    p.add_argument('--ema', action='store_true', help='run folder: evaluate the EMA weights (the result says '
+                                                      '"weights": "ema")')
     add_trust_pickle_argument(p)
-    p.add_argument('--local_rank', '--local-rank', type=int, default=None)
+    p.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -152,7 +173,12 @@ def evaluate(args) -> dict:
     model, spec = exported_model(exported, args) if exported is not None else weights_model(args)
     env, device = init_distributed(args.local_rank)
     result = evaluate_model(model.to(device), spec, device, env.rank, env.world_size)
-    result.update(size=spec.transform.image_size, crop_pct=spec.transform.crop_pct, checkpoint=args.checkpoint)
+    if not any(key.endswith('/images') for key in result):
+        raise ValueError(f'--data {" ".join(f"{d.name}={d.url}" for d in args.data)}: no image there has a human label for '
+                         f'{" or ".join(spec.tasks)}; accuracy is measured against human labels: pass labeled '
+                         'shards (built from class folders or a labeled file list)')
+    result.update(size=spec.transform.image_size, crop_pct=spec.transform.crop_pct, checkpoint=args.checkpoint,
+                  weights='ema' if args.ema else 'trained')
     if env.is_main:
         print(json.dumps(result), flush=True)
     return result

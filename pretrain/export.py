@@ -21,10 +21,11 @@ from typing import Optional
 
 import torch
 
-from shards.helpformat import HelpFormatter
+from shards.helpformat import HelpFormatter, command_name
 from shards.safe_files import UnsafeFileError, add_trust_pickle_argument
 
 from .config import RunConfig, build
+from .weights import check_run_folder
 
 
 def single_task_model(cfg: RunConfig, task: str, state: dict):
@@ -149,15 +150,16 @@ def load_export(file: Path):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=command_name('pretrain.export'), description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('run_dir', help='a pretraining or fine-tuning run folder')
     p.add_argument('--task', required=True, help='the head to keep')
-    p.add_argument('--out', required=True)
+    p.add_argument('--out', required=True, help='the export folder: model.safetensors and config.json')
     p.add_argument('--tag', help='step-N (default: the newest committed checkpoint)')
     p.add_argument('--ema', action='store_true', help='export the EMA weights')
     add_trust_pickle_argument(p)
     args = p.parse_args(argv)
     try:
+        check_run_folder(args.run_dir, 'run_dir', '--tag')
         meta = export(args.run_dir, args.task, args.out, args.tag, args.ema, args.trust_pickle)
     except (ValueError, KeyError, FileNotFoundError, UnsafeFileError) as exc:
         raise SystemExit(f'error: {exc}') from None

@@ -25,7 +25,7 @@ def require_init(cfg) -> None:
 
 
 def main(argv=None) -> dict:
-    return run.main(argv, check=require_init, doc=__doc__)
+    return run.main(argv, check=require_init, doc=__doc__, module='pretrain.finetune')
 
 
 if __name__ == '__main__':

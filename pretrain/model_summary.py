@@ -12,7 +12,7 @@ import torch
 
 import pretrain.models  # noqa: F401  (registers the variants with timm)
 from pretrain.models import count_macs, count_params
-from shards.helpformat import HelpFormatter
+from shards.helpformat import HelpFormatter, command_name
 
 VARIANTS = ('replknet_31b', 'replknet_31l', 'replknet_xl', 'replknet_13', 'replknet_3')
 
@@ -31,7 +31,7 @@ def summarize(name: str, size: int | None = None, num_classes: int = 1000) -> di
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=command_name('pretrain.model_summary'), description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('models', nargs='*', default=list(VARIANTS), help='timm model names')
     p.add_argument('--size', type=int, help='input side (default: the model\'s pretrained_cfg)')
     p.add_argument('--num-classes', type=int, default=1000)

@@ -30,7 +30,8 @@ from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
 from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest, signal_number  # noqa: E402
 from pretrain.resume_changes import check_resume_changes  # noqa: E402
 from pretrain.run_lease import check_still_owned, own_run_folder  # noqa: E402
-from shards.helpformat import HelpFormatter  # noqa: E402
+from pretrain.weights import check_run_folder  # noqa: E402
+from shards.helpformat import HelpFormatter, command_name  # noqa: E402
 from shards.safe_files import UnsafeFileError  # noqa: E402
 from shards.stream import SourceSpec, resolve_source  # noqa: E402
 
@@ -42,13 +43,13 @@ USER_ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError, FloatingPoi
                checkpoint.CheckpointWriteError)
 
 
-def parse_args(argv=None, doc: str = __doc__) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+def parse_args(argv=None, doc: str = __doc__, module: str = 'pretrain.run') -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=command_name(module), description=doc, formatter_class=HelpFormatter)
     p.add_argument('--config', required=True, help='a run config (configs/*.json)')
     p.add_argument('--set', action='append', default=[], metavar='SECTION.FIELD=VALUE',
                    help='override a config value (JSON value; repeatable)')
     p.add_argument('--debug', action='store_true', help='show full tracebacks of user errors')
-    p.add_argument('--local_rank', '--local-rank', type=int, default=None, help='set by the deepspeed launcher')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)   # set by the deepspeed launcher
     return p.parse_args(argv)
 
 
@@ -161,10 +162,10 @@ def _save(trainer, cfg: RunConfig, run_dir: str) -> None:
     log.info('checkpoint step-%d written to %s', trainer.step, checkpoint.ckpt_root(run_dir))
 
 
-def main(argv=None, check=None, doc: str = __doc__) -> dict:
+def main(argv=None, check=None, doc: str = __doc__, module: str = 'pretrain.run') -> dict:
     """``check``: an extra config check of the entry point (fine-tuning requires ``init``);
-    ``doc``: the entry point's own help text."""
-    args = parse_args(argv, doc)
+    ``doc`` and ``module``: the entry point's own help text and name."""
+    args = parse_args(argv, doc, module)
     rank = read_dist_env(local_rank_arg=args.local_rank).rank
     setup_logging(rank)
     try:
@@ -208,7 +209,10 @@ def train(args, check=None) -> dict:
 
 
 def startup_checks(cfg: RunConfig) -> dict:
-    """The label store and the sources before the first step; returns the label coverage per source."""
+    """The starting weights, the label store and the sources before the first step; returns the
+    label coverage per source."""
+    if cfg.init is not None:
+        check_run_folder(cfg.init.checkpoint, 'init.checkpoint', 'init.tag')
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file)
     specs = [SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources]
     resolved = [resolve_source(s) for s in specs]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Dict, Optional
 
 import torch
@@ -14,6 +15,28 @@ from . import checkpoint as ckpt
 from .models.checkpoint import rename_official_key, unwrap_state_dict
 
 log = logging.getLogger(__name__)
+
+
+def check_run_folder(path: str, what: str, tag_option: str) -> None:
+    """``path`` is a run folder (config.json and ckpt/), or an error saying what it is instead and
+    what to pass: a missing path, one step of a run (``ckpt/step-N``), a run's ``ckpt/``, a shard
+    folder. ``what`` names the option (``--checkpoint``, ``init.checkpoint``), ``tag_option`` the
+    way to pick a step (``--tag``, ``init.tag``)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f'{what} {path}: no such file or folder')
+    if not p.is_dir() or (p / 'config.json').is_file():
+        return
+    if p.name.startswith('step-') and p.parent.name == 'ckpt':
+        raise ValueError(f'{what} {path} is one checkpoint of the run {p.parent.parent}: pass the run folder, '
+                         f'and {tag_option} {p.name} for this step')
+    if p.name == 'ckpt' and any(c.name.startswith('step-') for c in p.iterdir()):
+        raise ValueError(f'{what} {path} holds the checkpoints of the run {p.parent}: pass the run folder')
+    if (p / '_index').is_dir():
+        raise ValueError(f'{what} {path} is a shard folder (it has _index/): pass a run folder, an export folder '
+                         'or a weights file')
+    raise ValueError(f'{what} {path}: not a run folder (no config.json) nor an export (no model.safetensors with '
+                     'its config.json)')
 
 
 def consolidate_run(run_dir: str, tag: Optional[str] = None, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:

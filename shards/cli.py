@@ -13,7 +13,7 @@ from .hashes import hash_source
 from .index import ShardIndex, list_sources, load_source, migrate_legacy
 from .inputs import InputError, filelist_items, imagefolder_items, unlabeled_items
 from .verify import orphans, verify
-from .helpformat import HelpFormatter
+from .helpformat import HelpFormatter, command_name
 
 
 def _build(args) -> int:
@@ -110,7 +110,7 @@ def _decontaminate(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m shards', description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=command_name('shards'), description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
     b = sub.add_parser('build', formatter_class=HelpFormatter, help='pack images into tar shards (resumes an interrupted build)')
     src = b.add_mutually_exclusive_group(required=True)
@@ -120,13 +120,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument('--output', required=True, help='local folder or s3://bucket/prefix')
     b.add_argument('--source', required=True, help='source name, e.g. in1k, yfcc')
     b.add_argument('--task', help='task name for --imagefolder labels (default: the source name)')
-    b.add_argument('--samples-per-shard', type=int, default=1000)
+    b.add_argument('--samples-per-shard', type=int, default=1000,
+                   help='images per shard; each source needs at least ranks x data.workers shards to train on')
     b.add_argument('--max-shard-bytes', type=int, help='cut shards at this many input bytes too')
     b.add_argument('--max-side', type=int, help='re-encode larger images to JPEG with this max side')
     b.add_argument('--quality', type=int, default=90, help='JPEG quality when re-encoding')
     b.add_argument('--workers', type=int, default=1, help='worker processes')
     b.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
-    b.add_argument('--no-progress', action='store_true')
+    b.add_argument('--no-progress', action='store_true', help='no progress bar (logs, CI)')
     b.add_argument('--job-index', type=int, default=0,
                    help='this job of --num-jobs building one source together (e.g. $SLURM_ARRAY_TASK_ID): '
                         'it writes shards i with i %% num-jobs == job-index and its own index part')
@@ -136,26 +137,26 @@ def parser() -> argparse.ArgumentParser:
                         'shards of the last interval (0: save after every shard)')
     b.set_defaults(func=_build)
     v = sub.add_parser('verify', formatter_class=HelpFormatter, help='check tars, hashes, keys and that every image decodes')
-    v.add_argument('prefix')
+    v.add_argument('prefix', help='the shard folder (local folder or s3://bucket/prefix)')
     v.add_argument('--no-decode', action='store_true', help='skip decoding images (faster)')
     v.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     v.set_defaults(func=_verify)
     s = sub.add_parser('stat', formatter_class=HelpFormatter, help='samples per source and task')
-    s.add_argument('prefix')
-    s.add_argument('--json', action='store_true')
+    s.add_argument('prefix', help='the shard folder (local folder or s3://bucket/prefix)')
+    s.add_argument('--json', action='store_true', help='print JSON instead of a table')
     s.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     s.set_defaults(func=_stat)
     m = sub.add_parser('migrate-index', formatter_class=HelpFormatter,
                        help="move an older build's single _index.json to the per-source layout (no build running)")
-    m.add_argument('prefix')
+    m.add_argument('prefix', help='the shard folder (local folder or s3://bucket/prefix)')
     m.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     m.set_defaults(func=_migrate_index)
     h = sub.add_parser('hash', formatter_class=HelpFormatter,
                        help='compute the perceptual hashes of shards built without them (builds hash as they go)')
-    h.add_argument('prefix')
+    h.add_argument('prefix', help='the shard folder (local folder or s3://bucket/prefix)')
     h.add_argument('--source', action='append', help='a source to hash (repeatable; default: every source)')
     h.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs sharing the pass')
-    h.add_argument('--num-jobs', type=int, default=1)
+    h.add_argument('--num-jobs', type=int, default=1, help='jobs sharing the pass (any number of machines)')
     h.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
     h.set_defaults(func=_hash)
     d = sub.add_parser('decontaminate', formatter_class=HelpFormatter,

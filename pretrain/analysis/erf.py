@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -25,8 +26,10 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 import torch
 from PIL import Image
-from shards.helpformat import HelpFormatter
+from shards.helpformat import HelpFormatter, command_name
 from shards.safe_files import add_trust_pickle_argument
+
+log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 DEFINITIONS = ('paper', 'official')
@@ -85,15 +88,27 @@ def area_ratio(a: np.ndarray, threshold: float) -> Optional[float]:
 
 
 def load_images(folder: str, num: int, size: int, mean, std, batch: int) -> List[torch.Tensor]:
-    paths = sorted(p for p in Path(folder).rglob('*') if p.suffix.lower() in ('.jpg', '.jpeg', '.png', '.webp'))[:num]
-    if not paths:
-        raise FileNotFoundError(f'no images under {folder}')
+    """The first ``num`` images of ``folder`` that decode (the same checks as a shard build); an
+    unreadable file is skipped, counted and named in one warning, as the builder does."""
+    from shards.images import BadImage, decode_rgb
+
+    paths = sorted(p for p in Path(folder).rglob('*') if p.suffix.lower() in ('.jpg', '.jpeg', '.png', '.webp'))
     m = torch.tensor(mean).view(3, 1, 1)
     s = torch.tensor(std).view(3, 1, 1)
-    tensors = []
+    tensors, skipped = [], []
     for p in paths:
-        img = Image.open(p).convert('RGB').resize((size, size), Image.Resampling.BICUBIC)
+        if len(tensors) == num:
+            break
+        try:
+            img = decode_rgb(p.read_bytes()).resize((size, size), Image.Resampling.BICUBIC)
+        except BadImage as exc:
+            skipped.append(f'{p.name} ({exc})')
+            continue
         tensors.append((torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1) - m) / s)
+    if skipped:
+        log.warning('%d unreadable images skipped: %s', len(skipped), '; '.join(skipped[:5]))
+    if not tensors:
+        raise FileNotFoundError(f'no readable images under {folder}')
     return [torch.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
 
 
@@ -141,17 +156,18 @@ def build(name: str, checkpoint: Optional[str], kwargs: Optional[dict] = None, t
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=command_name('pretrain.analysis.erf'), description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--model', action='append', required=True, help='registered or timm model (repeatable)')
-    p.add_argument('--checkpoint', action='append', default=[], metavar='MODEL=PATH')
+    p.add_argument('--checkpoint', action='append', default=[], metavar='MODEL=PATH',
+                   help='weights of one model: a run folder, an export, a weights file or an official release')
     p.add_argument('--model-kwargs', action='append', default=[], metavar='MODEL=JSON',
                    help='timm.create_model kwargs for one model (e.g. a toy size)')
     p.add_argument('--images', required=True, help='a folder of images')
-    p.add_argument('--num', type=int, default=50)
-    p.add_argument('--size', type=int, default=1024)
-    p.add_argument('--batch', type=int, default=4)
-    p.add_argument('--out', required=True)
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--num', type=int, default=50, help='images averaged (the paper: 50 ImageNet validation images)')
+    p.add_argument('--size', type=int, default=1024, help='input size the images are resized to (the paper: 1024)')
+    p.add_argument('--batch', type=int, default=4, help='images per forward and backward')
+    p.add_argument('--out', required=True, help='folder for the .npy maps, the PNG heatmaps and erf.json')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='where the models run')
     p.add_argument('--definition', choices=DEFINITIONS, default='paper',
                    help="paper: Appendix B's formula; official: the official script's (ReLU on the central "
                         'points, mean over images)')

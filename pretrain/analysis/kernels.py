@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pretrain.models.layers import ReparamLargeKernelConv, fuse_conv_bn_weights
-from shards.helpformat import HelpFormatter
+from shards.helpformat import HelpFormatter, command_name
 from shards.safe_files import add_trust_pickle_argument
 
 
@@ -61,7 +61,7 @@ def plot(maps: dict, path: Path, title: str) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=command_name('pretrain.analysis.kernels'), description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--model', required=True)
     p.add_argument('--checkpoint')
     p.add_argument('--layer', help='module name (default: the first large-kernel conv of the last stage)')

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from shards.helpformat import HelpFormatter
+from shards.helpformat import HelpFormatter, command_name
 
 from pretrain.apps import demo_report
 from pretrain.apps.demo_data import TASKS, make_items
@@ -385,7 +385,7 @@ def storage(out: Path, local: bool):
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=command_name('pretrain.apps.demo'), description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--out', default='runs/demo')
     p.add_argument('--local', action='store_true', help='a local folder instead of a SeaweedFS S3 server')
     p.add_argument('--quick', action='store_true', help='fewer images, steps and seeds, one process a run (the CI test)')

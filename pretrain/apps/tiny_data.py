@@ -20,7 +20,7 @@ from labeling.store import LabelStore
 from labeling.tasks import TaskRegistry
 from shards.build import BuildOptions, build
 from shards.inputs import Item
-from shards.helpformat import HelpFormatter
+from shards.helpformat import HelpFormatter, command_name
 
 TASKS = {'shape': 4, 'stripes': 3}
 
@@ -87,7 +87,7 @@ def megadata_overrides(data: dict) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=command_name('pretrain.apps.tiny_data'), description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('out')
     p.add_argument('--per-source', type=int, default=48)
     args = p.parse_args(argv)

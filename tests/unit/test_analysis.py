@@ -60,6 +60,15 @@ def test_erf_cli_writes_map_png_and_table(tmp_path):
     assert '| replknet_31b |' in (tmp_path / 'out' / 'erf_table.md').read_text()
 
 
+def test_erf_images_skip_an_unreadable_file_and_say_so(tmp_path, caplog):
+    for i in range(3):
+        write_image(tmp_path / 'images' / f'{i}.jpg', i, size=(40, 30))
+    (tmp_path / 'images' / '1b.jpg').write_bytes(b'not a jpeg')                # sorted between 1 and 2
+    batches = erf.load_images(str(tmp_path / 'images'), 3, 32, (0.5,) * 3, (0.5,) * 3, 2)
+    assert [b.shape[0] for b in batches] == [2, 1]                              # still 3 images: 0, 1, 2
+    assert '1 unreadable images skipped: 1b.jpg (not a readable image' in caplog.text
+
+
 def test_kernel_maps_before_and_after_the_small_kernel(tmp_path):
     model = RepLKNet(**TINY)
     layer_name = kernels.default_layer(model)

@@ -132,9 +132,27 @@ def test_report_gives_coverage_confidence_and_teacher_agreement(setup, capsys):
     report = json.loads((tmp / 'report' / 'report.json').read_text())['toy']
     assert report['coverage'] == {'toy': {'human': 10, 'pseudo': 10, 'none': 0}}
     assert report['teacher_agreement']['images'] == 10
-    assert 0 <= report['teacher_agreement']['top1'] <= report['teacher_agreement']['top5'] <= 1
+    assert 0 <= report['teacher_agreement']['top1'] <= 1
+    assert 'top5' not in report['teacher_agreement']   # 4 classes: top-5 would be 1 by construction
     assert 0.25 <= report['pseudo']['mean_confidence'] <= 1  # 4 classes: the top-1 is at least 1/4
+    assert sum(report['pseudo']['per_class'].values()) == 10 and set(report['pseudo']['per_class']) <= set('abcd')
     assert (tmp / 'report' / 'toy_confidence.png').stat().st_size > 1000
+
+
+def test_a_report_without_human_labeled_images_says_why_agreement_is_unknown(tmp_path):
+    from labeling.report import task_stats
+    from labeling.store import LabelStore, Row
+    from labeling.tasks import Task, TaskRegistry
+    registry = TaskRegistry()
+    registry.register(Task('pets', ('cat', 'dog')))
+    store = LabelStore(str(tmp_path / 'store'), registry)
+    store.open_task('pets', teacher={'model': 'tiny'}, topk=2)
+    store.write_part('pets', 'pool-000000', [Row(f'pool/000000/{i:06d}', [i % 2, 1 - i % 2], [0.8, 0.2], 'pseudo')
+                                             for i in range(3)], 'teacher')
+    store.refresh_manifest('pets')
+    stats = task_stats(store, 'pets')
+    assert stats['teacher_agreement']['top1'] is None and 'put a labeled source' in stats['teacher_agreement']['why_none']
+    assert stats['pseudo']['per_class'] == {'cat': 2, 'dog': 1}
 
 
 def test_the_paper_teacher_configs_load_strictly():
