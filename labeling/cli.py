@@ -71,11 +71,20 @@ def _commit(args) -> int:
 
 def _validate(args) -> int:
     store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args))
-    faults = [f for task in args.task for f in store.validate(task, args.shards)]
-    for f in faults:
-        print(f'FAULT {f}')
-    print(f'{len(faults)} faults')
-    return 1 if faults else 0
+    checked = ('each part against its commit hash, class indices, probabilities, keys and teacher; commit records '
+               'listed; no orphan files' + ('; every key and part against its shard\'s members and content'
+                                            if args.shards else ' (--shards also checks keys against the shards)'))
+    total = 0
+    for task in args.task:
+        faults = store.validate(task, args.shards)
+        parts = store.committed_parts(task)
+        for f in faults:
+            print(f'FAULT {f}')
+        print(f'task {task}: {len(parts)} parts, {sum(r.get("rows", 0) for r in parts.values())} labels: '
+              f'{len(faults)} faults')
+        total += len(faults)
+    print(f'checked: {checked}')
+    return 1 if total else 0
 
 
 def _report(args) -> int:

@@ -37,12 +37,12 @@ def save_traceback() -> None:
 
 
 def startup_summary(cfg, world_size: int, params: int, steps_per_epoch: int, total_steps: int,
-                    sources: Dict[str, tuple], resume: Optional[str]) -> str:
-    """``sources``: name -> (samples, labeled samples, mixing weight or None)."""
+                    sources: Dict[str, tuple], resume: Optional[str], device: str = 'cpu') -> str:
+    """``sources``: name -> (samples, labeled samples, mixing weight or None); ``device``: in words."""
     t = cfg.train
     lines = [f'model {cfg.model.name}: {params:,} parameters, heads '
              + ', '.join(f'{name} ({task.num_classes})' for name, task in cfg.tasks.items()),
-             f'world size {world_size}; batch {t.micro_batch} per rank x {t.grad_accum} accumulation x {world_size} '
+             f'world size {world_size} on {device}; batch {t.micro_batch} per rank x {t.grad_accum} accumulation x {world_size} '
              f'ranks = {t.micro_batch * t.grad_accum * world_size} images per step; precision {t.precision}, '
              f'channels_last {cfg.model.channels_last}, sync_bn {cfg.model.sync_bn}',
              f'{steps_per_epoch} steps per epoch, {total_steps} steps in all']

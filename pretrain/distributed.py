@@ -67,9 +67,23 @@ def device_for(env: DistEnv) -> torch.device:
     return torch.device('cpu')
 
 
+def import_deepspeed():
+    """DeepSpeed without its per-process noise: on a machine where torch sees no GPU it would pick the
+    CPU accelerator anyway, with a warning on every rank and every command (the trainer's start-up
+    summary names the device instead); the FutureWarning of its own all_gather_into_tensor call is
+    nothing a user can act on. A DS_ACCELERATOR the user set is left alone."""
+    import warnings
+    if 'DS_ACCELERATOR' not in os.environ and not torch.cuda.is_available():
+        os.environ['DS_ACCELERATOR'] = 'cpu'
+    warnings.filterwarnings('ignore', message=r'`torch\.distributed\.all_gather_into_tensor` is deprecated',
+                            category=FutureWarning)
+    import deepspeed
+    return deepspeed
+
+
 def init_distributed(local_rank_arg: Optional[int] = None) -> tuple[DistEnv, torch.device]:
     """Initialise torch.distributed through DeepSpeed: nccl on GPUs, gloo on CPUs."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     env = read_dist_env(local_rank_arg=local_rank_arg)
     if env.world_size == 1:

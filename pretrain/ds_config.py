@@ -63,6 +63,8 @@ _OTHER_KEYS = {'tensorboard', 'wandb', 'csv_monitor', 'comet', 'compression_trai
 
 
 def known_deepspeed_keys() -> Set[str]:
+    from .distributed import import_deepspeed
+    import_deepspeed()   # first import of the run: without its per-rank noise
     keys = set(_OTHER_KEYS)
     for name in _KEY_MODULES:
         try:

@@ -77,7 +77,7 @@ NOT_SHAPE = ('lk_impl', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay'
 def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict) -> dict:
     """Deploy form of ``task``'s model -> ``model.safetensors`` + ``config.json`` (what it is, how it
     was evaluated: timm reads the ``pretrained_cfg`` when loading the file)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     model, n = single_task_model(cfg, task, state)
     x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size)
@@ -91,7 +91,9 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict)
         raise RuntimeError(f'the re-parameterized model differs from the training form by {err:.2e} (relative)')
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / 'model.safetensors'))
+    # bytes written by Python, so the file gets the user's umask like config.json (safetensors'
+    # own save_file creates it 0600: unreadable to the team that shares the export)
+    (folder / 'model.safetensors').write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
     form = 'fused' if hasattr(model, 'reparameterize') else 'plain'
     # The export describes the model, not how to run it: the large-kernel implementation (lk_impl)
     # is the loader's choice, so an export made with 'triton' loads on a CPU.

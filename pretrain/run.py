@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 if __package__ in (None, ''):  # run as a script by a launcher: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -211,6 +213,8 @@ def train(args, check=None) -> dict:
 def startup_checks(cfg: RunConfig) -> dict:
     """The starting weights, the label store and the sources before the first step; returns the
     label coverage per source."""
+    log.info('checking the run before its first step: starting weights, label store, %d sources',
+             len(cfg.data.sources))
     if cfg.init is not None:
         check_run_folder(cfg.init.checkpoint, 'init.checkpoint', 'init.tag')
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file)
@@ -255,8 +259,10 @@ def _announce(trainer, cfg: RunConfig, tag, coverage: dict) -> None:
     warn_unlabeled_sources(coverage, log)
     sources = {s.name: (coverage[s.name][1], coverage[s.name][0], s.weight) for s in cfg.data.sources}
     params = sum(p.numel() for p in trainer.engine.module.parameters())
+    device = trainer.device
+    described = f'{device.type} ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else device.type
     log.info(startup_summary(cfg, trainer.env.world_size, params, trainer.steps_per_epoch, trainer.total_steps,
-                             sources, tag))
+                             sources, tag, described))
 
 
 if __name__ == '__main__':

@@ -1,6 +1,8 @@
 """Starting weights for fine-tuning, evaluation and export, from any of the forms we produce or accept."""
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -43,6 +45,8 @@ def consolidate_run(run_dir: str, tag: Optional[str] = None, trust_pickle: bool 
     """fp32 weights of a run's newest committed (or the given) ZeRO checkpoint, via DeepSpeed's own
     zero-to-fp32 utility (works for stages 1, 2 and 3). DeepSpeed unpickles its files fully, so
     each is checked first for globals beyond tensors, plain data and DeepSpeed's own classes."""
+    from .distributed import import_deepspeed
+    import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tags = ckpt.committed_tags(run_dir)
@@ -51,7 +55,12 @@ def consolidate_run(run_dir: str, tag: Optional[str] = None, trust_pickle: bool 
         raise FileNotFoundError(f'{run_dir}: no committed checkpoint {tag or ""} to start from '
                                 f'(committed: {tags})')
     check_checkpoint_folder(ckpt.ckpt_root(run_dir) / tag, trust_pickle)
-    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.ckpt_root(run_dir)), tag=tag)
+    # DeepSpeed prints its progress to stdout, where evaluate and export print their JSON result
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.ckpt_root(run_dir)), tag=tag)
+    log.info('consolidated %s/%s: %s', run_dir, tag, ' / '.join(said.getvalue().split('\n')).strip(' /'))
+    return state
 
 
 def read_weights(source: str, tag: Optional[str] = None, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:

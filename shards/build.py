@@ -273,8 +273,8 @@ def build(items: Sequence[Item], options: BuildOptions,
         save()
     entries = [e for e in mine.values()]
     skipped = [s for e in sorted(entries, key=lambda e: e.name) for s in e.skipped]
-    for s in skipped:
-        log.warning('skipped %s: %s', s['path'], s['reason'])
+    for s in skipped:   # the report carries them; the CLI prints them once, under its summary
+        log.info('skipped %s: %s', s['path'], s['reason'])
     everything = load_source(options.prefix, options.source, options.retry)
     return BuildReport(shards_written=written, shards_skipped_as_done=done_before,
                        samples=sum(e.samples for e in everything.values()), skipped=skipped)

@@ -20,8 +20,12 @@ def tiny(tmp_path_factory):
 def test_trainer_talks_once_and_a_resume_keeps_one_row_per_step(tiny, tmp_path, free_port, launch):
     run = tmp_path / 'run'
     sets = ['schedule.max_steps=6', 'checkpoint.every_steps=4', 'log.every_steps=2', 'eval.every_steps=4']
-    out = launch(torchrun(free_port, *overrides(tiny, run, *sets))).stdout
-    assert out.count('model replknet_31b:') == 1 and 'world size 2; batch 8 per rank x 1 accumulation' in out
+    proc = launch(torchrun(free_port, *overrides(tiny, run, *sets)))
+    out = proc.stdout
+    assert out.count('model replknet_31b:') == 1 and 'world size 2 on cpu; batch 8 per rank x 1 accumulation' in out
+    assert out.count('checking the run before its first step') == 1
+    # DeepSpeed's per-rank noise: an accelerator warning (the summary names the device) and a FutureWarning
+    assert 'Setting accelerator to CPU' not in out + proc.stderr and 'FutureWarning' not in out + proc.stderr
     assert 'source lab: 32 samples, 100% with a label' in out and 'source unl: 32 samples, 0% with a label' in out
     assert 'step 2/6 epoch' in out and ' img/s data-wait ' in out and out.count('step 4/6 epoch') == 1
     assert 'eval at step 4: val/shape top-1' in out and 'checkpoint step-4 written' in out

@@ -54,6 +54,15 @@ def test_the_exported_pretrained_cfg_describes_the_exported_model(exported):
     assert cfg['pool_size'] == [2, 2] and cfg['crop_pct'] == 1.0
 
 
+def test_the_weights_file_is_as_readable_as_its_config(exported):
+    import os
+    file = exported[0]
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = os.stat(file).st_mode & 0o777
+    assert mode == os.stat(file.with_name('config.json')).st_mode & 0o777 == 0o666 & ~umask   # was 0600
+
+
 def test_another_class_count_builds_a_new_head_and_says_so(exported, caplog):
     file, _, _, _ = exported
     with caplog.at_level(logging.WARNING):
