@@ -105,6 +105,7 @@ class Labeler:
         self.topk, self.device, self.preprocess = topk, device, ensemble.preprocess
         self.ensemble = ensemble.to(device)
         self.forward = torch.compile(self.ensemble, backend=compile) if compile else self.ensemble
+        self.undecided = bool(compile)   # large-kernel convs decide eagerly before the first trace
         pre = ensemble.preprocess
         self.mean = torch.tensor([m * 255 for m in pre.mean], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor([s * 255 for s in pre.std], device=device).view(1, 3, 1, 1)
@@ -122,6 +123,10 @@ class Labeler:
         x = (images.to(self.device, non_blocking=True).float() - self.mean) / self.std
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(**self.autocast):
+            if self.undecided:
+                from pretrain.models import decide_before_compiling
+                decide_before_compiling(self.ensemble, x)
+                self.undecided = False
             return self.forward(x).float()
 
     def rows(self, keys, human, probs: torch.Tensor) -> List[Row]:

@@ -152,6 +152,8 @@ class TrainConfig:
     """probability of CutMix instead of mixup"""
     ema_decay: Optional[float] = None
     """EMA of the weights (the paper's momentum 1e-4 = 0.9999)"""
+    compile: Literal['none', 'inductor'] = 'none'
+    """inductor: the model compiled inside the DeepSpeed engine (training and evaluation; BatchNorm and elementwise ops fuse), large-kernel algorithms decided by one eager forward first"""
 
 
 @dataclass

@@ -160,6 +160,8 @@ class Trainer:
         if cfg.train.ema_decay is not None:
             from timm.utils import ModelEmaV3
             self.ema = ModelEmaV3(self.engine.module, decay=cfg.train.ema_decay)
+        if cfg.train.compile != 'none':
+            self.compile_model(cfg.train.compile)
         seed_global_rngs(cfg.train.seed, env.rank)  # drop path and mixup differ per rank
         self.normalize = DeviceNormalize(transform_config(cfg.data), device, train=True)
         self.mixup = MultiTaskMixup(cfg.train.mixup, cfg.train.cutmix, cfg.train.mixup_prob,
@@ -237,6 +239,19 @@ class Trainer:
             out[task] = dict(target=dense_targets(idx, prob, n), mask=t['mask'].to(self.device, non_blocking=True),
                              human=t['human'].to(self.device, non_blocking=True))
         return out
+
+    def compile_model(self, backend: str) -> None:
+        """The engine's module compiled in place (its state dict keys unchanged), after each
+        large-kernel conv decided its algorithm for the training input in one eager forward (in
+        the training precision and memory format) so the traced graph holds no decision-making.
+        After the EMA copy is made: the EMA model stays eager."""
+        from .models import decide_before_compiling
+        size = self.cfg.data.image_size
+        example = torch.zeros(self.cfg.train.micro_batch, 3, size, size, device=self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == 'bf16'):
+            convs = decide_before_compiling(self.engine.module, to_model_input(example, self.cfg.model.channels_last))
+        self.engine.compile(backend=backend)
+        log.info('model compiled with %s (%d large-kernel convs decided before tracing)', backend, convs)
 
     def micro_step(self, batch: dict) -> Optional[Dict[str, object]]:
         """Forward, backward and (at the accumulation boundary) the optimizer step.

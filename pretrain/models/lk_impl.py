@@ -40,7 +40,42 @@ class DepthwiseConv2d(nn.Conv2d):
                          groups=channels, bias=bias)
 
 
-class TritonDepthwiseConv2d(DepthwiseConv2d):
+class DecidingDepthwiseConv2d(DepthwiseConv2d):
+    """A large-kernel conv whose algorithm is decided per input signature (map size, dtype, memory
+    format) at its first eager call, and kept on the module: a compiled graph reads the decision
+    as a constant, with no measuring, file access or logging inside it (zero graph breaks), so
+    decisions are made before tracing (:func:`decide_before_compiling`)."""
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool):
+        super().__init__(channels, kernel_size, bias)
+        self.decided: Dict[tuple, str] = {}   # signature -> 'cudnn' | 'direct' | 'toeplitz'
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = autocast_dtype(x) or x.dtype
+        signature = (x.shape[-2], x.shape[-1], dtype, x.is_contiguous(memory_format=torch.channels_last))
+        if torch.compiler.is_compiling():
+            algorithm = self.decided.get(signature)
+            if algorithm is None:
+                raise RuntimeError(f'{type(self).__name__}: no decision for {signature} before compiling: run '
+                                   'one eager forward at this size first (pretrain.models.decide_before_compiling)')
+        else:
+            algorithm = self.decided[signature] = self.decide(x, dtype)
+        if algorithm != 'cudnn' and self.falls_back(x):   # decided for the shape; this one call is refused
+            algorithm = 'cudnn'
+        if algorithm == 'cudnn':
+            return super().forward(x)
+        from .lk_conv import depthwise_conv
+        return depthwise_conv(*autocast_inputs(x, self.weight, self.bias), algorithm)
+
+    def decide(self, x: torch.Tensor, dtype: torch.dtype) -> str:
+        raise NotImplementedError
+
+    def falls_back(self, x: torch.Tensor) -> bool:
+        """Whether this one call goes to ``nn.Conv2d`` although the shape was decided for Triton."""
+        raise NotImplementedError
+
+
+class TritonDepthwiseConv2d(DecidingDepthwiseConv2d):
     """Depthwise ``k x k`` convolution (stride 1, padding k//2) computed by the Triton kernels."""
 
     def __init__(self, channels: int, kernel_size: int, bias: bool):
@@ -48,31 +83,47 @@ class TritonDepthwiseConv2d(DepthwiseConv2d):
             raise ValueError(f'the Triton depthwise convolution needs an odd kernel size, got {kernel_size}')
         super().__init__(channels, kernel_size, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .lk_conv import depthwise_conv
-        x, weight, bias = autocast_inputs(x, self.weight, self.bias)
-        return depthwise_conv(x, weight, bias, choose(x, self.kernel_size[0], x.dtype, TRITON_ALGORITHMS).algorithm)
+    def decide(self, x: torch.Tensor, dtype: torch.dtype) -> str:
+        return choose(x, self.kernel_size[0], dtype, TRITON_ALGORITHMS).algorithm
+
+    def falls_back(self, x: torch.Tensor) -> bool:
+        return False   # 'triton' never falls back: the op itself raises, naming the limit
 
 
-class AutoDepthwiseConv2d(DepthwiseConv2d):
+class AutoDepthwiseConv2d(DecidingDepthwiseConv2d):
     """The fastest of ``nn.Conv2d`` and the Triton algorithms for this shape on this card."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = autocast_dtype(x) or x.dtype
+    def decide(self, x: torch.Tensor, dtype: torch.dtype) -> str:
         kernel = self.kernel_size[0]
         refused = remembered(('refuses', x.device, dtype, kernel), lambda: triton_refuses(x, kernel, dtype))
         if refused:
-            log_fallback_once(str(x.device), tuple(x.shape[1:]), self.kernel_size[0], refused)
-            return super().forward(x)
-        algorithm = choose(x, self.kernel_size[0], dtype, EVERY_CANDIDATE).algorithm
-        if algorithm != 'cudnn' and not triton_takes(x):   # decided for the shape; this one call is refused
+            log_fallback_once(str(x.device), tuple(x.shape[1:]), kernel, refused)
+            return 'cudnn'
+        return choose(x, kernel, dtype, EVERY_CANDIDATE).algorithm
+
+    def falls_back(self, x: torch.Tensor) -> bool:
+        if triton_takes(x):
+            return False
+        if not torch.compiler.is_compiling():
             log_fallback_once(str(x.device), tuple(x.shape[1:]), self.kernel_size[0],
                               f'the Triton kernels refuse a batch of {x.shape[0]} ({x.numel()} elements)')
-            algorithm = 'cudnn'
-        if algorithm == 'cudnn':
-            return super().forward(x)
-        from .lk_conv import depthwise_conv
-        return depthwise_conv(*autocast_inputs(x, self.weight, self.bias), algorithm)
+        return True
+
+
+@torch.no_grad()
+def decide_before_compiling(model: nn.Module, example: torch.Tensor) -> int:
+    """One eager forward of ``example`` (in eval mode: BatchNorm statistics untouched) so every
+    large-kernel conv decides its algorithm for this input size before ``torch.compile`` traces;
+    call it under the autocast the compiled model will run in. Returns the number of such convs."""
+    convs = [m for m in model.modules() if isinstance(m, DecidingDepthwiseConv2d)]
+    if convs:
+        was_training = model.training
+        model.eval()
+        try:
+            model(example)
+        finally:
+            model.train(was_training)
+    return len(convs)
 
 
 def triton_refuses(x: torch.Tensor, kernel: int, dtype: torch.dtype) -> Optional[str]:

@@ -378,3 +378,23 @@ def test_a_full_disk_at_a_checkpoint_stops_every_rank_not_only_the_one_that_fail
     assert proc.returncode != 0
     assert [line for line in proc.stderr.splitlines() if line.startswith('error: writing checkpoint step-')], \
         proc.stderr[-3000:]
+
+
+def test_a_compiled_run_trains_as_the_eager_run(tiny, tmp_path, free_port, launch):
+    # train.compile=inductor: the engine's module compiled in place (after one eager forward decided
+    # the large-kernel algorithms); its losses over 3 steps (so two optimizer updates) and its
+    # evaluation are the eager run's, and its checkpoint holds the same keys (it resumes and exports)
+    from pretrain.weights import read_weights
+    lk_impl, losses, evals = 'auto', {}, {}
+    for compiled in ('none', 'inductor'):
+        run_dir = tmp_path / compiled
+        proc = launch(torchrun(free_port, *overrides(
+            tiny, run_dir, 'schedule.max_steps=3', 'checkpoint.every_steps=3', 'log.every_steps=1',
+            f'train.compile="{compiled}"', f'model.kwargs.lk_impl="{lk_impl}"', 'model.drop_path_rate=0.0')))
+        losses[compiled] = metrics(run_dir)
+        evals[compiled] = json.loads((run_dir / 'result.json').read_text())['val/shape/top1']
+        said = 'model compiled with inductor (2 large-kernel convs decided before tracing)'
+        assert (said in proc.stdout) == (compiled == 'inductor'), proc.stdout[-2000:]
+    assert losses['inductor'] == pytest.approx(losses['none'], rel=1e-4) and len(losses['none']) == 3
+    assert evals['inductor'] == evals['none']
+    assert set(read_weights(str(tmp_path / 'inductor'))) == set(read_weights(str(tmp_path / 'none')))
