@@ -3,13 +3,12 @@ whose facts are their object names, the winner among racing records, and the col
 table that ``_task.json`` names."""
 from __future__ import annotations
 
-import io
 from typing import Dict, List, Optional
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from shards import storage
+from shards.parquet_bytes import table_from_bytes, table_to_bytes
 from shards.safe_files import check_name
 
 
@@ -92,13 +91,11 @@ def parts_to_parquet(parts: Dict[str, dict]) -> bytes:
     records = [parts[stem] for stem in sorted(parts)]
     columns = {name: [r.get(name) for r in records] for name in PARTS_SCHEMA.names}
     columns['sha256'] = [bytes.fromhex(r['sha256']) for r in records]
-    buf = io.BytesIO()
-    pq.write_table(pa.table(columns, schema=PARTS_SCHEMA), buf, compression='zstd', use_dictionary=['kind', 'teacher_id'])
-    return buf.getvalue()
+    return table_to_bytes(pa.table(columns, schema=PARTS_SCHEMA), use_dictionary=['kind', 'teacher_id'])
 
 
 def parts_from_parquet(data: bytes, where: str) -> Dict[str, dict]:
-    table = pq.ParquetFile(io.BytesIO(data)).read()
+    table = table_from_bytes(data)
     if table.schema == OLD_PARTS_SCHEMA:
         table = table.append_column('shard', pa.nulls(table.num_rows, pa.string()))
     if table.schema != PARTS_SCHEMA:

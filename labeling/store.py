@@ -22,7 +22,6 @@ one GET each; new commits never add any) and ``parts`` inline in ``_task.json``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -33,10 +32,10 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from shards import storage
 from shards.naming import shard_stem_of_key
+from shards.parquet_bytes import table_from_bytes, table_to_bytes
 from shards.safe_files import check_name
 
 from .commits import (COMMIT_SUFFIX, KINDS, PARTS_TABLE_TTL_S, LabelError, commit_name, parse_commit_name,
@@ -314,9 +313,7 @@ class LabelStore:
         check_name(stem, 'shard stem')  # it becomes part of two file names
         table = rows_to_table(rows)
         validate_table(task, stem, table)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression='zstd')
-        data = buf.getvalue()
+        data = table_to_bytes(table)
         digest = hashlib.sha256(data).hexdigest()
         file = f'{stem}.{digest[:12]}.parquet'
         storage.write_bytes_atomic(f'{self._task_dir(task_name)}/{file}', data, self.retry)
@@ -410,7 +407,7 @@ class LabelStore:
         if hashlib.sha256(data).hexdigest() != record['sha256']:
             raise LabelError(f'task {task_name!r}, shard {stem}: part {record["file"]} does not match the '
                              'hash it was committed with')
-        table = pq.read_table(io.BytesIO(data))
+        table = table_from_bytes(data)
         validate_table(task, stem, table)
         return table
 

@@ -10,15 +10,14 @@ in its data cursor so that a resume with another list is an error.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import storage
+from .parquet_bytes import table_from_bytes, table_to_bytes
 from .safe_files import check_name
 
 FORMAT = 'replk-exclusions'
@@ -46,10 +45,9 @@ def write(url: str, rows: List[dict], info: dict, policy: storage.RetryPolicy = 
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     meta = dict(format=FORMAT, version=VERSION, **info)
     table = table.replace_schema_metadata({b'replk': json.dumps(meta, sort_keys=True).encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression='zstd')
-    storage.write_bytes_atomic(url, buf.getvalue(), policy)
-    return hashlib.sha256(buf.getvalue()).hexdigest()[:16]
+    data = table_to_bytes(table)
+    storage.write_bytes_atomic(url, data, policy)
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def load(url: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> Exclusions:
@@ -59,7 +57,7 @@ def load(url: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> Exclu
     except FileNotFoundError:
         raise FileNotFoundError(f'exclusion list {url} not found (data.exclude)') from None
     try:
-        table = pq.ParquetFile(io.BytesIO(data)).read()
+        table = table_from_bytes(data)
         meta = json.loads((table.schema.metadata or {}).get(b'replk', b'{}'))
     except Exception as exc:
         raise ValueError(f'{url} is not an exclusion list ({type(exc).__name__}: {exc})') from None

@@ -13,7 +13,6 @@ again (same bytes, same hashes). Readers keep the rows of indexed shards, once p
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -23,11 +22,11 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from . import storage
 from .images import BadImage, decode_rgb, image_part
 from .index import job_tag, load_source, source_folder
+from .parquet_bytes import schema_from_bytes, table_from_bytes, table_to_bytes
 from .perceptual import image_hashes
 from .reader import iter_shard_samples
 from .safe_files import check_name
@@ -55,10 +54,8 @@ def save_segment(prefix: str, source: str, job_index: int, num_jobs: int, rows: 
     table = pa.table(dict(shard=[r.shard for r in rows], ordinal=[r.ordinal for r in rows],
                           key=[r.key for r in rows], phash=[r.phash for r in rows],
                           dhash=[r.dhash for r in rows]), schema=SEGMENT_SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression='zstd')
     url = f'{source_folder(prefix, source)}/hashes.{job_tag(job_index, num_jobs)}.{time.time_ns()}.parquet'
-    storage.write_bytes_atomic(url, buf.getvalue(), policy)
+    storage.write_bytes_atomic(url, table_to_bytes(table), policy)
     return url
 
 
@@ -78,10 +75,10 @@ def iter_segments(prefix: str, source: str, columns: Optional[List[str]] = None,
     for first in range(0, len(urls), batch):
         chunk = urls[first:first + batch]
         for url, data in zip(chunk, storage.read_many(chunk, policy)):
-            parquet = pq.ParquetFile(io.BytesIO(data))
-            if parquet.schema_arrow != SEGMENT_SCHEMA:
-                raise ValueError(f'{url}: not a hash segment of this version (schema {parquet.schema_arrow})')
-            table = parquet.read(columns=None if columns is None else sorted({'shard', *columns}))
+            schema = schema_from_bytes(data)
+            if schema != SEGMENT_SCHEMA:
+                raise ValueError(f'{url}: not a hash segment of this version (schema {schema})')
+            table = table_from_bytes(data, None if columns is None else sorted({'shard', *columns}))
             for name in pc.unique(table['shard']).to_pylist():
                 check_name(name, f'shard name in {url}')
             yield table.filter(pc.is_in(table['shard'], indexed))

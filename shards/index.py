@@ -19,17 +19,16 @@ single ``_index.json`` of older builds is still read, merged with the parts.
 """
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import storage
 from .naming import shard_name, shard_stem
+from .parquet_bytes import table_from_bytes, table_to_bytes
 from .safe_files import check_name
 
 INDEX_NAME = '_index.json'      # the single-file index of older builds (read, never written)
@@ -84,13 +83,11 @@ def save_job_part(prefix: str, source: str, job_index: int, num_jobs: int, entri
                           bytes=[e.bytes for e in entries], sha256=[bytes.fromhex(e.sha256) for e in entries],
                           tasks=[json.dumps(e.tasks, sort_keys=True) for e in entries],
                           skipped=[e.num_skipped for e in entries]), schema=PART_SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression='zstd')
-    storage.write_bytes_atomic(f'{folder}/shards.{tag}.parquet', buf.getvalue(), policy)
+    storage.write_bytes_atomic(f'{folder}/shards.{tag}.parquet', table_to_bytes(table), policy)
 
 
 def read_part(url: str, source: str, policy: storage.RetryPolicy, data: Optional[bytes] = None) -> List[ShardEntry]:
-    table = pq.ParquetFile(io.BytesIO(storage.read_bytes(url, policy) if data is None else data)).read()
+    table = table_from_bytes(storage.read_bytes(url, policy) if data is None else data)
     if table.schema != PART_SCHEMA:
         raise IndexError_(f'{url}: not a shard index part of this version (schema {table.schema})')
     # Names from storage are data: a crafted part must not point a reader or writer elsewhere.
