@@ -35,6 +35,7 @@ from .index import (BUILD_NAME, ShardEntry, load_build_info, load_source, owner_
 from .inputs import Item
 from .naming import sample_key, shard_name
 from .perceptual import image_hashes, to_hex
+from .reader import MAX_MEMBER_BYTES
 
 log = logging.getLogger(__name__)
 INDEX_SAVE_INTERVAL_S = 30.0
@@ -151,6 +152,9 @@ def write_shard(job: dict) -> dict:
                 try:
                     with open(it.path, 'rb') as img_file:
                         data, ext, image = check_and_normalize(img_file.read(), opts.max_side, opts.quality)
+                    if len(data) > MAX_MEMBER_BYTES:   # every reader would refuse the member
+                        raise BadImage(f'{len(data)} bytes to store, over the shard member limit of '
+                                       f'{MAX_MEMBER_BYTES} (--max-side stores it smaller)')
                 except (OSError, BadImage) as exc:
                     entry.skipped.append(dict(id=it.id, path=it.path, reason=str(exc)))
                     continue

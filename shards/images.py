@@ -10,9 +10,14 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image
 
-# Formats stored as given; anything else (BMP, GIF, TIFF, ...) is re-encoded losslessly as PNG.
+# Formats stored as given; a build's other inputs (BMP, GIF, TIFF) are re-encoded losslessly as PNG.
 STORED_AS_IS = {'JPEG': 'jpg', 'PNG': 'png', 'WEBP': 'webp'}
 IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp')
+# The decoders bytes may reach, by allowlist: Pillow would otherwise open any of ~40 formats it
+# knows from the file's first bytes, whatever its name (EPS goes to Ghostscript, PSD, FITS, ...).
+# Shards hold what a build stores; a build (and the ERF CLI, on a user's folder) also takes these.
+SHARD_FORMATS = tuple(STORED_AS_IS)
+INPUT_FORMATS = SHARD_FORMATS + ('BMP', 'GIF', 'TIFF')
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2x its warning level)
 
 
@@ -20,13 +25,28 @@ class BadImage(ValueError):
     """Bytes that are not an image we can decode; the message says why."""
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def sniffed_format(data: bytes) -> Optional[str]:
+    """The format Pillow would take ``data`` for, from its plugins' magic-byte checks alone (no
+    parser runs): for naming what was refused."""
+    Image.init()
+    prefix = data[:16]
+    return next((fmt for fmt in Image.ID if Image.OPEN[fmt][1] is not None and Image.OPEN[fmt][1](prefix)), None)
+
+
+def _open(data: bytes, max_pixels: int, formats: Tuple[str, ...] = SHARD_FORMATS) -> Image.Image:
     if not data:
         raise BadImage('zero-byte file')
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            # Our limit (max_pixels) is checked below; Pillow's warning level is half its own error's.
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=formats)
+    except Image.UnidentifiedImageError:
+        found = sniffed_format(data)
+        if found and found not in formats:
+            raise BadImage(f'not an accepted format (its first bytes are those of {found}; accepted: '
+                           f'{", ".join(formats)})') from None
+        raise BadImage(f'not a readable image (none of {", ".join(formats)})') from None
     except Exception as exc:
         # Pillow names the in-memory file with its address: keep reasons deterministic.
         reason = re.sub(r'<[^<>]* at 0x[0-9a-fA-F]+>', '<bytes>', str(exc))
@@ -55,14 +75,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def check_and_normalize(data: bytes, max_side: Optional[int] = None, quality: int = 90,
-                        max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[bytes, str, Image.Image]:
+                        max_pixels: int = DEFAULT_MAX_PIXELS,
+                        formats: Tuple[str, ...] = INPUT_FORMATS) -> Tuple[bytes, str, Image.Image]:
     """Fully decode ``data`` (raises BadImage); return the bytes to store, their extension, and the
     decoded image they hold (for the perceptual hashes computed at build time).
 
     Valid images keep their bytes unless ``max_side`` asks for a smaller JPEG or the
     format is not one webdataset decoders read (then lossless PNG).
     """
-    img = _open(data, max_pixels)
+    img = _open(data, max_pixels, formats)
     fmt = img.format
     try:
         img.load()  # a truncated or corrupt file fails here, not at training time
@@ -89,7 +110,10 @@ def check_and_normalize(data: bytes, max_side: Optional[int] = None, quality: in
 
 
 def image_part(sample: dict) -> bytes:
-    """The encoded image of a webdataset sample (``{"jpg": bytes, ...}``), or BadImage naming its parts."""
+    """The encoded image of a webdataset sample (``{"jpg": bytes, ...}``), or BadImage naming its parts
+    (or why the shard reader refused one of them: ``reader.REFUSED``)."""
+    if '__refused__' in sample:
+        raise BadImage(sample['__refused__'])
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
         raise BadImage(f'no image part among {sorted(k for k in sample if not k.startswith("__"))}')
@@ -124,11 +148,12 @@ def _decode_at_least(img: Image.Image, min_side: Optional[int]) -> Image.Image:
     return _decode(img)
 
 
-def decode_rgb(data: bytes, min_side: Optional[int] = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode to RGB. With ``min_side``, JPEGs decode at a reduced DCT scale that keeps the
-    shorter side at least ``min_side`` (Pillow's draft mode): 2-8x less work for big photos."""
-    return _decode_at_least(_open(data, max_pixels), min_side)
+def decode_rgb(data: bytes, min_side: Optional[int] = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+               formats: Tuple[str, ...] = SHARD_FORMATS) -> Image.Image:
+    """Decode to RGB (only ``formats``: a shard's by default). With ``min_side``, JPEGs decode at a
+    reduced DCT scale that keeps the shorter side at least ``min_side`` (Pillow's draft mode): 2-8x
+    less work for big photos."""
+    return _decode_at_least(_open(data, max_pixels, formats), min_side)
 
 
 def decode_or_defer(data: bytes, min_side: Optional[int], defer_jpeg: bool,

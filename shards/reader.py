@@ -1,19 +1,26 @@
 """The one way to read a shard's samples (training stream, evaluation, labeling jobs, human-label
 import, validation): webdataset's own tar iteration, reopened after a dropped connection.
 
-webdataset's ``tar_file_iterator`` and ``group_by_keys`` group members by key exactly as our format
-needs (``{key}.{ext}``, extension lower-cased); what we add is what a 73M-image run needs from a
-network read: reopening mid-shard within the storage retry budget (``storage.resumable_items``)
-and an exact sample count even from a truncated shard.
+webdataset's ``group_by_keys`` groups members by key exactly as our format needs (``{key}.{ext}``,
+extension lower-cased); what we add is what a 73M-image run needs from a network read: reopening
+mid-shard within the storage retry budget (``storage.resumable_items``), an exact sample count even
+from a truncated shard, and members judged by their header before any byte is read
+(:func:`tar_members`): a shard from outside is data.
 """
 import logging
+import re
 import tarfile
 from typing import Iterator, Optional
 
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import group_by_keys
 
 from . import storage
 from .naming import split_member
+
+MAX_MEMBER_BYTES = 64 * 2 ** 20   # a member larger than this is a corrupt sample (builds refuse to write one)
+REFUSED = '__refused__'                 # the part that marks a sample refused by its headers, holding the reason
+KEY_SHAPE = re.compile(r'[^/]+/\d+/\d+')   # source/shard/index, as naming.sample_key writes it
+META = re.compile(r'__[^/]*__($|/)')        # webdataset's metadata members, skipped as it skips them
 
 log = logging.getLogger(__name__)
 # A shard cut short: no reopening brings the missing bytes back.
@@ -25,21 +32,50 @@ def _skip_bad_member(exc: Exception) -> bool:
     return True
 
 
-def tar_samples(stream, url: str = '') -> Iterator[dict]:
+def refusal(info: tarfile.TarInfo, key: str, max_bytes: int) -> Optional[str]:
+    """Why a member is not read (webdataset's reader would allocate whatever size a header
+    declares: a 10 KB sparse shard declaring 6 GB), or None."""
+    if not KEY_SHAPE.fullmatch(key):
+        return f'key {key!r} is not of the form source/shard/index (not a shard this project built)'
+    if not info.isreg():
+        return f'member {info.name!r} is not a regular file'
+    if info.issparse():
+        return f'member {info.name!r} is a sparse file'
+    if info.size > max_bytes:
+        return f'member {info.name!r} declares {info.size} bytes, over the limit of {max_bytes}'
+    return None
+
+
+def tar_members(stream, url: str = '', max_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict]:
+    """The members of a tar stream as webdataset's reader yields them (``{'fname', 'data'}``), each
+    judged by its header first: a refused member's data is never read (the tar stream skips it)
+    and it becomes ``{key}.__refused__`` holding the reason, so its sample is counted as corrupt."""
+    with tarfile.open(fileobj=stream, mode='r|*') as tar:
+        for info in tar:
+            tar.members = []   # stream mode keeps every header otherwise
+            if META.match(info.name) or info.isdir():
+                continue
+            key = split_member(info.name)[0]
+            why = refusal(info, key, max_bytes)
+            data = why if why else tar.extractfile(info).read()
+            yield dict(fname=f'{key}.{REFUSED}' if why else info.name, data=data, __url__=url)
+
+
+def tar_samples(stream, url: str = '', max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict]:
     """Samples of a tar stream, ``{'__key__': key, ext: bytes, ...}``, grouped by webdataset."""
-    files = (dict(f, __url__=url) for f in tar_file_iterator(stream))
-    return group_by_keys(files, handler=_skip_bad_member)
+    return group_by_keys(tar_members(stream, url, max_member_bytes), handler=_skip_bad_member)
 
 
 def iter_shard_samples(url: str, first: int = 0, count: Optional[int] = None,
-                       retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> Iterator[dict]:
+                       retry: storage.RetryPolicy = storage.DEFAULT_RETRY,
+                       max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict]:
     """Samples ``first .. first+count`` of a shard (``count=None``: to its end).
 
     A dropped connection reopens the shard and skips what was delivered. A shard that ends early
     (truncated) yields ``{'__key__': 'url#pos', '__missing__': True}`` for each missing sample
     when ``count`` is given, so every reader still gets its exact count and can count the fault."""
     def items(stream, delivered: int):
-        for pos, sample in enumerate(tar_samples(stream, url)):
+        for pos, sample in enumerate(tar_samples(stream, url, max_member_bytes)):
             if pos >= first + delivered:
                 yield sample
 

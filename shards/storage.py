@@ -23,7 +23,8 @@ T = TypeVar('T')
 
 # Errors that no retry can fix: report them at once.
 PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                    ValueError, KeyError, TypeError)
+                    ValueError, KeyError, TypeError,
+                    MemoryError)   # no retry frees memory; retrying an allocation can take the host down
 
 
 # botocore's errors when no credentials can be found or used: no retry fixes them.

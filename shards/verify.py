@@ -11,10 +11,14 @@ from . import storage
 from .images import IMAGE_EXTS, BadImage, decode_rgb
 from .index import INDEX_DIR, ShardIndex
 from .naming import split_member
+from .reader import REFUSED, tar_members
 
 
 def _check_samples(shard: str, members: Dict[str, Dict[str, bytes]], faults: List[str]) -> None:
     for key, parts in members.items():
+        if REFUSED in parts:
+            faults.append(f'{shard}: sample {key} refused by its tar header: {parts[REFUSED]}')
+            continue
         images = [e for e in parts if e in IMAGE_EXTS]
         if len(images) != 1 or 'json' not in parts:
             faults.append(f'{shard}: sample {key} has parts {sorted(parts)}; expected one image and .json')
@@ -49,11 +53,9 @@ def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storag
             faults.append(f'{entry.name}: sha256 differs from the index')
         members: Dict[str, Dict[str, bytes]] = {}
         try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode='r:') as tar:
-                for info in tar:
-                    if info.isreg():
-                        key, ext = split_member(info.name)
-                        members.setdefault(key, {})[ext] = tar.extractfile(info).read()
+            for member in tar_members(io.BytesIO(data), entry.name):   # each judged by its header first
+                key, ext = split_member(member['fname'])
+                members.setdefault(key, {})[ext] = member['data']
         except (tarfile.TarError, EOFError, OSError) as exc:
             faults.append(f'{entry.name}: not a whole tar archive ({type(exc).__name__}: {exc})')
             continue

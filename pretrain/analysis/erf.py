@@ -90,7 +90,7 @@ def area_ratio(a: np.ndarray, threshold: float) -> Optional[float]:
 def load_images(folder: str, num: int, size: int, mean, std, batch: int) -> List[torch.Tensor]:
     """The first ``num`` images of ``folder`` that decode (the same checks as a shard build); an
     unreadable file is skipped, counted and named in one warning, as the builder does."""
-    from shards.images import BadImage, decode_rgb
+    from shards.images import INPUT_FORMATS, BadImage, decode_rgb
 
     paths = sorted(p for p in Path(folder).rglob('*') if p.suffix.lower() in ('.jpg', '.jpeg', '.png', '.webp'))
     m = torch.tensor(mean).view(3, 1, 1)
@@ -100,7 +100,7 @@ def load_images(folder: str, num: int, size: int, mean, std, batch: int) -> List
         if len(tensors) == num:
             break
         try:
-            img = decode_rgb(p.read_bytes()).resize((size, size), Image.Resampling.BICUBIC)
+            img = decode_rgb(p.read_bytes(), formats=INPUT_FORMATS).resize((size, size), Image.Resampling.BICUBIC)
         except BadImage as exc:
             skipped.append(f'{p.name} ({exc})')
             continue
