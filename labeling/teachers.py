@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
+from pretrain.models.checkpoint import loader_args_in
 from shards.safe_files import load_torch_file
 
 KINDS = ('timm', 'transformers', 'export')
@@ -48,6 +49,9 @@ class TeacherSpec:
             raise ValueError(f'teacher temperature must be > 0, got {self.temperature}')
         if self.kind == 'timm' and not self.weights:
             raise ValueError(f'timm teacher {self.model!r} needs "weights": a local file or "hub"')
+        if loader_args_in(self.model_kwargs):
+            raise ValueError(f'teacher {self.model!r}: {loader_args_in(self.model_kwargs)} in model_kwargs would make '
+                             'timm load weights itself (unpickling them); name the file in "weights"')
         if 'trust_remote_code' in self.model_kwargs:
             raise ValueError(f'teacher {self.model!r}: set "trust_remote_code": true on the teacher itself, '
                              'not inside model_kwargs (it runs code from the model repository)')

@@ -31,6 +31,12 @@ class ModelConfig:
     sync_bn: Literal['none', 'node', 'global'] = 'none'
     """BN statistics over this rank (none), its node (node) or all ranks (global)"""
 
+    def __post_init__(self):
+        from .models.checkpoint import loader_args_in
+        if loader_args_in(self.kwargs):   # a downloaded run folder's config.json must not steer timm's loader
+            raise ConfigError(f'model.kwargs: {loader_args_in(self.kwargs)} would make timm load weights itself '
+                              '(unpickling them); start from weights with init.checkpoint instead')
+
 
 @dataclass
 class SourceConfig:

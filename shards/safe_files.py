@@ -59,10 +59,32 @@ def load_torch_file(path, trust_pickle: bool = False, map_location='cpu'):
 
 def check_torch_file_globals(path, allowed: Iterable[str] = DEEPSPEED_GLOBALS) -> None:
     """Refuse a torch file naming a global outside torch's weights-only set and ``allowed``,
-    before a library that unpickles it fully (DeepSpeed's checkpoint loader) sees it."""
+    before a library that unpickles it fully (DeepSpeed's checkpoint loader) sees it.
+
+    Names alone do not make a file safe: a BUILD applied to an allowed class itself (not to an
+    instance) would rewrite that class for the whole process (``LossScaler.loss_scale = 0.0``).
+    So the file is also loaded once by torch's weights-only unpickler with ``allowed`` as its only
+    extra classes, which refuses that; tensors are memory-mapped, not read."""
     unexpected = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) - set(allowed)
     if unexpected:
         raise _refusal(path, unexpected)
+    try:
+        with torch.serialization.safe_globals(_classes(allowed)):
+            torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).split('\n')[0][:300]
+        raise UnsafeFileError(f'{path}: refusing to unpickle it: torch\'s weights-only reader refuses it ({reason}). '
+                              'If you trust this file, opt in explicitly (--trust-pickle, init.trust_pickle)') from None
+
+
+def _classes(names: Iterable[str]) -> list:
+    """The classes named ``module.Qualname`` (imported: they are the loading library's own)."""
+    import importlib
+    found = []
+    for name in sorted(names):
+        module, _, qualname = name.rpartition('.')
+        found.append(getattr(importlib.import_module(module), qualname))
+    return found
 
 
 def check_checkpoint_folder(folder, trust_pickle: bool = False) -> List[Path]:

@@ -89,6 +89,27 @@ def checkpoint_filter_fn(state_dict: Any, model: nn.Module) -> Dict[str, torch.T
     return state_dict
 
 
+# timm.create_model arguments that point its loader at weights: in timm before 1.0.26 that loader
+# unpickles fully (code runs). Model arguments read from configs and teacher specs must not hold
+# them: weights come through the project's own loaders (``init.checkpoint``, a teacher's
+# ``weights``). A pretrained config may still set what is not a source (input_size, crop_pct, ...).
+LOADER_ARGS = frozenset({'pretrained', 'checkpoint_path'})
+PRETRAINED_CFG_SOURCES = frozenset({'file', 'url', 'hf_hub_id', 'hf_hub_filename', 'state_dict', 'source', 'custom_load'})
+
+
+def loader_args_in(kwargs: dict) -> list:
+    """What in ``kwargs`` would steer timm's weight loader (see :data:`LOADER_ARGS`), e.g.
+    ``['checkpoint_path', 'pretrained_cfg_overlay.file']``."""
+    found = sorted(set(kwargs) & LOADER_ARGS)
+    for name in ('pretrained_cfg', 'pretrained_cfg_overlay'):
+        value = kwargs.get(name)
+        if isinstance(value, dict):
+            found += [f'{name}.{key}' for key in sorted(set(value) & PRETRAINED_CFG_SOURCES)]
+        elif value is not None:   # a tag or a config object: it can name any source
+            found.append(name)
+    return found
+
+
 def export_meta(file) -> Optional[dict]:
     """The ``config.json`` that ``pretrain.export`` writes beside ``model.safetensors``, when ``file``
     is such an export (a config.json of anything else does not count)."""
@@ -110,8 +131,7 @@ def load_exported(file):
     if meta is None or Path(file).suffix != '.safetensors':
         raise ValueError(f'{file}: not an export of pretrain.export (a model.safetensors with a config.json naming '
                          'its architecture and pretrained_cfg beside it)')
-    loader_args = sorted(set(meta['model_kwargs']) & {'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay',
-                                                       'checkpoint_path', 'lk_impl'})
+    loader_args = sorted(set(meta['model_kwargs']) & (LOADER_ARGS | {'pretrained_cfg', 'pretrained_cfg_overlay', 'lk_impl'}))
     if loader_args:   # a downloaded export must not steer timm's loader (e.g. to a pickle elsewhere)
         raise ValueError(f'{file}: its config.json puts {loader_args} among the model arguments; an export of '
                          'pretrain.export never does: re-export it, or remove them if you trust the file')

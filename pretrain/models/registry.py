@@ -7,7 +7,9 @@ from typing import Optional
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .checkpoint import checkpoint_filter_fn, export_meta
+from shards.safe_files import load_torch_file
+
+from .checkpoint import checkpoint_filter_fn, export_meta, unwrap_state_dict
 from .replknet import RepLKNet
 
 log = logging.getLogger(__name__)
@@ -18,6 +20,8 @@ def _create_replknet(variant: str, pretrained: bool = False, defaults: Optional[
     """``defaults``: the variant's shape; an export's own shape arguments come next, then the caller's."""
     exported = _export_beside(variant, kwargs) if pretrained else {}
     kwargs = {**(defaults or {}), **exported.get('model_kwargs', {}), **kwargs}
+    if pretrained:
+        _read_torch_file_ourselves(kwargs)
     if exported:
         # The export's pretrained_cfg describes the exported model (classes, input size, crop);
         # the caller's overlay (its file, at least) wins. With it, timm keeps the trained head.
@@ -32,6 +36,17 @@ def _create_replknet(variant: str, pretrained: bool = False, defaults: Optional[
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
         **kwargs)
+
+
+def _read_torch_file_ourselves(kwargs: dict) -> None:
+    """A torch file named in the overlay (an official release's ``.pth``) is read by the project's
+    loader, which runs no code (``shards.safe_files``), and handed to timm as a state dict: timm's
+    own loader unpickles fully in releases before 1.0.26. Safetensors files stay timm's to read."""
+    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    file = overlay.get('file')
+    if file and not str(file).endswith('.safetensors'):
+        state = unwrap_state_dict(load_torch_file(file))
+        kwargs['pretrained_cfg_overlay'] = dict({k: v for k, v in overlay.items() if k != 'file'}, state_dict=state)
 
 
 def _export_beside(variant: str, kwargs: dict) -> dict:

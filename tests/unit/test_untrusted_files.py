@@ -68,6 +68,37 @@ def test_timm_teacher_refuses_a_code_running_pickle(evil):
     assert not marker.exists()
 
 
+def test_the_documented_official_checkpoint_route_reads_the_file_with_our_loader_not_timms(evil):
+    import timm
+    import pretrain.models  # noqa: F401  (registers RepLKNet)
+    path, marker = evil
+    with pytest.raises(UnsafeFileError, match=r'weights\.pth: refusing to unpickle it: it names io\.open'):
+        timm.create_model('replknet_31b', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert not marker.exists()
+
+
+def test_timms_own_loaders_run_no_code_in_the_lowest_timm_allowed():
+    """setup.py's floor (checked by `make lower-bounds`): timm 1.0.15-1.0.25 unpickled fully."""
+    import inspect
+
+    from timm.models import load_checkpoint, load_state_dict
+    for loader in (load_checkpoint, load_state_dict):
+        assert inspect.signature(loader).parameters['weights_only'].default is True, loader.__name__
+
+
+@pytest.mark.parametrize('kwargs', [{'checkpoint_path': 'evil.pth'}, {'pretrained': True},
+                                    {'pretrained_cfg_overlay': {'file': 'evil.pth'}}, {'pretrained_cfg': 'evil_tag'}])
+def test_model_arguments_from_configs_and_teachers_never_steer_timms_loader(kwargs):
+    with pytest.raises(ConfigError, match='would make timm load weights itself'):
+        load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(kwargs)}'])
+    with pytest.raises(ValueError, match='would make timm load weights itself'):
+        TeacherSpec(kind='timm', model='vit_large_patch16_224', weights='w.safetensors', model_kwargs=kwargs)
+
+
+def test_a_teacher_may_still_set_its_input_size_through_the_pretrained_config():
+    TeacherSpec(kind='timm', model='vit_large_patch16_224', weights='w.safetensors', model_kwargs=TINY_VIT)
+
+
 def test_transformers_remote_code_is_only_set_on_the_teacher():
     with pytest.raises(ValueError, match='trust_remote_code'):
         TeacherSpec(kind='transformers', model='x', model_kwargs={'trust_remote_code': True})
@@ -190,3 +221,45 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_names_the_intact_one(tmp_pa
     (run / 'ckpt' / 'step-2' / 'COMMITTED').write_text('{}')
     with _pytest.raises(OSError, match=r'writing checkpoint step-4 failed: no space left on .*step-2 is intact'):
         checkpoint.save(FullDisk(), str(run), 4, 0, 1, {}, keep=2)
+
+
+def class_rewriting_checkpoint(path: Path) -> None:
+    """A DeepSpeed-looking file that names only allowed globals, but whose pickle applies BUILD to the
+    LossScaler class itself: a full unpickle sets ``LossScaler.loss_scale = 0.0`` process-wide."""
+    import io
+    import struct
+    import zipfile
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    plain = io.BytesIO()
+    torch.save({'module': {'w': torch.zeros(1)}, 'scaler_class': LossScaler}, plain, pickle_protocol=2)
+    rewrite = (b'N}' + b'X' + struct.pack('<I', 10) + b'loss_scale' + b'G' + struct.pack('>d', 0.0)
+               + b's\x86b')   # state (None, {'loss_scale': 0.0}), BUILD onto the class just pushed
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, 'w') as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith('/data.pkl'):
+                global_op = b'cdeepspeed.runtime.fp16.loss_scaler\nLossScaler\n'
+                assert global_op in data
+                data = data.replace(global_op, global_op + rewrite)
+            dst.writestr(item, data)
+
+
+def test_a_checkpoint_that_rewrites_an_allowed_class_is_refused(tmp_path):
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from shards.safe_files import check_checkpoint_folder
+    folder = tmp_path / 'ckpt'
+    folder.mkdir()
+    class_rewriting_checkpoint(folder / 'mp_rank_00_model_states.pt')
+    before = getattr(LossScaler, 'loss_scale', 'unset')
+    with pytest.raises(UnsafeFileError, match=r'mp_rank_00_model_states\.pt: refusing to unpickle it'):
+        check_checkpoint_folder(folder)
+    assert getattr(LossScaler, 'loss_scale', 'unset') == before
+    try:   # what DeepSpeed's own load would have done
+        torch.load(folder / 'mp_rank_00_model_states.pt', weights_only=False)
+        assert LossScaler.loss_scale == 0.0
+    finally:
+        if before == 'unset':
+            del LossScaler.loss_scale
+        else:
+            LossScaler.loss_scale = before
