@@ -91,7 +91,7 @@ def s3_server(tmp_path_factory):
     from shards.s3server import LocalS3
 
     server = LocalS3(str(tmp_path_factory.mktemp('seaweedfs'))).start()
-    yield server.endpoint
+    yield server
     server.stop()
 
 
@@ -113,10 +113,8 @@ def s3_prefix(s3_server, monkeypatch, request) -> str:
     """
     import re
 
-    monkeypatch.setenv('AWS_ENDPOINT_URL', s3_server)
-    monkeypatch.setenv('AWS_ACCESS_KEY_ID', 'replk-test')
-    monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', 'replk-test')
-    monkeypatch.setenv('AWS_DEFAULT_REGION', 'us-east-1')
+    for name, value in s3_server.env().items():   # its per-run keys: it refuses anonymous requests
+        monkeypatch.setenv(name, value)
     _clear_s3fs_cache()
     from shards import storage
 

@@ -19,7 +19,7 @@ def test_label_job_over_s3_survives_a_dropped_connection(tmp_path, s3_prefix, s3
     local = toy_shards(tmp_path)
     fs, path = storage.filesystem(f'{s3_prefix}/shards')
     fs.put(local + '/', path, recursive=True)
-    proxy = DroppingProxy(s3_server, match=b".tar", drops=DROPS)
+    proxy = DroppingProxy(s3_server.endpoint, match=b".tar", drops=DROPS)
     monkeypatch.setenv('AWS_ENDPOINT_URL', proxy.endpoint)
     s3fs.S3FileSystem.clear_instance_cache()
     weights = tiny_timm_weights(tmp_path / 'teacher.safetensors')

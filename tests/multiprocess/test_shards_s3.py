@@ -126,3 +126,25 @@ def test_decontaminate_on_s3_and_stream_without_the_matches(image_tree, s3_prefi
                      to_tensor, 0, 1, 1)
     seen = [k for b in ResumableLoader(ds) for k in b['key']]
     assert len(seen) == 15 and not set(seen) & excluded
+
+
+def test_the_local_server_answers_only_its_own_run_keys(s3_server, s3_prefix):
+    """Another user of the machine can reach loopback: anonymous S3 and filer requests are refused,
+    the data folder is private, and the run's own keys (what LocalS3.env() hands its clients) work."""
+    import stat
+    import urllib.error
+    import urllib.request
+
+    storage.write_bytes_atomic(f'{s3_prefix}/secret.bin', b'labels', storage.DEFAULT_RETRY)
+    bucket_path = s3_prefix[len('s3://'):]
+    anonymous = [urllib.request.Request(f'{s3_server.endpoint}/{bucket_path}/secret.bin'),            # GET
+                 urllib.request.Request(f'{s3_server.endpoint}/{bucket_path.split("/")[0]}'),          # LIST
+                 urllib.request.Request(f'{s3_server.endpoint}/{bucket_path}/planted.tar', data=b'x', method='PUT'),
+                 urllib.request.Request(f'{s3_server.filer_endpoint}/buckets/')]                        # the filer
+    for request in anonymous:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code in (401, 403), request.full_url
+    assert storage.read_bytes(f'{s3_prefix}/secret.bin') == b'labels'
+    assert stat.S_IMODE(s3_server.data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((s3_server.data_dir / 's3.json').stat().st_mode) == 0o600
