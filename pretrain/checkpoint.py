@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from shards.safe_files import check_checkpoint_folder, load_torch_file
+from shards.storage import open_staged
 
 from .train_state import Part
 
@@ -42,9 +43,9 @@ def committed_tags(run_dir: str) -> list:
 
 
 def _write_json_atomic(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    with open(tmp, 'w') as f:
-        json.dump(doc, f)
+    tmp, f = open_staged(str(path.with_name(f'.{path.name}')))   # hidden until renamed
+    with f:
+        f.write(json.dumps(doc).encode())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -129,8 +130,9 @@ def _any_rank(flag: bool) -> bool:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    torch.save(obj, tmp)
+    tmp, f = open_staged(str(path.with_name(f'.{path.name}')))   # hidden until renamed
+    with f:
+        torch.save(obj, f)
     os.replace(tmp, path)
 
 

@@ -12,6 +12,7 @@ write the same object, on S3 or a shared disk. A rerun of a job writes only what
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import io
@@ -113,7 +114,8 @@ def owns(options: BuildOptions, shard: int) -> bool:
 def remove_leftovers(options: BuildOptions) -> None:
     """What a killed run of this job left: staged ``{source}-{i}.tar.tmp-*`` files of its own shards
     beside the shards (local outputs; S3 uploads are whole or absent; other jobs' files are theirs)
-    and its workers' temp tars."""
+    and temp tars no live writer holds (each writer holds an exclusive lock on its temp tar until it
+    is gone: PIDs prove nothing to containers that share /tmp in separate PID namespaces)."""
     if storage.is_local(options.prefix) and os.path.isdir(options.prefix):
         for name in os.listdir(options.prefix):
             number = name[len(options.source) + 1:].split('.', 1)[0]
@@ -121,20 +123,25 @@ def remove_leftovers(options: BuildOptions) -> None:
                     and owns(options, int(number))):
                 os.unlink(os.path.join(options.prefix, name))
     for path in glob.glob(os.path.join(tempfile.gettempdir(), f'{TEMP_PREFIX}*.tar')):
-        pid = os.path.basename(path)[len(TEMP_PREFIX):].split('-', 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        with contextlib.suppress(OSError):
+            _remove_if_abandoned(path)
 
 
-def _alive(pid: int) -> bool:
+LOCK_GRACE_S = 60   # a temp tar this new may not be locked yet (created, then locked by its writer)
+
+
+def _remove_if_abandoned(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if time.time() - os.fstat(fd).st_mtime < LOCK_GRACE_S:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return   # its writer is alive
+        os.unlink(path)
+    finally:
+        os.close(fd)
 
 
 def write_shard(job: dict) -> dict:
@@ -145,6 +152,8 @@ def write_shard(job: dict) -> dict:
     tasks: Dict[str, int] = {}
     hashes: List[SampleHash] = []
     fd, tmp = tempfile.mkstemp(prefix=f'{TEMP_PREFIX}{os.getpid()}-', suffix='.tar')
+    lock = os.open(tmp, os.O_RDONLY)   # its own descriptor: closing the writer's does not drop the lock
+    fcntl.flock(lock, fcntl.LOCK_EX)   # held until the file is gone: what remove_leftovers checks
     try:
         with storage.local_write(tmp, f'{tmp} (the temporary copy of {entry.name}: set TMPDIR to a larger disk)'), \
                 os.fdopen(fd, 'wb') as f, tarfile.open(fileobj=f, mode='w', format=tarfile.USTAR_FORMAT) as tar:
@@ -176,6 +185,7 @@ def write_shard(job: dict) -> dict:
     finally:
         with contextlib.suppress(FileNotFoundError):   # local_write removed it already
             os.unlink(tmp)
+        os.close(lock)
     return dict(entry=asdict(entry), hashes=hashes)
 
 

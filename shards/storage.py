@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import random
+import secrets
 import tempfile
 import time
 from dataclasses import dataclass
@@ -242,13 +243,22 @@ def write_bytes_atomic(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETR
             os.unlink(tmp.name)
 
 
+def open_staged(path: str) -> Tuple[str, BinaryIO]:
+    """A new file beside ``path``, to write and then rename onto it: an unpredictable name
+    (``{path}.tmp-{pid}-{random}``, a pattern the orphan sweeps know), created exclusively and never
+    through a link planted at its name, with the user's umask like any file they write."""
+    staged = f'{path}.tmp-{os.getpid()}-{secrets.token_hex(8)}'
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0), 0o666)
+    return staged, os.fdopen(fd, 'wb')
+
+
 def put_file_atomic(local_path: str, url: str, policy: RetryPolicy = DEFAULT_RETRY) -> None:
     """Move a finished local file to ``url``: rename locally, one whole PUT on object stores."""
     fs, path = filesystem(url)
     if is_local(url):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        staged = f'{path}.tmp-{os.getpid()}'
-        with local_write(staged, url), open(local_path, 'rb') as src, open(staged, 'wb') as dst:
+        staged, dst = open_staged(path)
+        with local_write(staged, url), open(local_path, 'rb') as src, dst:
             while chunk := src.read(16 << 20):
                 dst.write(chunk)
             dst.flush()
@@ -269,8 +279,8 @@ def create_exclusive(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY)
     fs, path = filesystem(url)
     if is_local(url):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        staged = f'{path}.tmp-{os.getpid()}-{random.getrandbits(32):08x}'
-        with local_write(staged, url), open(staged, 'wb') as f:
+        staged, f = open_staged(path)
+        with local_write(staged, url), f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

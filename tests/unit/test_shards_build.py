@@ -193,6 +193,7 @@ def test_a_rerun_removes_what_a_killed_build_left_and_verify_mentions_it(image_t
     (out / 'zoo-000001.tar.tmp-4242').write_bytes(b'half a shard')
     dead = os.path.join(tempfile.gettempdir(), f'{build_mod.TEMP_PREFIX}999999999-x.tar')
     open(dead, 'wb').close()
+    os.utime(dead, (0, 0))   # left long ago by a killed build (a new one may not be locked yet)
     assert cli(['verify', str(out), '--no-decode']) == 0
     assert 'zoo-000001.tar.tmp-4242 is not in the index' in capsys.readouterr().out
     build_tree(image_tree, out, samples_per_shard=4)
