@@ -1,8 +1,8 @@
 """The GPU path on one NVIDIA GPU, deciding numbers first (run through bench/gpu_check.sh).
 
-Steps, in this order, each bounded by its own limit (sum 520 s; with the wheel install the whole
-check fits 9 minutes) and by what is left of the check's deadline; a step with too little time
-left is skipped, saying so. Each prints a table of at most 2 KB when it ends and writes into
+Steps, in this order, each bounded by its own limit (steps 1-6: 520 s; with the wheel install the
+whole check fits 9 minutes) and by what is left of the check's deadline; a step with too little
+time left is skipped, saying so (step 7 runs only on what 1-6 left unused, and needs 120 s). Each prints a table of at most 2 KB when it ends and writes into
 ``--out`` (at most 8 files: what a device call brings back); ``gpu_check.json`` there is
 rewritten after every step.
   1. the large-kernel layers of XL at batch 32: cuDNN, direct and Toeplitz, forward / input grad /
@@ -14,7 +14,10 @@ rewritten after every step.
   4. the labeling job against a bare ViT-L/16 forward;
   5. the GPU test tier (tests/gpu): every tile of every kernel on CUDA against float64, the XL
      config through the Trainer (nccl, ZeRO-2, bf16 in the engine, channels-last), ...;
-  6. RepLKNet-31B's large-kernel layers, if time remains.
+  6. RepLKNet-31B's large-kernel layers, if time remains;
+  7. XL's training step at micro-batch 32 with ``auto`` eager against ``auto`` compiled
+     (``train.compile``'s inductor, decisions from step 1's cache), if time remains: inductor
+     compiling XL's forward and backward takes minutes of CPU, so it never delays 1-5.
 
 ``--cpu-dry-run`` runs every step on tiny shapes on CPU (step 5 runs the Trainer probe of the
 GPU test with the model shrunk; steps 1-2 run the kernels under Triton's interpreter, write the
@@ -39,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'tests'))
 TABLE_BYTES = 2000
-MIN_STEP_SECONDS = 15   # a step with less time left than this is skipped, not started
+MIN_STEP_SECONDS = {'7': 120}   # a step with less time left than this is skipped, not started (others: 15)
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def step_1_2(ctx: Context) -> dict:
     if want_step:
         results['2'] = read_part(ctx.out, 'lk_conv_step.json')
         if ctx.dry and results['2']['ok']:
-            ran = json.loads((ctx.out / 'lk_conv_step.json').read_text())['native_vs_auto_ran']
+            ran = json.loads((ctx.out / 'lk_conv_step.json').read_text())['auto_ran']
             results['2']['auto_ran'] = ran   # the dry run's proof that auto read Triton from the cache
             results['2']['ok'] = bool(ran) and set(ran.values()) <= {'direct', 'toeplitz'}
     for r in results.values():
@@ -157,6 +160,15 @@ def step_5(ctx: Context) -> dict:
     return dict(ok=ok, seconds=round(time.monotonic() - start, 1), table=json.dumps(report)[:TABLE_BYTES])
 
 
+def step_7(ctx: Context) -> dict:
+    folder = ctx.out / 'compiled'
+    args = ['--cpu-dry-run'] if ctx.dry else ['--step-batch', '32']
+    proc = run([sys.executable, 'bench/lk_conv.py', *args, '--layers', '--step-impls', 'auto', 'auto+inductor',
+                '--out', str(folder)], ctx.timeout(STEP_LIMITS['7']), ctx.env(interpret=True))
+    part = read_part(folder, 'lk_conv_step.json')
+    return part if part['ok'] else dict(part, error=part['error'] + '\n' + proc.get('error', ''))
+
+
 def step_6(ctx: Context) -> dict:
     if ctx.dry:
         return dict(ok=True, seconds=0.0, table='31B: the dry run times the tiny layers once (step 1)')
@@ -166,11 +178,12 @@ def step_6(ctx: Context) -> dict:
     return part if part['ok'] else dict(part, error=part['error'] + '\n' + proc.get('error', ''))
 
 
-STEP_LIMITS = {'1': 110, '2': 80, '3': 150, '4': 55, '5': 90, '6': 35}
+STEP_LIMITS = {'1': 110, '2': 80, '3': 150, '4': 55, '5': 90, '6': 35, '7': 240}
 NAMES = {'1': '1_lk_layers_xl', '2': '2_xl_step_native_vs_auto', '3': '3_trainer_vs_bare_vs_convnext',
-         '4': '4_label_job', '5': '5_gpu_tests', '6': '6_lk_layers_31b'}
+         '4': '4_label_job', '5': '5_gpu_tests', '6': '6_lk_layers_31b', '7': '7_xl_step_compiled_vs_eager'}
+IF_TIME_REMAINS = '67'   # skipped for time, these steps still pass: 1-5 fit the check's limit on their own
 # Steps 1 and 2 are one process; the runner for '1' reports both.
-RUNNERS = [('12', step_1_2), ('3', step_3), ('4', step_4), ('5', step_5), ('6', step_6)]
+RUNNERS = [('12', step_1_2), ('3', step_3), ('4', step_4), ('5', step_5), ('6', step_6), ('7', step_7)]
 
 
 PRINTING = threading.Lock()   # dry-run steps end side by side: one step's lines stay together
@@ -195,8 +208,8 @@ def report(name: str, result: dict) -> None:
 def run_group(letters: str, fn, ctx: Context) -> dict:
     """Run one runner (or skip it when the deadline is too close); {step letter: result}."""
     wanted = [x for x in letters if x in ctx.only]
-    if ctx.deadline - time.time() < MIN_STEP_SECONDS:
-        return {x: dict(ok=x == '6', skipped='no time left in the check', seconds=0.0) for x in wanted}
+    if ctx.deadline - time.time() < MIN_STEP_SECONDS.get(letters, 15):
+        return {x: dict(ok=x in IF_TIME_REMAINS, skipped='no time left in the check', seconds=0.0) for x in wanted}
     say(f'gpu_check: {"+".join(NAMES[x] for x in wanted)} ...')
     got = fn(ctx)
     return got if letters == '12' else {letters: got}
@@ -205,7 +218,7 @@ def run_group(letters: str, fn, ctx: Context) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--cpu-dry-run', action='store_true')
-    ap.add_argument('--only', default='123456', help='the steps to run, e.g. "125" (default: all, 123456)')
+    ap.add_argument('--only', default='1234567', help='the steps to run, e.g. "125" (default: all, 1234567)')
     ap.add_argument('--out', default='runs/gpu_check', help='folder for every file the check writes')
     ap.add_argument('--deadline', type=float, default=None,
                     help='epoch seconds by which the check must end (gpu_check.sh: its start + 540)')
@@ -217,7 +230,7 @@ def main(argv=None) -> dict:
         raise SystemExit('gpu_check: no CUDA device here; use --cpu-dry-run to check the script on CPU')
     device = 'cpu (dry run)' if args.cpu_dry_run else torch.cuda.get_device_name()
     started = time.monotonic()
-    deadline = args.deadline or time.time() + sum(STEP_LIMITS.values()) + 20
+    deadline = args.deadline or time.time() + sum(v for k, v in STEP_LIMITS.items() if k not in '7') + 20
     ctx = Context(args.cpu_dry_run, Path(args.out).resolve(), deadline, args.only)
     ctx.out.mkdir(parents=True, exist_ok=True)
     runners = [(letters, fn) for letters, fn in RUNNERS if set(letters) & set(args.only)]

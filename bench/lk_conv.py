@@ -10,9 +10,12 @@ the whole training step with ``lk_impl='native'`` against ``'auto'``, side by si
    (:mod:`pretrain.models.lk_choice`), the same file a training run on this card reads.
 2. XL's (or, dry, a tiny model's) whole training step, bf16 autocast, channels-last, AdamW:
    ``native`` against ``auto`` (which now reads the cache): ms per step, images/s, peak memory, and
-   the algorithm ``auto`` ran per layer.
+   the algorithm ``auto`` ran per layer. ``--step-impls auto auto+inductor`` times ``auto`` eager
+   against ``auto`` under ``torch.compile`` (inductor; large-kernel decisions made eagerly first,
+   as ``train.compile`` does); the compile itself falls in the warm-up steps.
 
     python bench/lk_conv.py --layers XL --batches 32 --step-batch 32 --out runs/lk_conv
+    python bench/lk_conv.py --layers --step-impls auto auto+inductor   # the step only, compiled vs eager
     python bench/lk_conv.py --write-table      # ... and record the winners in the shipped override table
     python bench/lk_conv.py --cpu-dry-run      # tiny shapes on CPU, Triton interpreted (`make test`)
 
@@ -110,26 +113,36 @@ def layers_table(rows: list) -> str:
     return '\n'.join(lines)[:TABLE_BYTES]
 
 
-def whole_step(lk_impl: str, batch: int, size: int, steps: int, device, tiny: bool) -> dict:
-    """XL's (or a tiny model's) training step: bf16 autocast, channels-last, AdamW."""
+STEP_IMPLS = ('native', 'auto', 'auto+inductor')
+
+
+def whole_step(impl: str, batch: int, size: int, steps: int, device, tiny: bool) -> dict:
+    """XL's (or a tiny model's) training step: bf16 autocast, channels-last, AdamW; ``impl`` is an
+    ``lk_impl``, or ``auto+inductor``: ``auto`` and the model compiled (decisions made eagerly first)."""
     import timm
     import torch
     import torch.nn.functional as F
 
     import pretrain.models  # noqa: F401  (registers RepLKNet)
-    from pretrain.models import lk_choice
+    from pretrain.models import decide_before_compiling, lk_choice
     from pretrain.models.lk_measure import median_ms
     lk_choice.forget_decisions()
+    lk_impl, compiled = impl.split('+')[0], impl.endswith('+inductor')
     kwargs = dict(depths=(1, 1), channels=(8, 16), kernel_sizes=(7, 5)) if tiny else {}
     model = timm.create_model('replknet_3' if tiny else 'replknet_xl', num_classes=1000, lk_impl=lk_impl,
                               **kwargs).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=device)
+    forward = model
+    if compiled:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not tiny):
+            decide_before_compiling(model, x)
+        forward = torch.compile(model, backend='inductor')
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not tiny):
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = F.cross_entropy(forward(x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -140,17 +153,18 @@ def whole_step(lk_impl: str, batch: int, size: int, steps: int, device, tiny: bo
     out = dict(ms_per_step=round(ms, 2), images_per_s=round(batch / (ms / 1e3), 1), peak_gb=peak)
     if lk_impl == 'auto':
         out['auto_ran'] = lk_choice.decisions()
-    del model, opt
+    del model, opt, forward
     return out
 
 
-def step_table(step: dict, batch: int, size: int) -> str:
+def step_table(step: dict, impls: list, batch: int, size: int) -> str:
     lines = [f'whole training step, batch {batch} at {size}px     ms/step   img/s  peak GB']
-    for impl in ('native', 'auto'):
+    for impl in impls:
         s = step[impl]
-        lines.append(f"{impl:<8}{'':33}{s['ms_per_step']:>8.1f} {s['images_per_s']:>7.1f} {s['peak_gb']:>7.2f}")
-    lines.append(f"auto over native: x{step['speedup_auto_over_native']}; auto ran "
-                 + ', '.join(f'{k.split(",", 2)[2]}: {v}' for k, v in step['native_vs_auto_ran'].items()))
+        lines.append(f"{impl:<16}{'':25}{s['ms_per_step']:>8.1f} {s['images_per_s']:>7.1f} {s['peak_gb']:>7.2f}")
+    lines += [f"{impl} over {impls[0]}: x{step[f'speedup_{impl}_over_{impls[0]}']}" for impl in impls[1:]]
+    if step.get('auto_ran'):
+        lines.append('auto ran ' + ', '.join(f'{k.split(",", 2)[2]}: {v}' for k, v in step['auto_ran'].items()))
     return '\n'.join(lines)[:TABLE_BYTES]
 
 
@@ -197,11 +211,14 @@ def run_layers(args, device, dtype, card: str) -> dict:
 def run_step(args, device, card: str) -> dict:
     started = time.monotonic()
     batch, size, steps = (2, 32, 2) if args.cpu_dry_run else (args.step_batch, 224, 5)
-    step = {impl: whole_step(impl, batch, size, steps, device, args.cpu_dry_run) for impl in ('native', 'auto')}
-    step['speedup_auto_over_native'] = round(step['native']['ms_per_step'] / step['auto']['ms_per_step'], 3)
-    step['native_vs_auto_ran'] = step['auto'].pop('auto_ran')
-    result = dict(part='whole_step', card=card, batch=batch, size=size, **step, table=step_table(step, batch, size),
-                  seconds=round(time.monotonic() - started, 1))
+    impls = args.step_impls
+    step = {impl: whole_step(impl, batch, size, steps, device, args.cpu_dry_run) for impl in impls}
+    for impl in impls[1:]:
+        step[f'speedup_{impl}_over_{impls[0]}'] = round(step[impls[0]]['ms_per_step'] / step[impl]['ms_per_step'], 3)
+    ran = [step[impl].pop('auto_ran') for impl in impls if 'auto_ran' in step[impl]]
+    step['auto_ran'] = ran[0] if ran else {}   # the decisions are the card's: the same for every auto run
+    result = dict(part='whole_step', card=card, batch=batch, size=size, **step,
+                  table=step_table(step, impls, batch, size), seconds=round(time.monotonic() - started, 1))
     print(result['table'], flush=True)
     return result
 
@@ -209,10 +226,13 @@ def run_step(args, device, card: str) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--cpu-dry-run', action='store_true', help='tiny shapes in fp32 on CPU, Triton interpreted')
-    ap.add_argument('--layers', nargs='+', choices=('XL', '31B'), default=['XL', '31B'])
+    ap.add_argument('--layers', nargs='*', choices=('XL', '31B'), default=['XL', '31B'],
+                    help='the layers to time (none: the whole step only)')
     ap.add_argument('--batches', type=int, nargs='+', default=[32])
     ap.add_argument('--reps', type=int, default=10)
     ap.add_argument('--step-batch', type=int, default=32, help="batch of XL's whole training step (0: skip it)")
+    ap.add_argument('--step-impls', nargs='+', choices=STEP_IMPLS, default=['native', 'auto'],
+                    help='the whole step under each of these, ratios to the first')
     ap.add_argument('--out', default='runs/lk_conv', help='folder for lk_conv_layers.json and lk_conv_step.json')
     ap.add_argument('--write-table', action='store_true',
                     help='also record the winners in pretrain/models/lk_conv_measured.json (the override table)')
@@ -229,8 +249,9 @@ def main(argv=None) -> dict:
     card = card_identity(device) or str(device)
     out = Path(args.out)
     summary = dict(bench='lk_conv', card=card, torch=torch.__version__)
-    summary['layers'] = run_layers(args, device, dtype, card)
-    save(out, 'lk_conv_layers.json', summary['layers'])    # before the step: a timeout there keeps these
+    if args.layers:
+        summary['layers'] = run_layers(args, device, dtype, card)
+        save(out, 'lk_conv_layers.json', summary['layers'])    # before the step: a timeout there keeps these
     if args.step_batch:
         summary['whole_step'] = run_step(args, device, card)
         save(out, 'lk_conv_step.json', summary['whole_step'])

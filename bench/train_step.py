@@ -4,9 +4,12 @@ Ours: shards streamed and decoded with RandAugment in a DataLoader worker, label
 the label store, multi-task loss, DeepSpeed ZeRO-2 step. Bare: the same model, optimizer and
 DeepSpeed config stepping on tensors built in advance (no loading at all). One process
 (world size 1), on CPU here. ratio = ours / bare (goal >= 0.9: loading overlapped).
-On a GPU it also prints RepLKNet-XL vs timm convnext_xlarge forward+backward images/s.
+With --compile it also runs our step with train.compile=inductor: compiled / eager images/s (on
+CPU inductor fuses BatchNorm and elementwise ops into C++ loops; its GPU meaning is measured by
+bench/gpu_check.sh). On a GPU it also prints RepLKNet-XL vs timm convnext_xlarge forward+backward
+images/s.
 
-    python bench/train_step.py --steps 30
+    python bench/train_step.py --steps 30 [--compile]
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ MODEL = {'kernel_sizes': [13, 7], 'depths': [1, 2], 'channels': [32, 64], 'small
 def ours_rate(cfg, env, device, steps: int) -> float:
     trainer = Trainer(cfg, env, device)
     it = iter(trainer.loader)
-    for _ in range(3):  # warm-up (worker start, first shard)
+    for _ in range(3):  # warm-up (worker start, first shard; compiling, when on, happens here)
         trainer.micro_step(_next(trainer, it))
     start = time.perf_counter()
     for _ in range(steps):
@@ -99,6 +102,7 @@ def main(argv=None) -> dict:
     ap.add_argument('--steps', type=int, default=30)
     ap.add_argument('--image-size', type=int, default=64)
     ap.add_argument('--micro-batch', type=int, default=16)
+    ap.add_argument('--compile', action='store_true', help='also our step with train.compile=inductor (ratio to eager)')
     args = ap.parse_args(argv)
     # enough images that the measured steps stay inside one epoch (a new epoch restarts the workers)
     data = make(tempfile.mkdtemp(prefix="replk-trainbench-"), per_source=max(160, 2 * (args.steps + 3) * args.micro_batch))
@@ -118,6 +122,10 @@ def main(argv=None) -> dict:
     headline = dict(bench='train_step', metric='images/s', ours=round(ours, 1), peer=round(bare, 1),
                     ratio=round(ours / bare, 3), config=dict(image_size=args.image_size,
                                                              micro_batch=args.micro_batch, steps=args.steps))
+    if args.compile:
+        compiled = ours_rate(load_config('configs/tiny_cpu.json', sets + ['train.compile=inductor', f'checkpoint.dir={run_dir}-compiled']), env, device, args.steps)
+        print(f'{"ours, train.compile=inductor":42} {compiled:8.1f} images/s')
+        headline['compiled'] = dict(images_per_s=round(compiled, 1), ratio_to_eager=round(compiled / ours, 3))
     if device.type == 'cuda':
         headline['gpu_images_per_s_fwd_bwd_bf16'] = gpu_model_comparison(device)
         print('GPU fwd+bwd images/s:', headline['gpu_images_per_s_fwd_bwd_bf16'])
