@@ -78,11 +78,16 @@ def eval_transform_config(args, data: DataConfig, pretrained_cfg: dict, from_run
                            crop_pct=args.crop_pct or crop, interpolation=interp)
 
 
-def eval_spec(args, tasks: Dict[str, int], transform: TransformConfig, cfg: Optional[RunConfig]) -> EvalSpec:
+def eval_spec(args, tasks: Dict[str, int], transform: TransformConfig, cfg: Optional[RunConfig],
+              trained: Optional[dict] = None) -> EvalSpec:
+    """``trained``: how the weights were trained ({precision, channels_last}: a run's config or an
+    export's config.json); ``--precision`` overrides it; weights with no record run in fp32."""
     data = cfg.data if cfg is not None else DataConfig()
-    model = cfg.model if cfg is not None else ModelConfig()
+    trained = trained or (dict(precision=cfg.train.precision, channels_last=cfg.model.channels_last) if cfg else {})
+    precision = args.precision or trained.get('precision', 'fp32')
+    channels_last = trained.get('channels_last', ModelConfig().channels_last)
     return EvalSpec(tasks, list(args.data), transform, args.batch_size,
-                    args.workers, args.precision, model.channels_last, data.label_store, data.tasks_file)
+                    args.workers, precision, channels_last, data.label_store, data.tasks_file)
 
 
 def exported_model(file, args):
@@ -95,7 +100,8 @@ def exported_model(file, args):
     model, meta = load_export(file)
     task = args.task[0].split('=')[0] if args.task else meta['task']
     transform = eval_transform_config(args, DataConfig(), meta['pretrained_cfg'], from_run=False)
-    return TaskOutput(model, task), eval_spec(args, {task: meta['num_classes']}, transform, None)
+    trained = {k: meta[k] for k in ('precision', 'channels_last') if k in meta}   # exports before 2026-12-07: none
+    return TaskOutput(model, task), eval_spec(args, {task: meta['num_classes']}, transform, None, trained)
 
 
 def check_export_arguments(args, meta: dict) -> None:
@@ -151,7 +157,8 @@ def main(argv=None) -> dict:
                                                   'trained, or pretrained_cfg)')
     p.add_argument('--batch-size', type=int, default=64, help='images per forward, per process')
     p.add_argument('--workers', type=int, default=4, help='decoding processes per rank (0: in the main process)')
-    p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16'), help='bf16: under autocast')
+    p.add_argument('--precision', choices=('fp32', 'bf16'),
+                   help='bf16: under autocast (default: what the run trained in, from its config; fp32 without one)')
     p.add_argument('--ema', action='store_true', help='run folder: evaluate the EMA weights (the result says '
                                                       '"weights": "ema")')
     add_trust_pickle_argument(p)
@@ -178,7 +185,7 @@ def evaluate(args) -> dict:
                          f'{" or ".join(spec.tasks)}; accuracy is measured against human labels: pass labeled '
                          'shards (built from class folders or a labeled file list)')
     result.update(size=spec.transform.image_size, crop_pct=spec.transform.crop_pct, checkpoint=args.checkpoint,
-                  weights='ema' if args.ema else 'trained')
+                  weights='ema' if args.ema else 'trained', precision=spec.precision, channels_last=spec.channels_last)
     if env.is_main:
         print(json.dumps(result), flush=True)
     return result

@@ -99,7 +99,8 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict)
     # is the loader's choice, so an export made with 'triton' loads on a CPU.
     shape_kwargs = {k: v for k, v in cfg.model.kwargs.items() if k not in NOT_SHAPE}
     meta = dict(architecture=cfg.model.name, num_classes=n, task=task, form=form, model_kwargs=shape_kwargs,
-                source=source, max_relative_error=err, pretrained_cfg=exported_pretrained_cfg(cfg, task, n))
+                source=source, max_relative_error=err, pretrained_cfg=exported_pretrained_cfg(cfg, task, n),
+                precision=cfg.train.precision, channels_last=cfg.model.channels_last)   # how it was trained and evaluated
     (folder / 'config.json').write_text(json.dumps(meta, indent=2, default=str))
     return meta
 

@@ -37,11 +37,13 @@ def test_pretrain_finetune_evaluate_export_and_load_through_timm(tiny, tmp_path,
                  '--workers', '0'])
     evaluated = json.loads(ev.stdout.strip().splitlines()[-1])
     assert evaluated['val/shape/images'] == 32 and evaluated['size'] == 48
+    assert evaluated['precision'] == 'fp32' and evaluated['channels_last'] is False   # the run's own (tiny_cpu)
     assert evaluated['val/shape/top1'] == pytest.approx(result['val/shape/top1'])
 
     launch([sys.executable, '-m', 'pretrain.export', str(ft), '--task', 'shape', '--out', str(out)])
     meta = json.loads((out / 'config.json').read_text())
     assert meta['form'] == 'fused' and meta['max_relative_error'] < 1e-4
+    assert meta['precision'] == 'fp32' and meta['channels_last'] is False
     kwargs = meta['model_kwargs']
     loaded = timm.create_model('replknet_31b', pretrained=True, num_classes=4, **kwargs,
                                pretrained_cfg_overlay=dict(file=str(out / 'model.safetensors'), num_classes=4)).eval()
