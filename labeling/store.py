@@ -286,6 +286,14 @@ class LabelStore:
     def commit_records(self, task: str) -> Dict[str, dict]:
         """The winning commit record of every committed shard (the truth ``_task.json`` is rebuilt
         from): one LIST of ``_commits/``, plus one GET per record of an older store."""
+        by_stem = self.all_commit_records(task)
+        teacher = teacher_id(self.manifest(task).get('teacher')) if by_stem else None
+        winners = {stem: winning_record(records, teacher) for stem, records in by_stem.items()}
+        return {stem: {k: v for k, v in r.items() if k != 'legacy'} for stem, r in sorted(winners.items())}
+
+    def all_commit_records(self, task: str) -> Dict[str, List[dict]]:
+        """Every commit record of every shard, winners and the records they supersede (a human part
+        under a teacher's, an older teacher's)."""
         names = storage.list_names(f'{self._task_dir(task)}/_commits', self.retry)
         by_stem: Dict[str, List[dict]] = {}
         for name in names:
@@ -296,9 +304,7 @@ class LabelStore:
         if legacy:
             for stem, raw in zip(legacy, storage.read_many([self._commit_url(task, s) for s in legacy], self.retry)):
                 by_stem.setdefault(stem, []).append(dict(json.loads(raw), legacy=True))
-        teacher = teacher_id(self.manifest(task).get('teacher')) if by_stem else None
-        winners = {stem: winning_record(records, teacher) for stem, records in by_stem.items()}
-        return {stem: {k: v for k, v in r.items() if k != 'legacy'} for stem, r in sorted(winners.items())}
+        return by_stem
 
     def write_part(self, task_name: str, stem: str, rows: Iterable[Row], kind: str,
                    teacher: Optional[dict] = None, shard_sha256: Optional[str] = None) -> dict:
@@ -459,8 +465,9 @@ class LabelStore:
         return faults
 
     def orphans(self, task: str) -> List[str]:
-        """Part files no commit record names, and unfinished writes (a racing or killed job's leftovers)."""
-        named = {r['file'] for r in self.commit_records(task).values()}
+        """Part files no commit record names (a superseded record still names its part), and
+        unfinished writes (a racing or killed job's leftovers)."""
+        named = {r['file'] for records in self.all_commit_records(task).values() for r in records}
         return [n for n in storage.list_names(self._task_dir(task), self.retry)
                 if (n.endswith('.parquet') and n not in named) or '.parquet.tmp-' in n]
 

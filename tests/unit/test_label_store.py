@@ -183,3 +183,18 @@ def test_shard_targets_join_all_tasks_by_key(tmp_path, registry):
     assert set(targets['toy']) == {'toy/000000/000000', 'toy/000000/000001', 'toy/000000/000002'}
     assert targets['other'] == {'toy/000000/000001': ([1], [1.0], 'human')}
     assert store.shard_targets('toy-000005', ['toy']) == {'toy': {}}
+
+
+@pytest.mark.parametrize('order', [('human', 'teacher'), ('teacher', 'human')])
+def test_a_store_validates_clean_whichever_labels_came_first(tmp_path, registry, order):
+    """The README's order (import-human, then a teacher run) left the human parts under the
+    teacher's winning records, and validate called them orphans."""
+    store = LabelStore(str(tmp_path / 'store'), registry)
+    store.open_task('toy', teacher={'model': 'tiny'}, topk=2)
+    for kind in order:
+        for stem in ('toy-000000', 'toy-000001'):
+            src, shard = stem.split('-')
+            human = [Row(f'{src}/{shard}/{i:06d}', [i % 4], [1.0], 'human') for i in range(3)]
+            store.write_part('toy', stem, human if kind == 'human' else rows(stem), kind)
+    store.refresh_manifest('toy')
+    assert store.validate('toy') == []
