@@ -118,6 +118,26 @@ def load_initial_weights(model: nn.Module, source: str, tasks: Dict[str, int], t
     return report
 
 
+HEAD_PREFIXES = ('head.fc', 'head.weight', 'head.bias', 'fc.')
+
+
+def load_analysis_weights(model: nn.Module, source: str, trust_pickle: bool = False, head: bool = False) -> None:
+    """``source`` (an official release, a run folder, a weights file) into ``model`` for an
+    analysis, through the mapping timm's entry points apply (``checkpoint_filter_fn``: official
+    names, and the model brought to the checkpoint's form) for RepLKNet. Every backbone key must
+    be there; the classifier too with ``head`` (else it is ignored)."""
+    from .models import RepLKNet, checkpoint_filter_fn
+    state = read_weights(source, trust_pickle=trust_pickle)
+    if isinstance(model, RepLKNet):
+        state = checkpoint_filter_fn(state, model)
+    if not head:
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+    missing, _ = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if head or not k.startswith(HEAD_PREFIXES)]
+    if missing:
+        raise KeyError(f'{source} lacks {missing[:5]} of {type(model).__name__}')
+
+
 def load_ema_weights(model: nn.Module, run_dir: str, tag: Optional[str] = None) -> None:
     """The EMA weights a fine-tuning run saved beside its DeepSpeed checkpoint."""
     tags = ckpt.committed_tags(run_dir)

@@ -147,11 +147,8 @@ def build(name: str, checkpoint: Optional[str], kwargs: Optional[dict] = None, t
         return model
     model = timm.create_model(name, num_classes=0, **(kwargs or {}))
     if checkpoint:
-        from pretrain.weights import read_weights
-        state = {k: v for k, v in read_weights(checkpoint, trust_pickle=trust_pickle).items() if not k.startswith(('head.fc', 'head.weight', 'head.bias', 'fc.'))}
-        missing, _ = model.load_state_dict(state, strict=False)
-        if [k for k in missing if not k.startswith('head')]:
-            raise KeyError(f'{checkpoint} lacks {missing[:5]} of {name}')
+        from pretrain.weights import load_analysis_weights
+        load_analysis_weights(model, checkpoint, trust_pickle)
     return model
 
 

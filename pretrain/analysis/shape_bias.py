@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
     import timm
 
     import pretrain.models  # noqa: F401
-    from pretrain.weights import read_weights
+    from pretrain.weights import load_analysis_weights
     mapping = load_mapping(args.categories)
     images = sorted(x for x in Path(args.images).rglob('*') if x.suffix.lower() in ('.png', '.jpg', '.jpeg'))
     if not images:
@@ -135,9 +135,8 @@ def main(argv=None) -> dict:
     results = {}
     for name in args.model:
         model = timm.create_model(name, num_classes=1000, **kwargs.get(name, {}))
-        if name in ckpts:
-            from pretrain.models.checkpoint import rename_official_key
-            model.load_state_dict({rename_official_key(k): v for k, v in read_weights(ckpts[name], trust_pickle=args.trust_pickle).items()})
+        if name in ckpts:   # the 1000-class head included: shape bias is read from ImageNet predictions
+            load_analysis_weights(model, ckpts[name], args.trust_pickle, head=True)
         cfg = model.pretrained_cfg
         records = evaluate(model, images, mapping, args.size, cfg.get('mean', (0.485, 0.456, 0.406)),
                            cfg.get('std', (0.229, 0.224, 0.225)), args.batch, torch.device(args.device))

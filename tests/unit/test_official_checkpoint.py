@@ -135,3 +135,30 @@ def test_reparameterized_checkpoint_converts_the_model_to_its_form(tmp_path, mer
     merged_model = timm.create_model('replknet_31b', num_classes=NUM_CLASSES, reparam='merged', **CFG)
     with pytest.raises(KeyError, match='training form'):
         checkpoint_filter_fn(train_form.state_dict(), merged_model)
+
+
+def test_the_analyses_read_an_official_checkpoint_as_timms_entry_points_do(tmp_path):
+    """`pretrain.analysis.kernels/erf --checkpoint official.pth` loaded without the official-name
+    mapping and failed (KeyError ... lacks stages.1.downsample...)."""
+    import json
+
+    from pretrain.analysis.erf import build
+    from pretrain.analysis.kernels import main as kernels
+    sd = official_state_dict(**CFG)
+    path = tmp_path / 'RepLKNet-official.pth'
+    torch.save({'model': sd, 'epoch': 119}, path)
+    entry = timm.create_model('replknet_31b', pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file=str(path)), **CFG).eval()
+    analysed = build('replknet_31b', str(path), dict(CFG)).eval()
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(analysed(x), entry(x))
+    summary = kernels(['--model', 'replknet_31b', '--checkpoint', str(path), '--model-kwargs',
+                       json.dumps(CFG), '--out', str(tmp_path / 'kernels')])
+    import numpy as np
+    prefix = 'stages.1.blocks.0.large_kernel.lkb_origin'   # the official name of the analysed layer
+    scale = sd[f'{prefix}.bn.weight'] / (sd[f'{prefix}.bn.running_var'] + 1e-5).sqrt()
+    expected = (sd[f'{prefix}.conv.weight'] * scale[:, None, None, None]).abs().sum(dim=(0, 1)).double().numpy()
+    assert summary['layer'] == 'stages.1.blocks.0.large_kernel' and len(summary['maps']) == 2
+    [saved] = (tmp_path / 'kernels').glob('*_large.npy')
+    np.testing.assert_allclose(np.load(saved), expected / expected.max(), rtol=1e-5)
