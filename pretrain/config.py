@@ -107,7 +107,7 @@ class TaskConfig:
 @dataclass
 class OptimConfig:
     name: Literal['adamw', 'sgd'] = 'adamw'
-    """the optimizer (sgd: Nesterov momentum)"""
+    """the optimizer (sgd: with momentum, Nesterov's when optim.nesterov)"""
     lr: float = 1.5e-3
     """base lr (the head's under layer decay), per total batch"""
     weight_decay: float = 0.05
@@ -118,6 +118,8 @@ class OptimConfig:
     """adamw"""
     momentum: float = 0.9
     """sgd"""
+    nesterov: bool = False
+    """sgd: Nesterov momentum instead of plain (the appendix's MobileNet V2 recipe: plain momentum 0.9)"""
     layer_decay: Optional[float] = None
     """stage-wise lr decay (fine-tuning), e.g. 0.4"""
     layer_decay_granularity: Literal['stage', 'block'] = 'stage'

@@ -78,7 +78,7 @@ def optimizer_groups(model: nn.Module, o: OptimConfig) -> List[dict]:
 
 def build_optimizer(o: OptimConfig, groups: List[dict]) -> torch.optim.Optimizer:
     if o.name == 'sgd':
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
