@@ -20,14 +20,43 @@ from shards.safe_files import add_trust_pickle_argument
 
 
 def large_kernel_layers(model: torch.nn.Module) -> dict:
-    return {n: m for n, m in model.named_modules() if isinstance(m, ReparamLargeKernelConv) and m.lkb_origin is not None}
+    """{name: layer}: re-parameterizable large-kernel convs (RepLKNet's, MobileNet V2's with
+    ``small_kernel``), or a timm block whose plain depthwise ``conv_dw`` (kernel > 3, undilated)
+    is followed by its BatchNorm (MobileNet V2 without re-param)."""
+    from pretrain.models.mobilenet_lk import depthwise_blocks
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, ReparamLargeKernelConv) and m.lkb_origin is not None}
+    blocks = {id(b) for b in depthwise_blocks(model)}
+    layers.update({f'{n}.conv_dw': m for n, m in model.named_modules()
+                   if id(m) in blocks and isinstance(m.conv_dw, torch.nn.Conv2d) and m.conv_dw.kernel_size[0] > 3
+                   and m.conv_dw.dilation == (1, 1)})
+    return layers
 
 
-def default_layer(model: torch.nn.Module) -> str:
-    """The first large-kernel conv of the last stage (the paper's representative layer)."""
-    names = list(large_kernel_layers(model))
-    last_stage = names[-1].split('.blocks')[0]
-    return next(n for n in names if n.startswith(last_stage))
+def default_layer(model: torch.nn.Module, size: int = 224) -> str:
+    """The paper's representative layer: the first stride-1 large-kernel conv at the smallest map
+    (RepLKNet: the last stage's first; MobileNet V2: the first stride-1 conv at 7x7, Appendix F),
+    found by one forward of a ``size`` image recording each layer's input and stride."""
+    layers = large_kernel_layers(model)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):   # returns None: the output is left as it is
+            seen.setdefault(name, (inputs[0].shape[-1], module.stride[0]))
+        return hook
+    hooks = [conv_of(layer).register_forward_hook(record(name)) for name, layer in layers.items()]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    stride_1 = [(seen[n][0], i, n) for i, n in enumerate(layers) if n in seen and seen[n][1] == 1]
+    return min(stride_1)[2]
+
+
+def conv_of(layer: torch.nn.Module) -> torch.nn.Module:
+    """The large-kernel conv of a layer as :func:`large_kernel_layers` names it."""
+    return layer.lkb_origin.conv if isinstance(layer, ReparamLargeKernelConv) else layer.conv_dw
 
 
 def aggregate(kernel: torch.Tensor) -> np.ndarray:
@@ -36,7 +65,11 @@ def aggregate(kernel: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def kernel_maps(layer: ReparamLargeKernelConv) -> dict:
+def kernel_maps(layer: torch.nn.Module) -> dict:
+    if not isinstance(layer, ReparamLargeKernelConv):   # a plain depthwise conv: its BN fused, as the paper does
+        from pretrain.models.mobilenet_lk import norm_after_depthwise
+        large, _ = fuse_conv_bn_weights(layer.conv_dw, getattr(layer, norm_after_depthwise(layer)))
+        return {'large kernel (BN fused)': aggregate(large)}
     large, _ = fuse_conv_bn_weights(layer.lkb_origin.conv, layer.lkb_origin.bn)
     maps = {'large kernel (BN fused)': aggregate(large)}
     if layer.small_conv is not None:

@@ -108,22 +108,29 @@ class ReparamLargeKernelConv(nn.Module):
     """Large-kernel depthwise conv-BN, plus an optional parallel small-kernel conv-BN.
 
     ``reparameterize()`` merges both branches into one biased large-kernel conv
-    (the official ``merge_kernel``); the result is stored as ``lkb_reparam``.
+    (the official ``merge_kernel``); the result is stored as ``lkb_reparam``. ``stride`` 2 (MobileNet
+    V2's downsampling depthwise convs) uses ``nn.Conv2d`` for the large kernel: ``conv_layer``
+    builds stride-1 convs; both kernels stay centred on the same pixels, so they still merge.
     """
 
     def __init__(self, channels: int, kernel_size: int, small_kernel: Optional[int],
-                 conv_layer: LargeKernelConvFactory = depthwise_conv2d):
+                 conv_layer: LargeKernelConvFactory = depthwise_conv2d, stride: int = 1):
         super().__init__()
         if small_kernel is not None and small_kernel > kernel_size:
             raise ValueError(f'small_kernel {small_kernel} is larger than kernel_size {kernel_size}')
         self.channels, self.kernel_size, self.small_kernel = channels, kernel_size, small_kernel
-        self.conv_layer = conv_layer
-        self.lkb_origin = ConvNorm(channels, channels, kernel_size,
-                                   conv=conv_layer(channels, kernel_size, False))
+        self.conv_layer, self.stride = conv_layer, stride
+        self.lkb_origin = ConvNorm(channels, channels, kernel_size, conv=self._large_conv(bias=False))
         self.small_conv = None
         if small_kernel is not None:
-            self.small_conv = ConvNorm(channels, channels, small_kernel, groups=channels)
+            self.small_conv = ConvNorm(channels, channels, small_kernel, stride=stride, groups=channels)
         self.lkb_reparam = None
+
+    def _large_conv(self, bias: bool) -> nn.Module:
+        if self.stride == 1:
+            return self.conv_layer(self.channels, self.kernel_size, bias)
+        return nn.Conv2d(self.channels, self.channels, self.kernel_size, stride=self.stride,
+                         padding=self.kernel_size // 2, groups=self.channels, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lkb_reparam is not None:
@@ -148,7 +155,7 @@ class ReparamLargeKernelConv(nn.Module):
         if self.lkb_reparam is not None:
             return
         weight, bias = self.equivalent_kernel_bias()
-        merged = self.conv_layer(self.channels, self.kernel_size, True)
+        merged = self._large_conv(bias=True)
         merged.to(device=weight.device, dtype=weight.dtype)
         merged.weight.copy_(weight)
         merged.bias.copy_(bias)
