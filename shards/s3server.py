@@ -49,12 +49,13 @@ def weed_binary() -> str:
 class LocalS3:
     ENV = ('AWS_ENDPOINT_URL', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_DEFAULT_REGION')
 
-    def __init__(self, data_dir: str, start_timeout_s: float = 60.0):
+    def __init__(self, data_dir: str, start_timeout_s: float = 60.0, secret_key: Optional[str] = None):
+        """``secret_key``: a known secret (a test that searches everything written for it); else random."""
         self.data_dir, self.start_timeout_s = Path(data_dir), start_timeout_s
         self.proc: Optional[subprocess.Popen] = None
         self.endpoint = ''
         self._saved_env: dict = {}
-        self.access_key, self.secret_key = f'replk-{secrets.token_hex(8)}', secrets.token_hex(24)
+        self.access_key, self.secret_key = f'replk-{secrets.token_hex(8)}', secret_key or secrets.token_hex(24)
 
     def env(self) -> dict:
         """The variables a client (boto, s3fs, this project's storage) needs for this server."""

@@ -60,10 +60,11 @@ def missing_bucket(url: str) -> Optional[FileNotFoundError]:
 
 @contextlib.contextmanager
 def s3_write(url: str):
-    """A refused S3 write into a bucket that does not exist says that, at once."""
+    """A refused S3 write into a bucket that does not exist says that, at once (servers answer it
+    as 403 or, as AWS does, 404 NoSuchBucket)."""
     try:
         yield
-    except (PermissionError, StorageError) as exc:
+    except (PermissionError, FileNotFoundError, StorageError) as exc:
         missing = missing_bucket(url)
         if missing is not None:
             raise missing from exc
