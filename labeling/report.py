@@ -14,7 +14,7 @@ from .store import LabelStore
 def task_stats(store: LabelStore, task: str, shard_totals: Optional[Dict[str, int]] = None) -> dict:
     """Numbers for one task; ``shard_totals`` (samples per image source) adds the unlabeled count."""
     coverage: Dict[str, Counter] = defaultdict(Counter)
-    confidence, entropy, top1, top5 = [], [], [], []
+    confidence, entropy, top1, topk = [], [], [], []
     per_class: Counter = Counter()   # pseudo-labels by top-1 class
     for stem in sorted(store.committed_parts(task)):
         cols = store.read_part(task, stem).to_pydict()
@@ -28,27 +28,34 @@ def task_stats(store: LabelStore, task: str, shard_totals: Optional[Dict[str, in
                 entropy.append(float(-(p * np.log(np.clip(p, 1e-12, None))).sum()))
             elif t_idx:
                 top1.append(t_idx[0] == idx[0])
-                top5.append(idx[0] in t_idx[:5])
+                topk.append((idx[0] in t_idx[:5], min(5, len(t_idx))))
     for src, total in (shard_totals or {}).items():
         coverage[src]['none'] = max(0, total - sum(coverage[src].values()))
     names = store.task(task).class_names
+    stored_topk = store.manifest(task).get('topk')
     return dict(
         task=task,
         coverage={src: dict(c) for src, c in sorted(coverage.items())},
-        pseudo=dict(count=len(confidence), mean_confidence=_mean(confidence), mean_entropy=_mean(entropy),
+        # the store keeps each image's top-k teacher probabilities renormalized over those k: the
+        # teacher's own top-1 probability is lower wherever k < classes (a random 3-class teacher
+        # with k = 2 shows ~0.5 here)
+        pseudo=dict(count=len(confidence), stored_topk=stored_topk, mean_top1_of_stored_topk=_mean(confidence),
+                    mean_entropy_of_stored_topk=_mean(entropy),
                     per_class={names[i]: n for i, n in sorted(per_class.items())}),
-        teacher_agreement=agreement(top1, top5, len(names)),
+        teacher_agreement=agreement(top1, topk, len(names)),
         _confidence=confidence, _entropy=entropy)
 
 
-def agreement(top1: List[bool], top5: List[bool], num_classes: int) -> dict:
-    """How often the teacher's top-1 (top-5, above 5 classes) is the human label, or why unknown."""
+def agreement(top1: List[bool], topk: List[tuple], num_classes: int) -> dict:
+    """How often the teacher's top-1 is the human label, and its top-k (k: 5, or fewer when the store
+    keeps fewer; only when k < classes, else 1 by construction), or why unknown."""
     if not top1:
         return dict(images=0, top1=None, why_none='no human-labeled image went through the teacher: put a labeled '
                                                   'source in the label job\'s sources to measure this')
     out = dict(images=len(top1), top1=_mean(top1))
-    if num_classes > 5:   # with 5 classes or fewer top-5 is 1 by construction
-        out['top5'] = _mean(top5)
+    k = min(kept for _, kept in topk)
+    if 1 < k < num_classes:
+        out[f'top{k}'] = _mean([hit for hit, _ in topk])
     return out
 
 

@@ -1,8 +1,8 @@
 """``python -m pretrain.evaluate``: top-1/top-5 per task of any checkpoint on labeled shards.
 
-    python -m pretrain.evaluate --checkpoint runs/xl_ft320 --data in1k_val=s3://b/in1k-val --size 320
+    python -m pretrain.evaluate --checkpoint runs/xl_ft320 --data in1k_val=s3://my-bucket/in1k-val --size 320
     torchrun --nproc_per_node 8 -m pretrain.evaluate --checkpoint model.safetensors --model replknet_xl \\
-        --task in1k=1000 --data in1k_val=s3://b/in1k-val
+        --task in1k=1000 --data in1k_val=s3://my-bucket/in1k-val
 
 The model, its tasks and kwargs come from the run folder's ``config.json`` (or ``--config``, or
 ``--model``/``--task``); the eval crop from the model's ``pretrained_cfg`` (XL: resize 365, center

@@ -133,8 +133,9 @@ def test_report_gives_coverage_confidence_and_teacher_agreement(setup, capsys):
     assert report['coverage'] == {'toy': {'human': 10, 'pseudo': 10, 'none': 0}}
     assert report['teacher_agreement']['images'] == 10
     assert 0 <= report['teacher_agreement']['top1'] <= 1
-    assert 'top5' not in report['teacher_agreement']   # 4 classes: top-5 would be 1 by construction
-    assert 0.25 <= report['pseudo']['mean_confidence'] <= 1  # 4 classes: the top-1 is at least 1/4
+    k = report['pseudo']['stored_topk']
+    assert (f'top{k}' in report['teacher_agreement']) == (1 < k < 4)   # named for the k the store keeps
+    assert 1 / k <= report['pseudo']['mean_top1_of_stored_topk'] <= 1   # renormalized over the stored k
     assert sum(report['pseudo']['per_class'].values()) == 10 and set(report['pseudo']['per_class']) <= set('abcd')
     assert (tmp / 'report' / 'toy_confidence.png').stat().st_size > 1000
 
