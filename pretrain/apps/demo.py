@@ -47,7 +47,7 @@ class Scale:
     procs: int = 2           # processes per run (DeepSpeed ZeRO-2 over gloo)
 
 
-FULL = Scale(teacher_steps=800, student_steps=300, finetune_steps=60, seeds=(0, 1, 2))
+FULL = Scale(teacher_steps=800, student_steps=300, finetune_steps=60, seeds=(0, 1, 2, 3, 4))
 # The CI test: every stage and the report's structure, one process per run (launch overhead is
 # most of its time; 2-process runs are tested by tests/multiprocess/test_pretrain_run.py).
 QUICK = Scale(teacher_steps=20, student_steps=16, finetune_steps=8, seeds=(0,), unlabeled_cap=128, procs=1)
@@ -154,7 +154,7 @@ def base_config(demo: Demo, model: dict, tasks: List[str], sources: List[str], s
         'tasks': {t: {'num_classes': TASKS[t], 'label_smoothing': 0.1} for t in tasks},
         'optim': {'name': 'adamw', 'lr': 2e-3, 'weight_decay': 0.05},
         'schedule': {'epochs': 1000, 'warmup_epochs': 0.2, 'max_steps': steps},
-        'train': {'seed': 0, 'micro_batch': 32, 'precision': 'fp32'},
+        'train': {'seed': 0, 'micro_batch': 16, 'precision': 'fp32'},   # 2 ranks x 16: 50 labeled images hold one batch a rank
         'checkpoint': {'dir': 'set by launch', 'every_steps': 10 ** 6, 'keep': 2},
         'log': {'every_steps': 10, 'tensorboard': True},
         'deepspeed': {'zero_optimization': {'stage': 2}, 'gradient_clipping': 1.0},

@@ -1,8 +1,9 @@
 """The demo's report: the seed table (mean ± std), what counts as a gain, the unlabeled-data plot.
 
 Every number comes from a run's result.json (through the demo's results); nothing is typed in.
-A difference between two students counts as a gain (or a loss) only when it exceeds the sum of
-their seed standard deviations; otherwise the report says the seeds cannot tell them apart.
+A difference between two students counts as a gain (or a loss) only when its 95 % confidence
+interval over seeds (Welch's t) excludes zero; one seed measures no spread, so a one-seed
+difference is never called a gain.
 """
 import json
 import os
@@ -34,19 +35,40 @@ def per_task(runs: Dict[int, Dict[str, float]], task: str) -> Optional[Tuple[flo
     return stats(values) if values else None
 
 
+def difference_interval(ours: Tuple[float, float, int], base: Tuple[float, float, int],
+                        level: float = 0.95) -> Optional[Tuple[float, float, float]]:
+    """(difference of the means, low, high): Welch's t interval over seeds; None with one seed."""
+    (m1, s1, n1), (m2, s2, n2) = ours, base
+    if min(n1, n2) < 2:
+        return None
+    from scipy.stats import t
+    v1, v2 = s1 * s1 / n1, s2 * s2 / n2
+    diff = m1 - m2
+    if v1 + v2 == 0:
+        return diff, diff, diff
+    df = (v1 + v2) ** 2 / (v1 * v1 / (n1 - 1) + v2 * v2 / (n2 - 1))
+    half = t.ppf(0.5 + level / 2, df) * (v1 + v2) ** 0.5
+    return diff, diff - half, diff + half
+
+
 def verdict(ours: Tuple[float, float, int], base: Tuple[float, float, int]) -> str:
-    diff, spread = ours[0] - base[0], ours[1] + base[1]
-    if diff > spread:
-        return f'gain of {diff:+.3f} (beyond the seed spread {spread:.3f})'
-    if diff < -spread:
-        return f'loss of {diff:+.3f} (beyond the seed spread {spread:.3f})'
-    return f'no difference beyond the seed spread ({diff:+.3f} within {spread:.3f})'
+    interval = difference_interval(ours, base)
+    if interval is None:
+        return (f'no difference measured ({ours[0] - base[0]:+.3f} from one seed, which has no spread: '
+                'not evidence of a gain or a loss)')
+    diff, low, high = interval
+    shown = f'{diff:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}] over seeds'
+    if low > 0:
+        return f'gain of {shown}'
+    if high < 0:
+        return f'loss of {shown}'
+    return f'no difference the seeds can show ({shown})'
 
 
 def table(results: dict) -> str:
     t, s, f = results['teachers'], results['students'], results['finetune']
     lines = ['| model | digit top-1 | parity top-1 |', '|---|---|---|',
-             f'| teachers (one per task, its 100 human labels) | {t["digit"]["accuracy"]:.3f} | '
+             f'| teachers (one per task, its {results["shards"]["digit"]} human labels) | {t["digit"]["accuracy"]:.3f} | '
              f'{t["parity"]["accuracy"]:.3f} |']
     for kind, title in ROWS:
         lines.append(f'| {title} | {fmt(per_task(s[kind], "digit"))} | {fmt(per_task(s[kind], "parity"))} |')
@@ -100,7 +122,7 @@ def write(out: Path, results: dict, eval_source: str, seeds: Sequence[int], wall
         'training images, `--tune`); the `test` split was used for nothing but this report.', '',
         f'Seeds: {list(seeds)}; mean ± sample standard deviation over them.', '',
         table(results), '',
-        'A difference counts only when it exceeds the sum of the two seed standard deviations:', '',
+        'A difference counts only when its 95% confidence interval over seeds (Welch\'s t) excludes zero:', '',
         *verdicts(results), '',
         '![accuracy against unlabeled images](unlabeled_data.png)', '',
         '(the half point is one seed; the none and all points are the seed means with their spread)', '',

@@ -49,7 +49,7 @@ def test_every_number_of_the_seed_table_comes_from_a_run(quick_demo):
             if line.startswith('| ')}
     for task in TASKS:
         teacher = run_result(out, f'teacher_{task}')[f'val/{task}/top1']
-        assert f'{teacher:.3f}' in rows['teachers (one per task, its 100 human labels)']
+        assert f'{teacher:.3f}' in rows[f'teachers (one per task, its {summary["shards"]["digit"]} human labels)']
         assert from_runs(out, 'student_human', task, seeds) in rows['student, human labels only']
         assert from_runs(out, 'student_pseudo', task, seeds) in rows['student, human + pseudo-labels']
     assert from_runs(out, 'finetune_human', 'digit', seeds) in rows['student, human labels only, fine-tuned at 48 px']
@@ -69,8 +69,8 @@ def test_the_pipeline_around_the_table_is_real(quick_demo):
     assert ev == pytest.approx(run_result(out, f'finetune_pseudo_s{summary["seeds"][0]}')['val/digit/top1'])
     assert summary['evaluation']['export']['max_relative_error'] < 1e-4
     coverage = summary['label_report']['digit']['coverage']
-    assert coverage['digit']['human'] == 100 and coverage['digit'].get('pseudo', 0) == 0
-    assert coverage['parity']['pseudo'] == 100  # MuST: the digit teacher labels the parity-labeled images
+    assert coverage['digit']['human'] == summary['shards']['digit'] and coverage['digit'].get('pseudo', 0) == 0
+    assert coverage['parity']['pseudo'] == summary['shards']['parity']  # MuST: the digit teacher labels the parity-labeled images
     assert coverage['unla']['pseudo'] > 0 and coverage['unla'].get('human', 0) == 0
     for picture in ('erf.png', 'label_report/digit_confidence.png'):
         assert (out / picture).stat().st_size > 1000
