@@ -19,6 +19,8 @@ def human_rows(shard_url: str, tasks: List[str], retry=storage.DEFAULT_RETRY,
     index carried to the task's class order (``index_maps``: see ``class_map.py``)."""
     rows: Dict[str, List[Row]] = {t: [] for t in tasks}
     for sample in iter_shard_samples(shard_url, retry=retry):
+        if '__refused__' in sample or 'json' not in sample:   # refused by its tar header, or no metadata: no label
+            continue
         labels = json.loads(sample['json']).get('labels') or {}
         for task in tasks:
             if task in labels:

@@ -5,6 +5,7 @@ leaves an uncommitted folder that resume ignores (and the next save removes).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -131,9 +132,16 @@ def _any_rank(flag: bool) -> bool:
 
 def _save_atomic(obj, path: Path) -> None:
     tmp, f = open_staged(str(path.with_name(f'.{path.name}')))   # hidden until renamed
-    with f:
-        torch.save(obj, f)
-    os.replace(tmp, path)
+    try:
+        with f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):   # a staged name is never reused: remove it
+            os.unlink(tmp)
+        raise
 
 
 class CheckpointWriteError(OSError):

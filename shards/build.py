@@ -12,6 +12,7 @@ write the same object, on S3 or a shared disk. A rerun of a job writes only what
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
@@ -20,6 +21,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import stat
 import tarfile
 import tempfile
 import time
@@ -131,17 +133,38 @@ LOCK_GRACE_S = 60   # a temp tar this new may not be locked yet (created, then l
 
 
 def _remove_if_abandoned(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
+    # O_NONBLOCK: a FIFO planted under the name must not block the build on open
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_NOFOLLOW', 0))
     try:
-        if time.time() - os.fstat(fd).st_mtime < LOCK_GRACE_S:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < LOCK_GRACE_S:
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return   # its writer is alive
+        except OSError as exc:
+            if exc.errno not in NO_LOCKS:
+                raise   # a disk without flock (Lustre without -o flock): the age alone decides
         os.unlink(path)
     finally:
         os.close(fd)
+
+
+NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)
+
+
+def _lock_temp(path: str) -> int:
+    """A descriptor holding an exclusive lock on ``path`` until closed (on a disk without flock,
+    just a descriptor: leftovers are then judged by age alone)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in NO_LOCKS:
+            os.close(fd)
+            raise
+    return fd
 
 
 def write_shard(job: dict) -> dict:
@@ -152,9 +175,9 @@ def write_shard(job: dict) -> dict:
     tasks: Dict[str, int] = {}
     hashes: List[SampleHash] = []
     fd, tmp = tempfile.mkstemp(prefix=f'{TEMP_PREFIX}{os.getpid()}-', suffix='.tar')
-    lock = os.open(tmp, os.O_RDONLY)   # its own descriptor: closing the writer's does not drop the lock
-    fcntl.flock(lock, fcntl.LOCK_EX)   # held until the file is gone: what remove_leftovers checks
+    lock = None
     try:
+        lock = _lock_temp(tmp)   # its own descriptor: closing the writer's does not drop the lock
         with storage.local_write(tmp, f'{tmp} (the temporary copy of {entry.name}: set TMPDIR to a larger disk)'), \
                 os.fdopen(fd, 'wb') as f, tarfile.open(fileobj=f, mode='w', format=tarfile.USTAR_FORMAT) as tar:
             for pos, it in enumerate(items):
@@ -185,7 +208,8 @@ def write_shard(job: dict) -> dict:
     finally:
         with contextlib.suppress(FileNotFoundError):   # local_write removed it already
             os.unlink(tmp)
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
     return dict(entry=asdict(entry), hashes=hashes)
 
 

@@ -51,7 +51,7 @@ class LocalS3:
 
     def __init__(self, data_dir: str, start_timeout_s: float = 60.0, secret_key: Optional[str] = None):
         """``secret_key``: a known secret (a test that searches everything written for it); else random."""
-        self.data_dir, self.start_timeout_s = Path(data_dir), start_timeout_s
+        self.data_dir, self.start_timeout_s = Path(data_dir).resolve(), start_timeout_s   # the server runs in it
         self.proc: Optional[subprocess.Popen] = None
         self.endpoint = ''
         self._saved_env: dict = {}

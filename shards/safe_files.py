@@ -70,7 +70,12 @@ def check_torch_file_globals(path, allowed: Iterable[str] = DEEPSPEED_GLOBALS) -
         raise _refusal(path, unexpected)
     try:
         with torch.serialization.safe_globals(_classes(allowed)):
-            torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            try:
+                torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            except RuntimeError as exc:   # a legacy (non-zip) file, or a disk without mmap: read it
+                if 'mmap' not in str(exc):
+                    raise
+                torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).split('\n')[0][:300]
         raise UnsafeFileError(f'{path}: refusing to unpickle it: torch\'s weights-only reader refuses it ({reason}). '

@@ -51,6 +51,9 @@ def default_layer(model: torch.nn.Module, size: int = 224) -> str:
         for h in hooks:
             h.remove()
     stride_1 = [(seen[n][0], i, n) for i, n in enumerate(layers) if n in seen and seen[n][1] == 1]
+    if not stride_1:
+        raise SystemExit(f'{type(model).__name__} has no large-kernel layer to show (kernels above 3x3, not '
+                         'dilated); build it with larger kernels, or name a layer with --layer')
     return min(stride_1)[2]
 
 

@@ -44,8 +44,8 @@ def difference_interval(ours: Tuple[float, float, int], base: Tuple[float, float
     from scipy.stats import t
     v1, v2 = s1 * s1 / n1, s2 * s2 / n2
     diff = m1 - m2
-    if v1 + v2 == 0:
-        return diff, diff, diff
+    if v1 + v2 == 0:   # the seeds did not vary at all: no spread measured, no interval
+        return None
     df = (v1 + v2) ** 2 / (v1 * v1 / (n1 - 1) + v2 * v2 / (n2 - 1))
     half = t.ppf(0.5 + level / 2, df) * (v1 + v2) ** 0.5
     return diff, diff - half, diff + half
@@ -54,8 +54,8 @@ def difference_interval(ours: Tuple[float, float, int], base: Tuple[float, float
 def verdict(ours: Tuple[float, float, int], base: Tuple[float, float, int]) -> str:
     interval = difference_interval(ours, base)
     if interval is None:
-        return (f'no difference measured ({ours[0] - base[0]:+.3f} from one seed, which has no spread: '
-                'not evidence of a gain or a loss)')
+        why = 'one seed, which has' if min(ours[2], base[2]) < 2 else 'seeds that did not vary, which have'
+        return f'no difference measured ({ours[0] - base[0]:+.3f} from {why} no spread: not evidence of a gain or a loss)'
     diff, low, high = interval
     shown = f'{diff:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}] over seeds'
     if low > 0:

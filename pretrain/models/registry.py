@@ -31,11 +31,14 @@ def _create_replknet(variant: str, pretrained: bool = False, defaults: Optional[
             log.warning('%s: the export classifies %d classes; num_classes=%s was asked, so its head is not '
                         'loaded and a new, random one is built (omit num_classes to keep the trained head)',
                         kwargs['pretrained_cfg_overlay']['file'], exported['num_classes'], asked)
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         RepLKNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
         **kwargs)
+    for cfg in {id(c): c for c in (model.pretrained_cfg, getattr(model, 'default_cfg', None)) if c}.values():
+        cfg.pop('state_dict', None)   # the weights handed over above: no second copy kept on the model
+    return model
 
 
 def _read_torch_file_ourselves(kwargs: dict) -> None:

@@ -117,3 +117,11 @@ def test_memory_errors_are_not_retried_as_storage_faults():
     with pytest.raises(MemoryError):
         storage.with_retries(allocate, 'reading a shard', storage.RetryPolicy(budget_s=5))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize('data', [b'\xff\xd8\xff', b'BM', b'x', b'\x00\x01'])
+def test_a_file_of_a_few_bytes_is_a_counted_bad_image_not_a_crash(data):
+    with pytest.raises(BadImage, match='not a readable image'):   # a magic-byte check raised struct.error
+        check_and_normalize(data)
+    with pytest.raises(BadImage):
+        decode_rgb(data)

@@ -55,3 +55,12 @@ def test_a_leftover_temp_tar_is_removed_only_when_no_live_writer_holds_it(tmp_pa
         writer.wait()
     remove_leftovers(BuildOptions(str(tmp_path / 'out'), 's'))
     assert not other_namespace.exists()   # abandoned: removed
+
+
+def test_a_fifo_planted_under_a_temp_tar_name_neither_blocks_nor_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    fifo = tmp_path / f'{TEMP_PREFIX}1-planted.tar'
+    os.mkfifo(fifo)
+    os.utime(fifo, (0, 0))
+    remove_leftovers(BuildOptions(str(tmp_path / 'out'), 's'))   # opening it for reading blocked for ever
+    assert fifo.exists()

@@ -75,6 +75,11 @@ def test_the_documented_official_checkpoint_route_reads_the_file_with_our_loader
     with pytest.raises(UnsafeFileError, match=r'weights\.pth: refusing to unpickle it: it names io\.open'):
         timm.create_model('replknet_31b', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     assert not marker.exists()
+    torch.save({'model': RepLKNet(kernel_sizes=(7, 5), depths=(1, 1), channels=(8, 16)).state_dict()},
+               path.with_name('plain.pth'))
+    model = timm.create_model('replknet_31b', pretrained=True, kernel_sizes=(7, 5), depths=(1, 1), channels=(8, 16),
+                              pretrained_cfg_overlay=dict(file=str(path.with_name('plain.pth'))))
+    assert 'state_dict' not in model.pretrained_cfg   # the weights handed to timm are not kept a second time
 
 
 def test_timms_own_loaders_run_no_code_in_the_lowest_timm_allowed():
