@@ -23,7 +23,7 @@ $(STAMP): setup.py $(LOCK)
 	$(BIN)/pip install --quiet -e '.[dev]' $(if $(LOCK),-c $(LOCK))
 	@touch $@
 
-# The whole pipeline on scikit-learn's digits, on this machine, in about 6 minutes on 2 cores:
+# The whole pipeline on scikit-learn's digits, on this machine, in about 11-13 minutes on 2 cores:
 # shards on a local SeaweedFS S3 server -> two ViT teachers -> pseudo-labels -> multi-task
 # RepLKNet pretraining (DeepSpeed, 2 processes) -> fine-tuning -> evaluation -> export -> ERF.
 # `make demo DEMO_ARGS=--local` keeps everything in a local folder instead of S3.
