@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ if not torch.cuda.is_available():
 # keep theirs in a folder of their own, never the user's.
 os.environ.setdefault('REPLK_CACHE_DIR', tempfile.mkdtemp(prefix='replk-test-cache-'))
 
-from helpers import BIN_DIR, REPO_ROOT, write_image  # noqa: E402
+from helpers import BIN_DIR, REPO_ROOT, free_tcp_port, write_image  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,9 +36,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    return free_tcp_port()
 
 
 @pytest.fixture

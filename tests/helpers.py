@@ -7,6 +7,14 @@ BIN_DIR = Path(sys.executable).parent
 
 
 # --- images and shards ------------------------------------------------------------------------
+def free_tcp_port() -> int:
+    """A port the kernel just handed out as free (a launcher binds it a moment later)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def write_image(path: Path, seed: int, size=(24, 20), mode='RGB', fmt=None) -> Path:
     """A small random image; ``seed`` makes its pixels (and so its bytes) reproducible."""
     import numpy as np

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN_DIR, REPO_ROOT
+from helpers import BIN_DIR, REPO_ROOT, free_tcp_port
 from pretrain.apps.tiny_data import make
 
 pytestmark = pytest.mark.multiprocess
@@ -126,7 +126,8 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_one(tiny, tm
     (partial / 'mp_rank_00_model_states.pt').write_bytes(b'PK\x03\x04 cut short')
     leftovers = [p.name for p in ckpt.glob('step-*') if not (p / 'COMMITTED').exists()]
     assert 'step-999' in leftovers
-    resumed = subprocess.run(torchrun(free_port + 1, *overrides(tiny, run_dir, f'schedule.max_steps={committed[-1] + 2}',
+    # a port asked for now: free_port + 1 was sometimes still held after the kill (EADDRINUSE)
+    resumed = subprocess.run(torchrun(free_tcp_port(), *overrides(tiny, run_dir, f'schedule.max_steps={committed[-1] + 2}',
                                                                 'checkpoint.every_steps=1', 'checkpoint.keep=3')),
                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
