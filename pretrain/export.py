@@ -25,6 +25,7 @@ from shards.helpformat import HelpFormatter, command_name
 from shards.safe_files import UnsafeFileError, add_trust_pickle_argument
 
 from .config import RunConfig, build
+from .models.checkpoint import NOT_SHAPE
 from .weights import check_run_folder
 
 
@@ -69,9 +70,6 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
     return write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema))
 
 
-# What an export's model_kwargs never carry: how to run it (lk_impl) and timm's loader arguments (the
-# export's own pretrained_cfg and file are what a loader uses).
-NOT_SHAPE = ('lk_impl', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path')
 
 
 def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict) -> dict:

@@ -94,6 +94,9 @@ def checkpoint_filter_fn(state_dict: Any, model: nn.Module) -> Dict[str, torch.T
 # them: weights come through the project's own loaders (``init.checkpoint``, a teacher's
 # ``weights``). A pretrained config may still set what is not a source (input_size, crop_pct, ...).
 LOADER_ARGS = frozenset({'pretrained', 'checkpoint_path'})
+# What an export's model_kwargs never carry: how to run it (lk_impl) and timm's loader arguments
+# (the export's own pretrained_cfg and file are what a loader uses).
+NOT_SHAPE = LOADER_ARGS | {'pretrained_cfg', 'pretrained_cfg_overlay', 'lk_impl'}
 PRETRAINED_CFG_SOURCES = frozenset({'file', 'url', 'hf_hub_id', 'hf_hub_filename', 'state_dict', 'source', 'custom_load'})
 
 
@@ -131,7 +134,7 @@ def load_exported(file):
     if meta is None or Path(file).suffix != '.safetensors':
         raise ValueError(f'{file}: not an export of pretrain.export (a model.safetensors with a config.json naming '
                          'its architecture and pretrained_cfg beside it)')
-    loader_args = sorted(set(meta['model_kwargs']) & (LOADER_ARGS | {'pretrained_cfg', 'pretrained_cfg_overlay', 'lk_impl'}))
+    loader_args = sorted(set(meta['model_kwargs']) & NOT_SHAPE)
     if loader_args:   # a downloaded export must not steer timm's loader (e.g. to a pickle elsewhere)
         raise ValueError(f'{file}: its config.json puts {loader_args} among the model arguments; an export of '
                          'pretrain.export never does: re-export it, or remove them if you trust the file')

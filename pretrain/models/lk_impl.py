@@ -17,6 +17,7 @@ listed there runs the algorithm written there, unmeasured (``bench/lk_conv.py --
 Every module here is an ``nn.Conv2d`` (weight ``[C, 1, k, k]``, bias ``[C]``), so state dicts,
 official checkpoints, re-parameterization and export are the same whichever runs.
 """
+import abc
 import functools
 import logging
 from typing import Callable, Dict, Optional, Union
@@ -40,7 +41,7 @@ class DepthwiseConv2d(nn.Conv2d):
                          groups=channels, bias=bias)
 
 
-class DecidingDepthwiseConv2d(DepthwiseConv2d):
+class DecidingDepthwiseConv2d(DepthwiseConv2d, metaclass=abc.ABCMeta):
     """A large-kernel conv whose algorithm is decided per input signature (map size, dtype, memory
     format) at its first eager call, and kept on the module: a compiled graph reads the decision
     as a constant, with no measuring, file access or logging inside it (zero graph breaks), so
@@ -67,12 +68,13 @@ class DecidingDepthwiseConv2d(DepthwiseConv2d):
         from .lk_conv import depthwise_conv
         return depthwise_conv(*autocast_inputs(x, self.weight, self.bias), algorithm)
 
+    @abc.abstractmethod
     def decide(self, x: torch.Tensor, dtype: torch.dtype) -> str:
-        raise NotImplementedError
+        """The algorithm for this input signature: 'cudnn', 'direct' or 'toeplitz'."""
 
+    @abc.abstractmethod
     def falls_back(self, x: torch.Tensor) -> bool:
         """Whether this one call goes to ``nn.Conv2d`` although the shape was decided for Triton."""
-        raise NotImplementedError
 
 
 class TritonDepthwiseConv2d(DecidingDepthwiseConv2d):
