@@ -140,6 +140,10 @@ def main(argv=None) -> int:
     except (LabelError, ValueError, KeyError, FileNotFoundError, storage.StorageError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('interrupted (Ctrl-C): the shards committed so far are kept; rerun the same command to label the rest',
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == '__main__':

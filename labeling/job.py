@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from shards import storage
 from shards.images import BadImage, decode_rgb, image_part, is_plain_jpeg
+from shards.loader import leave_stopping_to_the_parent
 from shards.naming import shard_stem
 from shards.reader import iter_shard_samples
 from shards.stream import ResolvedSource, resolve_source
@@ -190,7 +191,8 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
                         cfg.batch_size, store.retry, decode=cfg.decode)
     loader = DataLoader(data, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == 'cuda',
                         multiprocessing_context=storage.worker_start_method(
-                            [shard_urls[s][0] for s in todo] + [cfg.store]) if cfg.workers else None)
+                            [shard_urls[s][0] for s in todo] + [cfg.store]) if cfg.workers else None,
+                        worker_init_fn=leave_stopping_to_the_parent if cfg.workers else None)
     labeler = Labeler(ensemble, cfg.topk, device, cfg.precision, cfg.compile)
     pending: Dict[str, List[Row]] = {}
     bar = tqdm(total=sum(shard_urls[s][1] for s in todo), unit='img', disable=not progress,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from typing import Callable, Dict, Optional, Sequence
 
@@ -143,6 +144,23 @@ def leave_stopping_to_the_parent(worker_id: int) -> None:
     import signal
     for name in STOP_SIGNALS:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+    sys.excepthook = _quiet_when_the_parent_hangs_up(sys.excepthook)
+
+
+def _quiet_when_the_parent_hangs_up(report):
+    """A worker hands each batch's tensors to the parent through multiprocessing's fd-sharing
+    thread; a parent stopped by Ctrl-C mid-handover closes that connection, and the thread
+    reports the reset through ``sys.excepthook`` as a traceback on the user's console. The parent
+    has stopped and will end this worker: that one error is expected, every other one is reported."""
+    import threading
+    from multiprocessing import resource_sharer
+
+    def excepthook(kind, value, tb):
+        sharer = getattr(resource_sharer._resource_sharer, '_thread', None)
+        if issubclass(kind, (ConnectionError, EOFError)) and threading.current_thread() is sharer:
+            return
+        report(kind, value, tb)
+    return excepthook
 
 
 class ResumableLoader:

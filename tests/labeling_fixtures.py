@@ -50,7 +50,8 @@ def toy_shards(tmp: Path, n: int = 20, per_shard: int = 6) -> str:
 def job_config(tmp: Path, shards: str, store: str, teachers: list, **extra) -> Path:
     (tmp / 'tasks.json').write_text(json.dumps(TASKS_JSON))
     cfg = dict(task='toy', store=store, sources=[dict(name='toy', url=shards)], teachers=teachers,
-               topk=3, batch_size=4, workers=0, precision='fp32', tasks_file=str(tmp / 'tasks.json'), **extra)
+               topk=3, batch_size=4, workers=0, precision='fp32', tasks_file=str(tmp / 'tasks.json'))
+    cfg.update(extra)
     path = tmp / 'label_toy.json'
     path.write_text(json.dumps(cfg))
     return path

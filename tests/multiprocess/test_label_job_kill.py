@@ -54,6 +54,28 @@ def test_killed_job_reruns_to_the_same_store(tmp_path):
     assert parts(tmp_path, str(tmp_path / 'killed')) == clean
 
 
+def test_ctrl_c_stops_a_job_with_one_line_and_the_rerun_labels_the_rest(tmp_path):
+    shards = toy_shards(tmp_path, n=48, per_shard=4)
+    teacher = [timm_teacher_spec(tiny_timm_weights(tmp_path / 'w.safetensors'))]
+    cfg = job_config(tmp_path, shards, str(tmp_path / 'store'), teacher, workers=1)
+    commits = tmp_path / 'store' / 'labels' / 'toy' / '_commits'
+    proc = run(cfg, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (commits.exists() and len(list(commits.iterdir())) >= 2):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)          # a terminal's Ctrl-C reaches the loader's worker too
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert err.decode().strip().splitlines()[-1].startswith('interrupted (Ctrl-C)')
+    assert 'Traceback' not in err.decode(), err.decode()[-3000:]
+    rerun = run(cfg)
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err.decode()[-2000:]
+    assert len(parts(tmp_path, str(tmp_path / 'store'))) == 12
+
+
 def test_job_runs_one_process_per_rank_under_torchrun(tmp_path, free_port, launch):
     shards = toy_shards(tmp_path, n=24, per_shard=4)
     teacher = [timm_teacher_spec(tiny_timm_weights(tmp_path / 'w.safetensors'))]
