@@ -55,13 +55,13 @@ def test_killed_job_reruns_to_the_same_store(tmp_path):
 
 
 def test_ctrl_c_stops_a_job_with_one_line_and_the_rerun_labels_the_rest(tmp_path):
-    shards = toy_shards(tmp_path, n=48, per_shard=4)
+    shards = toy_shards(tmp_path, n=160, per_shard=4)   # 40 shards: runway for the signal
     teacher = [timm_teacher_spec(tiny_timm_weights(tmp_path / 'w.safetensors'))]
     cfg = job_config(tmp_path, shards, str(tmp_path / 'store'), teacher, workers=1)
     commits = tmp_path / 'store' / 'labels' / 'toy' / '_commits'
     proc = run(cfg, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not (commits.exists() and len(list(commits.iterdir())) >= 2):
+    while not (commits.exists() and len(list(commits.iterdir())) >= 1):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -73,7 +73,7 @@ def test_ctrl_c_stops_a_job_with_one_line_and_the_rerun_labels_the_rest(tmp_path
     rerun = run(cfg)
     out, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err.decode()[-2000:]
-    assert len(parts(tmp_path, str(tmp_path / 'store'))) == 12
+    assert len(parts(tmp_path, str(tmp_path / 'store'))) == 40
 
 
 def test_job_runs_one_process_per_rank_under_torchrun(tmp_path, free_port, launch):
