@@ -103,6 +103,19 @@ def sass(kernel) -> list:
     return [(int(a, 16), op.strip()) for a, op in re.findall(r'/\*([0-9a-f]{4,})\*/\s+([^;]*);', text)]
 
 
+LOAD_WIDTHS = {'128': 16, '64': 8, 'U16': 2, 'S16': 2, 'U8': 1, 'S8': 1}   # suffix -> bytes; none: 4
+
+
+def global_load_bytes(op: str) -> int:
+    """Bytes one lane reads with a global load (LDG, or LDGSTS: global to shared); 0 for anything else."""
+    words = [w for w in op.split() if not w.startswith('@')]   # '@P0 LDG.E.U16 ...': a predicated load
+    name = words[0] if words else ''
+    kind, *suffixes = name.split('.')
+    if kind not in ('LDG', 'LDGSTS'):
+        return 0
+    return next((LOAD_WIDTHS[s] for s in suffixes if s in LOAD_WIDTHS), 4)
+
+
 def hot_loop(code: list) -> dict:
     """The shortest loop (a backward branch and its target) that does multiply-adds: its instructions
     per multiply-add of a thread, its loads and barriers."""
@@ -117,6 +130,7 @@ def hot_loop(code: list) -> dict:
         if macs and (best is None or len(body) < best['instructions']):
             best = dict(instructions=len(body), multiply_adds=macs, per_multiply_add=round(len(body) / macs, 2),
                         global_loads=sum('LDG' in o for o in body), shared_loads=sum('LDS' in o for o in body),
+                        global_load_bytes=sorted(b for b in map(global_load_bytes, body) if b),
                         barriers=sum(bool(re.search(r'\bBAR\b', o)) for o in body))
     return best or {}
 
@@ -178,6 +192,12 @@ def layer(text: str) -> tuple:
     return c, k, hw, (parts[3:] or ['bf16'])[0]
 
 
+def lane_widths(loop: dict) -> str:
+    """'[2 B x 8, 4 B x 16]': the hot loop's global loads by bytes per lane."""
+    widths = loop.get('global_load_bytes', [])
+    return '[' + ', '.join(f'{b} B x {widths.count(b)}' for b in sorted(set(widths))) + ']'
+
+
 def main(argv=None) -> list:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--layer', type=layer, action='append',
@@ -191,7 +211,7 @@ def main(argv=None) -> list:
               f"{row['kernel']:<20} {json.dumps(row['tile']):<69} warps {row['num_warps']}  "
               f"{row['registers']:>3} registers  spills {row['spill_bytes']:>4} B  hot loop: "
               f"{loop.get('per_multiply_add', float('nan')):5.2f} instructions per multiply-add "
-              f"({loop.get('global_loads', 0)} global, {loop.get('shared_loads', 0)} shared loads, "
+              f"({loop.get('global_loads', 0)} global {lane_widths(loop)}, {loop.get('shared_loads', 0)} shared loads, "
               f"{loop.get('barriers', 0)} barriers)", flush=True)
     print(json.dumps(dict(bench='lk_conv_sass', target='sm_90', rows=rows)), flush=True)
     return rows
