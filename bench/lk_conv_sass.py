@@ -139,6 +139,12 @@ def layer_args(kernel_name: str, c: int, kernel: int, hw: int, dtype: str = 'bf1
     """A launch's runtime arguments for a channels-last layer [n, c, hw, hw] (batch 64) in ``dtype``."""
     strides = dict(n=hw * hw * c, c=1, h=hw * c, w=c)
     x = {f'sx{k}': v for k, v in strides.items()}
+    if kernel_name.startswith('toeplitz'):   # planar copies: [n, c, hw, pitch]
+        from pretrain.models.lk_conv import toeplitz_pitch
+        plane = -(-hw * toeplitz_pitch(hw) // 16) * 16       # lk_conv.planar_buffer's plane
+        planar = dict(sxn=c * plane, sxc=plane, sdn=c * plane, sdc=plane)   # y: channels-last
+        return dict(x_ptr=f'*{dtype}', band_ptr=f'*{dtype}', b_ptr=f'*{dtype}', y_ptr=f'*{dtype}', dy_ptr=f'*{dtype}',
+                    part_ptr='*fp32', N=n, C=c, H=hw, W=hw, **planar, **{f'sy{k}': v for k, v in strides.items()})
     if kernel_name.endswith('weight_grad'):
         from pretrain.models.lk_conv import weight_grad_split
         return dict(x_ptr=f'*{dtype}', dy_ptr=f'*{dtype}', part_ptr='*fp32', N=n, C=c, H=hw, W=hw,

@@ -24,8 +24,10 @@ MAX_ELEMENTS = 2 ** 31               # offsets are 32-bit
 ALGORITHMS = ('direct', 'toeplitz')   # toeplitz: maps of at most TOEPLITZ_MAX_PIXELS pixels
 TOEPLITZ_MAX_PIXELS = 1024
 TOEPLITZ_MAX_WIDTH = 64              # a reduction step holds whole input rows
-TOEPLITZ_TILE = dict(BLOCK_N=32, BLOCK_S=64, BLOCK_K=32)
-TOEPLITZ_WGRAD_BLOCK_R = 32
+# BLOCK_N images share each band tile a program loads (the band is the costly operand).
+TOEPLITZ_TILE = dict(BLOCK_N=64, BLOCK_S=64, BLOCK_K=32)
+TOEPLITZ_WGRAD_BLOCK_R = 64
+TOEPLITZ_MIN_PITCH = 8               # 16 bytes of bf16: a planar row is at least one vector load
 # The tiles under the interpreter: several output rows per program, so the tests cover the row
 # blocking and its edge masks.
 INTERPRETER_FWD_TILE = dict(BLOCK_H=4, BLOCK_W=16, BLOCK_C=32, SPREAD_TAPS=False)
@@ -137,35 +139,82 @@ def check_algorithm(algorithm: str, x: torch.Tensor) -> None:
                          f'{TOEPLITZ_MAX_WIDTH} columns; got {tuple(x.shape[-2:])}')
 
 
+def toeplitz_pitch(width: int) -> int:
+    """The row width of the Toeplitz kernels' planar maps: a power of two, at least one vector."""
+    return max(TOEPLITZ_MIN_PITCH, triton.next_power_of_2(width))
+
+
 def toeplitz_tile(width: int) -> dict:
-    """The Toeplitz kernel's tile for a map ``width`` wide: a reduction step of whole input rows."""
-    wpad = triton.next_power_of_2(width)
-    return dict(TOEPLITZ_TILE, WPAD=wpad, BLOCK_K=max(TOEPLITZ_TILE['BLOCK_K'], wpad))
+    """The Toeplitz kernel's tile for a map ``width`` wide: output blocks and reduction steps of
+    whole planar rows."""
+    pitch = toeplitz_pitch(width)
+    return dict(TOEPLITZ_TILE, WPAD=pitch, BLOCK_S=max(TOEPLITZ_TILE['BLOCK_S'], pitch),
+                BLOCK_K=max(TOEPLITZ_TILE['BLOCK_K'], pitch))
 
 
 def toeplitz_wgrad_tile(width: int) -> dict:
-    """The Toeplitz weight gradient's tile: columns padded to a power of two of at least 16 (the
-    smallest tensor-core product), rows of the batch x height in blocks of BLOCK_R."""
-    return dict(WPAD=max(16, triton.next_power_of_2(width)), BLOCK_R=TOEPLITZ_WGRAD_BLOCK_R)
+    """The Toeplitz weight gradient's tile: planar rows of ``toeplitz_pitch``, products of at least
+    16 columns (the smallest tensor-core product), rows of the batch x height in blocks of BLOCK_R."""
+    pitch = toeplitz_pitch(width)
+    return dict(WPAD=pitch, COLS=max(16, pitch), BLOCK_R=TOEPLITZ_WGRAD_BLOCK_R)
 
 
-def run_forward(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor],
-                algorithm: str = 'direct') -> torch.Tensor:
+def to_planar(x: torch.Tensor, pitch: int) -> torch.Tensor:
+    """[N, C, H, W] in any memory format -> [N, C, H, pitch], zeros past column W, each channel's
+    plane starting at a multiple of 16 elements (Triton's launcher then knows the channel stride's
+    alignment and loads whole vectors): each channel's rows whole and aligned, what the Toeplitz
+    kernels load. One copy of a small map, made once per call."""
     n, c, h, w = x.shape
-    k = taps.shape[0]
-    y = empty_output(x)
+    if w == pitch and x.is_contiguous() and (h * w) % 16 == 0:
+        return x
+    plane = triton.cdiv(h * pitch, 16) * 16
+    planar = x.new_empty((n, c, plane))[..., :h * pitch].view(n, c, h, pitch)
+    planar[..., :w] = x
+    planar[..., w:] = 0
+    return planar
+
+
+def toeplitz_band(weight: torch.Tensor, width: int, pitch: int, flip: bool = False) -> torch.Tensor:
+    """[C, 1, k, k] -> contiguous [C, k, pitch, pitch] in the weight's dtype: for each kernel row kh,
+    the Toeplitz block band[c, kh, w_in, w_out] = weight[c, kh, w_in - w_out + k // 2] inside the
+    kernel and the map's ``width``, else 0. Built once per call (k x pitch^2 taps a channel) so the
+    kernel's band tiles are contiguous loads, not a gather per element."""
+    taps = weight[:, 0].flip(-1, -2) if flip else weight[:, 0]
+    k = taps.shape[-1]
+    cols = torch.arange(pitch, device=weight.device)
+    kw = cols[:, None] - cols[None, :] + k // 2                     # [w_in, w_out]
+    inside = (kw >= 0) & (kw < k) & (cols[:, None] < width) & (cols[None, :] < width)
+    band = taps[:, :, kw.clamp(0, k - 1)]                            # [C, k, pitch, pitch]
+    return torch.where(inside, band, torch.zeros((), dtype=band.dtype, device=band.device)).contiguous()
+
+
+def run_toeplitz_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         flip: bool) -> torch.Tensor:
+    n, c, h, w = x.shape
+    k = weight.shape[-1]
+    tile = toeplitz_tile(w)
+    pitch = tile['WPAD']
+    xp, band, y = to_planar(x, pitch), toeplitz_band(weight, w, pitch, flip), empty_output(x)
+    grid = (c, triton.cdiv(n, tile['BLOCK_N']), triton.cdiv(h * pitch, tile['BLOCK_S']))
+    depthwise_toeplitz_fwd_kernel[grid](
+        xp, band, bias if bias is not None else band, y, n, h, w, xp.stride(0), xp.stride(1), y.stride(0),
+        y.stride(1), y.stride(2), y.stride(3), K=k, HAS_BIAS=bias is not None, UPCAST=interpreting(),
+        IEEE=x.dtype == torch.float32, **tile)
+    return y
+
+
+def run_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                algorithm: str = 'direct', flip: bool = False) -> torch.Tensor:
     if algorithm == 'toeplitz':
-        tile = toeplitz_tile(w)
-        grid = (c, triton.cdiv(n, tile['BLOCK_N']), triton.cdiv(h * w, tile['BLOCK_S']))
-        depthwise_toeplitz_fwd_kernel[grid](
-            x, taps, bias if bias is not None else taps, y, n, c, h, w, *x.stride(), *y.stride(), K=k,
-            HAS_BIAS=bias is not None, UPCAST=interpreting(), IEEE=x.dtype == torch.float32, **tile)
-        return y
+        return run_toeplitz_forward(x, weight, bias, flip)
+    n, c, h, w = x.shape
+    taps = kernel_taps_last(weight, flip)
+    y = empty_output(x)
 
     def grid(meta):
         return n * triton.cdiv(h, meta['BLOCK_H']), triton.cdiv(w, meta['BLOCK_W']), triton.cdiv(c, meta['BLOCK_C'])
     forward_launcher[grid](x, taps, bias if bias is not None else taps, y, c, h, w,
-                           *x.stride(), *y.stride(), K=k, HAS_BIAS=bias is not None, **FWD_TILE)
+                           *x.stride(), *y.stride(), K=weight.shape[-1], HAS_BIAS=bias is not None, **FWD_TILE)
     return y
 
 
@@ -174,7 +223,7 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
                    algorithm: str = 'direct') -> torch.Tensor:
     check_inputs(x, weight)
     check_algorithm(algorithm, x)
-    return run_forward(x, kernel_taps_last(weight), None if bias is None else bias.contiguous(), algorithm)
+    return run_forward(x, weight, None if bias is None else bias.contiguous(), algorithm)
 
 
 @torch.library.custom_op('replk::depthwise_conv_input_grad', mutates_args=())
@@ -182,7 +231,7 @@ def depthwise_conv_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, algo
     """Stride 1 and padding k//2: the transposed convolution is the convolution with the kernel flipped."""
     check_inputs(grad_out, weight)
     check_algorithm(algorithm, grad_out)
-    return run_forward(grad_out, kernel_taps_last(weight, flip=True), None, algorithm)
+    return run_forward(grad_out, weight, None, algorithm, flip=True)
 
 
 def weight_grad_split(n: int, c: int, k: int):
@@ -204,9 +253,11 @@ def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_s
     check_algorithm(algorithm, x)
     if algorithm == 'toeplitz':
         part = empty_partials((1, k, k, c), x.device)
+        tile = toeplitz_wgrad_tile(w)
+        xp, dyp = to_planar(x, tile['WPAD']), to_planar(grad_out, tile['WPAD'])
         depthwise_toeplitz_wgrad_kernel[(c, k)](
-            x, grad_out, part, n, c, h, w, *x.stride(), *grad_out.stride(), K=k, UPCAST=interpreting(),
-            IEEE=x.dtype == torch.float32, **toeplitz_wgrad_tile(w))
+            xp, dyp, part, n, c, h, xp.stride(0), xp.stride(1), dyp.stride(0), dyp.stride(1), K=k,
+            UPCAST=interpreting(), IEEE=x.dtype == torch.float32, **tile)
     else:
         c_blocks, slices, images = weight_grad_split(n, c, k)
         part = empty_partials((slices, k, k, c), x.device)

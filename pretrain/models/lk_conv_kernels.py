@@ -15,12 +15,12 @@ are 32-bit: the caller refuses tensors of 2**31 elements or more.
   rather than receiving them through shared memory (the autotuner tries both). The input
   gradient is this kernel run on the output gradient with the kernel flipped.
 - ``depthwise_toeplitz_fwd_kernel``: the same convolution for small maps as a product with a
-  banded (Toeplitz) matrix per channel, on tensor cores (its docstring); the input gradient again
-  with the kernel flipped.
-- ``depthwise_toeplitz_wgrad_kernel``: the weight gradient of small maps on tensor cores: per
-  channel and kernel row, a [columns, columns] product of the output gradient's rows with the
-  input's rows shifted by the kernel row, whose diagonals are the kernel row's taps (its
-  docstring). Rows and columns in the padding are never multiplied.
+  banded (Toeplitz) matrix per channel, on tensor cores, over *planar* copies of the maps made
+  once per call (its docstring); the input gradient again with the kernel flipped.
+- ``depthwise_toeplitz_wgrad_kernel``: the weight gradient of small maps on tensor cores, on planar
+  copies too: per channel and kernel row, a [columns, columns] product of the output gradient's
+  rows with the input's rows shifted by the kernel row, whose diagonals are the kernel row's taps
+  (its docstring). Rows and columns in the padding are never multiplied.
 - ``depthwise_wgrad_kernel``: one program per (block of channels, kernel row, slice of the
   batch); for each valid output pixel row it loads the output gradient once and the input as a
   [columns, kernel columns, channels] window, accumulating a [columns, kernel columns, channels]
@@ -128,82 +128,83 @@ def tensor_core_product(a, b, UPCAST: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
-def depthwise_toeplitz_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, C, H, W,
-                                  sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+def depthwise_toeplitz_fwd_kernel(x_ptr, band_ptr, b_ptr, y_ptr, N, H, W, sxn, sxc, syn, syc, syh, syw,
                                   K: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
                                   WPAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
                                   BLOCK_K: tl.constexpr):
-    """Small maps on tensor cores: per channel c, y_c [N, H*W] = x_c [N, H*W] @ M_c [H*W, H*W], where
-    M_c[s_in, s_out] = w[c, h_in - h_out + P, w_in - w_out + P] inside the kernel's support, else 0.
-    The banded matrix is gathered from the fp32 [K, K, C] taps tile by tile, never stored; no
-    multiply touches the zero padding around the map. Grid: (channels, batch blocks, output-pixel
-    blocks). Each step of the reduction takes BLOCK_K // WPAD whole input rows (WPAD: the map's
-    width rounded up to a power of two), so the band's tap indices are one matrix computed before
-    the loop plus the step's row offset: the gather costs an add, not a division per element.
-    Only the input rows within the kernel's reach of the block's output rows are visited."""
+    """Small maps on tensor cores: per channel c, y_c [N, H*WPAD] = x_c [N, H*WPAD] @ M_c, where
+    M_c[(h_in, w_in), (h_out, w_out)] = band[c, h_in - h_out + P, w_in, w_out] for a tap row inside
+    the kernel, else 0; ``band[c, kh]`` is the [WPAD, WPAD] Toeplitz block of kernel row kh (zero
+    outside the kernel's columns and past the map's width), built once per call by the caller.
+
+    x is *planar*: [N, C, H, WPAD] with rows WPAD (a power of two) wide and zeros past the map's
+    width (the caller transposes a channels-last map once per call, cheap at these sizes), so the
+    hot loop's loads of one channel are whole, aligned rows (vector-wide) instead of one element
+    per 32-byte sector, and a band tile is WPAD contiguous taps per row: no load is masked within a
+    row. y is written once per program, after the loop, in its own layout (any strides).
+    Grid: (channels, batch blocks, output-pixel blocks of BLOCK_S // WPAD rows). Each reduction
+    step takes BLOCK_K // WPAD whole input rows; only input rows within the kernel's reach of the
+    block's output rows are visited."""
     c = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     s0 = tl.program_id(2) * BLOCK_S
-    offs_s = s0 + tl.arange(0, BLOCK_S)                               # output pixels h * W + w
+    offs_s = s0 + tl.arange(0, BLOCK_S)                               # output pixels h * WPAD + w
     P: tl.constexpr = K // 2
     ROWS: tl.constexpr = BLOCK_K // WPAD
-    HW = H * W
-    h_out, w_out = offs_s // W, offs_s % W
-    mask_n, mask_s = offs_n < N, offs_s < HW
+    TILE: tl.constexpr = WPAD * WPAD
+    HS = H * WPAD
+    h_out, w_out = offs_s // WPAD, offs_s % WPAD
+    mask_n = offs_n < N
     r = tl.arange(0, BLOCK_K) // WPAD                                 # the step's input row, 0..ROWS-1
     w_in = tl.arange(0, BLOCK_K) % WPAD
     kh0 = r[:, None] - h_out[None, :] + P                             # tap row at input row 0
-    kw = w_in[:, None] - w_out[None, :] + P                           # [BLOCK_K, BLOCK_S]
-    band = (kw >= 0) & (kw < K) & (w_in < W)[:, None] & mask_s[None, :]
-    taps = w_ptr + (kh0 * K + kw) * C + c
-    x_at = x_ptr + offs_n[:, None] * sxn + c * sxc + r[None, :] * sxh + w_in[None, :] * sxw
-    mask_x = mask_n[:, None] & (w_in < W)[None, :]
+    band_at = band_ptr + c * (K * TILE) + kh0 * TILE + w_in[:, None] * WPAD + w_out[None, :]
+    x_at = x_ptr + offs_n[:, None] * sxn + c * sxc + tl.arange(0, BLOCK_K)[None, :]
     acc = tl.zeros([BLOCK_N, BLOCK_S], dtype=tl.float32)
-    last_out_row = (tl.minimum(s0 + BLOCK_S, HW) - 1) // W
-    row_lo = tl.maximum(s0 // W - P, 0)
+    last_out_row = (tl.minimum(s0 + BLOCK_S, HS) - 1) // WPAD
+    row_lo = tl.maximum(s0 // WPAD - P, 0)
     row_hi = tl.minimum(last_out_row + P + 1, H)
     for h0 in range(row_lo, row_hi, ROWS):
-        kh = kh0 + h0
         h_ok = (r + h0) < H
-        xv = tl.load(x_at + h0 * sxh, mask=mask_x & h_ok[None, :], other=0.0)
-        inside = band & (kh >= 0) & (kh < K) & h_ok[:, None]
-        mv = tl.load(taps + h0 * (K * C), mask=inside, other=0.0).to(x_ptr.dtype.element_ty)
+        xv = tl.load(x_at + h0 * WPAD, mask=mask_n[:, None] & h_ok[None, :], other=0.0)
+        kh = kh0 + h0
+        mv = tl.load(band_at + h0 * TILE, mask=(kh >= 0) & (kh < K) & h_ok[:, None], other=0.0)
         acc += tensor_core_product(xv, mv, UPCAST, IEEE)
     if HAS_BIAS:
         acc += tl.load(b_ptr + c).to(tl.float32)
     y = y_ptr + offs_n[:, None] * syn + c * syc + h_out[None, :] * syh + w_out[None, :] * syw
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_s[None, :])
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask_n[:, None] & ((h_out < H) & (w_out < W))[None, :])
 
 
 @triton.jit
-def depthwise_toeplitz_wgrad_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, W,
-                                    sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
+def depthwise_toeplitz_wgrad_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, sxn, sxc, sdn, sdc,
                                     K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-                                    WPAD: tl.constexpr, BLOCK_R: tl.constexpr):
-    """The weight gradient of small maps on tensor cores. Program (c, kh): over every image n and
-    every output row h whose input row h + kh - P lies inside the map (the vertical padding is never
-    visited), G [WPAD, WPAD] += dy_c[rows, w_out]^T @ x_c[rows shifted by kh, w_in]; then
-    dW[c, kh, kw] = the sum of G's diagonal w_in - w_out = kw - P, written to part_ptr (fp32
-    [K, K, C]). Columns past the map's width are zero in both operands, so no product touches
-    the horizontal padding either."""
+                                    WPAD: tl.constexpr, COLS: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The weight gradient of small maps on tensor cores, on planar x and dy (as the forward: rows
+    WPAD wide, zeros past the map's width). Program (c, kh): over every image n and every output
+    row h whose input row h + kh - P lies inside the map (the vertical padding is never visited),
+    G [COLS, COLS] += dy_c[rows, w_out]^T @ x_c[rows shifted by kh, w_in] (COLS: WPAD, at least 16,
+    the smallest tensor-core product); then dW[c, kh, kw] = the sum of G's diagonal
+    w_in - w_out = kw - P, written to part_ptr (fp32 [K, K, C]). Columns past the map's width are
+    zero in both operands, so no product touches the horizontal padding either."""
     c = tl.program_id(0)
     kh = tl.program_id(1)
     P: tl.constexpr = K // 2
     h_lo = tl.maximum(P - kh, 0)
     rows_per_image = tl.minimum(H + P - kh, H) - h_lo
     rows = N * rows_per_image
-    cols = tl.arange(0, WPAD)
-    mask_cols = cols < W
-    acc = tl.zeros([WPAD, WPAD], dtype=tl.float32)
+    cols = tl.arange(0, COLS)
+    in_row = cols < WPAD                                            # all true unless COLS > WPAD
+    acc = tl.zeros([COLS, COLS], dtype=tl.float32)
     for r0 in range(0, rows, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         n = r // rows_per_image
         h = h_lo + r % rows_per_image
         mask_r = r < rows
-        gT = tl.load(dy_ptr + c * sdc + n[None, :] * sdn + h[None, :] * sdh + cols[:, None] * sdw,
-                     mask=mask_cols[:, None] & mask_r[None, :], other=0.0)            # [w_out, rows]
-        xv = tl.load(x_ptr + c * sxc + n[:, None] * sxn + (h + kh - P)[:, None] * sxh + cols[None, :] * sxw,
-                     mask=mask_r[:, None] & mask_cols[None, :], other=0.0)            # [rows, w_in]
+        gT = tl.load(dy_ptr + c * sdc + n[None, :] * sdn + h[None, :] * WPAD + cols[:, None],
+                     mask=in_row[:, None] & mask_r[None, :], other=0.0)              # [w_out, rows]
+        xv = tl.load(x_ptr + c * sxc + n[:, None] * sxn + (h + kh - P)[:, None] * WPAD + cols[None, :],
+                     mask=mask_r[:, None] & in_row[None, :], other=0.0)              # [rows, w_in]
         acc += tensor_core_product(gT, xv, UPCAST, IEEE)
     shift = cols[None, :] - cols[:, None] + P                                       # kw of G[w_out, w_in]
     for kw in range(K):
