@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,6 +22,13 @@ if not torch.cuda.is_available():
 # lk_impl='auto' keeps its decisions in a per-user cache: the tests (and the processes they start)
 # keep theirs in a folder of their own, never the user's.
 os.environ.setdefault('REPLK_CACHE_DIR', tempfile.mkdtemp(prefix='replk-test-cache-'))
+
+# A suite started in the background by a non-interactive shell (`make test &`, nohup) inherits
+# SIGINT ignored, and every process it starts would too: the Ctrl-C tests would then test nothing
+# (the run ignores the signal and finishes). Those tests play a terminal's Ctrl-C, so the processes
+# get the default a terminal's foreground job has; a handler, unlike SIG_IGN, resets at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from helpers import BIN_DIR, REPO_ROOT, free_tcp_port, write_image  # noqa: E402
 
