@@ -21,9 +21,8 @@ except ImportError:  # triton is optional; 'native' needs none of this module
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_ELEMENTS = 2 ** 31               # offsets are 32-bit
-ALGORITHMS = ('direct', 'toeplitz')   # toeplitz: maps of at most TOEPLITZ_MAX_PIXELS pixels
-TOEPLITZ_MAX_PIXELS = 1024
-TOEPLITZ_MAX_WIDTH = 64              # a reduction step holds whole input rows
+ALGORITHMS = ('direct', 'toeplitz')   # toeplitz: maps at most TOEPLITZ_MAX_WIDTH columns wide
+TOEPLITZ_MAX_WIDTH = 64              # a reduction step holds whole input rows; a band block is pitch^2 taps
 # BLOCK_N images share each band tile a program loads (the band is the costly operand).
 TOEPLITZ_TILE = dict(BLOCK_N=64, BLOCK_S=64, BLOCK_K=32)
 TOEPLITZ_WGRAD_BLOCK_R = 64
@@ -128,15 +127,15 @@ def empty_partials(shape, device) -> torch.Tensor:
 
 def toeplitz_fits(height: int, width: int) -> bool:
     """Whether the Toeplitz kernels take a map of this size."""
-    return height * width <= TOEPLITZ_MAX_PIXELS and width <= TOEPLITZ_MAX_WIDTH
+    return width <= TOEPLITZ_MAX_WIDTH
 
 
 def check_algorithm(algorithm: str, x: torch.Tensor) -> None:
     if algorithm not in ALGORITHMS:
         raise ValueError(f'algorithm {algorithm!r} is not one of {ALGORITHMS}')
     if algorithm == 'toeplitz' and not toeplitz_fits(*x.shape[-2:]):
-        raise ValueError(f"algorithm 'toeplitz' is for maps of at most {TOEPLITZ_MAX_PIXELS} pixels and "
-                         f'{TOEPLITZ_MAX_WIDTH} columns; got {tuple(x.shape[-2:])}')
+        raise ValueError(f"algorithm 'toeplitz' is for maps at most {TOEPLITZ_MAX_WIDTH} columns wide; "
+                         f'got {tuple(x.shape[-2:])}')
 
 
 def toeplitz_pitch(width: int) -> int:
