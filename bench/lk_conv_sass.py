@@ -168,9 +168,11 @@ def report(c: int, k: int, hw: int, dtype: str = 'bf16') -> list:
                for meta, warps in lk_conv.weight_grad_tiles()]
     if lk_conv.toeplitz_fits(hw, hw):
         builds.append(('toeplitz_forward', lk_conv_kernels.depthwise_toeplitz_fwd_kernel,
-                       dict(K=k, HAS_BIAS=True, UPCAST=False, IEEE=ieee, **lk_conv.toeplitz_tile(hw)), 4))
+                       dict(K=k, HAS_BIAS=True, UPCAST=False, IEEE=ieee, **lk_conv.toeplitz_tile(hw)),
+                       lk_conv.toeplitz_warps(hw)))
         builds.append(('toeplitz_weight_grad', lk_conv_kernels.depthwise_toeplitz_wgrad_kernel,
-                       dict(K=k, UPCAST=False, IEEE=ieee, **lk_conv.toeplitz_wgrad_tile(hw)), 4))
+                       dict(K=k, UPCAST=False, IEEE=ieee, **lk_conv.toeplitz_wgrad_tile(hw)),
+                       lk_conv.toeplitz_warps(hw)))
     kernels = [compile_as_launched(fn, {a: v for a, v in layer_args(name, c, k, hw, dtype).items() if a in fn.arg_names},
                                    constexprs, warps) for name, fn, constexprs, warps in builds]
     # ptxas and cuobjdump are separate processes (~0.4 s each): read the kernels side by side.

@@ -22,7 +22,7 @@ except ImportError:  # triton is optional; 'native' needs none of this module
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_ELEMENTS = 2 ** 31               # offsets are 32-bit
 ALGORITHMS = ('direct', 'toeplitz')   # toeplitz: maps at most TOEPLITZ_MAX_WIDTH columns wide
-TOEPLITZ_MAX_WIDTH = 64              # a reduction step holds whole input rows; a band block is pitch^2 taps
+TOEPLITZ_MAX_WIDTH = 128             # a reduction step holds whole input rows; a band block is pitch^2 taps
 # BLOCK_N images share each band tile a program loads (the band is the costly operand).
 TOEPLITZ_TILE = dict(BLOCK_N=64, BLOCK_S=64, BLOCK_K=32)
 TOEPLITZ_WGRAD_BLOCK_R = 64
@@ -143,6 +143,12 @@ def toeplitz_pitch(width: int) -> int:
     return max(TOEPLITZ_MIN_PITCH, triton.next_power_of_2(width))
 
 
+def toeplitz_warps(width: int) -> int:
+    """Warps of a Toeplitz program: 8 for rows of 128, whose [128, 128] tiles would spill registers
+    over 4 warps in fp32 (bench/lk_conv_sass.py), 4 otherwise."""
+    return 8 if toeplitz_pitch(width) >= 128 else 4
+
+
 def toeplitz_tile(width: int) -> dict:
     """The Toeplitz kernel's tile for a map ``width`` wide: output blocks and reduction steps of
     whole planar rows."""
@@ -198,7 +204,7 @@ def run_toeplitz_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     depthwise_toeplitz_fwd_kernel[grid](
         xp, band, bias if bias is not None else band, y, n, h, w, xp.stride(0), xp.stride(1), y.stride(0),
         y.stride(1), y.stride(2), y.stride(3), K=k, HAS_BIAS=bias is not None, UPCAST=interpreting(),
-        IEEE=x.dtype == torch.float32, **tile)
+        IEEE=x.dtype == torch.float32, num_warps=toeplitz_warps(w), **tile)
     return y
 
 
@@ -256,7 +262,7 @@ def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_s
         xp, dyp = to_planar(x, tile['WPAD']), to_planar(grad_out, tile['WPAD'])
         depthwise_toeplitz_wgrad_kernel[(c, k)](
             xp, dyp, part, n, c, h, xp.stride(0), xp.stride(1), dyp.stride(0), dyp.stride(1), K=k,
-            UPCAST=interpreting(), IEEE=x.dtype == torch.float32, **tile)
+            UPCAST=interpreting(), IEEE=x.dtype == torch.float32, num_warps=toeplitz_warps(w), **tile)
     else:
         c_blocks, slices, images = weight_grad_split(n, c, k)
         part = empty_partials((slices, k, k, c), x.device)

@@ -36,8 +36,9 @@ CASES = [
     # a map wider than one reduction step's default
     (1, 2, 16, 16, 5, True, torch.float32, 'toeplitz'),
     (1, 2, 6, 40, 7, False, torch.bfloat16, 'toeplitz'),
-    # a map of more pixels than one 32x32 map, 64 columns wide (the widest the rows take)
+    # more pixels than a 32x32 map, 64 columns wide; 80 wide (rows of 128: fine-tuning's stage 1 at 320)
     (1, 2, 20, 64, 5, True, torch.bfloat16, 'toeplitz'),
+    (1, 2, 3, 80, 7, False, torch.float32, 'toeplitz'),
 ]
 
 
@@ -127,8 +128,8 @@ def test_unsupported_inputs_are_refused_with_the_reason():
         lk_conv.depthwise_conv(x, torch.randn(3, 1, 3, 3, device=DEVICE), None)
     with pytest.raises(ValueError, match="algorithm 'fft' is not one of"):
         lk_conv.depthwise_conv(x, torch.randn(4, 1, 3, 3, device=DEVICE), None, 'fft')
-    with pytest.raises(ValueError, match="'toeplitz' is for maps at most 64 columns wide; got \\(2, 65\\)"):
-        lk_conv.depthwise_conv(torch.randn(1, 1, 2, 65, device=DEVICE), torch.randn(1, 1, 3, 3, device=DEVICE),
+    with pytest.raises(ValueError, match="'toeplitz' is for maps at most 128 columns wide; got \\(2, 129\\)"):
+        lk_conv.depthwise_conv(torch.randn(1, 1, 2, 129, device=DEVICE), torch.randn(1, 1, 3, 3, device=DEVICE),
                                None, 'toeplitz')
 
 
