@@ -173,10 +173,16 @@ def to_planar(x: torch.Tensor, pitch: int) -> torch.Tensor:
     if w == pitch and x.is_contiguous() and (h * w) % 16 == 0:
         return x
     plane = triton.cdiv(h * pitch, 16) * 16
-    planar = x.new_empty((n, c, plane))[..., :h * pitch].view(n, c, h, pitch)
+    planar = empty_planes(x, plane)[..., :h * pitch].view(n, c, h, pitch)
     planar[..., :w] = x
     planar[..., w:] = 0
     return planar
+
+
+def empty_planes(like: torch.Tensor, plane: int) -> torch.Tensor:
+    """[N, C, plane] storage of planar maps; the tests poison it (what lies past the map's rows must
+    never be read)."""
+    return like.new_empty((*like.shape[:2], plane))
 
 
 def toeplitz_band(weight: torch.Tensor, width: int, pitch: int, flip: bool = False) -> torch.Tensor:

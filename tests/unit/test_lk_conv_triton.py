@@ -48,6 +48,9 @@ def poisoned_buffers(monkeypatch):
     monkeypatch.setattr(lk_conv, 'empty_output', lambda like: torch.full_like(like, math.nan))
     monkeypatch.setattr(lk_conv, 'empty_partials',
                         lambda shape, device: torch.full(shape, math.nan, device=device, dtype=torch.float32))
+    monkeypatch.setattr(lk_conv, 'empty_planes',
+                        lambda like, plane: torch.full((*like.shape[:2], plane), math.nan, dtype=like.dtype,
+                                                       device=like.device))
 
 
 def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -106,6 +109,24 @@ def test_every_tile_shape_gives_the_float64_convolution(poisoned_buffers, monkey
     assert relative_error(out, ref) < 1e-5
     for name, ours, theirs in zip(('input', 'weight'), leaves, ref_leaves):
         assert relative_error(ours.grad, theirs.grad) < 1e-5, name
+
+
+def test_a_planar_copy_without_its_zero_columns_is_caught(poisoned_buffers, monkeypatch):
+    # Planted bug: the Toeplitz kernels multiply the planar rows' padding columns (their band taps
+    # are zero), so they rely on those columns being zeros, not on a mask; a copy that leaves them
+    # as they were allocated (NaN here) must fail the comparison above, not pass unnoticed.
+    def without_zero_columns(x, pitch):
+        n, c, h, w = x.shape
+        planar = lk_conv.empty_planes(x, triton_cdiv(h * pitch, 16) * 16)[..., :h * pitch].view(n, c, h, pitch)
+        planar[..., :w] = x
+        return planar
+    monkeypatch.setattr(lk_conv, 'to_planar', without_zero_columns)
+    with pytest.raises(AssertionError, match='left unwritten'):
+        test_forward_and_gradients_match_float64_conv(None, 2, 3, 5, 6, 5, True, torch.float32, 'toeplitz')
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 @pytest.mark.parametrize('algorithm', lk_conv.ALGORITHMS)
