@@ -4,28 +4,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
 import torch
 
 from shards import storage
+from shards.common.launcher import read_dist_env
 
 from shards.helpformat import HelpFormatter, command_name
 
 from .store import LabelError, LabelStore
 from .tasks import TaskRegistry
-
-
-def launcher_slot(environ=os.environ) -> tuple:
-    """(rank, world size, local rank) from torchrun / the deepspeed launcher / SLURM; (0, 1, 0) alone.
-
-    The only place in ``labeling`` that reads the environment.
-    """
-    rank = int(environ.get('RANK', environ.get('SLURM_PROCID', 0)))
-    world = int(environ.get('WORLD_SIZE', environ.get('SLURM_NTASKS', 1)))
-    local = int(environ.get('LOCAL_RANK', environ.get('SLURM_LOCALID', 0)))
-    return rank, world, local
 
 
 def retry_policy(args) -> storage.RetryPolicy:
@@ -37,9 +26,8 @@ def _run(args) -> int:
     from .job import run_job
 
     cfg = load_job_config(args.config)
-    rank, world, local = launcher_slot()
-    if args.local_rank is not None:
-        local = args.local_rank
+    slot = read_dist_env(local_rank_arg=args.local_rank)
+    rank, world, local = slot.rank, slot.world_size, slot.local_rank
     # Jobs (e.g. a SLURM array) x processes per job (one per GPU): each slot labels its own shards.
     job_index, num_jobs = args.job_index * world + rank, args.num_jobs * world
     device = torch.device(args.device) if args.device else (

@@ -1,56 +1,20 @@
-"""The one place in ``pretrain`` that reads the launcher's environment.
+"""Process-group set-up for ``pretrain``: the launcher's environment as ``shards.common.launcher``
+reads it (its one reader), the device, DeepSpeed's initialisation.
 
-Everything else takes ``rank`` and ``world_size`` as arguments. Works under the
-deepspeed launcher, torchrun, SLURM-style multi-node launches, and as a single
-plain process (world size 1).
+Everything else takes ``rank`` and ``world_size`` as arguments. Works under the deepspeed
+launcher, torchrun, a Slurm step (``srun``, one process per task) and as a single plain process.
 """
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import torch
 
+from shards.common.launcher import DistEnv, export_for_torch, read_dist_env  # noqa: F401  (re-exported)
+
 T = TypeVar('T')
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-    local_world_size: Optional[int] = None   # processes on this node, when the launcher says
-
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def read_dist_env(environ: Mapping[str, str] = os.environ,
-                  local_rank_arg: Optional[int] = None) -> DistEnv:
-    """Rank, world size and local rank as the launcher set them (world size 1 when none did)."""
-    def get(name: str, default: int) -> int:
-        value = environ.get(name)
-        if value is None or value == '':
-            return default
-        try:
-            return int(value)
-        except ValueError:
-            raise ValueError(f'environment variable {name}={value!r} is not an integer') from None
-
-    rank, world_size = get('RANK', 0), get('WORLD_SIZE', 1)
-    local_rank = get('LOCAL_RANK', local_rank_arg if local_rank_arg is not None else 0)
-    if not 0 <= rank < world_size:
-        raise ValueError(f'RANK={rank} is outside WORLD_SIZE={world_size}')
-    # torchrun: LOCAL_WORLD_SIZE; the deepspeed launcher: LOCAL_SIZE; Slurm: SLURM_NTASKS_PER_NODE.
-    local_world_size = next((get(k, 0) for k in ('LOCAL_WORLD_SIZE', 'LOCAL_SIZE', 'SLURM_NTASKS_PER_NODE')
-                             if environ.get(k)), None)
-    if world_size == 1:
-        local_world_size = 1
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, local_world_size=local_world_size)
 
 
 def _free_port() -> int:
@@ -86,13 +50,15 @@ def init_distributed(local_rank_arg: Optional[int] = None) -> tuple[DistEnv, tor
     deepspeed = import_deepspeed()
 
     env = read_dist_env(local_rank_arg=local_rank_arg)
+    # A plain process or a Slurm step: without RANK/WORLD_SIZE/LOCAL_RANK DeepSpeed looks for MPI
+    # (mpi4py) and fails.
+    export_for_torch(env)
     if env.world_size == 1:
-        # A plain process: without these DeepSpeed looks for MPI (mpi4py) and fails.
-        os.environ.setdefault('RANK', '0')
-        os.environ.setdefault('LOCAL_RANK', '0')
-        os.environ.setdefault('WORLD_SIZE', '1')
         os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
         os.environ.setdefault('MASTER_PORT', str(_free_port()))
+    elif not (os.environ.get('MASTER_ADDR') and os.environ.get('MASTER_PORT')):
+        raise ValueError(f'{env.world_size} processes from {env.launcher} but no MASTER_ADDR/MASTER_PORT: set both '
+                         '(under Slurm: the first host of `scontrol show hostnames $SLURM_JOB_NODELIST` and a free port)')
     device = device_for(env)
     if device.type == 'cpu':
         # The shared-memory CPU collective op is JIT-compiled (~40 s) on first use; plain
