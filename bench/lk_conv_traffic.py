@@ -31,7 +31,6 @@ from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
-os.environ['TRITON_INTERPRET'] = '1'   # before triton is imported: the kernels run in numpy
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -150,6 +149,7 @@ def layer(text: str) -> tuple:
 
 
 def main(argv=None) -> list:
+    os.environ['TRITON_INTERPRET'] = '1'   # before triton is imported: the kernels run in numpy
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--layer', type=layer, default=(27, 14), help='kernel,map size (default 27,14: XL stage 3)')
     ap.add_argument('--dtype', choices=('bf16', 'fp32'), default='bf16')
