@@ -43,7 +43,7 @@ def import_human(store: LabelStore, shard_prefix: str, tasks: List[str]) -> Dict
             continue  # a teacher part of these very bytes already holds this shard's human labels too
         built = index.builds.get(entry.source, {}).get('classes', {})
         maps = {t: human_index_map(store.registry.get(t), built.get(t), f'source {entry.source}') for t in todo}
-        rows = human_rows(storage.join(shard_prefix, entry.name), todo, store.retry, maps)
+        rows = human_rows(index.url_of(shard_prefix, entry), todo, store.retry, maps)
         for task, task_rows in rows.items():
             if task_rows:
                 store.write_part(task, entry.stem, task_rows, kind='human', shard_sha256=entry.sha256)

@@ -166,11 +166,11 @@ def run_job(cfg: JobConfig, job_index: int = 0, num_jobs: int = 1, device: torch
     registry = TaskRegistry.from_json(cfg.tasks_file)
     task = registry.get(cfg.task)
     sources: List[ResolvedSource] = [resolve_source(s, retry) for s in cfg.sources]
-    shard_urls = {shard_stem(url.rsplit('/', 1)[1]): (url, n)
-                  for src in sources for url, n in zip(src.urls, src.counts)}
-    content = {shard_stem(url.rsplit('/', 1)[1]): sha for src in sources for url, sha in zip(src.urls, src.sha256)}
-    index_maps = {shard_stem(url.rsplit('/', 1)[1]): human_index_map(task, built.get(cfg.task), f'source {src.name}')
-                  for src in sources for url, built in zip(src.urls, src.classes)}   # human labels by class name
+    # Shards by their name in the index (an adopted shard's file has another; its URL says both).
+    shard_urls = {shard_stem(name): (url, n) for src in sources for name, url, n in zip(src.names, src.urls, src.counts)}
+    content = {shard_stem(name): sha for src in sources for name, sha in zip(src.names, src.sha256)}
+    index_maps = {shard_stem(name): human_index_map(task, built.get(cfg.task), f'source {src.name}')
+                  for src in sources for name, built in zip(src.names, src.classes)}   # human labels by class name
     mine = assign_shards(list(shard_urls), job_index, num_jobs)
     ensemble = Ensemble([load_teacher(t, task.num_classes, task.class_names) for t in cfg.teachers])
     store = LabelStore(cfg.store, registry, retry)

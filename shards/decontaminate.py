@@ -26,7 +26,7 @@ from . import exclusions, storage
 from .hamming import MultiIndex, popcount64
 from .hashes import iter_segments, shards_without_hashes
 from .images import BadImage, decode_rgb, image_part
-from .index import load_source
+from .index import entry_url, load_source, load_source_and_plan
 from .perceptual import HASH_VERSION, variant_hashes, variant_name
 from .reader import iter_shard_samples
 
@@ -51,11 +51,11 @@ class EvalSet:
 def hash_eval_set(prefix: str, sources: Sequence[str], policy: storage.RetryPolicy) -> EvalSet:
     keys, where, rows, plain = [], [], [], 0
     for source in sources:
-        shards = load_source(prefix, source, policy)
+        shards, plan = load_source_and_plan(prefix, source, policy)
         if not shards:
             raise ValueError(f'evaluation source {source!r}: no shards indexed under {prefix}')
         for name in sorted(shards):
-            url = storage.join(prefix, name)
+            url = entry_url(prefix, shards[name], plan)
             for ordinal, raw in enumerate(iter_shard_samples(url, 0, None, policy)):
                 try:
                     image = decode_rgb(image_part(raw))
@@ -115,7 +115,7 @@ def decontaminate(prefix: str, sources: Sequence[str], eval_prefix: str, eval_so
     index = MultiIndex(evalset.phash)
     rows, report, pairs = [], {}, []
     for source in sources:
-        shards, best = load_source(prefix, source, policy), {}
+        (shards, plan), best = load_source_and_plan(prefix, source, policy), {}
         for table in iter_segments(prefix, source, policy=policy):  # one segment in memory at a time
             for key, match in match_segment(evalset, index, table, max_phash, max_joint).items():
                 if key not in best or match['phash_distance'] + match['dhash_distance'] < \
@@ -123,7 +123,7 @@ def decontaminate(prefix: str, sources: Sequence[str], eval_prefix: str, eval_so
                     best[key] = match
         for key, match in sorted(best.items()):
             rows.append(dict(match, source=source, shard_sha256=shards[match['shard']].sha256))
-            pairs.append((match['phash_distance'] + match['dhash_distance'], storage.join(prefix, match['shard']),
+            pairs.append((match['phash_distance'] + match['dhash_distance'], entry_url(prefix, shards[match['shard']], plan),
                           match['ordinal'], rows[-1]))
         samples = sum(e.samples for e in shards.values())  # every indexed shard is hashed (checked above)
         report[source] = dict(samples=samples, excluded=len(best))

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from . import storage
 from .images import BadImage, decode_rgb, image_part
-from .index import job_tag, load_source, source_folder
+from .index import entry_url, job_tag, load_source, load_source_and_plan, source_folder
 from .parquet_bytes import schema_from_bytes, table_from_bytes, table_to_bytes
 from .perceptual import image_hashes
 from .reader import iter_shard_samples
@@ -106,9 +106,9 @@ def shards_without_hashes(prefix: str, source: str, policy: storage.RetryPolicy 
     return [n for n in sorted(load_source(prefix, source, policy)) if n not in hashed]
 
 
-def hash_shard(url: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[SampleHash]:
-    """Read a shard and hash every sample (the pass for shards built before hashing existed)."""
-    name = url.rsplit('/', 1)[1]
+def hash_shard(name: str, url: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[SampleHash]:
+    """Read shard ``name`` (of the index) from ``url`` and hash every sample (the pass for shards
+    built before hashing existed, and adopted ones)."""
     rows = []
     for ordinal, raw in enumerate(iter_shard_samples(url, 0, None, policy)):
         try:
@@ -131,11 +131,11 @@ def hash_source(prefix: str, source: str, job_index: int = 0, num_jobs: int = 1,
     goes to job ``i % num_jobs``, whatever other jobs did), one segment per ``save_every`` shards.
     Returns the shards hashed."""
     unhashed = set(shards_without_hashes(prefix, source, policy))
-    todo = [n for i, n in enumerate(sorted(load_source(prefix, source, policy)))
-            if i % num_jobs == job_index and n in unhashed]
+    entries, plan = load_source_and_plan(prefix, source, policy)
+    todo = [n for i, n in enumerate(sorted(entries)) if i % num_jobs == job_index and n in unhashed]
     pending: List[SampleHash] = []
     for i, name in enumerate(todo, 1):
-        pending += hash_shard(storage.join(prefix, name), policy)
+        pending += hash_shard(name, entry_url(prefix, entries[name], plan), policy)
         if i % save_every == 0 or i == len(todo):
             save_segment(prefix, source, job_index, num_jobs, pending, policy)
             pending = []

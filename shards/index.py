@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import pyarrow as pa
 
 from . import storage
-from .naming import shard_name, shard_stem
+from .naming import adopted_url, shard_name, shard_stem
 from .parquet_bytes import table_from_bytes, table_to_bytes
 from .safe_files import check_name
 
@@ -174,6 +174,21 @@ def load_build_info(prefix: str, source: str, policy: storage.RetryPolicy = stor
         return (legacy or {}).get('builds', {}).get(source)
 
 
+def entry_url(prefix: str, entry: 'ShardEntry', plan: Optional[dict]) -> str:
+    """The URL readers pass to ``reader.iter_shard_samples`` for a shard of the index: the shard
+    beside the index, under its own name or, for an adopted source (``plan['adopted']``:
+    ``adopt.py``), under the name the other tool gave it, addressed with the project's name for it
+    (``naming.adopted_url``)."""
+    adopted = (plan or {}).get('adopted')
+    if not adopted:
+        return storage.join(prefix, entry.name)
+    number = int(entry.stem.rsplit('-', 1)[1])
+    file_name = check_name(adopted['files'][number], f'adopted shard file in {source_folder(prefix, entry.source)}')
+    if '#' in file_name:
+        raise IndexError_(f'adopted shard file {file_name!r}: "#" is not allowed in a shard name')
+    return adopted_url(storage.join(prefix, file_name), entry.source, number, adopted.get('labels', {}))
+
+
 def planned_but_missing(source: str, entries: Dict[str, 'ShardEntry'], build_info: Optional[dict]
                         ) -> List[Tuple[str, Optional[int]]]:
     """(name, the build job that owns it, or None when the build predates recording its job count) of
@@ -277,6 +292,10 @@ class ShardIndex:
 
     def sources(self) -> List[str]:
         return sorted({s.source for s in self.shards.values()})
+
+    def url_of(self, prefix: str, entry: ShardEntry) -> str:
+        """The URL its readers read ``entry`` from (``entry_url``)."""
+        return entry_url(prefix, entry, self.builds.get(entry.source))
 
     def shards_of(self, source: str) -> List[ShardEntry]:
         return [self.shards[n] for n in sorted(self.shards) if self.shards[n].source == source]

@@ -4,7 +4,8 @@
     sample key   {source}/{shard:06d}/{index:06d}
     tar member   {key}.{ext}                      (grouped into samples as webdataset groups them)
 """
-from typing import Tuple
+import re
+from typing import Dict, Optional, Tuple
 
 SHARD_SUFFIX = '.tar'
 
@@ -44,3 +45,27 @@ def split_member(name: str) -> Tuple[str, str]:
     head, _, base = name.rpartition('/')
     stem, _, ext = base.partition('.')
     return (f'{head}/{stem}' if head else stem), ext.lower()
+
+
+# --- adopted shards (tars other tools wrote; ``adopt.py``) -------------------------------------
+# Readers address an adopted shard as its file's URL plus a fragment naming what the project calls
+# it and where its human labels are: ``{file url}#{source}/{shard:06d};{task}={where};...``
+# (``where``: ``cls``, the ``.cls`` member, or ``json:FIELD``). Keys then are
+# ``{source}/{shard:06d}/{position:06d}`` whatever the tar's own keys (kept as the sample's id).
+ADOPTED_MARK = '#'
+LABEL_FIELDS = re.compile(r'cls|json:[A-Za-z0-9_.-]+')
+
+
+def adopted_url(file_url: str, source: str, shard: int, labels: Dict[str, str]) -> str:
+    fields = ''.join(f';{task}={where}' for task, where in sorted(labels.items()))
+    return f'{file_url}{ADOPTED_MARK}{source}/{shard:06d}{fields}'
+
+
+def split_adopted(url: str) -> Tuple[str, Optional[str], Dict[str, str]]:
+    """(the file's URL, the key prefix ``source/shard`` or None for a shard this project built,
+    {task: where its human label is})."""
+    file_url, mark, fragment = url.partition(ADOPTED_MARK)
+    if not mark:
+        return url, None, {}
+    key_prefix, *fields = fragment.split(';')
+    return file_url, key_prefix, dict(field.split('=', 1) for field in fields)

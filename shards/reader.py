@@ -7,15 +7,16 @@ mid-shard within the storage retry budget (``storage.resumable_items``), an exac
 from a truncated shard, and members judged by their header before any byte is read
 (:func:`tar_members`): a shard from outside is data.
 """
+import json
 import logging
 import re
 import tarfile
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
 from webdataset.tariterators import group_by_keys
 
 from . import storage
-from .naming import split_member
+from .naming import split_adopted, split_member
 
 MAX_MEMBER_BYTES = 64 * 2 ** 20   # a member larger than this is a corrupt sample (builds refuse to write one)
 REFUSED = '__refused__'                 # the part that marks a sample refused by its headers, holding the reason
@@ -32,10 +33,11 @@ def _skip_bad_member(exc: Exception) -> bool:
     return True
 
 
-def refusal(info: tarfile.TarInfo, key: str, max_bytes: int) -> Optional[str]:
+def refusal(info: tarfile.TarInfo, key: str, max_bytes: int, own_keys: bool = True) -> Optional[str]:
     """Why a member is not read (webdataset's reader would allocate whatever size a header
-    declares: a 10 KB sparse shard declaring 6 GB), or None."""
-    if not KEY_SHAPE.fullmatch(key):
+    declares: a 10 KB sparse shard declaring 6 GB), or None. ``own_keys``: a shard this project
+    built, whose keys must be ``source/shard/index`` (an adopted one's are renamed on reading)."""
+    if own_keys and not KEY_SHAPE.fullmatch(key):
         return f'key {key!r} is not of the form source/shard/index (not a shard this project built)'
     if not info.isreg():
         return f'member {info.name!r} is not a regular file'
@@ -46,7 +48,7 @@ def refusal(info: tarfile.TarInfo, key: str, max_bytes: int) -> Optional[str]:
     return None
 
 
-def tar_members(stream, url: str = '', max_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict]:
+def tar_members(stream, url: str = '', max_bytes: int = MAX_MEMBER_BYTES, own_keys: bool = True) -> Iterator[dict]:
     """The members of a tar stream as webdataset's reader yields them (``{'fname', 'data'}``), each
     judged by its header first: a refused member's data is never read (the tar stream skips it)
     and it becomes ``{key}.__refused__`` holding the reason, so its sample is counted as corrupt."""
@@ -56,14 +58,50 @@ def tar_members(stream, url: str = '', max_bytes: int = MAX_MEMBER_BYTES) -> Ite
             if META.match(info.name) or info.isdir():
                 continue
             key = split_member(info.name)[0]
-            why = refusal(info, key, max_bytes)
+            why = refusal(info, key, max_bytes, own_keys)
             data = why if why else tar.extractfile(info).read()
             yield dict(fname=f'{key}.{REFUSED}' if why else info.name, data=data, __url__=url)
 
 
-def tar_samples(stream, url: str = '', max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict]:
+def tar_samples(stream, url: str = '', max_member_bytes: int = MAX_MEMBER_BYTES,
+                own_keys: bool = True) -> Iterator[dict]:
     """Samples of a tar stream, ``{'__key__': key, ext: bytes, ...}``, grouped by webdataset."""
-    return group_by_keys(tar_members(stream, url, max_member_bytes), handler=_skip_bad_member)
+    return group_by_keys(tar_members(stream, url, max_member_bytes, own_keys), handler=_skip_bad_member)
+
+
+def human_label(sample: dict, where: str, foreign_meta: Optional[dict]) -> Optional[int]:
+    """The integer class an adopted sample's ``.cls`` member or JSON field holds, or None."""
+    if where == 'cls':
+        raw = sample.get('cls')
+        value = raw.decode('utf-8', 'replace').strip() if isinstance(raw, bytes) else raw
+    else:
+        value = foreign_meta
+        for step in where.split(':', 1)[1].split('.'):
+            value = value.get(step) if isinstance(value, dict) else None
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def as_project_sample(sample: dict, key_prefix: str, position: int, labels: Dict[str, str]) -> dict:
+    """An adopted tar's sample in the project's terms: key ``{source}/{shard}/{position}``, metadata
+    ``{"source", "id": the tar's own key, "labels": {task: class}}`` from the label fields
+    ``adopt`` recorded; the tar's own JSON is kept as ``foreign_json``."""
+    out = {k: v for k, v in sample.items() if k != 'json'}
+    foreign_meta = None
+    if 'json' in sample:
+        try:
+            foreign_meta = json.loads(sample['json'])
+        except ValueError:
+            foreign_meta = None
+        out['foreign_json'] = sample['json']
+    found = {task: human_label(sample, where, foreign_meta) for task, where in labels.items()}
+    meta = dict(source=key_prefix.split('/')[0], id=sample['__key__'],
+                labels={task: value for task, value in found.items() if value is not None})
+    out['json'] = json.dumps(meta).encode()
+    out['__key__'] = f'{key_prefix}/{position:06d}'
+    return out
 
 
 def iter_shard_samples(url: str, first: int = 0, count: Optional[int] = None,
@@ -74,14 +112,16 @@ def iter_shard_samples(url: str, first: int = 0, count: Optional[int] = None,
     A dropped connection reopens the shard and skips what was delivered. A shard that ends early
     (truncated) yields ``{'__key__': 'url#pos', '__missing__': True}`` for each missing sample
     when ``count`` is given, so every reader still gets its exact count and can count the fault."""
+    file_url, key_prefix, labels = split_adopted(url)
+
     def items(stream, delivered: int):
-        for pos, sample in enumerate(tar_samples(stream, url, max_member_bytes)):
+        for pos, sample in enumerate(tar_samples(stream, url, max_member_bytes, own_keys=key_prefix is None)):
             if pos >= first + delivered:
-                yield sample
+                yield sample if key_prefix is None else as_project_sample(sample, key_prefix, pos, labels)
 
     delivered = 0
     try:
-        for sample in storage.resumable_items(url, items, retry, fatal=TRUNCATED):
+        for sample in storage.resumable_items(file_url, items, retry, fatal=TRUNCATED):
             yield sample
             delivered += 1
             if delivered == count:
@@ -89,7 +129,7 @@ def iter_shard_samples(url: str, first: int = 0, count: Optional[int] = None,
         if count is not None:
             log.warning('shard %s: ended after %d of %d samples', url, delivered, count)
     except FileNotFoundError:
-        raise FileNotFoundError(f'shard {url} is listed in the index but missing from storage') from None
+        raise FileNotFoundError(f'shard {file_url} is listed in the index but missing from storage') from None
     except TRUNCATED as exc:
         log.warning('shard %s: truncated after %d samples (%s)', url, delivered, exc)
     for pos in range(first + delivered, first + count if count is not None else 0):

@@ -18,8 +18,8 @@ from . import plan as P
 from . import storage
 from .images import BadImage, decode_or_defer, image_part
 from .exclusions import Exclusions, kept_to_raw
-from .index import INDEX_DIR, incomplete_message, load_source_and_plan, planned_but_missing
-from .naming import shard_source
+from .index import INDEX_DIR, entry_url, incomplete_message, load_source_and_plan, planned_but_missing
+from .naming import shard_source, split_adopted
 from .reader import iter_shard_samples
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class ResolvedSource:
     sha256: tuple = ()            # per shard: its hash in the index (what labels are bound to)
     positions: tuple = ()         # per shard: the build positions its keys index (samples + skipped inputs)
     classes: tuple = ()           # per shard: {task: class names} its build recorded (human labels index them)
+    names: tuple = ()             # per shard: its name in the index, {source}-{shard:06d}.tar (labels name its stem)
 
     @property
     def samples(self) -> int:
@@ -58,6 +59,7 @@ def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
     lists (near-duplicates of evaluation images; ``shards/exclusions.py``)."""
     urls, entries, plans = source_entries(spec, retry)
     facts = dict(sha256=tuple(e.sha256 for e in entries), positions=tuple(e.samples + e.num_skipped for e in entries),
+                 names=tuple(e.name for e in entries),
                  classes=tuple((plans.get(e.source) or {}).get('classes') or {} for e in entries))
     if exclude is None:
         return ResolvedSource(spec.name, tuple(urls), tuple(e.samples for e in entries), **facts)
@@ -81,7 +83,7 @@ def check_shards_present(urls, retry: storage.RetryPolicy = storage.DEFAULT_RETR
     1000 names per request), not one request per shard, and not when the stream reaches it."""
     by_prefix: dict = {}
     for url in urls:
-        prefix, name = url.rsplit('/', 1)
+        prefix, name = split_adopted(url)[0].rsplit('/', 1)
         by_prefix.setdefault(prefix, []).append(name)
     for prefix, names in by_prefix.items():
         present = set(storage.list_names(prefix, retry))
@@ -117,7 +119,7 @@ def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
             raise ValueError(f'source {spec.name!r}: no shards of that source in the index under {prefix} '
                              f'({INDEX_DIR}/{spec.name}/)')
         check_whole(spec, listed, plan)
-        urls = [storage.join(prefix, e.name) for e in entries]
+        urls = [entry_url(prefix, e, plan) for e in entries]   # adopted shards: their own files
         plans = {spec.name: plan}
     return urls, entries, plans
 

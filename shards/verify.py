@@ -10,22 +10,23 @@ from typing import Dict, List
 from . import storage
 from .images import IMAGE_EXTS, BadImage, decode_rgb
 from .index import INDEX_DIR, ShardIndex
-from .naming import split_member
+from .naming import split_adopted, split_member
 from .reader import REFUSED, tar_members
 
 
-def _check_samples(shard: str, members: Dict[str, Dict[str, bytes]], faults: List[str]) -> None:
+def _check_samples(shard: str, members: Dict[str, Dict[str, bytes]], faults: List[str], adopted: bool) -> None:
     for key, parts in members.items():
         if REFUSED in parts:
             faults.append(f'{shard}: sample {key} refused by its tar header: {parts[REFUSED]}')
             continue
         images = [e for e in parts if e in IMAGE_EXTS]
-        if len(images) != 1 or 'json' not in parts:
-            faults.append(f'{shard}: sample {key} has parts {sorted(parts)}; expected one image and .json')
+        if len(images) != 1 or ('json' not in parts and not adopted):
+            faults.append(f'{shard}: sample {key} has parts {sorted(parts)}; expected one image'
+                          + ('' if adopted else ' and .json'))
             continue
         try:
-            meta = json.loads(parts['json'])
-            if not isinstance(meta, dict) or 'source' not in meta:
+            meta = json.loads(parts['json']) if not adopted else {}
+            if not adopted and (not isinstance(meta, dict) or 'source' not in meta):
                 raise ValueError('no "source" field')
         except ValueError as exc:
             faults.append(f'{shard}: sample {key} has bad metadata: {exc}')
@@ -41,7 +42,8 @@ def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storag
     faults: List[str] = list(index.incomplete().values())
     seen: Dict[str, str] = {}
     for entry in index.shards.values():
-        url = storage.join(prefix, entry.name)
+        url, key_prefix, _ = split_adopted(index.url_of(prefix, entry))   # adopted: another tool's tar
+        adopted = key_prefix is not None
         try:
             data = storage.read_bytes(url, retry)
         except FileNotFoundError:
@@ -53,7 +55,7 @@ def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storag
             faults.append(f'{entry.name}: sha256 differs from the index')
         members: Dict[str, Dict[str, bytes]] = {}
         try:
-            for member in tar_members(io.BytesIO(data), entry.name):   # each judged by its header first
+            for member in tar_members(io.BytesIO(data), entry.name, own_keys=not adopted):   # headers judged first
                 key, ext = split_member(member['fname'])
                 members.setdefault(key, {})[ext] = member['data']
         except (tarfile.TarError, EOFError, OSError) as exc:
@@ -61,17 +63,18 @@ def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storag
             continue
         if len(members) != entry.samples:
             faults.append(f'{entry.name}: {len(members)} samples, index says {entry.samples}')
-        for key in members:
+        for key in members if not adopted else ():   # an adopted tar's keys are renamed by position
             if key in seen:
                 faults.append(f'{entry.name}: key {key} also in {seen[key]}')
             seen[key] = entry.name
         if decode:
-            _check_samples(entry.name, members, faults)
+            _check_samples(entry.name, members, faults, adopted)
     return faults
 
 
 def orphans(prefix: str, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[str]:
     """Tar files beside the index that it does not list (left by an interrupted build)."""
-    listed = set(ShardIndex.load(prefix, policy=retry).shards)
+    index = ShardIndex.load(prefix, policy=retry)
+    listed = set(index.shards) | {f for info in index.builds.values() for f in (info.get('adopted') or {}).get('files', [])}
     return [n for n in storage.list_names(prefix, retry)
             if (n.endswith('.tar') and n not in listed) or '.tar.tmp-' in n]
