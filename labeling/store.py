@@ -457,7 +457,7 @@ class LabelStore:
             except LabelError as exc:
                 faults.append(str(exc))
                 continue
-            members = member_keys(storage.join(shards, stems[stem]), self.retry)
+            members = member_keys(index.url_of(shards, index.shards[stems[stem]]), self.retry)
             ghosts = [k for k in self.read_part(task, stem).column('key').to_pylist() if k not in members]
             if ghosts:
                 faults.append(f'task {task!r}, shard {stem}: {len(ghosts)} labels for keys the shard does not '

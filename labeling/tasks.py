@@ -6,12 +6,10 @@ config) agree on a task only when their class indices mean the same classes.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from shards.safe_files import check_name
+from shards.common.tasks_file import class_names
 
 
 @dataclass(frozen=True)
@@ -79,16 +77,6 @@ class TaskRegistry:
         registry = cls()
         if not path:
             return registry
-        doc = json.loads(Path(path).read_text())
-        for name, spec in doc.items():
-            check_name(name, f'{path}: task')
-            if isinstance(spec, list):
-                names = tuple(str(x) for x in spec)
-            elif isinstance(spec, dict) and isinstance(spec.get('num_classes'), int):
-                names = tuple(f'{name}/{i}' for i in range(spec['num_classes']))
-            else:
-                raise ValueError(f'{path}: task {name!r} needs a list of class names or {{"num_classes": N}}')
-            if not names or len(set(names)) != len(names):
-                raise ValueError(f'{path}: task {name!r} has no classes or repeated class names')
+        for name, names in class_names(path).items():
             registry.register(Task(name, names))
         return registry

@@ -1,4 +1,4 @@
-"""``python -m shards build|verify|stat|migrate-index|hash|decontaminate`` (also the ``replk-shards`` command)."""
+"""``python -m shards build|adopt|verify|stat|migrate-index|hash|decontaminate`` (also the ``replk-shards`` command)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,9 @@ import logging
 import sys
 
 from . import storage
+from .adopt import AdoptOptions, adopt
 from .build import BuildOptions, build
+from .common.tasks_file import class_names
 from .decontaminate import MAX_JOINT, MAX_PHASH, decontaminate, report_url
 from .hashes import hash_source
 from .index import ShardIndex, list_sources, load_source, migrate_legacy
@@ -37,6 +39,29 @@ def _build(args) -> int:
     for s in report.skipped:
         print(f'  skipped {s["path"]}: {s["reason"]}')
     return 0
+
+
+def _adopt(args) -> int:
+    labels = dict(_task_field(text) for text in args.label or [])
+    known = class_names(args.tasks_file) if args.tasks_file else {}
+    opts = AdoptOptions(prefix=args.prefix, source=args.source, labels=labels,
+                        num_classes={t: len(known[t]) for t in labels if t in known},
+                        job_index=args.job_index, num_jobs=args.num_jobs, workers=args.workers,
+                        retry=storage.RetryPolicy(budget_s=args.retry_budget))
+    summary = adopt(opts)
+    unchecked = sorted(t for t in labels if t not in known)
+    print(json.dumps(summary))
+    if unchecked:
+        print(f'note: class indices of {unchecked} were not checked (no --tasks-file naming them); '
+              '`replk-label import-human` checks them against the label store', file=sys.stderr)
+    return 0
+
+
+def _task_field(text: str) -> tuple:
+    task, sep, where = text.partition('=')
+    if not sep or not task or not where:
+        raise ValueError(f'--label {text!r}: expected TASK=cls or TASK=json:FIELD (e.g. in1k=cls)')
+    return task, where
 
 
 def _verify(args) -> int:
@@ -136,6 +161,20 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between saves of this job's index part: a killed job rewrites at most the "
                         'shards of the last interval (0: save after every shard)')
     b.set_defaults(func=_build)
+    a = sub.add_parser('adopt', formatter_class=HelpFormatter,
+                       help="make tar shards another tool wrote (img2dataset, timm's wds, ShardWriter) a source, "
+                            'without rewriting them: one counting pass writes the index beside them (resumable)')
+    a.add_argument('prefix', help='the folder or s3://bucket/prefix holding the .tar files (the index is written there)')
+    a.add_argument('--source', required=True, help='the source name to train and label them by, e.g. laion')
+    a.add_argument('--label', action='append', metavar='TASK=WHERE',
+                   help='a human label to read: TASK=cls (the .cls member, timm style) or TASK=json:FIELD '
+                        '(a field of the .json member; dotted for nesting); repeatable')
+    a.add_argument('--tasks-file', help="the tasks file: each --label's class indices are checked against its classes")
+    a.add_argument('--workers', type=int, default=4, help='tars read at once')
+    a.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs sharing the pass (tar i: job i %% n)')
+    a.add_argument('--num-jobs', type=int, default=1, help='jobs sharing the pass (any number of machines)')
+    a.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    a.set_defaults(func=_adopt)
     v = sub.add_parser('verify', formatter_class=HelpFormatter, help='check tars, hashes, keys and that every image decodes')
     v.add_argument('prefix', help='the shard folder (local folder or s3://bucket/prefix)')
     v.add_argument('--no-decode', action='store_true', help='skip decoding images (faster)')

@@ -137,7 +137,10 @@ def iter_shard_samples(url: str, first: int = 0, count: Optional[int] = None,
 
 
 def member_keys(url: str, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> set:
-    """The sample keys of a shard, from its tar headers (member data is skipped, not decoded)."""
+    """The sample keys of a shard, from its tar headers (member data is skipped, not decoded); an
+    adopted shard's as the project names them (``source/shard/position``)."""
+    file_url, key_prefix, _ = split_adopted(url)
+
     def keys(stream, _delivered: int):
         with tarfile.open(fileobj=stream, mode='r|') as tar:
             for info in tar:
@@ -145,4 +148,11 @@ def member_keys(url: str, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) ->
                     yield split_member(info.name)[0]
                 tar.members = []  # stream mode keeps every header otherwise
 
-    return set(storage.resumable_items(url, keys, retry, fatal=TRUNCATED))
+    found = storage.resumable_items(file_url, keys, retry, fatal=TRUNCATED)
+    if key_prefix is None:
+        return set(found)
+    samples, previous = 0, None
+    for key in found:   # webdataset makes a sample of each run of members with one key
+        if key != previous and not META.match(key):
+            samples, previous = samples + 1, key
+    return {f'{key_prefix}/{position:06d}' for position in range(samples)}

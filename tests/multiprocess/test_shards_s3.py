@@ -148,3 +148,20 @@ def test_the_local_server_answers_only_its_own_run_keys(s3_server, s3_prefix):
     assert storage.read_bytes(f'{s3_prefix}/secret.bin') == b'labels'
     assert stat.S_IMODE(s3_server.data_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((s3_server.data_dir / 's3.json').stat().st_mode) == 0o600
+
+
+def test_adopt_tars_another_tool_wrote_to_s3_and_stream_them(tmp_path, s3_prefix, capsys):
+    import json as json_
+    from adopt_fixtures import PER_TAR, TARS, foreign_shards
+    prefix = f'{s3_prefix}/wds'
+    for tar in sorted(foreign_shards(tmp_path / 'wds').glob('*.tar')):
+        storage.put_file_atomic(str(tar), f'{prefix}/{tar.name}')
+    assert cli(['adopt', prefix, '--source', 'foreign', '--label', 'toy=cls']) == 0
+    summary = json_.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary['tars'], summary['samples'], summary['labels']) == (TARS, TARS * PER_TAR, {'toy': TARS * PER_TAR - 1})
+    assert verify(prefix) == []
+    ds = ShardStream([SourceSpec('foreign', prefix)], StreamConfig(batch_size=5), to_tensor, 0, 1, 1)
+    keys = [k for b in ResumableLoader(ds, num_workers=1) for k in b['key']]
+    assert sorted(keys) == sorted(f'foreign/{s:06d}/{p:06d}' for s in range(TARS) for p in range(PER_TAR))
+    assert cli(['adopt', prefix, '--source', 'foreign', '--label', 'toy']) == 2
+    assert "--label 'toy': expected TASK=cls or TASK=json:FIELD" in capsys.readouterr().err

@@ -1,0 +1,193 @@
+"""``replk-shards adopt``: WebDataset tar shards another tool wrote (img2dataset, timm's wds layout,
+``webdataset.ShardWriter``) become a source of this project without a byte of them rewritten.
+
+One pass over each tar (it is streamed whole: its sha256 needs every byte) counts its samples as
+webdataset groups them and reads the human labels the user maps to tasks; the result is the
+project's index for the source beside the tars (``_index/{source}/``), as a build writes it:
+
+- ``build.json``: ``adopted = {files, labels}`` — the tars in order (shard ``i`` of the source is
+  ``files[i]``) and where each task's human label is (``cls``: the ``.cls`` member; ``json:FIELD``:
+  a field of the ``.json`` member, dotted for nesting) — plus the shard count and job count;
+- ``shards.{job}-of-{jobs}.parquet``: per shard its project name ``{source}-{i:06d}.tar``, samples,
+  bytes, sha256 and human labels per task.
+
+Readers then address shard ``i`` as ``files[i]`` with the project's name attached
+(``naming.adopted_url``): a sample's key is ``{source}/{i:06d}/{position:06d}`` (what the label
+store keys on), the tar's own key is kept as its ``id``. Images are checked when read, as in any
+source: one that does not decode is a corrupt sample, counted and skipped.
+
+Jobs split the tars (``--job-index/--num-jobs``: tar ``i`` to job ``i % num_jobs``); a job records
+each tar as it finishes, so a rerun after a kill counts only the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from . import storage
+from .index import (BUILD_NAME, ShardEntry, job_tag, load_build_info, owner_job, read_part, save_job_part,
+                    source_folder)
+from .naming import LABEL_FIELDS, shard_name
+from .reader import human_label, tar_samples
+from .safe_files import check_name
+
+log = logging.getLogger(__name__)
+BUILT_SHARD = re.compile(r'[^-/]+-\d{6}\.tar')   # naming.shard_name's shape: another source's built shards
+
+
+class AdoptError(ValueError):
+    """What makes a set of tars unusable as a source, named with the fix."""
+
+
+@dataclass(frozen=True)
+class AdoptOptions:
+    prefix: str                                   # the folder or s3:// prefix holding the tars
+    source: str                                   # the source name the project will know them by
+    labels: Dict[str, str] = field(default_factory=dict)          # task -> 'cls' | 'json:FIELD'
+    num_classes: Dict[str, int] = field(default_factory=dict)     # task -> class count, to check indices
+    job_index: int = 0
+    num_jobs: int = 1
+    workers: int = 4                              # tars read at once (network-bound on S3)
+    retry: storage.RetryPolicy = field(default_factory=storage.RetryPolicy)
+
+    def __post_init__(self):
+        check_name(self.source, 'source name')
+        if '-' in self.source:
+            raise AdoptError(f'source name {self.source!r}: no "-" (shard names are {{source}}-{{number}}.tar)')
+        for task, where in self.labels.items():
+            check_name(task, 'task name')
+            if not LABEL_FIELDS.fullmatch(where):
+                raise AdoptError(f'label of task {task!r}: {where!r} is not "cls" (the .cls member) or '
+                                 '"json:FIELD" (a field of the .json member)')
+        if not 0 <= self.job_index < self.num_jobs:
+            raise AdoptError(f'--job-index {self.job_index} is not in 0..{self.num_jobs - 1}')
+
+
+def foreign_tars(options: AdoptOptions) -> List[str]:
+    """The tars to adopt: every ``.tar`` in the prefix but the shards this project built there, sorted."""
+    built = set(storage.list_names(storage.join(options.prefix, '_index'), options.retry)) - {options.source}
+    names = sorted(n for n in storage.list_names(options.prefix, options.retry) if n.endswith('.tar')
+                   and not (BUILT_SHARD.fullmatch(n) and n.rsplit('-', 1)[0] in built))
+    if not names:
+        missing = storage.missing_bucket(options.prefix)
+        raise missing or AdoptError(f'no .tar files in {options.prefix} to adopt')
+    for name in names:
+        if '#' in name:
+            raise AdoptError(f'{storage.join(options.prefix, name)}: "#" in a shard name is not supported; rename it')
+    return names
+
+
+def plan_of(options: AdoptOptions, files: List[str]) -> dict:
+    fingerprint = hashlib.sha256(json.dumps([files, sorted(options.labels.items())]).encode()).hexdigest()
+    return dict(adopted=dict(files=files, labels=dict(sorted(options.labels.items()))), shards=len(files),
+                num_jobs=options.num_jobs, fingerprint=fingerprint, classes={})
+
+
+def check_plan(options: AdoptOptions, plan: dict) -> None:
+    """The first job records the plan (first writer wins); every other job must agree with it."""
+    url = f'{source_folder(options.prefix, options.source)}/{BUILD_NAME}'
+    previous = load_build_info(options.prefix, options.source, options.retry)
+    if previous is None and storage.create_exclusive(url, json.dumps(plan, indent=1).encode(), options.retry):
+        return
+    previous = previous or load_build_info(options.prefix, options.source, options.retry)
+    if previous.get('fingerprint') != plan['fingerprint'] or 'adopted' not in previous:
+        raise AdoptError(f'source {options.source!r} under {options.prefix} was made from other tars or other label '
+                         'fields (or built, not adopted); use a new source name, or the same tars and --label options')
+    if previous.get('num_jobs') != options.num_jobs:
+        raise AdoptError(f'source {options.source!r} was planned for {previous.get("num_jobs")} jobs; rerun with '
+                         f'--num-jobs {previous.get("num_jobs")}')
+
+
+class _Hashing:
+    """A read-only stream that hashes and counts what passes through it."""
+
+    def __init__(self, stream):
+        self.stream, self.sha, self.bytes = stream, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.sha.update(data)
+        self.bytes += len(data)
+        return data
+
+
+def count_tar(options: AdoptOptions, number: int, name: str) -> Tuple[ShardEntry, Dict[str, int]]:
+    """Shard ``number``'s index entry (samples, bytes, sha256, human labels per task) and the count of
+    its samples without each task's label field."""
+    url = storage.join(options.prefix, name)
+
+    def once():
+        samples, labeled, unlabeled = 0, dict.fromkeys(options.labels, 0), dict.fromkeys(options.labels, 0)
+        with storage.open_read(url, options.retry) as raw:
+            stream = _Hashing(raw)
+            for sample in _samples_or_say(stream, url):
+                samples += 1
+                meta = _json_of(sample)
+                for task, where in options.labels.items():
+                    value = human_label(sample, where, meta)
+                    if value is None:
+                        unlabeled[task] += 1
+                    elif not 0 <= value < options.num_classes.get(task, value + 1):
+                        raise AdoptError(f'{url}: sample {sample["__key__"]} has {where} {value} for task {task!r}, '
+                                         f'which has {options.num_classes[task]} classes; fix the --label mapping '
+                                         'or the tasks file')
+                    else:
+                        labeled[task] += 1
+            while stream.read(1 << 20):   # the tar's end padding: the hash covers the whole file
+                pass
+        entry = ShardEntry(name=shard_name(options.source, number), source=options.source, samples=samples,
+                           bytes=stream.bytes, sha256=stream.sha.hexdigest(), tasks=labeled)
+        return entry, unlabeled
+    return storage.with_retries(once, f'adopting {url}', options.retry)
+
+
+def _samples_or_say(stream, url: str):
+    try:
+        yield from tar_samples(stream, url, own_keys=False)
+    except (tarfile.TarError, EOFError) as exc:
+        raise AdoptError(f'{url}: not a whole tar archive ({type(exc).__name__}: {exc}); download it again or '
+                         'move it out of the folder') from None
+
+
+def _json_of(sample: dict) -> Optional[dict]:
+    try:
+        meta = json.loads(sample['json']) if 'json' in sample else None
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def own_entries(options: AdoptOptions) -> Dict[str, ShardEntry]:
+    url = f'{source_folder(options.prefix, options.source)}/shards.{job_tag(options.job_index, options.num_jobs)}.parquet'
+    try:
+        return {e.name: e for e in read_part(url, options.source, options.retry)}
+    except FileNotFoundError:
+        return {}
+
+
+def adopt(options: AdoptOptions) -> dict:
+    """Count (or finish counting) this job's share of the tars; returns a summary."""
+    files = foreign_tars(options)
+    check_plan(options, plan_of(options, files))
+    mine = own_entries(options)
+    todo = [(i, f) for i, f in enumerate(files)
+            if owner_job(i, options.num_jobs) == options.job_index and shard_name(options.source, i) not in mine]
+    already = len(mine)
+    unlabeled = dict.fromkeys(options.labels, 0)
+    with ThreadPoolExecutor(max(1, options.workers)) as pool:
+        for entry, missing in pool.map(lambda job: count_tar(options, *job), todo):
+            mine[entry.name] = entry
+            for task, n in missing.items():
+                unlabeled[task] += n
+            save_job_part(options.prefix, options.source, options.job_index, options.num_jobs, list(mine.values()),
+                          options.retry)   # each finished tar counts, whatever happens next
+    labels = {task: sum(e.tasks.get(task, 0) for e in mine.values()) for task in options.labels}
+    return dict(source=options.source, job_index=options.job_index, num_jobs=options.num_jobs, tars=len(files),
+                counted_now=len(todo), already_counted=already, samples=sum(e.samples for e in mine.values()),
+                labels=labels, without_label_now=unlabeled)

@@ -1,0 +1,25 @@
+"""Tar shards as another tool writes them (webdataset's own ShardWriter, timm's .jpg + .cls + .json
+layout), for the adopt tests."""
+import json
+from pathlib import Path
+
+import webdataset as wds
+
+from helpers import write_image
+
+TARS, PER_TAR = 3, 5
+
+
+def foreign_shards(folder: Path, bad_class: bool = False) -> Path:
+    """What timm's imagenet-wds layout looks like: keys of the original file names, .cls, .json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(folder / 'train-%04d.tar'), maxcount=PER_TAR, verbose=0) as sink:
+        for i in range(TARS * PER_TAR):
+            image = write_image(folder.parent / 'src' / f'{i}.jpg', i, size=(40, 36)).read_bytes()
+            cls = 7 if bad_class and i == 6 else i % 2
+            sample = {'__key__': f'n0144_{1000 + i}', 'jpg': image, 'cls': str(cls).encode(),
+                      'json': json.dumps({'filename': f'n0144_{1000 + i}.JPEG', 'label': cls}).encode()}
+            if i == 4:
+                del sample['cls']          # a sample without the label field
+            sink.write(sample)
+    return folder

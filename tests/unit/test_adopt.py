@@ -1,0 +1,116 @@
+"""`replk-shards adopt`: tar shards another tool wrote (here webdataset's own ShardWriter, in timm's
+.jpg + .cls + .json layout) become a source without a byte of them rewritten; the stream, the
+labeling job, human-label import and validation read them by the project's keys."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adopt_fixtures import PER_TAR, TARS, foreign_shards
+from labeling.human import import_human
+from labeling.store import LabelStore
+from labeling.tasks import TaskRegistry
+from shards.adopt import AdoptError, AdoptOptions, adopt
+from shards.loader import ShardStream
+from shards.reader import iter_shard_samples
+from shards.stream import SourceSpec, StreamConfig, resolve_source
+from shards.verify import orphans, verify
+
+def digests(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob('*.tar'))}
+
+
+def options(folder: Path, **kw) -> AdoptOptions:
+    return AdoptOptions(**{**dict(prefix=str(folder), source='foreign', labels={'toy': 'cls'},
+                                  num_classes={'toy': 2}, workers=2), **kw})
+
+
+def test_adopting_writes_the_index_and_leaves_the_tars_as_they_were(tmp_path):
+    folder = foreign_shards(tmp_path / 'wds')
+    before = digests(folder)
+    summary = adopt(options(folder))
+    assert digests(folder) == before
+    assert (summary['tars'], summary['counted_now'], summary['samples']) == (TARS, TARS, TARS * PER_TAR)
+    assert summary['labels'] == {'toy': TARS * PER_TAR - 1} and summary['without_label_now'] == {'toy': 1}
+    again = adopt(options(folder))                       # a rerun counts nothing twice
+    assert (again['counted_now'], again['already_counted']) == (0, TARS)
+    assert verify(str(folder)) == [] and orphans(str(folder)) == []
+
+
+def test_adopted_samples_carry_the_projects_keys_their_own_id_and_their_labels(tmp_path):
+    folder = foreign_shards(tmp_path / 'wds')
+    adopt(options(folder))
+    src = resolve_source(SourceSpec('foreign', str(folder)))
+    assert src.names == tuple(f'foreign-{i:06d}.tar' for i in range(TARS)) and src.counts == (PER_TAR,) * TARS
+    samples = list(iter_shard_samples(src.urls[1], 0, PER_TAR))
+    assert [s['__key__'] for s in samples] == [f'foreign/000001/{p:06d}' for p in range(PER_TAR)]
+    meta = [json.loads(s['json']) for s in samples]
+    assert [m['id'] for m in meta] == [f'n0144_{1000 + PER_TAR + p}' for p in range(PER_TAR)]
+    assert [m['labels'] for m in meta] == [{'toy': (PER_TAR + p) % 2} for p in range(PER_TAR)]
+
+    stream = ShardStream([SourceSpec('foreign', str(folder))], StreamConfig(batch_size=5, shuffle_buffer=3),
+                         lambda img: torch.zeros(1), rank=0, world_size=1, workers=1)
+    keys = [k for batch in stream for k in batch['key']]
+    assert sorted(keys) == sorted(f'foreign/{s:06d}/{p:06d}' for s in range(TARS) for p in range(PER_TAR))
+
+
+def test_human_labels_of_adopted_shards_import_and_validate_by_the_projects_keys(tmp_path):
+    folder = foreign_shards(tmp_path / 'wds')
+    adopt(options(folder))
+    tasks = tmp_path / 'tasks.json'
+    tasks.write_text(json.dumps({'toy': ['even', 'odd']}))
+    store = LabelStore(str(tmp_path / 'labels'), TaskRegistry.from_json(str(tasks)))
+    assert import_human(store, str(folder), ['toy']) == {'toy': TARS * PER_TAR - 1}
+    rows = store.read_part('toy', 'foreign-000000').to_pydict()
+    assert rows['key'] == [f'foreign/000000/{p:06d}' for p in range(PER_TAR) if p != 4]
+    assert rows['idx'] == [[p % 2] for p in range(PER_TAR) if p != 4]
+    assert store.validate('toy', shards=str(folder)) == []
+
+
+def test_a_class_index_out_of_range_is_one_error_naming_the_sample(tmp_path):
+    folder = foreign_shards(tmp_path / 'wds', bad_class=True)
+    with pytest.raises(AdoptError, match=r'train-0001\.tar: sample n0144_1006 has cls 7 for task .toy., which has 2 '
+                                         r'classes'):
+        adopt(options(folder, workers=1))
+
+
+def test_jobs_split_the_tars_and_must_agree_on_the_plan(tmp_path):
+    folder = foreign_shards(tmp_path / 'wds')
+    first = adopt(options(folder, job_index=0, num_jobs=2))
+    second = adopt(options(folder, job_index=1, num_jobs=2))
+    assert (first['counted_now'], second['counted_now']) == (2, 1)
+    assert resolve_source(SourceSpec('foreign', str(folder))).samples == TARS * PER_TAR
+    with pytest.raises(AdoptError, match='planned for 2 jobs'):
+        adopt(options(folder, job_index=0, num_jobs=3))
+    with pytest.raises(AdoptError, match='other tars or other label fields'):
+        adopt(AdoptOptions(prefix=str(folder), source='foreign', labels={'toy': 'json:label'}, num_jobs=2))
+
+
+def test_a_labeling_job_labels_adopted_shards_under_the_projects_shard_names(tmp_path):
+    from labeling.config import load_job_config
+    from labeling.job import run_job
+    from labeling_fixtures import job_config, timm_teacher_spec, tiny_timm_weights
+
+    folder = foreign_shards(tmp_path / 'wds')
+    adopt(options(folder))
+    cfg = job_config(tmp_path, str(folder), str(tmp_path / 'store'),
+                     [timm_teacher_spec(tiny_timm_weights(tmp_path / 'w.safetensors'))])
+    config = json.loads(cfg.read_text())
+    config['sources'] = [dict(name='foreign', url=str(folder))]
+    cfg.write_text(json.dumps(config))
+    summary = run_job(load_job_config(str(cfg)), progress=False)
+    assert (summary['committed'], summary['images']) == (TARS, TARS * PER_TAR)
+    store = LabelStore(str(tmp_path / 'store'), TaskRegistry.from_json(str(tmp_path / 'tasks.json')))
+    assert sorted(store.manifest('toy', reload=True)['parts']) == [f'foreign-{i:06d}' for i in range(TARS)]
+    assert store.validate('toy', shards=str(folder)) == []
+
+
+def test_adopted_shards_get_perceptual_hashes_for_decontamination(tmp_path):
+    from shards.hashes import hash_source, shards_without_hashes
+    folder = foreign_shards(tmp_path / 'wds')
+    adopt(options(folder))
+    assert shards_without_hashes(str(folder), 'foreign') == [f'foreign-{i:06d}.tar' for i in range(TARS)]
+    assert hash_source(str(folder), 'foreign') == TARS
+    assert shards_without_hashes(str(folder), 'foreign') == []
