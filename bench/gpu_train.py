@@ -81,10 +81,10 @@ def _time(step, device, micro_batch: int, steps: int) -> dict:
 
 
 def ours(micro_batch: int, size: int, steps: int, tiny: bool, workers: int) -> dict:
+    from pretrain.apps.tiny_data import make_megadata, megadata_overrides
     from pretrain.config import load_config
     from pretrain.distributed import init_distributed
     from pretrain.engine import Trainer
-    from pretrain.apps.tiny_data import make_megadata, megadata_overrides
 
     tmp = tempfile.mkdtemp(prefix='replk-gputrain-')
     per_source = max(32, (WARMUP + steps) * micro_batch // 2)  # the measured steps stay in one epoch

@@ -72,8 +72,8 @@ def measure(classes: int, images: int, per_shard: int, tmp: Path) -> dict:
 
 
 def _part_bytes(store, task, first_key, rows):
-    from shards.naming import shard_stem_of_key
     from shards import storage
+    from shards.naming import shard_stem_of_key
     record = store.write_part(task, shard_stem_of_key(first_key), rows, kind='teacher', teacher=BENCH_TEACHER)
     return storage.read_bytes(f'{store.root}/labels/{task}/{record["file"]}')
 

@@ -153,7 +153,7 @@ def whole_step(impl: str, batch: int, size: int, steps: int, device, tiny: bool)
     out = dict(ms_per_step=round(ms, 2), images_per_s=round(batch / (ms / 1e3), 1), peak_gb=peak)
     if lk_impl == 'auto':
         out['auto_ran'] = lk_choice.decisions()
-    del model, opt, forward
+    model = opt = forward = None   # frees them for the next implementation (step() closes over the names)
     return out
 
 
@@ -238,6 +238,7 @@ def main(argv=None) -> dict:
                     help='also record the winners in pretrain/models/lk_conv_measured.json (the override table)')
     args = ap.parse_args(argv)
     import torch
+
     from pretrain.models.lk_choice import card_identity
     if args.cpu_dry_run:
         device, dtype = torch.device('cpu'), torch.float32

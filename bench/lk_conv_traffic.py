@@ -120,6 +120,7 @@ def passes(algorithm: str):
 def report(k: int, hw: int, dtype: str = 'bf16') -> list:
     """One row per algorithm and pass at one layer shape (kernel ``k`` on ``hw`` x ``hw`` maps)."""
     import torch
+
     from pretrain.models import lk_conv
     torch_dtype = dict(bf16=torch.bfloat16, fp32=torch.float32)[dtype]
     algorithms = ['direct'] + (['toeplitz'] if lk_conv.toeplitz_fits(hw, hw) else [])

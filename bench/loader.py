@@ -167,7 +167,8 @@ def main(argv=None) -> dict:
     full = results['full']
     headline = dict(bench='loader', metric='samples/s/core', ours=round(full['ours'], 1),
                     peer=round(full['peer'], 1), ratio=round(full['ratio'], 3),
-                    modes={m: {k: round(v, 3 if k in ('ratio', 'low', 'high') else 1) for k, v in r.items()} for m, r in results.items()},
+                    modes={m: {k: round(v, 3 if k in ('ratio', 'low', 'high') else 1) for k, v in r.items()}
+                           for m, r in results.items()},
                     config=dict(images=args.images, photo_size=args.photo_size, turns=args.turns, blocks=args.blocks,
                                batch=BATCH))
     print(json.dumps(headline))

@@ -110,9 +110,9 @@ def main(argv=None) -> dict:
     ap.add_argument('--parts', type=int, nargs='+', default=[1000, 10000])
     args = ap.parse_args(argv)
     import pytest
+    from store_counting import CountingStorage
 
     from shards.s3server import LocalS3
-    from store_counting import CountingStorage
     rows = []
     with tempfile.TemporaryDirectory() as tmp, LocalS3(tmp) as s3:
         bucket = s3.make_bucket('bench')

@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+from pretrain.apps.tiny_data import make  # noqa: E402
 from pretrain.config import load_config, task_classes  # noqa: E402
 from pretrain.distributed import init_distributed  # noqa: E402
 from pretrain.ds_config import deepspeed_config  # noqa: E402
 from pretrain.engine import Trainer, build_model, build_optimizer, param_groups  # noqa: E402
 from pretrain.loss import multitask_loss  # noqa: E402
-from pretrain.apps.tiny_data import make  # noqa: E402
 
 MODEL = {'kernel_sizes': [13, 7], 'depths': [1, 2], 'channels': [32, 64], 'small_kernel': 5}
 
@@ -123,7 +123,9 @@ def main(argv=None) -> dict:
                     ratio=round(ours / bare, 3), config=dict(image_size=args.image_size,
                                                              micro_batch=args.micro_batch, steps=args.steps))
     if args.compile:
-        compiled = ours_rate(load_config('configs/tiny_cpu.json', sets + ['train.compile=inductor', f'checkpoint.dir={run_dir}-compiled']), env, device, args.steps)
+        compiled_cfg = load_config('configs/tiny_cpu.json',
+                                   sets + ['train.compile=inductor', f'checkpoint.dir={run_dir}-compiled'])
+        compiled = ours_rate(compiled_cfg, env, device, args.steps)
         print(f'{"ours, train.compile=inductor":42} {compiled:8.1f} images/s')
         headline['compiled'] = dict(images_per_s=round(compiled, 1), ratio_to_eager=round(compiled / ours, 3))
     if device.type == 'cuda':

@@ -10,7 +10,6 @@ import torch
 
 from shards import storage
 from shards.common.launcher import read_dist_env
-
 from shards.helpformat import HelpFormatter, command_name
 
 from .store import LabelError, LabelStore
@@ -82,7 +81,8 @@ def _report(args) -> int:
     if args.shards:
         from shards.index import ShardIndex
         totals = {src: t['samples'] for src, t in ShardIndex.load(args.shards).totals().items()}
-    summary = write_report(LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args)), args.task, args.out,
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args))
+    summary = write_report(store, args.task, args.out,
                            totals)
     print(json.dumps(summary, indent=1))
     return 0

@@ -11,6 +11,7 @@ from shards.typed import build
 
 from .teachers import TeacherSpec
 
+
 @dataclass(frozen=True)
 class JobConfig:
     task: str

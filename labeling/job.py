@@ -26,9 +26,9 @@ from shards.stream import ResolvedSource, resolve_source
 from .class_map import human_index_map
 from .commits import labels_this_content
 from .config import JobConfig
+from .device_decode import decode_batch
 from .store import LabelStore, Row
 from .tasks import TaskRegistry
-from .device_decode import decode_batch
 from .teachers import Ensemble, Preprocess, load_teacher
 
 log = logging.getLogger(__name__)

@@ -38,8 +38,18 @@ from shards.naming import shard_stem_of_key
 from shards.parquet_bytes import table_from_bytes, table_to_bytes
 from shards.safe_files import check_name
 
-from .commits import (COMMIT_SUFFIX, KINDS, PARTS_TABLE_TTL_S, LabelError, commit_name, parse_commit_name,
-                      parts_to_parquet, read_parts_table, shard_fingerprint, winning_record)
+from .commits import (
+    COMMIT_SUFFIX,
+    KINDS,
+    PARTS_TABLE_TTL_S,
+    LabelError,
+    commit_name,
+    parse_commit_name,
+    parts_to_parquet,
+    read_parts_table,
+    shard_fingerprint,
+    winning_record,
+)
 from .tasks import Task, TaskRegistry
 
 log = logging.getLogger(__name__)

@@ -146,7 +146,7 @@ def _timm_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
 def _export_teacher(spec: TeacherSpec, num_classes: int, class_names: Optional[Sequence[str]] = None) -> Teacher:
     """A model this project trained and exported: everything (architecture, shape, form, classes,
     input size, crop, statistics) comes from the export's config.json."""
-    from pretrain.models.checkpoint import export_meta, load_exported   # the pure model library
+    from pretrain.models.checkpoint import export_meta, load_exported  # the pure model library
 
     folder = Path(spec.path)
     file = folder / 'model.safetensors' if folder.is_dir() else folder

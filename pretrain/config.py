@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
-
 from shards.safe_files import check_name
 from shards.typed import ConfigError, build  # noqa: F401  (re-exported: the loaders share one builder)
 
@@ -57,7 +56,7 @@ class DataConfig:
     label_store: Optional[str] = None
     """labels/{task}/... root; None: human labels from shard metadata"""
     labels_refresh: bool = False
-    """at a resume, train on the store's labels as they are now (each changed task logged and recorded) instead of those the run started with"""
+    """at a resume, train on the store's labels as they are now (each changed task logged and recorded) instead of those the run started with"""  # noqa: E501  (one line: the README reference)
     image_size: int = 224
     """training and evaluation input size"""
     mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -161,7 +160,7 @@ class TrainConfig:
     ema_decay: Optional[float] = None
     """EMA of the weights (the paper's momentum 1e-4 = 0.9999)"""
     compile: Literal['none', 'inductor'] = 'none'
-    """inductor: the model compiled inside the DeepSpeed engine (training and evaluation; BatchNorm and elementwise ops fuse), large-kernel algorithms decided by one eager forward first"""
+    """inductor: the model compiled inside the DeepSpeed engine (training and evaluation; BatchNorm and elementwise ops fuse), large-kernel algorithms decided by one eager forward first"""  # noqa: E501
 
 
 @dataclass

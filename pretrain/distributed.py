@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Mapping, Optional, TypeVar
 
 import torch
 

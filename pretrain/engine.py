@@ -11,7 +11,6 @@ import torch.distributed as dist
 from torch import nn
 
 import pretrain.models  # noqa: F401  (registers RepLKNet with timm)
-
 from labeling.tasks import TaskRegistry
 from shards.loader import ResumableLoader, ShardStream
 from shards.plan import EpochTooShort, seed_global_rngs
@@ -20,14 +19,14 @@ from shards.transforms import DeviceNormalize, train_transform
 
 from .batchnorm import apply_sync_bn, average_running_stats
 from .config import ModelConfig, OptimConfig, RunConfig, task_classes
-from .ds_config import deepspeed_config
 from .distributed import DistEnv
-from .labels import LabelJoiner, human_label_maps, shard_facts
+from .ds_config import deepspeed_config
 from .evaluation import EvalSpec, evaluate_model, to_model_input, transform_config
+from .labels import LabelJoiner, human_label_maps, shard_facts
 from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
-from .train_state import ModuleWeights, Part, RngState
 from .models import RepLKNet, TaskLinears
+from .train_state import ModuleWeights, Part, RngState
 
 log = logging.getLogger(__name__)
 

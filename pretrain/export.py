@@ -56,8 +56,8 @@ def single_task_model(cfg: RunConfig, task: str, state: dict):
 
 
 def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False, trust_pickle: bool = False) -> dict:
-    from .weights import consolidate_run
     from .checkpoint import committed_tags, load_part
+    from .weights import consolidate_run
 
     cfg = build(RunConfig, json.loads((Path(run_dir) / 'config.json').read_text()), '')
     tags = committed_tags(run_dir)

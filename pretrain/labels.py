@@ -10,14 +10,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from labeling.class_map import human_index_map
 from labeling.commits import LabelError
 from labeling.store import LabelStore
-from labeling.class_map import human_index_map
 from labeling.tasks import Task, TaskRegistry
 from shards import storage
 from shards.naming import shard_stem, shard_stem_of_key
 from shards.stream import ResolvedSource
-
 
 ShardFacts = Dict[str, Tuple[str, int]]   # shard stem -> (its sha256 in the index, the positions its keys index)
 

@@ -19,15 +19,13 @@ import torch
 if __package__ in (None, ''):  # run as a script by a launcher: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from labeling.tasks import TaskRegistry  # noqa: E402
 from pretrain import checkpoint  # noqa: E402
 from pretrain.config import ConfigError, RunConfig, check_launch, load_config, to_dict  # noqa: E402
-from pretrain.console import (eval_line, log_to_file, save_traceback, setup_logging, startup_summary,  # noqa: E402
-                              step_line)
+from pretrain.console import eval_line, log_to_file, save_traceback, setup_logging, startup_summary, step_line  # noqa: E402
 from pretrain.distributed import init_distributed, main_rank_decides, read_dist_env, tell_launcher  # noqa: E402
 from pretrain.ds_config import check_deepspeed_keys  # noqa: E402
-from pretrain.labels import (check_labels_match_shards, check_store_tasks, human_label_maps,  # noqa: E402
-                             label_coverage, warn_unlabeled_sources)
-from labeling.tasks import TaskRegistry  # noqa: E402
+from pretrain.labels import check_labels_match_shards, check_store_tasks, human_label_maps, label_coverage, warn_unlabeled_sources  # noqa: E402
 from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
 from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest, signal_number  # noqa: E402
 from pretrain.resume_changes import check_resume_changes  # noqa: E402
@@ -51,7 +49,8 @@ def parse_args(argv=None, doc: str = __doc__, module: str = 'pretrain.run') -> a
     p.add_argument('--set', action='append', default=[], metavar='SECTION.FIELD=VALUE',
                    help='override a config value (JSON value; repeatable)')
     p.add_argument('--debug', action='store_true', help='show full tracebacks of user errors')
-    p.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)   # set by the deepspeed launcher
+    # set by the deepspeed launcher
+    p.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 

@@ -6,7 +6,8 @@ state and interleave ``metrics.jsonl``. Rank 0 takes ``{run}/LEASE`` by exclusiv
 (first writer wins on local and shared disks, and on S3: ``storage.create_exclusive``), naming its
 host and pid, and renews a heartbeat in it; a lease whose owner on this host is no longer running,
 or whose heartbeat is older than ``checkpoint.lease_timeout_s`` (an owner on another host: a lost
-node), belonged to a trainer that was killed and is taken over. Before each checkpoint the owner checks that the lease is still its own.
+node), belonged to a trainer that was killed and is taken over. Before each checkpoint the owner checks
+that the lease is still its own.
 """
 from __future__ import annotations
 

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from . import storage
-from .index import (BUILD_NAME, ShardEntry, job_tag, load_build_info, owner_job, read_part, save_job_part,
-                    source_folder)
+from .index import BUILD_NAME, ShardEntry, job_tag, load_build_info, owner_job, read_part, save_job_part, source_folder
 from .naming import LABEL_FIELDS, shard_name
 from .reader import human_label, tar_samples
 from .safe_files import check_name

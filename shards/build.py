@@ -33,8 +33,18 @@ from tqdm import tqdm
 from . import storage
 from .hashes import SampleHash, save_segment
 from .images import BadImage, check_and_normalize, to_rgb
-from .index import (BUILD_NAME, ShardEntry, load_build_info, load_source, owner_job, read_part, read_skipped,
-                    save_job_part, source_folder, job_tag)
+from .index import (
+    BUILD_NAME,
+    ShardEntry,
+    job_tag,
+    load_build_info,
+    load_source,
+    owner_job,
+    read_part,
+    read_skipped,
+    save_job_part,
+    source_folder,
+)
 from .inputs import Item
 from .naming import sample_key, shard_name
 from .perceptual import image_hashes, to_hex

@@ -12,10 +12,10 @@ from .build import BuildOptions, build
 from .common.tasks_file import class_names
 from .decontaminate import MAX_JOINT, MAX_PHASH, decontaminate, report_url
 from .hashes import hash_source
+from .helpformat import HelpFormatter, command_name
 from .index import ShardIndex, list_sources, load_source, migrate_legacy
 from .inputs import InputError, filelist_items, imagefolder_items, unlabeled_items
 from .verify import orphans, verify
-from .helpformat import HelpFormatter, command_name
 
 
 def _build(args) -> int:

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import auto_augment
-
-from .images import UndecodedJpeg
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
 from torchvision import transforms as T
+
+from .images import UndecodedJpeg
 
 
 def _rotate_matrix(degrees: float, w: int, h: int) -> np.ndarray:

@@ -14,8 +14,16 @@ from . import plan as P
 from .exclusions import load as load_exclusions
 from .images import BadImage
 from .reader import iter_shard_samples
-from .stream import (CorruptCounter, check_shards_present, SourceSpec, StreamConfig, collate, decode_sample, resolve_source,
-                     source_stream)
+from .stream import (
+    CorruptCounter,
+    SourceSpec,
+    StreamConfig,
+    check_shards_present,
+    collate,
+    decode_sample,
+    resolve_source,
+    source_stream,
+)
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1

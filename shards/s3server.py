@@ -10,8 +10,8 @@ other users of the machine (locking them needs mTLS certificates): not for share
 """
 from __future__ import annotations
 
-import os
 import json
+import os
 import random
 import secrets
 import shutil

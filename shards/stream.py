@@ -16,8 +16,8 @@ from braceexpand import braceexpand
 
 from . import plan as P
 from . import storage
-from .images import BadImage, decode_or_defer, image_part
 from .exclusions import Exclusions, kept_to_raw
+from .images import BadImage, decode_or_defer, image_part
 from .index import INDEX_DIR, entry_url, incomplete_message, load_source_and_plan, planned_but_missing
 from .naming import shard_source, split_adopted
 from .reader import iter_shard_samples

@@ -12,8 +12,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from timm.data import auto_augment
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, auto_augment, create_transform
 from timm.data.random_erasing import RandomErasing
 
 from .composed_augment import compose

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import webdataset as wds
-
 from helpers import write_image
 
 TARS, PER_TAR = 3, 5

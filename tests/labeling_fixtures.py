@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import torch
-
 from helpers import write_image
+
 from shards.build import BuildOptions, build
 from shards.inputs import Item
 

@@ -50,7 +50,8 @@ class CountingStorage:
             self.ops['HEAD'] += 1
             return real['exists'](url, *a, **k)
 
-        for name, fn in dict(list_names=list_names, list_details=list_details, read_bytes=read_bytes, read_many=read_many, exists=exists,
+        for name, fn in dict(list_names=list_names, list_details=list_details, read_bytes=read_bytes, read_many=read_many,
+                             exists=exists,
                              write_bytes_atomic=counted_put('write_bytes_atomic'),
                              create_exclusive=counted_put('create_exclusive')).items():
             monkeypatch.setattr(storage, name, fn)

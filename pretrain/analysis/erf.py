@@ -26,6 +26,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 import torch
 from PIL import Image
+
 from shards.helpformat import HelpFormatter, command_name
 from shards.safe_files import add_trust_pickle_argument
 

@@ -97,7 +97,8 @@ def plot(maps: dict, path: Path, title: str) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog=command_name('pretrain.analysis.kernels'), description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=command_name('pretrain.analysis.kernels'), description=__doc__,
+                                formatter_class=HelpFormatter)
     p.add_argument('--model', required=True)
     p.add_argument('--checkpoint')
     p.add_argument('--layer', help='module name (default: the first large-kernel conv of the last stage)')
@@ -117,7 +118,8 @@ def main(argv=None) -> dict:
     for key, a in maps.items():
         np.save(out / f'{args.model}_{name}_{"merged" if "small" in key else "large"}.npy', a)
     plot(maps, out / f'{args.model}_kernels.png', f'{args.model} {name}')
-    summary = dict(model=args.model, layer=name, maps=list(maps), center_weight={k: float(a[a.shape[0] // 2, a.shape[1] // 2]) for k, a in maps.items()})
+    summary = dict(model=args.model, layer=name, maps=list(maps),
+                   center_weight={k: float(a[a.shape[0] // 2, a.shape[1] // 2]) for k, a in maps.items()})
     print(json.dumps(summary))
     return summary
 

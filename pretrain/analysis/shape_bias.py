@@ -24,6 +24,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 from PIL import Image
+
 from shards.helpformat import HelpFormatter, command_name
 from shards.safe_files import add_trust_pickle_argument
 
@@ -110,7 +111,8 @@ def evaluate(model, images: List[Path], mapping, size: int, mean, std, batch: in
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog=command_name('pretrain.analysis.shape_bias'), description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=command_name('pretrain.analysis.shape_bias'), description=__doc__,
+                                formatter_class=HelpFormatter)
     p.add_argument('--model', action='append', required=True)
     p.add_argument('--checkpoint', action='append', default=[], metavar='MODEL=PATH')
     p.add_argument('--model-kwargs', action='append', default=[], metavar='MODEL=JSON')

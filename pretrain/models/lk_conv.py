@@ -14,8 +14,13 @@ import torch
 
 try:
     import triton
-    from .lk_conv_kernels import (depthwise_fwd_kernel, depthwise_toeplitz_fwd_kernel, depthwise_toeplitz_wgrad_kernel,
-                                  depthwise_wgrad_kernel)
+
+    from .lk_conv_kernels import (
+        depthwise_fwd_kernel,
+        depthwise_toeplitz_fwd_kernel,
+        depthwise_toeplitz_wgrad_kernel,
+        depthwise_wgrad_kernel,
+    )
 except ImportError:  # triton is optional; 'native' needs none of this module
     triton = None
 
@@ -90,7 +95,8 @@ def triton_supported(device: torch.device) -> bool:
 def check_inputs(x: torch.Tensor, weight: torch.Tensor) -> None:
     """Clear errors for what the kernels do not do, instead of wrong numbers."""
     if not triton_supported(x.device):
-        raise RuntimeError(f"the Triton depthwise convolution needs a CUDA device (or TRITON_INTERPRET=1 set before it is imported, on CPU), "
+        raise RuntimeError("the Triton depthwise convolution needs a CUDA device (or TRITON_INTERPRET=1 set before it is "
+                           f"imported, on CPU), "
                            f"got a tensor on {x.device}{'' if triton is not None else ' and triton is not installed'}")
     if x.dim() != 4 or weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[0] != x.shape[1]:
         raise ValueError(f'depthwise convolution needs x [N, C, H, W] and weight [C, 1, k, k]; '

@@ -9,13 +9,20 @@ transitions in a separate list and the head at the top level;
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
-from torch import nn
 from timm.layers import DropPath
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
+from torch import nn
 
-from .layers import (ConvNorm, LargeKernelConvFactory, ReparamLargeKernelConv, depthwise_conv2d,
-                     fold_bn_into_following_linear, fold_bn_into_following_pointwise, is_bn)
+from .layers import (
+    ConvNorm,
+    LargeKernelConvFactory,
+    ReparamLargeKernelConv,
+    depthwise_conv2d,
+    fold_bn_into_following_linear,
+    fold_bn_into_following_pointwise,
+    is_bn,
+)
 from .lk_impl import lk_conv_factory
 
 NumClasses = Union[int, Dict[str, int]]

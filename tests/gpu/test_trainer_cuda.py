@@ -1,9 +1,9 @@
 """GPU tier: configs/xl_megadata.json through our Trainer on one GPU (nccl, world size 1), as the
 main command runs it: ZeRO-2, bf16 autocast inside the engine, channels-last inputs."""
 import pytest
+from trainer_probe import run_probe
 
 from pretrain.apps.tiny_data import make_megadata, megadata_overrides
-from trainer_probe import run_probe
 
 pytestmark = pytest.mark.gpu
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO_ROOT
+
 from pretrain.apps.demo_report import fmt, stats
 
 pytestmark = pytest.mark.multiprocess

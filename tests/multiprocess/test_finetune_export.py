@@ -5,10 +5,9 @@ import sys
 import pytest
 import timm
 import torch
+from test_pretrain_run import overrides, tiny, torchrun  # noqa: F401, F811  (tiny: the shared fixture)
 
 import pretrain.models  # noqa: F401  (registers RepLKNet with timm)
-
-from test_pretrain_run import overrides, tiny, torchrun  # noqa: F401, F811  (tiny: the shared fixture)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -48,9 +47,9 @@ def test_pretrain_finetune_evaluate_export_and_load_through_timm(tiny, tmp_path,
     loaded = timm.create_model('replknet_31b', pretrained=True, num_classes=4, **kwargs,
                                pretrained_cfg_overlay=dict(file=str(out / 'model.safetensors'), num_classes=4)).eval()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
-    from pretrain.weights import consolidate_run
-    from pretrain.export import single_task_model
     from pretrain.config import RunConfig, build
+    from pretrain.export import single_task_model
+    from pretrain.weights import consolidate_run
     cfg = build(RunConfig, json.loads((ft / 'config.json').read_text()), '')
     trained, _ = single_task_model(cfg, 'shape', consolidate_run(str(ft)))
     x = torch.randn(4, 3, 48, 48)

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO_ROOT
 
 pytestmark = pytest.mark.multiprocess

@@ -1,15 +1,15 @@
 """A labeling job killed at any moment resumes to the same store as an uninterrupted run."""
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-
 from labeling_fixtures import job_config, timm_teacher_spec, tiny_timm_weights, toy_shards
+
 from labeling.store import LabelStore
 from labeling.tasks import TaskRegistry
 

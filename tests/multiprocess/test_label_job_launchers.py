@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from labeling_fixtures import job_config, timm_teacher_spec, tiny_timm_weights, toy_shards
 
 pytestmark = pytest.mark.multiprocess
@@ -22,14 +21,16 @@ def label(config, **variables) -> dict:
 
 def test_a_job_run_directly_in_a_slurm_batch_script_labels_every_shard(tmp_path):
     shards = toy_shards(tmp_path, n=16, per_shard=4)
-    cfg = job_config(tmp_path, shards, str(tmp_path / 'store'), [timm_teacher_spec(tiny_timm_weights(tmp_path / 'w.safetensors'))])
+    teacher = timm_teacher_spec(tiny_timm_weights(tmp_path / 'w.safetensors'))
+    cfg = job_config(tmp_path, shards, str(tmp_path / 'store'), [teacher])
     summary = label(cfg, SLURM_JOB_ID='77', SLURM_PROCID='0', SLURM_NTASKS='4', SLURM_LOCALID='0')
     assert (summary['job_index'], summary['num_jobs'], summary['committed']) == (0, 1, 4)
 
 
 def test_a_slurm_step_task_labels_its_share(tmp_path):
     shards = toy_shards(tmp_path, n=16, per_shard=4)
-    cfg = job_config(tmp_path, shards, str(tmp_path / 'store'), [timm_teacher_spec(tiny_timm_weights(tmp_path / 'w.safetensors'))])
+    teacher = timm_teacher_spec(tiny_timm_weights(tmp_path / 'w.safetensors'))
+    cfg = job_config(tmp_path, shards, str(tmp_path / 'store'), [teacher])
     summary = label(cfg, SLURM_JOB_ID='77', SLURM_PROCID='1', SLURM_NTASKS='4', SLURM_STEP_NUM_TASKS='2',
                     SLURM_LOCALID='1')
     assert (summary['job_index'], summary['num_jobs'], summary['committed']) == (1, 2, 2)

@@ -1,9 +1,9 @@
 """A labeling job reading its shards from S3 survives a dropped connection: the SeaweedFS server
 behind a proxy that cuts shard downloads mid-body."""
 import pytest
-
 from flaky_proxy import DroppingProxy
 from labeling_fixtures import job_config, timm_teacher_spec, tiny_timm_weights, toy_shards
+
 from labeling.config import load_job_config
 from labeling.job import run_job
 from shards import storage

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import BIN_DIR, REPO_ROOT
 
 pytestmark = pytest.mark.multiprocess

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import BIN_DIR, REPO_ROOT, free_tcp_port
+
 from pretrain.apps.tiny_data import make
 
 pytestmark = pytest.mark.multiprocess
@@ -335,6 +335,7 @@ def test_a_second_trainer_on_a_run_folder_is_refused_and_a_killed_ones_lease_is_
 
 def test_corrupt_samples_in_the_metrics_are_summed_over_every_rank(tiny, tmp_path, free_port, launch):
     import shutil
+
     from helpers import rewrite_tar_member
     shards = tmp_path / 'shards'
     shutil.copytree(tiny['shards'], shards)

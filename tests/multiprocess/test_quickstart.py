@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import BIN_DIR, REPO_ROOT, write_image
 from labeling_fixtures import labels_against_teacher_forward
 

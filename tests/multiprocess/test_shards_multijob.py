@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-
 from helpers import REPO_ROOT, write_image
+
 from shards import storage
 from shards.build import BuildOptions, build
 from shards.index import ShardIndex

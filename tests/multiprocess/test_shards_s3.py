@@ -152,6 +152,7 @@ def test_the_local_server_answers_only_its_own_run_keys(s3_server, s3_prefix):
 
 def test_adopt_tars_another_tool_wrote_to_s3_and_stream_them(tmp_path, s3_prefix, capsys):
     import json as json_
+
     from adopt_fixtures import PER_TAR, TARS, foreign_shards
     prefix = f'{s3_prefix}/wds'
     for tar in sorted(foreign_shards(tmp_path / 'wds').glob('*.tar')):

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_pretrain_run import overrides, torchrun
 
 from pretrain.apps.tiny_data import make
-from test_pretrain_run import overrides, torchrun
 
 pytestmark = pytest.mark.multiprocess
 
@@ -45,6 +45,7 @@ def test_trainer_talks_once_and_a_resume_keeps_one_row_per_step(tiny, tmp_path, 
 ])
 def test_a_user_error_is_one_line_without_traceback(tiny, tmp_path, override, message):
     import subprocess
+
     from helpers import REPO_ROOT
     proc = subprocess.run([sys.executable, 'pretrain/run.py', '--config', 'configs/tiny_cpu.json',
                            *overrides(tiny, tmp_path / 'run', override)], cwd=REPO_ROOT, capture_output=True,

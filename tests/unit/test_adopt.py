@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from adopt_fixtures import PER_TAR, TARS, foreign_shards
+
 from labeling.human import import_human
 from labeling.store import LabelStore
 from labeling.tasks import TaskRegistry
@@ -17,6 +17,7 @@ from shards.loader import ShardStream
 from shards.reader import iter_shard_samples
 from shards.stream import SourceSpec, StreamConfig, resolve_source
 from shards.verify import orphans, verify
+
 
 def digests(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob('*.tar'))}
@@ -89,9 +90,10 @@ def test_jobs_split_the_tars_and_must_agree_on_the_plan(tmp_path):
 
 
 def test_a_labeling_job_labels_adopted_shards_under_the_projects_shard_names(tmp_path):
+    from labeling_fixtures import job_config, timm_teacher_spec, tiny_timm_weights
+
     from labeling.config import load_job_config
     from labeling.job import run_job
-    from labeling_fixtures import job_config, timm_teacher_spec, tiny_timm_weights
 
     folder = foreign_shards(tmp_path / 'wds')
     adopt(options(folder))

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from helpers import write_image
+
 from pretrain.analysis import erf, kernels, shape_bias
 from pretrain.models import RepLKNet
 

@@ -4,8 +4,8 @@ lacks and the job that owns them; the stream refuses an incomplete source unless
 import logging
 
 import pytest
-
 from helpers import write_image
+
 from shards import cli
 from shards.build import BuildOptions, build
 from shards.index import ShardIndex, missing_shards

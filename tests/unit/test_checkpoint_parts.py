@@ -4,11 +4,11 @@ an error naming it."""
 import json
 
 import pytest
+from trainer_probe import run_probe
 
 from pretrain import checkpoint
 from pretrain.apps.tiny_data import make
 from pretrain.train_state import Part, RngState
-from trainer_probe import run_probe
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +26,8 @@ def test_checkpoint_restores_every_registered_part(tiny, tmp_path):
     assert report['restored'] == {name: True for name in report['parts'] + ['model']}
     marker = json.loads((tmp_path / 'run' / 'ckpt' / 'step-3' / 'COMMITTED').read_text())
     assert marker['parts'] == {'counters': {'per_rank': True, 'version': 1}, 'ema': {'per_rank': False, 'version': 1},
-                               'labels': {'per_rank': False, 'version': 1}, 'loader': {'per_rank': True, 'version': 1}, 'rng': {'per_rank': True, 'version': 1}}
+                               'labels': {'per_rank': False, 'version': 1}, 'loader': {'per_rank': True, 'version': 1},
+                               'rng': {'per_rank': True, 'version': 1}}
 
 
 def test_a_part_the_checkpoint_lacks_is_an_error_naming_it(tmp_path):

@@ -13,7 +13,8 @@ from sklearn.datasets import load_sample_images
 
 from shards.build import BuildOptions, build
 from shards.cli import main as cli
-from shards.exclusions import kept_to_raw, load as load_exclusions
+from shards.exclusions import kept_to_raw
+from shards.exclusions import load as load_exclusions
 from shards.hashes import load_hashes
 from shards.index import source_folder
 from shards.inputs import Item

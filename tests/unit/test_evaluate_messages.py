@@ -4,7 +4,6 @@ without a name; data without human labels is an error, not an empty result with 
 import json
 
 import pytest
-import torch
 
 from pretrain.apps.tiny_data import make
 from pretrain.evaluate import main as evaluate

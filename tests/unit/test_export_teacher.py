@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
-
 from helpers import write_image
 from labeling_fixtures import labels_against_teacher_forward
+
 from labeling.config import JobConfig
 from labeling.job import run_job
 from labeling.teachers import TeacherSpec, load_teacher
@@ -69,6 +69,7 @@ def test_the_stored_labels_are_the_teachers_forward_at_its_trained_size(teacher_
 def test_a_timm_teacher_naming_a_project_model_loads_in_a_fresh_process(teacher_export):
     import subprocess
     import sys
+
     from helpers import REPO_ROOT
     meta = json.loads((teacher_export / 'export' / 'config.json').read_text())
     kwargs = dict(meta['model_kwargs'], reparam=meta['form'])

@@ -78,11 +78,12 @@ def test_an_export_of_another_architecture_is_refused(exported):
 
 
 def test_evaluate_and_erf_read_an_export_folder(exported, tmp_path):
+    from helpers import write_image
+
     from pretrain.analysis.erf import build as erf_model
     from pretrain.evaluate import main as evaluate
     from shards.build import BuildOptions, build
     from shards.inputs import Item
-    from helpers import write_image
     file, _, x, _ = exported
     items = [Item(str(write_image(tmp_path / f'{i}.jpg', i, size=(48, 40))), f'{i:03d}', {'pets': i % 2})
              for i in range(6)]

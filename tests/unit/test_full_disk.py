@@ -1,8 +1,8 @@
 """A full disk while building shards or writing labels: one line naming where, no partial files left,
 and finished work kept. On a real small filesystem (a tmpfs; mounting one needs root)."""
 import pytest
-
 from helpers import write_image
+
 from labeling import cli as label_cli
 from shards import cli as shards_cli
 

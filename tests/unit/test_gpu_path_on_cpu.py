@@ -1,12 +1,12 @@
 """The GPU run's code paths that have a CPU meaning, run on CPU: channels-last, bf16 autocast inside
 the DeepSpeed engine, the DeepSpeed config a GPU run gets, host syncs per step, BN modes."""
 import pytest
+from trainer_probe import run_probe
 
+from pretrain.apps.tiny_data import make, make_megadata, megadata_overrides
 from pretrain.batchnorm import node_rank_lists
 from pretrain.config import ConfigError, load_config
 from pretrain.ds_config import deepspeed_config
-from pretrain.apps.tiny_data import make, make_megadata, megadata_overrides
-from trainer_probe import run_probe
 
 TINY = 'configs/tiny_cpu.json'
 XL = 'configs/xl_megadata.json'

@@ -7,9 +7,9 @@ import subprocess
 import tarfile
 
 import pytest
+from helpers import write_image
 from PIL import Image
 
-from helpers import write_image
 from shards import build as build_module
 from shards import storage
 from shards.build import BuildOptions, build

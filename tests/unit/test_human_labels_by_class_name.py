@@ -2,8 +2,8 @@
 order gets the right labels (they used to flip silently), other classes or another count are an
 error before anything is written or trained."""
 import pytest
-
 from helpers import write_image
+
 from labeling.human import import_human
 from labeling.store import LabelStore
 from labeling.tasks import TaskRegistry

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from labeling_fixtures import job_config, timm_teacher_spec, tiny_hf_teacher, tiny_timm_weights, toy_shards
+
 from labeling.cli import main as cli
 from labeling.config import load_job_config
 from labeling.job import assign_shards, run_job

@@ -6,8 +6,8 @@ import logging
 import shutil
 
 import pytest
-
 from helpers import write_image
+
 from labeling.human import import_human
 from labeling.store import LabelError, LabelStore, Row
 from labeling.tasks import Task, TaskRegistry

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # compiles ~24 kernels; the same torch and triton pins in `make lower-bounds`

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 import torch
-
 from helpers import REPO_ROOT
+
 from pretrain.config import load_config
 from pretrain.engine import build_model
 from pretrain.models import RepLKNet, lk_choice, lk_conv, lk_impl

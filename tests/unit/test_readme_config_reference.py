@@ -1,5 +1,6 @@
 """The README's run config reference is the one generated from the typed config sections."""
 from helpers import REPO_ROOT
+
 from pretrain.config_reference import reference
 
 

@@ -218,8 +218,8 @@ def test_batches_count_their_replaced_samples_and_a_truncated_shard_is_named(two
     batches = list(loader(two_sources, rank=0, workers=0, max_corrupt_fraction=0.5))
     assert sum(b['corrupt'] for b in batches) >= 1 and all('corrupt' in b for b in batches)
     from shards.reader import iter_shard_samples
-    from shards.stream import decode_sample
     from shards.storage import DEFAULT_RETRY
+    from shards.stream import decode_sample
     path = f'{two_sources}/unl-000001.tar'
     open(path, 'wb').write(open(path, 'rb').read()[:3000])
     missing = [s for s in iter_shard_samples(path, 0, 3, DEFAULT_RETRY) if s.get('__missing__')]
@@ -257,10 +257,10 @@ def test_one_retry_budget_covers_a_whole_shard_read(two_sources, monkeypatch):
 
 
 def test_batches_of_pillow_images_stack_channels_last_with_the_same_values():
+    from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
 
     from shards.stream import stack_images
-    from PIL import Image
     rng = np.random.default_rng(0)
     images = [pil_to_tensor(Image.fromarray(rng.integers(0, 255, (6, 5, 3), dtype=np.uint8))) for _ in range(4)]
     batch = stack_images(images)

@@ -4,9 +4,9 @@ import logging
 
 import pytest
 
+from pretrain.apps.tiny_data import make
 from pretrain.config import TaskConfig
 from pretrain.labels import check_store_tasks, label_coverage, warn_unlabeled_sources
-from pretrain.apps.tiny_data import make
 from shards.stream import SourceSpec
 
 

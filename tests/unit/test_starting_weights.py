@@ -2,10 +2,10 @@
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_official_checkpoint import CFG, NUM_CLASSES, official_state_dict
 
 from pretrain.models import RepLKNet
 from pretrain.weights import load_initial_weights
-from test_official_checkpoint import CFG, NUM_CLASSES, official_state_dict
 
 TINY = {k: v for k, v in CFG.items() if k != 'dw_ratio'}
 

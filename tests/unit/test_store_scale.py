@@ -6,11 +6,11 @@ import hashlib
 import math
 
 import pytest
+from store_counting import S3_LIST_PAGE, CountingStorage
 
 from labeling.store import COMMIT_SUFFIX, LabelStore, commit_name, teacher_id
 from labeling.tasks import TaskRegistry
 from pretrain.labels import check_store_tasks
-from store_counting import S3_LIST_PAGE, CountingStorage
 
 
 def synthetic_store(root, parts: int, legacy: bool = False) -> LabelStore:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from labeling_fixtures import TINY_VIT
 
 from labeling.store import LabelStore
 from labeling.tasks import TaskRegistry
 from labeling.teachers import TeacherSpec, load_teacher
-from labeling_fixtures import TINY_VIT
 from pretrain import checkpoint
 from pretrain.config import ConfigError, load_config
 from pretrain.models import RepLKNet
@@ -70,6 +70,7 @@ def test_timm_teacher_refuses_a_code_running_pickle(evil):
 
 def test_the_documented_official_checkpoint_route_reads_the_file_with_our_loader_not_timms(evil):
     import timm
+
     import pretrain.models  # noqa: F401  (registers RepLKNet)
     path, marker = evil
     with pytest.raises(UnsafeFileError, match=r'weights\.pth: refusing to unpickle it: it names io\.open'):
@@ -146,6 +147,7 @@ def test_our_rng_states_round_trip_through_the_safe_loader(tmp_path):
     import random
 
     import numpy as np
+
     from pretrain.train_state import RngState
     from shards.safe_files import load_torch_file
     torch.save(RngState().state_dict(), tmp_path / 'rng.pt')
@@ -252,6 +254,7 @@ def class_rewriting_checkpoint(path: Path) -> None:
 
 def test_a_checkpoint_that_rewrites_an_allowed_class_is_refused(tmp_path):
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
+
     from shards.safe_files import check_checkpoint_folder
     folder = tmp_path / 'ckpt'
     folder.mkdir()
