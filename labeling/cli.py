@@ -9,7 +9,7 @@ import sys
 import torch
 
 from shards import storage
-from shards.common.launcher import read_dist_env
+from shards.common.launcher import gpu_index, read_dist_env
 from shards.helpformat import HelpFormatter, command_name
 
 from .store import LabelError, LabelStore
@@ -30,7 +30,7 @@ def _run(args) -> int:
     # Jobs (e.g. a SLURM array) x processes per job (one per GPU): each slot labels its own shards.
     job_index, num_jobs = args.job_index * world + rank, args.num_jobs * world
     device = torch.device(args.device) if args.device else (
-        torch.device('cuda', local) if torch.cuda.is_available() else torch.device('cpu'))
+        torch.device('cuda', gpu_index(local, torch.cuda.device_count())) if torch.cuda.is_available() else torch.device('cpu'))
     if device.type == 'cuda':
         torch.cuda.set_device(device)  # else every process opens a context (and allocates) on GPU 0
     summary = run_job(cfg, job_index, num_jobs, device, progress=not args.no_progress, retry=retry_policy(args))
@@ -129,8 +129,7 @@ def main(argv=None) -> int:
         print(f'error: {exc}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print('interrupted (Ctrl-C): the shards committed so far are kept; rerun the same command to label the rest',
-              file=sys.stderr)
+        print('interrupted (Ctrl-C): what was committed is kept; rerun the same command to continue', file=sys.stderr)
         return 130
 
 

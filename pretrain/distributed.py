@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Optional, TypeVar
 
 import torch
 
-from shards.common.launcher import DistEnv, export_for_torch, read_dist_env  # noqa: F401  (re-exported)
+from shards.common.launcher import DistEnv, export_for_torch, gpu_index, read_dist_env  # noqa: F401  (re-exported)
 
 T = TypeVar('T')
 
@@ -26,8 +26,9 @@ def _free_port() -> int:
 def device_for(env: DistEnv) -> torch.device:
     """One accelerator per local rank where there is one; the CPU otherwise."""
     if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank)
-        return torch.device('cuda', env.local_rank)
+        device = torch.device('cuda', gpu_index(env.local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+        return device
     return torch.device('cpu')
 
 

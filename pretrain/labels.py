@@ -24,8 +24,7 @@ ShardFacts = Dict[str, Tuple[str, int]]   # shard stem -> (its sha256 in the ind
 def shard_facts(sources: Sequence[ResolvedSource]) -> ShardFacts:
     """What the join checks a shard's labels against: the content the index lists, and how many
     build positions its keys can name (a skipped input keeps its position: keys are not contiguous)."""
-    return {shard_stem(url.rsplit('/', 1)[1]): (sha, n)
-            for src in sources for url, sha, n in zip(src.urls, src.sha256, src.positions)}
+    return {shard_stem(name): (sha, n) for src in sources for name, sha, n in zip(src.names, src.sha256, src.positions)}
 
 
 class LabelJoiner:
@@ -99,10 +98,10 @@ def human_label_maps(tasks: Dict[str, object], sources: Sequence[ResolvedSource]
             raise ValueError(f'tasks.{name}.num_classes={task_cfg.num_classes} but the tasks file names '
                              f'{task.num_classes} classes ({list(task.class_names)[:6]}...)')
         for src in sources:
-            for url, built in zip(src.urls, src.classes):
+            for shard, built in zip(src.names, src.classes):
                 mapping = human_index_map(task, built.get(name), f'source {src.name}')
                 if mapping:
-                    out.setdefault(shard_stem(url.rsplit('/', 1)[1]), {})[name] = mapping
+                    out.setdefault(shard_stem(shard), {})[name] = mapping
     return out
 
 

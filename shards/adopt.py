@@ -132,7 +132,7 @@ def count_tar(options: AdoptOptions, number: int, name: str) -> Tuple[ShardEntry
                     value = human_label(sample, where, meta)
                     if value is None:
                         unlabeled[task] += 1
-                    elif not 0 <= value < options.num_classes.get(task, value + 1):
+                    elif value >= options.num_classes.get(task, value + 1):   # negatives read as no label
                         raise AdoptError(f'{url}: sample {sample["__key__"]} has {where} {value} for task {task!r}, '
                                          f'which has {options.num_classes[task]} classes; fix the --label mapping '
                                          'or the tasks file')

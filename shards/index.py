@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import pyarrow as pa
 
 from . import storage
-from .naming import adopted_url, shard_name, shard_stem
+from .naming import LABEL_FIELDS, adopted_url, shard_name, shard_stem
 from .parquet_bytes import table_from_bytes, table_to_bytes
 from .safe_files import check_name
 
@@ -182,11 +182,15 @@ def entry_url(prefix: str, entry: 'ShardEntry', plan: Optional[dict]) -> str:
     adopted = (plan or {}).get('adopted')
     if not adopted:
         return storage.join(prefix, entry.name)
-    number = int(entry.stem.rsplit('-', 1)[1])
-    file_name = check_name(adopted['files'][number], f'adopted shard file in {source_folder(prefix, entry.source)}')
-    if '#' in file_name:
-        raise IndexError_(f'adopted shard file {file_name!r}: "#" is not allowed in a shard name')
-    return adopted_url(storage.join(prefix, file_name), entry.source, number, adopted.get('labels', {}))
+    where = f'{source_folder(prefix, entry.source)}/{BUILD_NAME}'
+    number, files, labels = int(entry.stem.rsplit('-', 1)[1]), adopted.get('files') or [], adopted.get('labels') or {}
+    if not 0 <= number < len(files):
+        raise IndexError_(f'{where} lists {len(files)} adopted tars; the index names shard {entry.name}: adopt again')
+    file_name = check_name(files[number], f'adopted shard file in {where}')
+    bad = [f'{t}={w}' for t, w in labels.items() if not (isinstance(w, str) and LABEL_FIELDS.fullmatch(w))]
+    if '#' in file_name or bad:   # a name from storage is data
+        raise IndexError_(f'{where}: unusable adopted entry ({file_name!r}, labels {bad}); adopt again')
+    return adopted_url(storage.join(prefix, file_name), entry.source, number, labels)
 
 
 def planned_but_missing(source: str, entries: Dict[str, 'ShardEntry'], build_info: Optional[dict]

@@ -60,7 +60,7 @@ class ShardStream(IterableDataset):
     def _check_exclusions_apply(self) -> None:
         """A list that names none of this stream's shards is the wrong list, not an empty one."""
         removed = {src.name: sum(len(x) for x in src.excluded) for src in self.sources}
-        ours = {u.rsplit('/', 1)[1] for src in self.sources for u in src.urls}
+        ours = {name for src in self.sources for name in src.names}
         if self.exclusions.by_shard and not ours & set(self.exclusions.by_shard):
             raise ValueError(f'exclusion list {self.exclusions.url} (made for sources '
                              f'{", ".join(self.exclusions.sources())}) names none of the shards of '
@@ -137,8 +137,8 @@ def content_digest(src) -> str:
     """One hash of a source's shard names and their sha256 in the index: what a resume continues on."""
     import hashlib
     h = hashlib.sha256()
-    for url, sha in zip(src.urls, src.sha256):
-        h.update(f'{url.rsplit("/", 1)[1]}={sha}\n'.encode())
+    for name, sha in zip(src.names, src.sha256):
+        h.update(f'{name}={sha}\n'.encode())
     return h.hexdigest()[:16]
 
 

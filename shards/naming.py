@@ -54,6 +54,8 @@ def split_member(name: str) -> Tuple[str, str]:
 # ``{source}/{shard:06d}/{position:06d}`` whatever the tar's own keys (kept as the sample's id).
 ADOPTED_MARK = '#'
 LABEL_FIELDS = re.compile(r'cls|json:[A-Za-z0-9_.-]+')
+# What adopted_url appends: a folder named "exp#2" stays part of a path, not an adopted shard.
+ADOPTED_FRAGMENT = re.compile(r'[^/#;=]+/\d{6}(;[^/#;=]+=(?:cls|json:[A-Za-z0-9_.-]+))*')
 
 
 def adopted_url(file_url: str, source: str, shard: int, labels: Dict[str, str]) -> str:
@@ -64,8 +66,8 @@ def adopted_url(file_url: str, source: str, shard: int, labels: Dict[str, str]) 
 def split_adopted(url: str) -> Tuple[str, Optional[str], Dict[str, str]]:
     """(the file's URL, the key prefix ``source/shard`` or None for a shard this project built,
     {task: where its human label is})."""
-    file_url, mark, fragment = url.partition(ADOPTED_MARK)
-    if not mark:
+    file_url, mark, fragment = url.rpartition(ADOPTED_MARK)
+    if not mark or not ADOPTED_FRAGMENT.fullmatch(fragment):
         return url, None, {}
     key_prefix, *fields = fragment.split(';')
     return file_url, key_prefix, dict(field.split('=', 1) for field in fields)

@@ -70,7 +70,8 @@ def tar_samples(stream, url: str = '', max_member_bytes: int = MAX_MEMBER_BYTES,
 
 
 def human_label(sample: dict, where: str, foreign_meta: Optional[dict]) -> Optional[int]:
-    """The integer class an adopted sample's ``.cls`` member or JSON field holds, or None."""
+    """The class an adopted sample's ``.cls`` member or JSON field holds, or None (absent, not an
+    integer, or negative: tools write -1 for "no label")."""
     if where == 'cls':
         raw = sample.get('cls')
         value = raw.decode('utf-8', 'replace').strip() if isinstance(raw, bytes) else raw
@@ -79,9 +80,10 @@ def human_label(sample: dict, where: str, foreign_meta: Optional[dict]) -> Optio
         for step in where.split(':', 1)[1].split('.'):
             value = value.get(step) if isinstance(value, dict) else None
     try:
-        return int(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
+        number = int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is not None and number >= 0 else None   # -1 and the like: "no label"
 
 
 def as_project_sample(sample: dict, key_prefix: str, position: int, labels: Dict[str, str]) -> dict:
@@ -138,8 +140,10 @@ def iter_shard_samples(url: str, first: int = 0, count: Optional[int] = None,
 
 def member_keys(url: str, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> set:
     """The sample keys of a shard, from its tar headers (member data is skipped, not decoded); an
-    adopted shard's as the project names them (``source/shard/position``)."""
-    file_url, key_prefix, _ = split_adopted(url)
+    adopted shard's as its readers name them (``source/shard/position``), from the reader itself:
+    a tar another tool wrote can group its members in ways only webdataset's grouping counts right."""
+    if split_adopted(url)[1] is not None:
+        return {sample['__key__'] for sample in iter_shard_samples(url, retry=retry)}
 
     def keys(stream, _delivered: int):
         with tarfile.open(fileobj=stream, mode='r|') as tar:
@@ -148,11 +152,4 @@ def member_keys(url: str, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) ->
                     yield split_member(info.name)[0]
                 tar.members = []  # stream mode keeps every header otherwise
 
-    found = storage.resumable_items(file_url, keys, retry, fatal=TRUNCATED)
-    if key_prefix is None:
-        return set(found)
-    samples, previous = 0, None
-    for key in found:   # webdataset makes a sample of each run of members with one key
-        if key != previous and not META.match(key):
-            samples, previous = samples + 1, key
-    return {f'{key_prefix}/{position:06d}' for position in range(samples)}
+    return set(storage.resumable_items(url, keys, retry, fatal=TRUNCATED))

@@ -108,6 +108,7 @@ def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
             raise ValueError(f'source {spec.name!r}: {len(missing)} shards are not in the index under {prefix} '
                              f'(incomplete or absent), e.g. {missing[0]}')
         entries = [listed[u.rsplit('/', 1)[1]] for u in urls]
+        urls = [entry_url(prefix, e, plans.get(e.source)) for e in entries]   # an adopted shard: its own file
     else:
         prefix = spec.url.rstrip('/')
         listed, plan = load_source_and_plan(prefix, spec.name, retry)

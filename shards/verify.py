@@ -11,7 +11,7 @@ from . import storage
 from .images import IMAGE_EXTS, BadImage, decode_rgb
 from .index import INDEX_DIR, ShardIndex
 from .naming import split_adopted, split_member
-from .reader import REFUSED, tar_members
+from .reader import REFUSED, tar_members, tar_samples
 
 
 def _check_samples(shard: str, members: Dict[str, Dict[str, bytes]], faults: List[str], adopted: bool) -> None:
@@ -53,11 +53,8 @@ def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storag
             faults.append(f'{entry.name}: {len(data)} bytes, index says {entry.bytes}')
         if hashlib.sha256(data).hexdigest() != entry.sha256:
             faults.append(f'{entry.name}: sha256 differs from the index')
-        members: Dict[str, Dict[str, bytes]] = {}
         try:
-            for member in tar_members(io.BytesIO(data), entry.name, own_keys=not adopted):   # headers judged first
-                key, ext = split_member(member['fname'])
-                members.setdefault(key, {})[ext] = member['data']
+            members = adopted_samples(data, entry.name) if adopted else own_samples(data, entry.name)
         except (tarfile.TarError, EOFError, OSError) as exc:
             faults.append(f'{entry.name}: not a whole tar archive ({type(exc).__name__}: {exc})')
             continue
@@ -70,6 +67,22 @@ def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storag
         if decode:
             _check_samples(entry.name, members, faults, adopted)
     return faults
+
+
+def own_samples(data: bytes, shard: str) -> Dict[str, Dict[str, bytes]]:
+    """{key: {extension: bytes}} of a shard this project built (its keys are unique)."""
+    members: Dict[str, Dict[str, bytes]] = {}
+    for member in tar_members(io.BytesIO(data), shard):   # each judged by its header first
+        key, ext = split_member(member['fname'])
+        members.setdefault(key, {})[ext] = member['data']
+    return members
+
+
+def adopted_samples(data: bytes, shard: str) -> Dict[str, Dict[str, bytes]]:
+    """{"position:key": {extension: bytes}} of another tool's tar, grouped as its readers group it
+    (webdataset: a run of members with one key is a sample, whatever other runs share the key)."""
+    return {f'{position}:{sample["__key__"]}': {k: v for k, v in sample.items() if k not in ('__key__', '__url__')}
+            for position, sample in enumerate(tar_samples(io.BytesIO(data), shard, own_keys=False))}
 
 
 def orphans(prefix: str, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[str]:

@@ -201,8 +201,17 @@ def toeplitz_band(weight: torch.Tensor, width: int, pitch: int, flip: bool = Fal
     cols = torch.arange(pitch, device=weight.device)
     kw = cols[:, None] - cols[None, :] + k // 2                     # [w_in, w_out]
     inside = (kw >= 0) & (kw < k) & (cols[:, None] < width) & (cols[None, :] < width)
-    band = taps[:, :, kw.clamp(0, k - 1)]                            # [C, k, pitch, pitch]
-    return torch.where(inside, band, torch.zeros((), dtype=band.dtype, device=band.device)).contiguous()
+    band = taps[:, :, kw.clamp(0, k - 1)]                            # [C, k, pitch, pitch], a new tensor
+    return band.masked_fill_(~inside, 0).contiguous()
+
+
+def check_toeplitz_offsets(x: torch.Tensor, k: int, pitch: int) -> None:
+    """The planar copy and the band are indexed with 32 bits too: both must stay under 2**31 elements."""
+    n, c, h, _ = x.shape
+    planar, band = n * c * triton.cdiv(h * pitch, 16) * 16, c * k * pitch * pitch
+    if max(planar, band) >= MAX_ELEMENTS:
+        raise ValueError(f"algorithm 'toeplitz' on x {tuple(x.shape)}: its planar copy ({planar} elements) or band "
+                         f'({band}) reaches 2**31, past 32-bit offsets; split the batch or use the direct algorithm')
 
 
 def run_toeplitz_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -211,6 +220,7 @@ def run_toeplitz_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     k = weight.shape[-1]
     tile = toeplitz_tile(w)
     pitch = tile['WPAD']
+    check_toeplitz_offsets(x, k, pitch)
     xp, band, y = to_planar(x, pitch), toeplitz_band(weight, w, pitch, flip), empty_output(x)
     grid = (c, triton.cdiv(n, tile['BLOCK_N']), triton.cdiv(h * pitch, tile['BLOCK_S']))
     depthwise_toeplitz_fwd_kernel[grid](
@@ -271,6 +281,7 @@ def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_s
     if algorithm == 'toeplitz':
         part = empty_partials((1, k, k, c), x.device)
         tile = toeplitz_wgrad_tile(w)
+        check_toeplitz_offsets(x, k, tile['WPAD'])
         xp, dyp = to_planar(x, tile['WPAD']), to_planar(grad_out, tile['WPAD'])
         depthwise_toeplitz_wgrad_kernel[(c, k)](
             xp, dyp, part, n, c, h, xp.stride(0), xp.stride(1), dyp.stride(0), dyp.stride(1), K=k,

@@ -72,3 +72,14 @@ def export_for_torch(env: DistEnv, environ=os.environ) -> None:
     environ.setdefault('RANK', str(env.rank))
     environ.setdefault('WORLD_SIZE', str(env.world_size))
     environ.setdefault('LOCAL_RANK', str(env.local_rank))
+
+
+def gpu_index(local_rank: int, visible_gpus: int) -> int:
+    """The GPU of this process: its local rank, or the only GPU it sees (a launcher that binds one
+    GPU per task, as ``srun --gpus-per-task=1`` does, leaves each process GPU 0)."""
+    if visible_gpus == 1:
+        return 0
+    if local_rank >= visible_gpus:
+        raise ValueError(f'local rank {local_rank} but {visible_gpus} GPUs visible: launch at most one process per GPU '
+                         '(or bind one GPU to each, e.g. srun --gpus-per-task=1)')
+    return local_rank

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from adopt_fixtures import PER_TAR, TARS, foreign_shards
+from helpers import write_image
 
 from labeling.human import import_human
 from labeling.store import LabelStore
@@ -116,3 +117,49 @@ def test_adopted_shards_get_perceptual_hashes_for_decontamination(tmp_path):
     assert shards_without_hashes(str(folder), 'foreign') == [f'foreign-{i:06d}.tar' for i in range(TARS)]
     assert hash_source(str(folder), 'foreign') == TARS
     assert shards_without_hashes(str(folder), 'foreign') == []
+
+
+def test_the_training_join_checks_adopted_shards_by_their_index_names(tmp_path):
+    from pretrain.labels import shard_facts
+    folder = foreign_shards(tmp_path / 'wds')
+    adopt(options(folder))
+    src = resolve_source(SourceSpec('foreign', str(folder)))
+    facts = shard_facts([src])
+    assert sorted(facts) == [f'foreign-{i:06d}' for i in range(TARS)]
+    assert facts['foreign-000001'] == (src.sha256[1], PER_TAR)
+
+
+def test_a_brace_list_of_adopted_shards_reads_their_own_files(tmp_path):
+    folder = foreign_shards(tmp_path / 'wds')
+    adopt(options(folder))
+    src = resolve_source(SourceSpec('foreign', f'{folder}/foreign-{{000001..000002}}.tar'))
+    assert src.counts == (PER_TAR, PER_TAR)
+    assert [s['__key__'] for s in iter_shard_samples(src.urls[0], 0, 1)] == ['foreign/000001/000000']
+
+
+def test_a_hash_sign_in_a_folder_name_is_part_of_the_path(tmp_path):
+    from labeling_fixtures import toy_shards
+    shards = toy_shards(tmp_path / 'exp#2', n=4, per_shard=4)
+    src = resolve_source(SourceSpec('toy', shards))
+    assert [s['__key__'] for s in iter_shard_samples(src.urls[0], 0, 4)] == [f'toy/000000/{i:06d}' for i in range(4)]
+
+
+def test_a_tar_that_repeats_a_key_apart_and_writes_minus_one_for_no_label_counts_as_its_readers_do(tmp_path):
+    import io
+    import tarfile
+
+    from shards.reader import member_keys
+    folder = tmp_path / 'odd'
+    folder.mkdir()
+    image = write_image(tmp_path / 'a.jpg', 1).read_bytes()
+    with tarfile.open(folder / 'odd.tar', 'w') as tar:
+        for name, data in (('a.jpg', image), ('a.cls', b'1'), ('b.jpg', image), ('b.cls', b'-1'), ('a.jpg', image),
+                           ('a.cls', b'0')):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    summary = adopt(options(folder))
+    assert (summary['samples'], summary['labels'], summary['without_label_now']) == (3, {'toy': 2}, {'toy': 1})
+    assert verify(str(folder)) == []
+    src = resolve_source(SourceSpec('foreign', str(folder)))
+    assert member_keys(src.urls[0]) == {f'foreign/000000/{p:06d}' for p in range(3)}

@@ -52,3 +52,11 @@ def test_a_plain_process_is_rank_0_of_1_and_exports_what_torch_reads():
     environ = {}
     export_for_torch(read_dist_env({'SLURM_PROCID': '2', 'SLURM_STEP_NUM_TASKS': '4', 'SLURM_LOCALID': '0'}), environ)
     assert environ == {'RANK': '2', 'WORLD_SIZE': '4', 'LOCAL_RANK': '0'}
+
+
+def test_each_process_gets_its_gpu_or_the_only_one_it_sees():
+    from shards.common.launcher import gpu_index
+    assert gpu_index(3, 8) == 3
+    assert gpu_index(3, 1) == 0            # srun --gpus-per-task=1: every task sees its own GPU as 0
+    with pytest.raises(ValueError, match='local rank 4 but 4 GPUs visible'):
+        gpu_index(4, 4)
