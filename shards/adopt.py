@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from . import storage
-from .index import BUILD_NAME, ShardEntry, job_tag, load_build_info, owner_job, read_part, save_job_part, source_folder
+from .index import ShardEntry, job_tag, owner_job, read_part, record_plan, save_job_part, source_folder
 from .naming import LABEL_FIELDS, shard_name
 from .reader import human_label, tar_samples
 from .safe_files import check_name
@@ -90,11 +90,9 @@ def plan_of(options: AdoptOptions, files: List[str]) -> dict:
 
 def check_plan(options: AdoptOptions, plan: dict) -> None:
     """The first job records the plan (first writer wins); every other job must agree with it."""
-    url = f'{source_folder(options.prefix, options.source)}/{BUILD_NAME}'
-    previous = load_build_info(options.prefix, options.source, options.retry)
-    if previous is None and storage.create_exclusive(url, json.dumps(plan, indent=1).encode(), options.retry):
+    previous = record_plan(options.prefix, options.source, plan, options.retry)
+    if previous is None:
         return
-    previous = previous or load_build_info(options.prefix, options.source, options.retry)
     if previous.get('fingerprint') != plan['fingerprint'] or 'adopted' not in previous:
         raise AdoptError(f'source {options.source!r} under {options.prefix} was made from other tars or other label '
                          'fields (or built, not adopted); use a new source name, or the same tars and --label options')

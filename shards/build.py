@@ -34,14 +34,13 @@ from . import storage
 from .hashes import SampleHash, save_segment
 from .images import BadImage, check_and_normalize, to_rgb
 from .index import (
-    BUILD_NAME,
     ShardEntry,
     job_tag,
-    load_build_info,
     load_source,
     owner_job,
     read_part,
     read_skipped,
+    record_plan,
     save_job_part,
     source_folder,
 )
@@ -234,12 +233,9 @@ def _fingerprint(plan: List[List[Item]]) -> str:
 def check_build(options: BuildOptions, build_info: dict) -> None:
     """Every job of a source builds the same plan with the same encoding: the first job's
     parameters are recorded (first writer wins), the others must match them."""
-    url = f'{source_folder(options.prefix, options.source)}/{BUILD_NAME}'
-    previous = load_build_info(options.prefix, options.source, options.retry)
+    previous = record_plan(options.prefix, options.source, build_info, options.retry)
     if previous is None:
-        if storage.create_exclusive(url, json.dumps(build_info, indent=1).encode(), options.retry):
-            return
-        previous = load_build_info(options.prefix, options.source, options.retry)
+        return
     if previous['fingerprint'] != build_info['fingerprint']:
         raise ValueError(f'source {options.source!r} under {options.prefix} was built from other inputs or '
                          'shard sizes; resuming would mix two plans. Use a new source name or prefix.')

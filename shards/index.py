@@ -174,6 +174,19 @@ def load_build_info(prefix: str, source: str, policy: storage.RetryPolicy = stor
         return (legacy or {}).get('builds', {}).get(source)
 
 
+def record_plan(prefix: str, source: str, plan: dict, policy: storage.RetryPolicy = storage.DEFAULT_RETRY
+                ) -> Optional[dict]:
+    """Record a source's plan (``build.json``) if none is: the first writer wins. Returns the plan
+    recorded before (for the caller to compare with its own), or None when this one was recorded."""
+    previous = load_build_info(prefix, source, policy)
+    if previous is None:
+        if storage.create_exclusive(f'{source_folder(prefix, source)}/{BUILD_NAME}', json.dumps(plan, indent=1).encode(),
+                                    policy):
+            return None
+        previous = load_build_info(prefix, source, policy)
+    return previous
+
+
 def entry_url(prefix: str, entry: 'ShardEntry', plan: Optional[dict]) -> str:
     """The URL readers pass to ``reader.iter_shard_samples`` for a shard of the index: the shard
     beside the index, under its own name or, for an adopted source (``plan['adopted']``:
