@@ -82,6 +82,38 @@ def foreign_tars(options: AdoptOptions) -> List[str]:
     return names
 
 
+def declared_sizes(options: AdoptOptions, files: List[str]) -> Dict[str, Tuple[int, str]]:
+    """{tar: (samples, the file that says so)} from the size files other tools write beside their
+    tars: ``sizes.json`` ({tar name: samples}, OpenCLIP / webdataset) and img2dataset's
+    ``{stem}_stats.json`` ("successes": the samples its tar holds). The pass counts anyway; these
+    are checked against the count, so a truncated download or a stale file is named, not trusted."""
+    present = set(storage.list_names(options.prefix, options.retry))
+    declared: Dict[str, Tuple[int, str]] = {}
+    if 'sizes.json' in present:
+        sizes = _json_file(storage.join(options.prefix, 'sizes.json'), options.retry)
+        declared.update({f: (int(sizes[f]), 'sizes.json') for f in files if isinstance(sizes, dict) and f in sizes})
+    for f in files:
+        stats_name = f'{f[:-len(".tar")]}_stats.json'
+        if stats_name in present:
+            stats = _json_file(storage.join(options.prefix, stats_name), options.retry)
+            if isinstance(stats, dict) and isinstance(stats.get('successes'), int):
+                declared[f] = (stats['successes'], stats_name)
+    return declared
+
+
+def _json_file(url: str, retry: storage.RetryPolicy):
+    try:
+        return json.loads(storage.read_bytes(url, retry))
+    except ValueError as exc:
+        raise AdoptError(f'{url} is not valid JSON ({exc}); fix or remove it') from None
+
+
+def check_declared(url: str, counted: int, declared: Optional[Tuple[int, str]]) -> None:
+    if declared is not None and declared[0] != counted:
+        raise AdoptError(f'{url} holds {counted} samples but {declared[1]} says {declared[0]}: a truncated download or '
+                         f'a stale {declared[1]}; download the tar again, or fix or remove {declared[1]}')
+
+
 def plan_of(options: AdoptOptions, files: List[str]) -> dict:
     fingerprint = hashlib.sha256(json.dumps([files, sorted(options.labels.items())]).encode()).hexdigest()
     return dict(adopted=dict(files=files, labels=dict(sorted(options.labels.items()))), shards=len(files),
@@ -114,9 +146,10 @@ class _Hashing:
         return data
 
 
-def count_tar(options: AdoptOptions, number: int, name: str) -> Tuple[ShardEntry, Dict[str, int]]:
+def count_tar(options: AdoptOptions, number: int, name: str, declared: Optional[Tuple[int, str]] = None
+              ) -> Tuple[ShardEntry, Dict[str, int]]:
     """Shard ``number``'s index entry (samples, bytes, sha256, human labels per task) and the count of
-    its samples without each task's label field."""
+    its samples without each task's label field; ``declared``: the samples a size file says it holds."""
     url = storage.join(options.prefix, name)
 
     def once():
@@ -138,6 +171,7 @@ def count_tar(options: AdoptOptions, number: int, name: str) -> Tuple[ShardEntry
                         labeled[task] += 1
             while stream.read(1 << 20):   # the tar's end padding: the hash covers the whole file
                 pass
+        check_declared(url, samples, declared)
         entry = ShardEntry(name=shard_name(options.source, number), source=options.source, samples=samples,
                            bytes=stream.bytes, sha256=stream.sha.hexdigest(), tasks=labeled)
         return entry, unlabeled
@@ -172,13 +206,14 @@ def adopt(options: AdoptOptions) -> dict:
     """Count (or finish counting) this job's share of the tars; returns a summary."""
     files = foreign_tars(options)
     check_plan(options, plan_of(options, files))
+    declared = declared_sizes(options, files)
     mine = own_entries(options)
     todo = [(i, f) for i, f in enumerate(files)
             if owner_job(i, options.num_jobs) == options.job_index and shard_name(options.source, i) not in mine]
     already = len(mine)
     unlabeled = dict.fromkeys(options.labels, 0)
     with ThreadPoolExecutor(max(1, options.workers)) as pool:
-        for entry, missing in pool.map(lambda job: count_tar(options, *job), todo):
+        for entry, missing in pool.map(lambda job: count_tar(options, *job, declared.get(job[1])), todo):
             mine[entry.name] = entry
             for task, n in missing.items():
                 unlabeled[task] += n

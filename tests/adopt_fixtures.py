@@ -9,10 +9,10 @@ from helpers import write_image
 TARS, PER_TAR = 3, 5
 
 
-def foreign_shards(folder: Path, bad_class: bool = False) -> Path:
+def foreign_shards(folder: Path, bad_class: bool = False, pattern: str = 'train-%04d.tar') -> Path:
     """What timm's imagenet-wds layout looks like: keys of the original file names, .cls, .json."""
     folder.mkdir(parents=True, exist_ok=True)
-    with wds.ShardWriter(str(folder / 'train-%04d.tar'), maxcount=PER_TAR, verbose=0) as sink:
+    with wds.ShardWriter(str(folder / pattern), maxcount=PER_TAR, verbose=0) as sink:
         for i in range(TARS * PER_TAR):
             image = write_image(folder.parent / 'src' / f'{i}.jpg', i, size=(40, 36)).read_bytes()
             cls = 7 if bad_class and i == 6 else i % 2

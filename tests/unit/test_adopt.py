@@ -163,3 +163,22 @@ def test_a_tar_that_repeats_a_key_apart_and_writes_minus_one_for_no_label_counts
     assert verify(str(folder)) == []
     src = resolve_source(SourceSpec('foreign', str(folder)))
     assert member_keys(src.urls[0]) == {f'foreign/000000/{p:06d}' for p in range(3)}
+
+
+def test_size_files_other_tools_wrote_are_checked_against_the_count(tmp_path):
+    # img2dataset: 00000.tar beside 00000_stats.json ("successes") and 00000.parquet
+    folder = foreign_shards(tmp_path / 'img2dataset', pattern='%05d.tar')
+    for i in range(TARS):
+        (folder / f'{i:05d}_stats.json').write_text(json.dumps({'count': PER_TAR + 2, 'successes': PER_TAR}))
+        (folder / f'{i:05d}.parquet').write_bytes(b'not read')
+    assert adopt(options(folder))['samples'] == TARS * PER_TAR
+
+    stale = foreign_shards(tmp_path / 'stale', pattern='%05d.tar')
+    (stale / '00001_stats.json').write_text(json.dumps({'successes': PER_TAR + 1}))
+    with pytest.raises(AdoptError, match=rf'00001\.tar holds {PER_TAR} samples but 00001_stats\.json says {PER_TAR + 1}'):
+        adopt(options(stale))
+
+    openclip = foreign_shards(tmp_path / 'openclip')
+    (openclip / 'sizes.json').write_text(json.dumps({'train-0000.tar': PER_TAR, 'train-0002.tar': 1}))
+    with pytest.raises(AdoptError, match=r'train-0002\.tar holds 5 samples but sizes\.json says 1'):
+        adopt(options(openclip, workers=1))
