@@ -16,10 +16,6 @@ from .store import LabelError, LabelStore
 from .tasks import TaskRegistry
 
 
-def retry_policy(args) -> storage.RetryPolicy:
-    return storage.RetryPolicy(budget_s=args.retry_budget)
-
-
 def _run(args) -> int:
     from .config import load_job_config
     from .job import run_job
@@ -33,7 +29,7 @@ def _run(args) -> int:
         torch.device('cuda', gpu_index(local, torch.cuda.device_count())) if torch.cuda.is_available() else torch.device('cpu'))
     if device.type == 'cuda':
         torch.cuda.set_device(device)  # else every process opens a context (and allocates) on GPU 0
-    summary = run_job(cfg, job_index, num_jobs, device, progress=not args.no_progress, retry=retry_policy(args))
+    summary = run_job(cfg, job_index, num_jobs, device, progress=not args.no_progress, retry=storage.retry_from(args))
     print(json.dumps(summary))
     return 0
 
@@ -41,7 +37,7 @@ def _run(args) -> int:
 def _import_human(args) -> int:
     from .human import import_human
 
-    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args))
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), storage.retry_from(args))
     written = import_human(store, args.shards, args.task)
     for task, n in written.items():
         print(f'{task}: {n} human labels imported')
@@ -49,7 +45,7 @@ def _import_human(args) -> int:
 
 
 def _commit(args) -> int:
-    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args))
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), storage.retry_from(args))
     for task in args.task:
         manifest = store.refresh_manifest(task)
         print(f'{task}: {len(manifest["parts"])} parts listed in _task.json')
@@ -57,7 +53,7 @@ def _commit(args) -> int:
 
 
 def _validate(args) -> int:
-    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args))
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), storage.retry_from(args))
     checked = ('each part against its commit hash, class indices, probabilities, keys and teacher; commit records '
                'listed; no orphan files' + ('; every key and part against its shard\'s members and content'
                                             if args.shards else ' (--shards also checks keys against the shards)'))
@@ -81,7 +77,7 @@ def _report(args) -> int:
     if args.shards:
         from shards.index import ShardIndex
         totals = {src: t['samples'] for src, t in ShardIndex.load(args.shards).totals().items()}
-    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), retry_policy(args))
+    store = LabelStore(args.store, TaskRegistry.from_json(args.tasks_file), storage.retry_from(args))
     summary = write_report(store, args.task, args.out,
                            totals)
     print(json.dumps(summary, indent=1))
@@ -97,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument('--num-jobs', type=int, default=1, help='jobs labeling these shards together (any number of machines)')
     r.add_argument('--device', help='default: cuda:LOCAL_RANK when there is a GPU, else cpu')
     r.add_argument('--no-progress', action='store_true', help='no progress bar (logs, CI)')
-    r.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    storage.add_retry_option(r)
     r.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)  # from launchers
     r.set_defaults(func=_run)
     for name, func, text in (('import-human', _import_human, 'human labels from the shards\' metadata'),
@@ -108,7 +104,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument('--store', required=True, help='label store root')
         s.add_argument('--task', required=True, nargs='+', help='one or more task names')
         s.add_argument('--tasks-file', help='JSON of user tasks (class names or counts); built in: in1k, in22k, places365')
-        s.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+        storage.add_retry_option(s)
         if name == 'import-human':
             s.add_argument('--shards', required=True, help='shard prefix holding the shard index (_index/)')
         if name == 'validate':

@@ -30,7 +30,7 @@ def _build(args) -> int:
     opts = BuildOptions(prefix=args.output, source=args.source, samples_per_shard=args.samples_per_shard,
                         max_shard_bytes=args.max_shard_bytes, max_side=args.max_side, quality=args.quality,
                         workers=args.workers, progress=not args.no_progress,
-                        retry=storage.RetryPolicy(budget_s=args.retry_budget),
+                        retry=storage.retry_from(args),
                         job_index=args.job_index, num_jobs=args.num_jobs, index_save_s=args.index_save_interval)
     report = build(items, opts, classes)
     print(f'{args.source} job {args.job_index} of {args.num_jobs}: {report.shards_written} shards written, '
@@ -47,7 +47,7 @@ def _adopt(args) -> int:
     opts = AdoptOptions(prefix=args.prefix, source=args.source, labels=labels,
                         num_classes={t: len(known[t]) for t in labels if t in known},
                         job_index=args.job_index, num_jobs=args.num_jobs, workers=args.workers,
-                        retry=storage.RetryPolicy(budget_s=args.retry_budget))
+                        retry=storage.retry_from(args))
     summary = adopt(opts)
     unchecked = sorted(t for t in labels if t not in known)
     print(json.dumps(summary))
@@ -65,7 +65,7 @@ def _task_field(text: str) -> tuple:
 
 
 def _verify(args) -> int:
-    retry = storage.RetryPolicy(budget_s=args.retry_budget)
+    retry = storage.retry_from(args)
     faults = verify(args.prefix, decode=not args.no_decode, retry=retry)
     for name in orphans(args.prefix, retry):
         print(f'note: {name} is not in the index (left by an interrupted build; it does not count; '
@@ -78,7 +78,7 @@ def _verify(args) -> int:
 
 
 def _stat(args) -> int:
-    index = ShardIndex.load(args.prefix, policy=storage.RetryPolicy(budget_s=args.retry_budget))
+    index = ShardIndex.load(args.prefix, policy=storage.retry_from(args))
     totals = index.totals()
     for src, missing in index.missing.items():
         if missing and src in totals:
@@ -99,7 +99,7 @@ def _stat(args) -> int:
 
 
 def _migrate_index(args) -> int:
-    moved = migrate_legacy(args.prefix, storage.RetryPolicy(budget_s=args.retry_budget))
+    moved = migrate_legacy(args.prefix, storage.retry_from(args))
     for source, shards in moved.items():
         print(f'{source}: {shards} shards moved to _index/{source}/')
     print(f'{args.prefix}/_index.json removed')
@@ -107,7 +107,7 @@ def _migrate_index(args) -> int:
 
 
 def _hash(args) -> int:
-    retry = storage.RetryPolicy(budget_s=args.retry_budget)
+    retry = storage.retry_from(args)
     sources = args.source or list_sources(args.prefix, retry)
     if not sources:
         raise ValueError(f'no shard index under {args.prefix}: nothing to hash')
@@ -120,7 +120,7 @@ def _hash(args) -> int:
 
 
 def _decontaminate(args) -> int:
-    retry = storage.RetryPolicy(budget_s=args.retry_budget)
+    retry = storage.retry_from(args)
     sources = args.source or list_sources(args.prefix, retry)
     against = args.against_source or list_sources(args.against, retry)
     png = args.pairs_png or report_url(args.out).replace('.report.json', '.pairs.png')
@@ -151,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument('--max-side', type=int, help='re-encode larger images to JPEG with this max side')
     b.add_argument('--quality', type=int, default=90, help='JPEG quality when re-encoding')
     b.add_argument('--workers', type=int, default=1, help='worker processes')
-    b.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    storage.add_retry_option(b)
     b.add_argument('--no-progress', action='store_true', help='no progress bar (logs, CI)')
     b.add_argument('--job-index', type=int, default=0,
                    help='this job of --num-jobs building one source together (e.g. $SLURM_ARRAY_TASK_ID): '
@@ -173,22 +173,22 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument('--workers', type=int, default=4, help='tars read at once')
     a.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs sharing the pass (tar i: job i %% n)')
     a.add_argument('--num-jobs', type=int, default=1, help='jobs sharing the pass (any number of machines)')
-    a.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    storage.add_retry_option(a)
     a.set_defaults(func=_adopt)
     v = sub.add_parser('verify', formatter_class=HelpFormatter, help='check tars, hashes, keys and that every image decodes')
     v.add_argument('prefix', help='the shard folder (local folder or s3://bucket/prefix)')
     v.add_argument('--no-decode', action='store_true', help='skip decoding images (faster)')
-    v.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    storage.add_retry_option(v)
     v.set_defaults(func=_verify)
     s = sub.add_parser('stat', formatter_class=HelpFormatter, help='samples per source and task')
     s.add_argument('prefix', help='the shard folder (local folder or s3://bucket/prefix)')
     s.add_argument('--json', action='store_true', help='print JSON instead of a table')
-    s.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    storage.add_retry_option(s)
     s.set_defaults(func=_stat)
     m = sub.add_parser('migrate-index', formatter_class=HelpFormatter,
                        help="move an older build's single _index.json to the per-source layout (no build running)")
     m.add_argument('prefix', help='the shard folder (local folder or s3://bucket/prefix)')
-    m.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    storage.add_retry_option(m)
     m.set_defaults(func=_migrate_index)
     h = sub.add_parser('hash', formatter_class=HelpFormatter,
                        help='compute the perceptual hashes of shards built without them (builds hash as they go)')
@@ -196,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument('--source', action='append', help='a source to hash (repeatable; default: every source)')
     h.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs sharing the pass')
     h.add_argument('--num-jobs', type=int, default=1, help='jobs sharing the pass (any number of machines)')
-    h.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    storage.add_retry_option(h)
     h.set_defaults(func=_hash)
     d = sub.add_parser('decontaminate', formatter_class=HelpFormatter,
                        help='list training samples that are near-duplicates of evaluation images')
@@ -210,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument('--max-phash', type=int, default=MAX_PHASH, help='pHash bits a copy may differ in (of 64)')
     d.add_argument('--max-joint', type=int, default=MAX_JOINT,
                    help='pHash + dHash bits a copy may differ in (of 128), checked on the pHash candidates')
-    d.add_argument('--retry-budget', type=float, default=300.0, help='seconds to keep retrying storage')
+    storage.add_retry_option(d)
     d.set_defaults(func=_decontaminate)
     return p
 

@@ -101,6 +101,16 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
+def add_retry_option(parser) -> None:
+    """The ``--retry-budget`` option every storage-touching command takes (read back by ``retry_from``)."""
+    parser.add_argument('--retry-budget', type=float, default=DEFAULT_RETRY.budget_s,
+                        help='seconds to keep retrying storage')
+
+
+def retry_from(args) -> RetryPolicy:
+    return RetryPolicy(budget_s=args.retry_budget)
+
+
 def _naming(exc: Exception, what: str) -> Exception:
     if what in str(exc):
         return exc
