@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Tuple
 from . import storage
 from .index import ShardEntry, job_tag, owner_job, read_part, record_plan, save_job_part, source_folder
 from .naming import LABEL_FIELDS, shard_name
-from .reader import human_label, tar_samples
+from .reader import foreign_json, human_label, tar_samples
 from .safe_files import check_name
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def count_tar(options: AdoptOptions, number: int, name: str, declared: Optional[
             stream = _Hashing(raw)
             for sample in _samples_or_say(stream, url):
                 samples += 1
-                meta = _json_of(sample)
+                meta = foreign_json(sample)
                 for task, where in options.labels.items():
                     value = human_label(sample, where, meta)
                     if value is None:
@@ -184,14 +184,6 @@ def _samples_or_say(stream, url: str):
     except (tarfile.TarError, EOFError) as exc:
         raise AdoptError(f'{url}: not a whole tar archive ({type(exc).__name__}: {exc}); download it again or '
                          'move it out of the folder') from None
-
-
-def _json_of(sample: dict) -> Optional[dict]:
-    try:
-        meta = json.loads(sample['json']) if 'json' in sample else None
-    except ValueError:
-        return None
-    return meta if isinstance(meta, dict) else None
 
 
 def own_entries(options: AdoptOptions) -> Dict[str, ShardEntry]:

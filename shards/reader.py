@@ -86,17 +86,22 @@ def human_label(sample: dict, where: str, foreign_meta: Optional[dict]) -> Optio
     return number if number is not None and number >= 0 else None   # -1 and the like: "no label"
 
 
+def foreign_json(sample: dict) -> Optional[dict]:
+    """An adopted sample's own ``.json`` member as a dict, or None (absent, unreadable, not an object)."""
+    try:
+        meta = json.loads(sample['json']) if 'json' in sample else None
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def as_project_sample(sample: dict, key_prefix: str, position: int, labels: Dict[str, str]) -> dict:
     """An adopted tar's sample in the project's terms: key ``{source}/{shard}/{position}``, metadata
     ``{"source", "id": the tar's own key, "labels": {task: class}}`` from the label fields
     ``adopt`` recorded; the tar's own JSON is kept as ``foreign_json``."""
     out = {k: v for k, v in sample.items() if k != 'json'}
-    foreign_meta = None
+    foreign_meta = foreign_json(sample)
     if 'json' in sample:
-        try:
-            foreign_meta = json.loads(sample['json'])
-        except ValueError:
-            foreign_meta = None
         out['foreign_json'] = sample['json']
     found = {task: human_label(sample, where, foreign_meta) for task, where in labels.items()}
     meta = dict(source=key_prefix.split('/')[0], id=sample['__key__'],
