@@ -45,6 +45,7 @@ from .index import (
     source_folder,
 )
 from .inputs import Item
+from .item_bytes import describe, read_items
 from .naming import sample_key, shard_name
 from .perceptual import image_hashes, to_hex
 from .reader import MAX_MEMBER_BYTES
@@ -97,7 +98,8 @@ def plan_shards(items: Sequence[Item], samples_per_shard: int,
         raise ValueError(f'duplicate input id {ids[dup]!r}: ids must be unique within a source')
     plan, current, size = [], [], 0
     for it in ordered:
-        nbytes = os.path.getsize(it.path) if max_shard_bytes and os.path.exists(it.path) else 0
+        nbytes = (it.nbytes if it.nbytes is not None else os.path.getsize(it.path) if os.path.exists(it.path) else 0) \
+            if max_shard_bytes else 0
         if current and (len(current) >= samples_per_shard or
                         (max_shard_bytes and size + nbytes > max_shard_bytes)):
             plan.append(current)
@@ -189,15 +191,16 @@ def write_shard(job: dict) -> dict:
         lock = _lock_temp(tmp)   # its own descriptor: closing the writer's does not drop the lock
         with storage.local_write(tmp, f'{tmp} (the temporary copy of {entry.name}: set TMPDIR to a larger disk)'), \
                 os.fdopen(fd, 'wb') as f, tarfile.open(fileobj=f, mode='w', format=tarfile.USTAR_FORMAT) as tar:
-            for pos, it in enumerate(items):
+            for pos, (it, raw) in enumerate(read_items(items)):
                 try:
-                    with open(it.path, 'rb') as img_file:
-                        data, ext, image = check_and_normalize(img_file.read(), opts.max_side, opts.quality)
+                    if isinstance(raw, OSError):
+                        raise raw
+                    data, ext, image = check_and_normalize(raw, opts.max_side, opts.quality)
                     if len(data) > MAX_MEMBER_BYTES:   # every reader would refuse the member
                         raise BadImage(f'{len(data)} bytes to store, over the shard member limit of '
                                        f'{MAX_MEMBER_BYTES} (--max-side stores it smaller)')
                 except (OSError, BadImage) as exc:
-                    entry.skipped.append(dict(id=it.id, path=it.path, reason=str(exc)))
+                    entry.skipped.append(dict(id=it.id, path=describe(it.path, it.at), reason=str(exc)))
                     continue
                 key = sample_key(opts.source, shard, pos)
                 phash, dhash = image_hashes(to_rgb(image))

@@ -15,6 +15,7 @@ from .hashes import hash_source
 from .helpformat import HelpFormatter, command_name
 from .index import ShardIndex, list_sources, load_source, migrate_legacy
 from .inputs import InputError, filelist_items, imagefolder_items, unlabeled_items
+from .parquet_inputs import parquet_items
 from .verify import orphans, verify
 
 
@@ -25,6 +26,13 @@ def _build(args) -> int:
         classes = {args.task: names}
     elif args.filelist:
         items = filelist_items(args.filelist, [args.task] if args.task else None)
+    elif args.parquet:
+        items, names = parquet_items(args.parquet, args.task, args.image_column, args.label_column)
+        classes = {args.task: names} if names else None
+        labeled = sum(bool(it.labels) for it in items)
+        print(f'{args.parquet}: {len(items)} rows, {labeled} labeled for task {args.task!r}'
+              + (f' ({len(names)} ClassLabel names)' if names else ' (no ClassLabel names: indices unchecked)'
+                 if labeled else ' (no label column: an unlabeled source)'))
     else:
         items = unlabeled_items(args.unlabeled)
     opts = BuildOptions(prefix=args.output, source=args.source, samples_per_shard=args.samples_per_shard,
@@ -139,12 +147,18 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', required=True)
     b = sub.add_parser('build', formatter_class=HelpFormatter, help='pack images into tar shards (resumes an interrupted build)')
     src = b.add_mutually_exclusive_group(required=True)
-    src.add_argument('--imagefolder', help='class subfolders become labels of --task')
+    src.add_argument('--imagefolder', help='classes become labels of --task: class subfolders, a folder of {class}.tar '
+                                           'archives, or one tar of class folders (or of class tars); read in place')
     src.add_argument('--filelist', help='CSV/TSV (path, [id], one column per task) or JSONL')
-    src.add_argument('--unlabeled', help='a folder of images or a text file of paths')
+    src.add_argument('--unlabeled', help='a folder of images, an uncompressed tar of images, or a text file of paths')
+    src.add_argument('--parquet', help='a Hugging Face dataset in Parquet: a file, a folder or a glob such as '
+                                       "'data/train-*.parquet' (one split); labels from --label-column")
     b.add_argument('--output', required=True, help='local folder or s3://bucket/prefix')
     b.add_argument('--source', required=True, help='source name, e.g. in1k, yfcc')
-    b.add_argument('--task', help='task name for --imagefolder labels (default: the source name)')
+    b.add_argument('--task', help='task name for --imagefolder or --parquet labels (default: the source name)')
+    b.add_argument('--image-column', default='image', help="--parquet: the image column (datasets' Image struct or binary)")
+    b.add_argument('--label-column', help="--parquet: the integer label column (default: 'label' when there is one); "
+                                          '-1 is no label')
     b.add_argument('--samples-per-shard', type=int, default=1000,
                    help='images per shard; each source needs at least ranks x data.workers shards to train on')
     b.add_argument('--max-shard-bytes', type=int, help='cut shards at this many input bytes too')
@@ -218,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     args = parser().parse_args(argv)
-    if getattr(args, 'imagefolder', None) and not args.task:
+    if (getattr(args, 'imagefolder', None) or getattr(args, 'parquet', None)) and not args.task:
         args.task = args.source
     try:
         return args.func(args)

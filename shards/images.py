@@ -18,6 +18,8 @@ IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp')
 # Shards hold what a build stores; a build (and the ERF CLI, on a user's folder) also takes these.
 SHARD_FORMATS = tuple(STORED_AS_IS)
 INPUT_FORMATS = SHARD_FORMATS + ('BMP', 'GIF', 'TIFF')
+# The file names a build takes as images, in a folder or an archive (the bytes still decide the format).
+INPUT_EXTS = frozenset({'.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff'})
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2x its warning level)
 
 

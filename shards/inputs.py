@@ -1,4 +1,5 @@
-"""What ``shards build`` reads: ImageFolder trees, file lists, unlabeled folders or lists."""
+"""What ``shards build`` reads: ImageFolder trees (as folders or tar archives), file lists,
+unlabeled folders, archives or lists. Hugging Face Parquet datasets: ``parquet_inputs``."""
 from __future__ import annotations
 
 import csv
@@ -8,42 +9,59 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-FOLDER_EXTS = {'.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff'}
+from .archive_inputs import ClassImages, archive_images, classes_in_archive, classes_in_class_tars, is_tar
+from .images import INPUT_EXTS
+from .item_bytes import InputError, Location
 
 
 @dataclass(frozen=True)
 class Item:
-    path: str                       # local file to read
+    path: str                       # local file to read: the image, or the archive / Parquet file holding it
     id: str                         # the original id, stable across rebuilds (relative path)
     labels: Dict[str, int] = field(default_factory=dict)
-
-
-class InputError(ValueError):
-    """A file list or folder that cannot be read as the builder's input."""
+    at: Optional[Location] = None   # where in ``path`` (None: the whole file)
+    nbytes: Optional[int] = None    # input bytes for --max-shard-bytes when ``path`` is not the image alone
 
 
 def _images_under(root: Path) -> List[Path]:
-    return sorted(p for p in root.rglob('*') if p.is_file() and p.suffix.lower() in FOLDER_EXTS)
+    return sorted(p for p in root.rglob('*') if p.is_file() and p.suffix.lower() in INPUT_EXTS)
 
 
 def imagefolder_items(root: str, task: str) -> Tuple[List[Item], List[str]]:
-    """Class subfolders (sorted by name) become class indices of ``task``."""
+    """Classes (sorted by name) become class indices of ``task``: class subfolders, a folder of
+    ``{class}.tar`` archives, or one tar archive holding a folder (or a tar) per class."""
     base = Path(root)
-    classes = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
-    if not classes:
-        raise InputError(f'{root}: no class subfolders (an ImageFolder tree has one folder per class)')
+    if is_tar(base):
+        return _classes_to_items(classes_in_archive(base), task)
+    subfolders = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
+    tars = [p for p in base.iterdir() if is_tar(p)] if base.is_dir() else []
+    if subfolders and tars:
+        raise InputError(f'{root}: holds both class folders ({subfolders[0]}, ...) and archives ({tars[0].name}, ...): '
+                         'keep one layout per source')
+    if tars:
+        return _classes_to_items(classes_in_class_tars(tars), task)
+    if not subfolders:
+        raise InputError(f'{root}: no class subfolders (an ImageFolder tree has one folder, or one .tar, per class)')
     items = [Item(str(p), str(p.relative_to(base)), {task: idx})
-             for idx, name in enumerate(classes) for p in _images_under(base / name)]
-    return items, classes
+             for idx, name in enumerate(subfolders) for p in _images_under(base / name)]
+    return items, subfolders
+
+
+def _classes_to_items(classes: ClassImages, task: str) -> Tuple[List[Item], List[str]]:
+    items = [Item(str(archive), id_, {task: idx}, at=member, nbytes=member.size)
+             for idx, images in enumerate(classes.values()) for id_, archive, member in images]
+    return items, list(classes)
 
 
 def unlabeled_items(folder_or_list: str) -> List[Item]:
-    """Every image under a folder, or every path (one per line) in a text file."""
+    """Every image under a folder or in a tar archive, or every path (one per line) in a text file."""
     src = Path(folder_or_list)
     if src.is_dir():
         return [Item(str(p), str(p.relative_to(src))) for p in _images_under(src)]
+    if is_tar(src):
+        return [Item(str(src), name, at=member, nbytes=member.size) for name, member in archive_images(src)]
     if not src.is_file():
-        raise InputError(f'{folder_or_list}: neither a folder nor a list file')
+        raise InputError(f'{folder_or_list}: neither a folder, a tar archive nor a list file')
     lines = [ln.strip() for ln in src.read_text().splitlines() if ln.strip() and not ln.startswith('#')]
     return [Item(_resolve(src, ln), ln) for ln in lines]
 
