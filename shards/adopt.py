@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Tuple
 from . import storage
 from .index import ShardEntry, job_tag, owner_job, read_part, record_plan, save_job_part, source_folder
 from .naming import LABEL_FIELDS, shard_name
-from .reader import foreign_json, human_label, tar_samples
+from .reader import foreign_json, human_label, label_value, tar_samples
 from .safe_files import check_name
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,9 @@ class AdoptError(ValueError):
 class AdoptOptions:
     prefix: str                                   # the folder or s3:// prefix holding the tars
     source: str                                   # the source name the project will know them by
-    labels: Dict[str, str] = field(default_factory=dict)          # task -> 'cls' | 'json:FIELD'
+    labels: Dict[str, str] = field(default_factory=dict)          # task -> 'cls' | 'json:FIELD' | 'name:json:FIELD'
     num_classes: Dict[str, int] = field(default_factory=dict)     # task -> class count, to check indices
+    class_names: Dict[str, Tuple[str, ...]] = field(default_factory=dict)  # task -> names, for name: fields
     job_index: int = 0
     num_jobs: int = 1
     workers: int = 4                              # tars read at once (network-bound on S3)
@@ -62,8 +63,11 @@ class AdoptOptions:
         for task, where in self.labels.items():
             check_name(task, 'task name')
             if not LABEL_FIELDS.fullmatch(where):
-                raise AdoptError(f'label of task {task!r}: {where!r} is not "cls" (the .cls member) or '
-                                 '"json:FIELD" (a field of the .json member)')
+                raise AdoptError(f'label of task {task!r}: {where!r} is not "cls" (the .cls member), '
+                                 '"json:FIELD" (a field of the .json member) or "name:json:FIELD" (a class name there)')
+            if where.startswith('name:') and task not in self.class_names:
+                raise AdoptError(f'label of task {task!r} is a class name ({where}): give --tasks-file with the '
+                                 f'names of {task!r}, in index order')
         if not 0 <= self.job_index < self.num_jobs:
             raise AdoptError(f'--job-index {self.job_index} is not in 0..{self.num_jobs - 1}')
 
@@ -82,9 +86,13 @@ def foreign_tars(options: AdoptOptions) -> List[str]:
     return names
 
 
+SPLIT_INFO_NAMES = ('_info.json', 'info.json')   # timm's wds split info, in the order timm reads them
+
+
 def declared_sizes(options: AdoptOptions, files: List[str]) -> Dict[str, Tuple[int, str]]:
     """{tar: (samples, the file that says so)} from the size files other tools write beside their
-    tars: ``sizes.json`` ({tar name: samples}, OpenCLIP / webdataset) and img2dataset's
+    tars: ``sizes.json`` ({tar name: samples}, OpenCLIP / webdataset), timm's split info
+    (``_info.json``: ``splits.{split}.filenames`` and ``shard_lengths``) and img2dataset's
     ``{stem}_stats.json`` ("successes": the samples its tar holds). The pass counts anyway; these
     are checked against the count, so a truncated download or a stale file is named, not trusted."""
     present = set(storage.list_names(options.prefix, options.retry))
@@ -92,6 +100,10 @@ def declared_sizes(options: AdoptOptions, files: List[str]) -> Dict[str, Tuple[i
     if 'sizes.json' in present:
         sizes = _json_file(storage.join(options.prefix, 'sizes.json'), options.retry)
         declared.update({f: (int(sizes[f]), 'sizes.json') for f in files if isinstance(sizes, dict) and f in sizes})
+    info_name = next((n for n in SPLIT_INFO_NAMES if n in present), None)
+    if info_name:
+        declared.update(_split_info_sizes(_json_file(storage.join(options.prefix, info_name), options.retry),
+                                          info_name, set(files)))
     for f in files:
         stats_name = f'{f[:-len(".tar")]}_stats.json'
         if stats_name in present:
@@ -99,6 +111,19 @@ def declared_sizes(options: AdoptOptions, files: List[str]) -> Dict[str, Tuple[i
             if isinstance(stats, dict) and isinstance(stats.get('successes'), int):
                 declared[f] = (stats['successes'], stats_name)
     return declared
+
+
+def _split_info_sizes(info, info_name: str, files: set) -> Dict[str, Tuple[int, str]]:
+    """The shard lengths every split of timm's split info declares for the tars present."""
+    out = {}
+    splits = info.get('splits') if isinstance(info, dict) else None
+    for split, spec in (splits.items() if isinstance(splits, dict) else ()):
+        names, lengths = (spec.get('filenames'), spec.get('shard_lengths')) if isinstance(spec, dict) else (None, None)
+        if not (isinstance(names, list) and isinstance(lengths, list) and len(names) == len(lengths)):
+            raise AdoptError(f'{info_name}: split {split!r} needs "filenames" and "shard_lengths" of one length '
+                             "(timm's split info); fix or remove it")
+        out.update({n: (int(c), f'{info_name} (split {split})') for n, c in zip(names, lengths) if n in files})
+    return out
 
 
 def _json_file(url: str, retry: storage.RetryPolicy):
@@ -115,9 +140,12 @@ def check_declared(url: str, counted: int, declared: Optional[Tuple[int, str]]) 
 
 
 def plan_of(options: AdoptOptions, files: List[str]) -> dict:
-    fingerprint = hashlib.sha256(json.dumps([files, sorted(options.labels.items())]).encode()).hexdigest()
+    """What build.json records; ``classes``: the names that ``name:`` label fields are looked up in."""
+    classes = {t: list(options.class_names[t]) for t, where in sorted(options.labels.items()) if where.startswith('name:')}
+    fingerprint = hashlib.sha256(json.dumps([files, sorted(options.labels.items())] + ([classes] if classes else []))
+                                 .encode()).hexdigest()
     return dict(adopted=dict(files=files, labels=dict(sorted(options.labels.items()))), shards=len(files),
-                num_jobs=options.num_jobs, fingerprint=fingerprint, classes={})
+                num_jobs=options.num_jobs, fingerprint=fingerprint, classes=classes)
 
 
 def check_plan(options: AdoptOptions, plan: dict) -> None:
@@ -151,6 +179,7 @@ def count_tar(options: AdoptOptions, number: int, name: str, declared: Optional[
     """Shard ``number``'s index entry (samples, bytes, sha256, human labels per task) and the count of
     its samples without each task's label field; ``declared``: the samples a size file says it holds."""
     url = storage.join(options.prefix, name)
+    indices = {task: {n: i for i, n in enumerate(names)} for task, names in options.class_names.items()}
 
     def once():
         samples, labeled, unlabeled = 0, dict.fromkeys(options.labels, 0), dict.fromkeys(options.labels, 0)
@@ -160,7 +189,11 @@ def count_tar(options: AdoptOptions, number: int, name: str, declared: Optional[
                 samples += 1
                 meta = foreign_json(sample)
                 for task, where in options.labels.items():
-                    value = human_label(sample, where, meta)
+                    value = human_label(sample, where, meta, indices.get(task))
+                    if value is None and where.startswith('name:') and label_value(sample, where, meta) is not None:
+                        raise AdoptError(f'{url}: sample {sample["__key__"]} has {where} '
+                                         f'{label_value(sample, where, meta)!r}, not a class name of task {task!r} in '
+                                         'the tasks file; fix the tasks file or the --label mapping')
                     if value is None:
                         unlabeled[task] += 1
                     elif value >= options.num_classes.get(task, value + 1):   # negatives read as no label

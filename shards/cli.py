@@ -54,6 +54,7 @@ def _adopt(args) -> int:
     known = class_names(args.tasks_file) if args.tasks_file else {}
     opts = AdoptOptions(prefix=args.prefix, source=args.source, labels=labels,
                         num_classes={t: len(known[t]) for t in labels if t in known},
+                        class_names={t: known[t] for t in labels if t in known},
                         job_index=args.job_index, num_jobs=args.num_jobs, workers=args.workers,
                         retry=storage.retry_from(args))
     summary = adopt(opts)
@@ -68,7 +69,7 @@ def _adopt(args) -> int:
 def _task_field(text: str) -> tuple:
     task, sep, where = text.partition('=')
     if not sep or not task or not where:
-        raise ValueError(f'--label {text!r}: expected TASK=cls or TASK=json:FIELD (e.g. in1k=cls)')
+        raise ValueError(f'--label {text!r}: expected TASK=cls, TASK=json:FIELD or TASK=name:json:FIELD (e.g. in1k=cls)')
     return task, where
 
 
@@ -181,8 +182,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument('prefix', help='the folder or s3://bucket/prefix holding the .tar files (the index is written there)')
     a.add_argument('--source', required=True, help='the source name to train and label them by, e.g. laion')
     a.add_argument('--label', action='append', metavar='TASK=WHERE',
-                   help='a human label to read: TASK=cls (the .cls member, timm style) or TASK=json:FIELD '
-                        '(a field of the .json member; dotted for nesting); repeatable')
+                   help='a human label to read: TASK=cls (the .cls member, timm style), TASK=json:FIELD '
+                        '(an integer field of the .json member; dotted for nesting) or TASK=name:json:FIELD (a class '
+                        "name there, looked up in --tasks-file's names of TASK); repeatable")
     a.add_argument('--tasks-file', help="the tasks file: each --label's class indices are checked against its classes")
     a.add_argument('--workers', type=int, default=4, help='tars read at once')
     a.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs sharing the pass (tar i: job i %% n)')

@@ -53,9 +53,9 @@ def split_member(name: str) -> Tuple[str, str]:
 # (``where``: ``cls``, the ``.cls`` member, or ``json:FIELD``). Keys then are
 # ``{source}/{shard:06d}/{position:06d}`` whatever the tar's own keys (kept as the sample's id).
 ADOPTED_MARK = '#'
-LABEL_FIELDS = re.compile(r'cls|json:[A-Za-z0-9_.-]+')
+LABEL_FIELDS = re.compile(r'cls|(?:name:)?json:[A-Za-z0-9_.-]+')   # name:json: the field holds a class name
 # What adopted_url appends: a folder named "exp#2" stays part of a path, not an adopted shard.
-ADOPTED_FRAGMENT = re.compile(r'[^/#;=]+/\d{6}(;[^/#;=]+=(?:cls|json:[A-Za-z0-9_.-]+))*')
+ADOPTED_FRAGMENT = re.compile(r'[^/#;=]+/\d{6}(;[^/#;=]+=(?:cls|(?:name:)?json:[A-Za-z0-9_.-]+))*')
 
 
 def adopted_url(file_url: str, source: str, shard: int, labels: Dict[str, str]) -> str:

@@ -7,6 +7,7 @@ mid-shard within the storage retry budget (``storage.resumable_items``), an exac
 from a truncated shard, and members judged by their header before any byte is read
 (:func:`tar_members`): a shard from outside is data.
 """
+import functools
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ from typing import Dict, Iterator, Optional
 from webdataset.tariterators import group_by_keys
 
 from . import storage
+from .index import BUILD_NAME, source_folder
 from .naming import split_adopted, split_member
 
 MAX_MEMBER_BYTES = 64 * 2 ** 20   # a member larger than this is a corrupt sample (builds refuse to write one)
@@ -69,21 +71,46 @@ def tar_samples(stream, url: str = '', max_member_bytes: int = MAX_MEMBER_BYTES,
     return group_by_keys(tar_members(stream, url, max_member_bytes, own_keys), handler=_skip_bad_member)
 
 
-def human_label(sample: dict, where: str, foreign_meta: Optional[dict]) -> Optional[int]:
-    """The class an adopted sample's ``.cls`` member or JSON field holds, or None (absent, not an
-    integer, or negative: tools write -1 for "no label")."""
+def label_value(sample: dict, where: str, foreign_meta: Optional[dict]):
+    """What an adopted sample's ``.cls`` member or JSON field holds (None when absent)."""
     if where == 'cls':
         raw = sample.get('cls')
-        value = raw.decode('utf-8', 'replace').strip() if isinstance(raw, bytes) else raw
-    else:
-        value = foreign_meta
-        for step in where.split(':', 1)[1].split('.'):
-            value = value.get(step) if isinstance(value, dict) else None
+        return raw.decode('utf-8', 'replace').strip() if isinstance(raw, bytes) else raw
+    value = foreign_meta
+    for step in where.rsplit('json:', 1)[1].split('.'):
+        value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
+def human_label(sample: dict, where: str, foreign_meta: Optional[dict],
+                class_index: Optional[Dict[str, int]] = None) -> Optional[int]:
+    """The class an adopted sample's ``.cls`` member or JSON field holds, or None (absent, not an
+    integer, or negative: tools write -1 for "no label"). A ``name:json:`` field holds a class
+    name, looked up in ``class_index`` (the tasks file's names that ``adopt`` recorded)."""
+    value = label_value(sample, where, foreign_meta)
+    if where.startswith('name:'):
+        return (class_index or {}).get(value) if isinstance(value, str) else None
     try:
         number = int(value) if value is not None and not isinstance(value, bool) else None
     except (TypeError, ValueError, OverflowError):
         return None
     return number if number is not None and number >= 0 else None   # -1 and the like: "no label"
+
+
+@functools.lru_cache(maxsize=64)
+def _recorded_classes(build_json_url: str, retry: storage.RetryPolicy) -> Dict[str, Dict[str, int]]:
+    plan = json.loads(storage.read_bytes(build_json_url, retry))
+    return {task: {name: i for i, name in enumerate(names)} for task, names in (plan.get('classes') or {}).items()}
+
+
+def class_indices(file_url: str, key_prefix: str, labels: Dict[str, str],
+                  retry: storage.RetryPolicy) -> Dict[str, Dict[str, int]]:
+    """{task: {class name: index}} for the ``name:`` label fields of an adopted shard, as ``adopt``
+    recorded them beside the tars (read once per process and source)."""
+    if not any(where.startswith('name:') for where in labels.values()):
+        return {}
+    prefix, source = file_url.rsplit('/', 1)[0], key_prefix.split('/')[0]
+    return _recorded_classes(f'{source_folder(prefix, source)}/{BUILD_NAME}', retry)
 
 
 def foreign_json(sample: dict) -> Optional[dict]:
@@ -95,7 +122,8 @@ def foreign_json(sample: dict) -> Optional[dict]:
     return meta if isinstance(meta, dict) else None
 
 
-def as_project_sample(sample: dict, key_prefix: str, position: int, labels: Dict[str, str]) -> dict:
+def as_project_sample(sample: dict, key_prefix: str, position: int, labels: Dict[str, str],
+                      classes: Optional[Dict[str, Dict[str, int]]] = None) -> dict:
     """An adopted tar's sample in the project's terms: key ``{source}/{shard}/{position}``, metadata
     ``{"source", "id": the tar's own key, "labels": {task: class}}`` from the label fields
     ``adopt`` recorded; the tar's own JSON is kept as ``foreign_json``."""
@@ -103,7 +131,7 @@ def as_project_sample(sample: dict, key_prefix: str, position: int, labels: Dict
     foreign_meta = foreign_json(sample)
     if 'json' in sample:
         out['foreign_json'] = sample['json']
-    found = {task: human_label(sample, where, foreign_meta) for task, where in labels.items()}
+    found = {task: human_label(sample, where, foreign_meta, (classes or {}).get(task)) for task, where in labels.items()}
     meta = dict(source=key_prefix.split('/')[0], id=sample['__key__'],
                 labels={task: value for task, value in found.items() if value is not None})
     out['json'] = json.dumps(meta).encode()
@@ -120,11 +148,12 @@ def iter_shard_samples(url: str, first: int = 0, count: Optional[int] = None,
     (truncated) yields ``{'__key__': 'url#pos', '__missing__': True}`` for each missing sample
     when ``count`` is given, so every reader still gets its exact count and can count the fault."""
     file_url, key_prefix, labels = split_adopted(url)
+    classes = class_indices(file_url, key_prefix, labels, retry) if key_prefix else {}
 
     def items(stream, delivered: int):
         for pos, sample in enumerate(tar_samples(stream, url, max_member_bytes, own_keys=key_prefix is None)):
             if pos >= first + delivered:
-                yield sample if key_prefix is None else as_project_sample(sample, key_prefix, pos, labels)
+                yield sample if key_prefix is None else as_project_sample(sample, key_prefix, pos, labels, classes)
 
     delivered = 0
     try:

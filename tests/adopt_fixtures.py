@@ -7,6 +7,7 @@ import webdataset as wds
 from helpers import write_image
 
 TARS, PER_TAR = 3, 5
+CLASS_NAMES = ('even', 'odd')
 
 
 def foreign_shards(folder: Path, bad_class: bool = False, pattern: str = 'train-%04d.tar') -> Path:
@@ -17,7 +18,8 @@ def foreign_shards(folder: Path, bad_class: bool = False, pattern: str = 'train-
             image = write_image(folder.parent / 'src' / f'{i}.jpg', i, size=(40, 36)).read_bytes()
             cls = 7 if bad_class and i == 6 else i % 2
             sample = {'__key__': f'n0144_{1000 + i}', 'jpg': image, 'cls': str(cls).encode(),
-                      'json': json.dumps({'filename': f'n0144_{1000 + i}.JPEG', 'label': cls}).encode()}
+                      'json': json.dumps({'filename': f'n0144_{1000 + i}.JPEG', 'label': cls,
+                                          'class_name': CLASS_NAMES[cls] if cls < 2 else 'heptagon'}).encode()}
             if i == 4:
                 del sample['cls']          # a sample without the label field
             sink.write(sample)

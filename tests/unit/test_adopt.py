@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from adopt_fixtures import PER_TAR, TARS, foreign_shards
+from adopt_fixtures import CLASS_NAMES, PER_TAR, TARS, foreign_shards
 from helpers import write_image
 
 from labeling.human import import_human
@@ -182,3 +182,45 @@ def test_size_files_other_tools_wrote_are_checked_against_the_count(tmp_path):
     (openclip / 'sizes.json').write_text(json.dumps({'train-0000.tar': PER_TAR, 'train-0002.tar': 1}))
     with pytest.raises(AdoptError, match=r'train-0002\.tar holds 5 samples but sizes\.json says 1'):
         adopt(options(openclip, workers=1))
+
+
+def test_timms_split_info_is_checked_against_the_count(tmp_path):
+    folder = foreign_shards(tmp_path / 'timm')
+    info = {'name': 'toy', 'splits': {'train': {'name': 'train', 'num_samples': TARS * PER_TAR,
+                                                'filenames': [f'train-{i:04d}.tar' for i in range(TARS)],
+                                                'shard_lengths': [PER_TAR] * TARS}}}
+    (folder / '_info.json').write_text(json.dumps(info))
+    assert adopt(options(folder))['samples'] == TARS * PER_TAR
+
+    stale = foreign_shards(tmp_path / 'stale')
+    info['splits']['train']['shard_lengths'] = [PER_TAR, PER_TAR + 3, PER_TAR]
+    (stale / '_info.json').write_text(json.dumps(info))
+    with pytest.raises(AdoptError, match=rf'train-0001\.tar holds {PER_TAR} samples but _info\.json \(split train\) '
+                                         rf'says {PER_TAR + 3}'):
+        adopt(options(stale, workers=1))
+
+
+def test_class_names_in_a_json_field_become_the_tasks_file_indices_for_every_reader(tmp_path):
+    folder = foreign_shards(tmp_path / 'wds')
+    names = ('odd', 'even')   # the tasks file's order, not the order the names first appear in
+    summary = adopt(options(folder, labels={'toy': 'name:json:class_name'}, num_classes={'toy': 2},
+                            class_names={'toy': names}))
+    assert summary['labels'] == {'toy': TARS * PER_TAR} and summary['without_label_now'] == {'toy': 0}
+    src = resolve_source(SourceSpec('foreign', str(folder)))
+    meta = [json.loads(s['json']) for s in iter_shard_samples(src.urls[0], 0, PER_TAR)]
+    assert [m['labels'] for m in meta] == [{'toy': names.index(CLASS_NAMES[p % 2])} for p in range(PER_TAR)]
+
+    tasks = tmp_path / 'tasks.json'
+    tasks.write_text(json.dumps({'toy': list(names)}))
+    store = LabelStore(str(tmp_path / 'labels'), TaskRegistry.from_json(str(tasks)))
+    assert import_human(store, str(folder), ['toy']) == {'toy': TARS * PER_TAR}
+    assert store.read_part('toy', 'foreign-000000').to_pydict()['idx'][:2] == [[1], [0]]
+
+
+def test_an_unknown_class_name_is_one_error_naming_the_sample_and_a_name_field_needs_the_names(tmp_path):
+    folder = foreign_shards(tmp_path / 'wds', bad_class=True)
+    with pytest.raises(AdoptError, match=r"train-0001\.tar: sample n0144_1006 has name:json:class_name 'heptagon', "
+                                         r"not a class name of task 'toy'"):
+        adopt(options(folder, labels={'toy': 'name:json:class_name'}, class_names={'toy': CLASS_NAMES}, workers=1))
+    with pytest.raises(AdoptError, match=r'give --tasks-file with the names of .toy.'):
+        options(folder, labels={'toy': 'name:json:class_name'})
