@@ -26,9 +26,10 @@ import json
 import logging
 import re
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import storage
 from .index import ShardEntry, job_tag, owner_job, read_part, record_plan, save_job_part, source_folder
@@ -54,6 +55,7 @@ class AdoptOptions:
     job_index: int = 0
     num_jobs: int = 1
     workers: int = 4                              # tars read at once (network-bound on S3)
+    index_save_s: float = 30.0                    # seconds between saves of this job's index part
     retry: storage.RetryPolicy = field(default_factory=storage.RetryPolicy)
 
     def __post_init__(self):
@@ -72,10 +74,11 @@ class AdoptOptions:
             raise AdoptError(f'--job-index {self.job_index} is not in 0..{self.num_jobs - 1}')
 
 
-def foreign_tars(options: AdoptOptions) -> List[str]:
-    """The tars to adopt: every ``.tar`` in the prefix but the shards this project built there, sorted."""
+def foreign_tars(options: AdoptOptions, listing: List[str]) -> List[str]:
+    """The tars to adopt: every ``.tar`` in the prefix's ``listing`` but the shards this project built
+    there, sorted."""
     built = set(storage.list_names(storage.join(options.prefix, '_index'), options.retry)) - {options.source}
-    names = sorted(n for n in storage.list_names(options.prefix, options.retry) if n.endswith('.tar')
+    names = sorted(n for n in listing if n.endswith('.tar')
                    and not (BUILT_SHARD.fullmatch(n) and n.rsplit('-', 1)[0] in built))
     if not names:
         missing = storage.missing_bucket(options.prefix)
@@ -89,13 +92,12 @@ def foreign_tars(options: AdoptOptions) -> List[str]:
 SPLIT_INFO_NAMES = ('_info.json', 'info.json')   # timm's wds split info, in the order timm reads them
 
 
-def declared_sizes(options: AdoptOptions, files: List[str]) -> Dict[str, Tuple[int, str]]:
+def declared_sizes(options: AdoptOptions, files: List[str], present: Iterable[str]) -> Dict[str, Tuple[int, str]]:
     """{tar: (samples, the file that says so)} from the size files other tools write beside their
     tars: ``sizes.json`` ({tar name: samples}, OpenCLIP / webdataset), timm's split info
     (``_info.json``: ``splits.{split}.filenames`` and ``shard_lengths``) and img2dataset's
     ``{stem}_stats.json`` ("successes": the samples its tar holds). The pass counts anyway; these
     are checked against the count, so a truncated download or a stale file is named, not trusted."""
-    present = set(storage.list_names(options.prefix, options.retry))
     declared: Dict[str, Tuple[int, str]] = {}
     if 'sizes.json' in present:
         sizes = _json_file(storage.join(options.prefix, 'sizes.json'), options.retry)
@@ -177,7 +179,9 @@ class _Hashing:
 def count_tar(options: AdoptOptions, number: int, name: str, declared: Optional[Tuple[int, str]] = None
               ) -> Tuple[ShardEntry, Dict[str, int]]:
     """Shard ``number``'s index entry (samples, bytes, sha256, human labels per task) and the count of
-    its samples without each task's label field; ``declared``: the samples a size file says it holds."""
+    its samples without each task's label field; ``declared``: the samples a size file says it holds.
+    On S3 a tar costs a HEAD (its ETag, which every ranged GET after it must match: a tar replaced
+    mid-read fails instead of hashing a mix) and one GET per 8 MiB."""
     url = storage.join(options.prefix, name)
     indices = {task: {n: i for i, n in enumerate(names)} for task, names in options.class_names.items()}
 
@@ -229,21 +233,38 @@ def own_entries(options: AdoptOptions) -> Dict[str, ShardEntry]:
 
 def adopt(options: AdoptOptions) -> dict:
     """Count (or finish counting) this job's share of the tars; returns a summary."""
-    files = foreign_tars(options)
+    listing = storage.list_names(options.prefix, options.retry)   # one listing: the tars and the size files
+    files = foreign_tars(options, listing)
     check_plan(options, plan_of(options, files))
-    declared = declared_sizes(options, files)
+    declared = declared_sizes(options, files, listing)
     mine = own_entries(options)
     todo = [(i, f) for i, f in enumerate(files)
             if owner_job(i, options.num_jobs) == options.job_index and shard_name(options.source, i) not in mine]
     already = len(mine)
     unlabeled = dict.fromkeys(options.labels, 0)
-    with ThreadPoolExecutor(max(1, options.workers)) as pool:
-        for entry, missing in pool.map(lambda job: count_tar(options, *job, declared.get(job[1])), todo):
-            mine[entry.name] = entry
-            for task, n in missing.items():
-                unlabeled[task] += n
-            save_job_part(options.prefix, options.source, options.job_index, options.num_jobs, list(mine.values()),
-                          options.retry)   # each finished tar counts, whatever happens next
+    unsaved, last_save = 0, time.monotonic()
+
+    def save():
+        save_job_part(options.prefix, options.source, options.job_index, options.num_jobs, list(mine.values()),
+                      options.retry)
+    try:
+        with ThreadPoolExecutor(max(1, options.workers)) as pool:
+            for entry, missing in pool.map(lambda job: count_tar(options, *job, declared.get(job[1])), todo):
+                mine[entry.name], unsaved = entry, unsaved + 1
+                for task, n in missing.items():
+                    unlabeled[task] += n
+                if time.monotonic() - last_save >= options.index_save_s:
+                    save()   # a kill loses at most this long's tars, and the part is not rewritten per tar
+                    unsaved, last_save = 0, time.monotonic()
+    except BaseException:
+        if unsaved:   # what finished counts, whatever stopped the pass; the first error is the one reported
+            try:
+                save()
+            except Exception as exc:
+                log.error('could not save the index of the tars counted so far either: %s', exc)
+        raise
+    if unsaved:
+        save()
     labels = {task: sum(e.tasks.get(task, 0) for e in mine.values()) for task in options.labels}
     return dict(source=options.source, job_index=options.job_index, num_jobs=options.num_jobs, tars=len(files),
                 counted_now=len(todo), already_counted=already, samples=sum(e.samples for e in mine.values()),

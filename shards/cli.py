@@ -56,7 +56,7 @@ def _adopt(args) -> int:
                         num_classes={t: len(known[t]) for t in labels if t in known},
                         class_names={t: known[t] for t in labels if t in known},
                         job_index=args.job_index, num_jobs=args.num_jobs, workers=args.workers,
-                        retry=storage.retry_from(args))
+                        index_save_s=args.index_save_interval, retry=storage.retry_from(args))
     summary = adopt(opts)
     unchecked = sorted(t for t in labels if t not in known)
     print(json.dumps(summary))
@@ -143,6 +143,12 @@ def _decontaminate(args) -> int:
     return 0
 
 
+def _add_index_save_option(p: argparse.ArgumentParser, what_is_redone: str) -> None:
+    p.add_argument('--index-save-interval', type=float, default=30.0,
+                   help=f"seconds between saves of this job's index part: a killed job {what_is_redone} of the "
+                        'last interval (0: save after every one)')
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=command_name('shards'), description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
@@ -172,9 +178,7 @@ def parser() -> argparse.ArgumentParser:
                    help='this job of --num-jobs building one source together (e.g. $SLURM_ARRAY_TASK_ID): '
                         'it writes shards i with i %% num-jobs == job-index and its own index part')
     b.add_argument('--num-jobs', type=int, default=1, help='jobs building this source (any number of machines)')
-    b.add_argument('--index-save-interval', type=float, default=30.0,
-                   help="seconds between saves of this job's index part: a killed job rewrites at most the "
-                        'shards of the last interval (0: save after every shard)')
+    _add_index_save_option(b, 'rewrites at most the shards')
     b.set_defaults(func=_build)
     a = sub.add_parser('adopt', formatter_class=HelpFormatter,
                        help="make tar shards another tool wrote (img2dataset, timm's wds, ShardWriter) a source, "
@@ -189,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument('--workers', type=int, default=4, help='tars read at once')
     a.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs sharing the pass (tar i: job i %% n)')
     a.add_argument('--num-jobs', type=int, default=1, help='jobs sharing the pass (any number of machines)')
+    _add_index_save_option(a, 'counts again at most the tars')
     storage.add_retry_option(a)
     a.set_defaults(func=_adopt)
     v = sub.add_parser('verify', formatter_class=HelpFormatter, help='check tars, hashes, keys and that every image decodes')

@@ -1,6 +1,8 @@
 """Tar shards as another tool writes them (webdataset's own ShardWriter, timm's .jpg + .cls + .json
 layout), for the adopt tests."""
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import webdataset as wds
@@ -24,3 +26,15 @@ def foreign_shards(folder: Path, bad_class: bool = False, pattern: str = 'train-
                 del sample['cls']          # a sample without the label field
             sink.write(sample)
     return folder
+
+
+def one_sample_tar(i: int) -> bytes:
+    """A tar of one sample as img2dataset names them (``{i:09d}.jpg``, ``.cls``), about 1.5 kB: for
+    counting requests, where the bytes do not matter."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w') as tar:
+        for ext, data in (('jpg', b'\xff\xd8' + bytes(200)), ('cls', b'%d' % (i % 2))):
+            info = tarfile.TarInfo(f'{i:09d}.{ext}')
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

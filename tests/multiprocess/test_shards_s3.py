@@ -1,5 +1,6 @@
 """The shard paths against a real S3 server (SeaweedFS on loopback)."""
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -165,4 +166,26 @@ def test_adopt_tars_another_tool_wrote_to_s3_and_stream_them(tmp_path, s3_prefix
     keys = [k for b in ResumableLoader(ds, num_workers=1) for k in b['key']]
     assert sorted(keys) == sorted(f'foreign/{s:06d}/{p:06d}' for s in range(TARS) for p in range(PER_TAR))
     assert cli(['adopt', prefix, '--source', 'foreign', '--label', 'toy']) == 2
-    assert "--label 'toy': expected TASK=cls or TASK=json:FIELD" in capsys.readouterr().err
+    assert "--label 'toy': expected TASK=cls, TASK=json:FIELD or TASK=name:json:FIELD" in capsys.readouterr().err
+
+
+def test_adopting_costs_a_head_and_a_get_per_tar_plus_a_constant_few_requests(s3_server, s3_prefix, monkeypatch):
+    """Counted by a proxy in front of the server, so s3fs's own requests count too. The index part
+    is saved at an interval, not after every tar (that was N PUTs of a growing part: O(N^2) bytes)."""
+    import s3fs
+    from adopt_fixtures import one_sample_tar
+    from counting_proxy import CountingProxy
+
+    from shards.adopt import AdoptOptions, adopt
+    tars = 40
+    fs, path = storage.filesystem(f'{s3_prefix}/pool')
+    fs.pipe({f'{path}/{i:05d}.tar': one_sample_tar(i) for i in range(tars)})
+    proxy = CountingProxy(s3_server.endpoint)
+    monkeypatch.setenv('AWS_ENDPOINT_URL', proxy.endpoint)
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert adopt(AdoptOptions(f'{s3_prefix}/pool', 'pool', labels={'toy': 'cls'}, workers=4))['samples'] == tars
+    on_tars = Counter(verb for verb, p in proxy.paths if p.split('?')[0].endswith('.tar'))
+    assert on_tars == {'HEAD': tars, 'GET': tars}       # its ETag, then one GET per 8 MiB
+    assert proxy.counts['PUT'] == 3                      # build.json, the job's part, its skipped report
+    assert sum(proxy.counts.values()) - 2 * tars <= 16   # listings, the plan, the part: 14 today, not per tar
+    proxy.close()
