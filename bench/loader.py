@@ -13,8 +13,14 @@ the range of the ratio over ``--blocks`` equal parts of the run.
 The line ``full, timm warps`` is our stream with timm's own transform (``compose_warps=False``):
 what the stream gives without the transform's gain.
 
+``--adopted`` compares our stream on an adopted source with our stream on a built one instead: the
+same photos written by ``webdataset.ShardWriter`` in timm's layout (``.jpg`` + ``.cls``), made a
+source by ``replk-shards adopt`` (``ours``), against the same photos built by ``replk-shards build``
+(``peer``); the ratio should be 1.
+
     pip install scikit-learn   # the bench extra
     python bench/loader.py --images 400 --turns 100
+    python bench/loader.py --adopted --images 400 --turns 60
 """
 from __future__ import annotations
 
@@ -67,16 +73,16 @@ def make_photos(folder: Path, n: int, size: tuple, seed: int = 0) -> list:
 BATCH = 32
 
 
-def ours(prefix: str, mode: str):
+def ours(prefix: str, mode: str, source: str = 'photos'):
     cfg = TransformConfig(compose_warps=mode != 'full-timm-warps')
-    src = resolve_source(SourceSpec('photos', prefix))
+    src = resolve_source(SourceSpec(source, prefix))
     raw = (s for url, c in zip(src.urls, src.counts) for s in iter_shard_samples(url, 0, c, storage.DEFAULT_RETRY))
     if mode == 'read':
         return raw
     min_side = cfg.decode_min_side(train=True)
     if mode == 'decode':
         return (decode_rgb(s['jpg'], min_side) for s in raw)
-    ds = ShardStream([SourceSpec('photos', prefix)], StreamConfig(batch_size=BATCH, shuffle_buffer=1),
+    ds = ShardStream([SourceSpec(source, prefix)], StreamConfig(batch_size=BATCH, shuffle_buffer=1),
                      train_transform(cfg), 0, 1, 1, decode_min_side=min_side)
     return (b['image'] for b in ResumableLoader(ds))
 
@@ -98,6 +104,22 @@ def peer(prefix: str, mode: str):
         pipe = pipe.map_tuple(t, lambda j: j).batched(BATCH, partial=False)
         return (images for images, _ in pipe)
     return iter(pipe)
+
+
+def adopted_copy(work: Path, items: list) -> str:
+    """The photos as another tool writes shards (webdataset's ShardWriter, timm's .jpg + .cls), adopted."""
+    import webdataset as wds
+
+    from shards.adopt import AdoptOptions, adopt
+    folder = work / 'foreign'
+    if not (folder / '_index' / 'foreign').exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with wds.ShardWriter(str(folder / 'train-%04d.tar'), maxcount=100, verbose=0) as sink:
+            for it in sorted(items, key=lambda it: it.id):
+                sink.write({'__key__': it.id.rsplit('.', 1)[0], 'jpg': Path(it.path).read_bytes(),
+                            'cls': str(it.labels['bench']).encode()})
+        adopt(AdoptOptions(str(folder), 'foreign', labels={'bench': 'cls'}))
+    return str(folder)
 
 
 def timed_turns(make, prefix: str, mode: str):
@@ -145,6 +167,7 @@ def main(argv=None) -> dict:
     p.add_argument('--blocks', type=int, default=5, help='parts of the run the ratio range is taken over')
     p.add_argument('--photo-size', default='500x375', help='WxH of the stored photos')
     p.add_argument('--workdir', help='keep the shards here (default: a temp folder)')
+    p.add_argument('--adopted', action='store_true', help='our stream on an adopted copy vs on the built shards')
     args = p.parse_args(argv)
     if args.images < 2 * BATCH:
         p.error(f'--images must be at least {2 * BATCH} (a turn is a batch of {BATCH})')
@@ -152,25 +175,30 @@ def main(argv=None) -> dict:
     size = tuple(int(v) for v in args.photo_size.split('x'))
     work = Path(args.workdir or tempfile.mkdtemp(prefix='replk-bench-'))
     prefix = str(work / 'shards')
+    items = make_photos(work / 'photos', args.images, size)
     if not (Path(prefix) / '_index' / 'photos').exists():
-        items = make_photos(work / 'photos', args.images, size)
         build(items, BuildOptions(prefix, 'photos', samples_per_shard=100, progress=False))
     mb = sum(os.path.getsize(p) for p in Path(prefix).glob('*.tar')) / 1e6
-    results = {mode: interleaved(prefix, mode, args.turns, args.blocks)
-               for mode in ('read', 'decode', 'full', 'full-timm-warps')}
+    if args.adopted:
+        foreign = adopted_copy(work, items)
+        pipelines = {'ours': lambda _, mode: ours(foreign, mode, 'foreign'), 'peer': ours}
+        modes = ('read', 'decode', 'full')
+    else:
+        pipelines, modes = None, ('read', 'decode', 'full', 'full-timm-warps')
+    results = {mode: interleaved(prefix, mode, args.turns, args.blocks, pipelines) for mode in modes}
     print(f'{args.images} photos {args.photo_size} JPEG q90 ({mb:.1f} MB in shards), 1 core, {args.turns} turns '
           f'of {BATCH} samples each, interleaved: rates over the whole run, the ratio, its range over '
-          f'{args.blocks} parts of the run')
+          f'{args.blocks} parts of the run' + ('; ours = the adopted copy, peer = the built shards' if args.adopted else ''))
     print(f'{"mode":16} {"ours/s":>10} {"peer/s":>10} {"ratio":>7} {"range":>12}')
     for mode, r in results.items():
         print(f'{mode:16} {r["ours"]:>10.1f} {r["peer"]:>10.1f} {r["ratio"]:>7.2f} {r["low"]:>5.2f}-{r["high"]:<5.2f}')
     full = results['full']
-    headline = dict(bench='loader', metric='samples/s/core', ours=round(full['ours'], 1),
+    headline = dict(bench='loader-adopted' if args.adopted else 'loader', metric='samples/s/core', ours=round(full['ours'], 1),
                     peer=round(full['peer'], 1), ratio=round(full['ratio'], 3),
                     modes={m: {k: round(v, 3 if k in ('ratio', 'low', 'high') else 1) for k, v in r.items()}
                            for m, r in results.items()},
                     config=dict(images=args.images, photo_size=args.photo_size, turns=args.turns, blocks=args.blocks,
-                               batch=BATCH))
+                                batch=BATCH, adopted=args.adopted))
     print(json.dumps(headline))
     return headline
 
