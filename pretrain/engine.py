@@ -27,6 +27,7 @@ from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
 from .models import RepLKNet, TaskLinears
 from .train_state import ModuleWeights, Part, RngState
+from .weight_decay import exempt_names, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ class MultiHead(nn.Module):
     def forward(self, x):
         return self.heads(self.backbone(x))
 
+    def no_weight_decay(self) -> set:
+        """The backbone's own exemptions (a ViT's position embedding), under the names they have here."""
+        return {f'backbone.{name}' for name in exempt_names(self.backbone)}
+
 
 def build_model(spec: ModelConfig, heads: Dict[str, int]) -> nn.Module:
     """The ``model`` section's backbone with one classifier per task (``heads``: task -> classes)."""
@@ -54,15 +59,6 @@ def build_model(spec: ModelConfig, heads: Dict[str, int]) -> nn.Module:
     if spec.grad_checkpointing:
         (model.backbone if isinstance(model, MultiHead) else model).set_grad_checkpointing(True)
     return model
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
-    """No weight decay on norms and biases (every 1-d parameter)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith('.bias') else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
 def optimizer_groups(model: nn.Module, o: OptimConfig) -> List[dict]:
