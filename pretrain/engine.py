@@ -25,27 +25,11 @@ from .evaluation import EvalSpec, evaluate_model, to_model_input, transform_conf
 from .labels import LabelJoiner, human_label_maps, shard_facts
 from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
-from .models import RepLKNet, TaskLinears
+from .models import MultiHead, RepLKNet
 from .train_state import ModuleWeights, Part, RngState
-from .weight_decay import exempt_names, param_groups
+from .weight_decay import param_groups
 
 log = logging.getLogger(__name__)
-
-
-class MultiHead(nn.Module):
-    """One linear head per task on any timm backbone without native dict heads."""
-
-    def __init__(self, backbone: nn.Module, heads: Dict[str, int]):
-        super().__init__()
-        self.backbone = backbone
-        self.heads = TaskLinears({t: nn.Linear(backbone.num_features, n) for t, n in heads.items()})
-
-    def forward(self, x):
-        return self.heads(self.backbone(x))
-
-    def no_weight_decay(self) -> set:
-        """The backbone's own exemptions (a ViT's position embedding), under the names they have here."""
-        return {f'backbone.{name}' for name in exempt_names(self.backbone)}
 
 
 def build_model(spec: ModelConfig, heads: Dict[str, int]) -> nn.Module:
