@@ -5,10 +5,8 @@ leaves an uncommitted folder that resume ignores (and the next save removes).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -17,8 +15,8 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from shards.common.local_files import replacing
 from shards.safe_files import check_checkpoint_folder, load_torch_file
-from shards.storage import open_staged
 
 from .train_state import Part
 
@@ -44,12 +42,8 @@ def committed_tags(run_dir: str) -> list:
 
 
 def _write_json_atomic(path: Path, doc: dict) -> None:
-    tmp, f = open_staged(str(path.with_name(f'.{path.name}')))   # hidden until renamed
-    with f:
+    with replacing(str(path), hidden=True) as f:   # hidden until renamed
         f.write(json.dumps(doc).encode())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save(engine, run_dir: str, step: int, rank: int, world_size: int, parts: Dict[str, Part], keep: int,
@@ -131,17 +125,8 @@ def _any_rank(flag: bool) -> bool:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp, f = open_staged(str(path.with_name(f'.{path.name}')))   # hidden until renamed
-    try:
-        with f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):   # a staged name is never reused: remove it
-            os.unlink(tmp)
-        raise
+    with replacing(str(path), hidden=True) as f:
+        torch.save(obj, f)
 
 
 class CheckpointWriteError(OSError):

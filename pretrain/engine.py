@@ -25,22 +25,11 @@ from .evaluation import EvalSpec, evaluate_model, to_model_input, transform_conf
 from .labels import LabelJoiner, human_label_maps, shard_facts
 from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
-from .models import RepLKNet, TaskLinears
+from .models import MultiHead, RepLKNet
 from .train_state import ModuleWeights, Part, RngState
+from .weight_decay import param_groups
 
 log = logging.getLogger(__name__)
-
-
-class MultiHead(nn.Module):
-    """One linear head per task on any timm backbone without native dict heads."""
-
-    def __init__(self, backbone: nn.Module, heads: Dict[str, int]):
-        super().__init__()
-        self.backbone = backbone
-        self.heads = TaskLinears({t: nn.Linear(backbone.num_features, n) for t, n in heads.items()})
-
-    def forward(self, x):
-        return self.heads(self.backbone(x))
 
 
 def build_model(spec: ModelConfig, heads: Dict[str, int]) -> nn.Module:
@@ -54,15 +43,6 @@ def build_model(spec: ModelConfig, heads: Dict[str, int]) -> nn.Module:
     if spec.grad_checkpointing:
         (model.backbone if isinstance(model, MultiHead) else model).set_grad_checkpointing(True)
     return model
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
-    """No weight decay on norms and biases (every 1-d parameter)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith('.bias') else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
 def optimizer_groups(model: nn.Module, o: OptimConfig) -> List[dict]:

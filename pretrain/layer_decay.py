@@ -6,10 +6,13 @@ from typing import Dict, List
 from timm.models import group_parameters
 from torch import nn
 
+from .weight_decay import exempt_names, split_by_weight_decay
+
 
 def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, coarse: bool = True) -> List[dict]:
     """Parameter groups with ``lr_scale = decay ** (last_id - id)``: the head trains at the full lr,
-    each earlier stage (or block) at ``decay`` times the next. No weight decay on norms and biases.
+    each earlier stage (or block) at ``decay`` times the next. Weight decay as ``weight_decay.param_groups``
+    (none on norms and biases).
 
     With ``coarse`` (the default) the groups are stem, stage 1..N, head; else one per block.
     """
@@ -18,13 +21,13 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, coar
     groups_by_id = group_parameters(model, model.group_matcher(coarse=coarse))  # ordered: stem ... head
     last = len(groups_by_id) - 1
     params = dict(model.named_parameters())
+    exempt = exempt_names(model)
     out: List[dict] = []
     for layer_id, names in enumerate(groups_by_id.values()):
         scale = decay ** (last - layer_id)
         label = ('stem' if layer_id == 0 else 'head' if layer_id == last else f'stage{layer_id}') if coarse \
             else f'layer{layer_id}'
-        decay_p = [params[n] for n in names if params[n].requires_grad and params[n].ndim > 1 and not n.endswith('.bias')]
-        plain_p = [params[n] for n in names if params[n].requires_grad and (params[n].ndim <= 1 or n.endswith('.bias'))]
+        decay_p, plain_p = split_by_weight_decay(((n, params[n]) for n in names), exempt)
         for plist, wd, kind in ((decay_p, weight_decay, 'decay'), (plain_p, 0.0, 'no_decay')):
             if plist:
                 out.append(dict(params=plist, weight_decay=wd, lr_scale=scale, layer_id=layer_id,

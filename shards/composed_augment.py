@@ -16,15 +16,24 @@ the same order (under one seed: the same crops, flips, ops and magnitudes), and:
 
 Everything else is timm's own op functions, in timm's order; without geometric or sharpness ops
 the output is bit-identical to timm's. The tests bound the differences.
+
+The draws are replayed from timm's private ``AugmentOp.__call__`` (``draw_op``): ``compose`` checks
+them against timm's own steps once per process (``timm_disagreement``, about 5 ms) and, should a timm
+release draw otherwise, warns and leaves timm's transform as built.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+import logging
 import math
 import random
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
+import timm
 import torch
 from PIL import Image
 from timm.data import auto_augment
@@ -32,6 +41,8 @@ from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_i
 from torchvision import transforms as T
 
 from .images import UndecodedJpeg
+
+log = logging.getLogger(__name__)
 
 
 def _rotate_matrix(degrees: float, w: int, h: int) -> np.ndarray:
@@ -215,7 +226,8 @@ def _pil_resample(mode):
 
 def compose(transform) -> Optional[T.Compose]:
     """timm's train Compose with its first three steps replaced by ComposedTrainTransform, or None
-    when the pipeline is not RandomResizedCrop -> flip -> [RandAugment] -> to tensor."""
+    when the pipeline is not RandomResizedCrop -> flip -> [RandAugment] -> to tensor, or when this
+    timm draws otherwise than ``draw_op`` replays (``timm_disagreement``: then one warning)."""
     steps = list(getattr(transform, 'transforms', []))
     if len(steps) < 3 or not isinstance(steps[0], RandomResizedCropAndInterpolation) \
             or not isinstance(steps[1], T.RandomHorizontalFlip):
@@ -224,4 +236,101 @@ def compose(transform) -> Optional[T.Compose]:
     rest = steps[3:] if randaug is not None else steps[2:]
     if any(type(s).__name__ not in ('MaybePILToTensor', 'ToNumpy', 'Uint8Tensor') for s in rest):
         return None
-    return T.Compose([ComposedTrainTransform(steps[0], steps[1], randaug)] + rest)
+    composed = ComposedTrainTransform(steps[0], steps[1], randaug)
+    if timm_disagreement(composed) is not None:
+        return None
+    return T.Compose([composed] + rest)
+
+
+# --- the guard: draw_op replays timm's private AugmentOp.__call__, right only while timm draws as it does today ---
+
+SELF_CHECK_SEEDS = range(8)
+_CHECKED: Dict[str, Optional[str]] = {}   # pipeline (timm's own repr of its steps) -> why ours disagrees, or None
+
+
+def timm_disagreement(composed: ComposedTrainTransform) -> Optional[str]:
+    """Why ``composed`` would not draw what timm's own steps draw (None when it does), checked once per
+    process and pipeline on a small synthetic image at fixed seeds; the callers' random state is kept.
+    A disagreement is logged once, naming the timm version: its transform then runs as built."""
+    key = repr((composed.rrc, composed.flip, composed.randaug))
+    if key not in _CHECKED:
+        with _random_state_kept():
+            try:
+                _CHECKED[key] = _first_different_draw(composed)
+            except Exception as exc:  # noqa: BLE001  a private name gone or changed: this timm is not the one replayed
+                _CHECKED[key] = f'{type(exc).__name__}: {exc}'
+        if _CHECKED[key] is not None:
+            log.warning('timm %s draws its augmentation otherwise than shards.composed_augment replays (%s): using '
+                        "timm's own train transform (correct, slower)", timm.__version__, _CHECKED[key])
+    return _CHECKED[key]
+
+
+def _first_different_draw(composed: ComposedTrainTransform) -> Optional[str]:
+    img = Image.linear_gradient('L').resize((64, 48)).convert('RGB')   # draws depend on the size only
+    timm_steps = _TimmDraws(composed)
+    for seed in SELF_CHECK_SEEDS:
+        _seed_every_generator(seed)
+        box, _, flipped, applied = composed._draw(img)
+        ours = [('crop', box), ('flip', flipped)] + [('op', op.name, tuple(args)) for op, args, _ in applied]
+        after_ours = _generator_states()
+        _seed_every_generator(seed)
+        theirs = timm_steps.run(img)
+        if ours != theirs:
+            return f'seed {seed}: replayed {ours}, timm drew {theirs}'
+        if _generator_states() != after_ours:
+            return f'seed {seed}: the same draws but not the same number of random numbers'
+    return None
+
+
+class _TimmDraws:
+    """Copies of timm's three steps, run as timm runs them, noting what they drew (the crop box, the
+    flip, each applied op and its arguments). At a tiny output size: no draw depends on it."""
+
+    def __init__(self, composed: ComposedTrainTransform):
+        self.rrc, self.flip, self.randaug = copy.deepcopy((composed.rrc, composed.flip, composed.randaug))
+        self.rrc.size = (16, 16)
+        get_params = type(self.rrc).get_params
+        self.rrc.get_params = lambda img, scale, ratio: self._note('crop', get_params(img, scale, ratio))
+        for op in (self.randaug.ops if self.randaug is not None else []):
+            op.aug_fn = functools.partial(self._apply, op.name, op.aug_fn)
+        self.drawn: list = []
+
+    def _note(self, kind, value):
+        self.drawn.append((kind, value))
+        return value
+
+    def _apply(self, name, fn, img, *args, **kwargs):
+        self.drawn.append(('op', name, tuple(args)))
+        return fn(img, *args, **kwargs)
+
+    def run(self, img) -> list:
+        self.drawn = []
+        cropped = self.rrc(img)
+        out = self.flip(cropped)
+        self._note('flip', out is not cropped)
+        if self.randaug is not None:
+            self.randaug(out)
+        return self.drawn
+
+
+def _seed_every_generator(seed: int) -> None:
+    """The generators the augmentation draws from; torch's CPU one only (torch.manual_seed would reseed the GPUs')."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.random.default_generator.manual_seed(seed)
+
+
+def _generator_states() -> tuple:
+    return random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state().tolist()
+
+
+@contextlib.contextmanager
+def _random_state_kept():
+    """The check seeds the global generators; a training run's own stream of draws must not notice."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])

@@ -11,13 +11,15 @@ import errno
 import logging
 import os
 import random
-import secrets
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import fsspec
+
+from .common import local_files
+from .common.local_files import open_staged  # noqa: F401  (kept importable here, where callers have always found it)
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -72,14 +74,16 @@ def s3_write(url: str):
 
 
 @contextlib.contextmanager
-def local_write(staged: str, url: str):
-    """Writing ``staged`` on the way to ``url``: a failure removes the partial file, and a full disk
-    is one error naming where (finished work is kept; a rerun writes only what is missing)."""
+def local_write(staged: Optional[str], url: str):
+    """Writing ``staged`` on the way to ``url``: a failure removes the partial file (``None``: the
+    writer inside removes its own), and a full disk is one error naming where (finished work is
+    kept; a rerun writes only what is missing)."""
     try:
         yield
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(staged)
+        if staged is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
         if exc.errno == errno.ENOSPC:
             raise NoSpace(f'no space left on the disk holding {url}: free space (or point the output elsewhere) '
                           'and rerun; what was finished is kept') from None
@@ -244,6 +248,10 @@ def open_read(url: str, policy: RetryPolicy = DEFAULT_RETRY):
 
 def write_bytes_atomic(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY) -> None:
     """Readers see the old object or the whole new one, never a part."""
+    if is_local(url):
+        with _local_destination(url) as dst:
+            dst.write(data)
+        return
     with tempfile.NamedTemporaryFile(delete=False) as tmp, local_write(tmp.name, tmp.name):
         tmp.write(data)
         tmp.flush()   # a full disk shows here, inside local_write, not when the file closes
@@ -254,27 +262,23 @@ def write_bytes_atomic(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETR
             os.unlink(tmp.name)
 
 
-def open_staged(path: str) -> Tuple[str, BinaryIO]:
-    """A new file beside ``path``, to write and then rename onto it: an unpredictable name
-    (``{path}.tmp-{pid}-{random}``, a pattern the orphan sweeps know), created exclusively and never
-    through a link planted at its name, with the user's umask like any file they write."""
-    staged = f'{path}.tmp-{os.getpid()}-{secrets.token_hex(8)}'
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0), 0o666)
-    return staged, os.fdopen(fd, 'wb')
+@contextlib.contextmanager
+def _local_destination(url: str) -> Iterator[BinaryIO]:
+    """A file that becomes the local ``url`` whole and durably (``local_files.replacing``) once the
+    block finishes; a full disk is one error naming ``url``."""
+    path = filesystem(url)[1]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with local_write(None, url), local_files.replacing(path) as dst:
+        yield dst
 
 
 def put_file_atomic(local_path: str, url: str, policy: RetryPolicy = DEFAULT_RETRY) -> None:
     """Move a finished local file to ``url``: rename locally, one whole PUT on object stores."""
     fs, path = filesystem(url)
     if is_local(url):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        staged, dst = open_staged(path)
-        with local_write(staged, url), open(local_path, 'rb') as src, dst:
+        with _local_destination(url) as dst, open(local_path, 'rb') as src:
             while chunk := src.read(16 << 20):
                 dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(staged, path)
     else:
         # An S3 object (single or multipart upload) becomes visible only once complete.
         with s3_write(url):
@@ -297,6 +301,7 @@ def create_exclusive(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY)
             os.fsync(f.fileno())
         try:
             os.link(staged, path)
+            local_files.fsync_folder(os.path.dirname(os.path.abspath(path)))
             return True
         except FileExistsError:
             return False

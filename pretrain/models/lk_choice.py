@@ -26,12 +26,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
+
+from shards.common.local_files import replacing
 
 from .lk_measure import TRITON_ALGORITHMS, LayerShape, candidates_for
 
@@ -107,10 +108,8 @@ def save_entry(card: str, shape: LayerShape, times_ms: Dict[str, float], batch: 
     data = dict(format=CACHE_FORMAT, card=card, **versions(), shapes=dict(sorted(shapes.items())))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.tmp-')
-        with os.fdopen(fd, 'w') as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
+        with replacing(str(path)) as f:
+            f.write(json.dumps(data, indent=1).encode())
     except OSError as exc:
         log.warning('lk_impl: could not write the decision cache %s (%s); set %s to a writable folder',
                     path, exc, CACHE_ENV)

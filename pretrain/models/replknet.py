@@ -24,6 +24,7 @@ from .layers import (
     is_bn,
 )
 from .lk_impl import lk_conv_factory
+from .task_heads import TaskLinears
 
 NumClasses = Union[int, Dict[str, int]]
 # One task: logits (or features); several: logits by task. TorchScript needs the union spelled out.
@@ -106,20 +107,6 @@ class RepLKStage(nn.Module):
         return self.blocks(x)
 
 
-class TaskLinears(nn.ModuleDict):
-    """One linear classifier per task, called in the fixed order the tasks were given.
-
-    A ``ModuleDict`` so checkpoints keep ``head.fc.{task}.weight``; a module with its own
-    ``forward`` so the head calls ``self.fc(x)`` whatever the classifier is, which is what lets
-    TorchScript compile the single-head model (no ``isinstance`` branch on the classifier type)."""
-
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out: Dict[str, torch.Tensor] = {}
-        for task, fc in self.items():
-            out[task] = fc(x)
-        return out
-
-
 class RepLKHead(nn.Module):
     """BN, global average pool, linear classifier (one per task when ``num_classes`` is a dict).
 
@@ -142,9 +129,7 @@ class RepLKHead(nn.Module):
             raise ValueError('global_pool="" gives unpooled feature maps: it needs num_classes=0')
         self.num_classes = num_classes
         if isinstance(num_classes, dict):
-            if not num_classes:
-                raise ValueError('num_classes dict is empty: name at least one task')
-            self.fc = TaskLinears({task: nn.Linear(self.in_chs, n) for task, n in num_classes.items()})
+            self.fc = TaskLinears.for_tasks(self.in_chs, num_classes)
         else:
             self.fc = nn.Linear(self.in_chs, num_classes) if num_classes > 0 else nn.Identity()
 

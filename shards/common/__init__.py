@@ -1,2 +1,2 @@
 """What every layer (shards, labeling, pretrain) shares and none of them owns: the launcher's
-environment today. Imports only the standard library."""
+environment and atomic, durable local writes (``local_files``). Imports only the standard library."""

@@ -1,15 +1,18 @@
 """The training augmentation with composed warps draws exactly what timm draws and looks the same."""
 import io
+import logging
 import random
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 from timm.data import auto_augment, create_transform
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
+from shards import composed_augment
 from shards.composed_augment import GEOMETRIC, ComposedTrainTransform, _op_matrix, compose, warp
 from shards.images import BadImage, decode_rgb, open_undecoded
 from shards.transforms import TransformConfig, _patch_posterize, train_transform
@@ -207,3 +210,53 @@ def test_opencv_sharpness_matches_pillows_within_a_grey_level(photos, factor):
     img = photos[1].resize((224, 224), Image.Resampling.BICUBIC)
     ref = np.asarray(auto_augment.sharpness(img, factor), np.float32)
     assert np.abs(ref - np.asarray(sharpness(img, factor), np.float32)).max() <= 1
+
+
+# --- the guard: draw_op replays timm's private AugmentOp.__call__; a timm that draws otherwise is detected once,
+# at build, and its own transform runs instead (correct, slower) ---
+
+def magnitude_drawn_before_the_skip(self, img):
+    """AugmentOp.__call__ of a timm that changed its draw order (the magnitude first, then whether to skip)."""
+    magnitude = random.gauss(self.magnitude, self.magnitude_std) if self.magnitude_std > 0 else self.magnitude
+    if self.prob < 1.0 and random.random() > self.prob:
+        return img
+    args = self.level_fn(max(0., min(magnitude, 10)), self.hparams) if self.level_fn is not None else ()
+    return self.aug_fn(img, *args, **self.kwargs)
+
+
+@pytest.fixture
+def unchecked(monkeypatch):
+    """A process that has not checked any pipeline yet (and forgets what this test's check found)."""
+    monkeypatch.setattr(composed_augment, '_CHECKED', {})
+
+
+def guard_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == 'shards.composed_augment']
+
+
+def test_a_timm_that_draws_in_another_order_gets_its_own_transform_and_one_warning(unchecked, monkeypatch, caplog):
+    monkeypatch.setattr(auto_augment.AugmentOp, '__call__', magnitude_drawn_before_the_skip)
+    with caplog.at_level(logging.WARNING, logger='shards.composed_augment'):
+        for _ in range(2):   # checked once per process and pipeline
+            transform = train_transform(TransformConfig(image_size=32))
+            assert isinstance(transform.transforms[0], RandomResizedCropAndInterpolation)
+            assert transform(Image.new('RGB', (50, 40))).shape == (3, 32, 32)
+    [warning] = guard_warnings(caplog)
+    assert f'timm {timm.__version__} draws its augmentation otherwise' in warning and "timm's own" in warning
+
+
+def test_a_private_timm_name_gone_is_a_fallback_not_a_crash(unchecked, monkeypatch, caplog):
+    pipeline = timm_pipeline()
+    monkeypatch.delattr(auto_augment, '_LEVEL_DENOM')   # renamed, say, in a timm built without it
+    with caplog.at_level(logging.WARNING, logger='shards.composed_augment'):
+        assert compose(pipeline) is None
+    [warning] = guard_warnings(caplog)
+    assert timm.__version__ in warning and '_LEVEL_DENOM' in warning
+
+
+def test_the_check_agrees_with_this_timm_and_leaves_the_random_state_as_it_was(unchecked, caplog):
+    seed(123)
+    before = rng_states()
+    with caplog.at_level(logging.WARNING, logger='shards.composed_augment'):
+        assert isinstance(train_transform(TransformConfig(image_size=32)).transforms[0], ComposedTrainTransform)
+    assert rng_states() == before and not guard_warnings(caplog)
