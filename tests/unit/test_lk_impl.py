@@ -18,7 +18,9 @@ TINY = dict(kernel_sizes=(7, 5), depths=(1, 1), channels=(8, 16), small_kernel=3
 
 
 @pytest.mark.slow  # interpreted kernels; lower-bounds keeps the same torch/triton
-def test_tiny_replknet_with_triton_gives_the_native_outputs_and_gradients(randomize_bn):
+@pytest.mark.parametrize('seed', [0, 2, 5, 12])
+def test_tiny_replknet_with_triton_gives_the_native_outputs_and_gradients(randomize_bn, seed):
+    torch.manual_seed(seed)   # not the global state other tests leave behind
     native = randomize_bn(RepLKNet(lk_impl='native', **TINY))
     triton = RepLKNet(lk_impl='triton', **TINY)
     triton.load_state_dict(native.state_dict())  # same keys: nn.Conv2d's weight [C, 1, k, k]
@@ -32,7 +34,10 @@ def test_tiny_replknet_with_triton_gives_the_native_outputs_and_gradients(random
         outs.append(out)
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
     for (name, p), q in zip(native.named_parameters(), triton.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+        # A weight's gradient sums hundreds of products, in another order on each path: the float32
+        # rounding scales with the gradient's size (the stem's reach ~50 at some seeds).
+        scale = max(1.0, p.grad.abs().max().item())
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
 @pytest.mark.slow  # interpreted kernels; lower-bounds keeps the same torch/triton
