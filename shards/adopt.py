@@ -16,8 +16,11 @@ Readers then address shard ``i`` as ``files[i]`` with the project's name attache
 store keys on), the tar's own key is kept as its ``id``. Images are checked when read, as in any
 source: one that does not decode is a corrupt sample, counted and skipped.
 
-Jobs split the tars (``--job-index/--num-jobs``: tar ``i`` to job ``i % num_jobs``); a job records
-each tar as it finishes, so a rerun after a kill counts only the rest.
+Jobs split the tars (``--job-index/--num-jobs``: tar ``i`` to job ``i % num_jobs``); a job saves
+what it counted every ``index_save_s`` seconds and when it stops, so a rerun after a kill counts
+only the rest. The tars can be named by a brace pattern, and the index can go elsewhere
+(``index_to``: a folder that is not yours to write); ``build.json`` then records the tars' folder
+(``adopted.base``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
+
+from braceexpand import braceexpand
 
 from . import storage
 from .index import ShardEntry, job_tag, owner_job, read_part, record_plan, save_job_part, source_folder
@@ -47,7 +52,8 @@ class AdoptError(ValueError):
 
 @dataclass(frozen=True)
 class AdoptOptions:
-    prefix: str                                   # the folder or s3:// prefix holding the tars
+    prefix: str                                   # the folder or s3:// prefix holding the tars, or a brace
+                                                  # pattern naming them (s3://b/laion/{00000..00999}.tar)
     source: str                                   # the source name the project will know them by
     labels: Dict[str, str] = field(default_factory=dict)          # task -> 'cls' | 'json:FIELD' | 'name:json:FIELD'
     num_classes: Dict[str, int] = field(default_factory=dict)     # task -> class count, to check indices
@@ -57,6 +63,17 @@ class AdoptOptions:
     workers: int = 4                              # tars read at once (network-bound on S3)
     index_save_s: float = 30.0                    # seconds between saves of this job's index part
     retry: storage.RetryPolicy = field(default_factory=storage.RetryPolicy)
+    index_to: Optional[str] = None                # where the index goes (default: beside the tars), e.g. when
+                                                  # their folder is not yours to write
+
+    @property
+    def tar_folder(self) -> str:
+        return (self.prefix.rsplit('/', 1)[0] if '{' in self.prefix else self.prefix).rstrip('/')
+
+    @property
+    def index_prefix(self) -> str:
+        """The prefix training and labeling name for this source: ``_index/{source}/`` is there."""
+        return (self.index_to or self.tar_folder).rstrip('/')
 
     def __post_init__(self):
         check_name(self.source, 'source name')
@@ -75,17 +92,37 @@ class AdoptOptions:
 
 
 def foreign_tars(options: AdoptOptions, listing: List[str]) -> List[str]:
-    """The tars to adopt: every ``.tar`` in the prefix's ``listing`` but the shards this project built
-    there, sorted."""
-    built = set(storage.list_names(storage.join(options.prefix, '_index'), options.retry)) - {options.source}
-    names = sorted(n for n in listing if n.endswith('.tar')
-                   and not (BUILT_SHARD.fullmatch(n) and n.rsplit('-', 1)[0] in built))
+    """The tars to adopt: those the brace pattern names (each must be in the folder's ``listing``),
+    or every ``.tar`` in the ``listing`` but the shards this project built there; sorted."""
+    folder = options.tar_folder
+    if '{' in options.prefix:
+        names = named_tars(options.prefix)
+        absent = [n for n in names if n not in set(listing)]
+        if absent:
+            raise storage.missing_bucket(folder) or AdoptError(
+                f'{len(absent)} of the {len(names)} tars {options.prefix} names are not in {folder} '
+                f'(first: {absent[0]}); fix the pattern')
+    else:
+        built = set(storage.list_names(storage.join(folder, '_index'), options.retry)) - {options.source}
+        names = sorted(n for n in listing if n.endswith('.tar')
+                       and not (BUILT_SHARD.fullmatch(n) and n.rsplit('-', 1)[0] in built))
     if not names:
-        missing = storage.missing_bucket(options.prefix)
-        raise missing or AdoptError(f'no .tar files in {options.prefix} to adopt')
+        missing = storage.missing_bucket(folder)
+        raise missing or AdoptError(f'no .tar files in {folder} to adopt')
     for name in names:
         if '#' in name:
-            raise AdoptError(f'{storage.join(options.prefix, name)}: "#" in a shard name is not supported; rename it')
+            raise AdoptError(f'{storage.join(folder, name)}: "#" in a shard name is not supported; rename it')
+    return names
+
+
+def named_tars(pattern: str) -> List[str]:
+    """The tar names a brace pattern expands to (webdataset's and img2dataset's notation), all in one folder."""
+    urls = list(braceexpand(pattern))
+    if len({u.rsplit('/', 1)[0] for u in urls}) != 1 or '{' in pattern.rsplit('/', 1)[0]:
+        raise AdoptError(f'{pattern}: braces only in the file name (the tars of one source live in one folder)')
+    names = sorted({u.rsplit('/', 1)[1] for u in urls})
+    if not all(n.endswith('.tar') for n in names):
+        raise AdoptError(f'{pattern}: names {next(n for n in names if not n.endswith(".tar"))!r}, not a .tar')
     return names
 
 
@@ -100,16 +137,16 @@ def declared_sizes(options: AdoptOptions, files: List[str], present: Iterable[st
     are checked against the count, so a truncated download or a stale file is named, not trusted."""
     declared: Dict[str, Tuple[int, str]] = {}
     if 'sizes.json' in present:
-        sizes = _json_file(storage.join(options.prefix, 'sizes.json'), options.retry)
+        sizes = _json_file(storage.join(options.tar_folder, 'sizes.json'), options.retry)
         declared.update({f: (int(sizes[f]), 'sizes.json') for f in files if isinstance(sizes, dict) and f in sizes})
     info_name = next((n for n in SPLIT_INFO_NAMES if n in present), None)
     if info_name:
-        declared.update(_split_info_sizes(_json_file(storage.join(options.prefix, info_name), options.retry),
+        declared.update(_split_info_sizes(_json_file(storage.join(options.tar_folder, info_name), options.retry),
                                           info_name, set(files)))
     for f in files:
         stats_name = f'{f[:-len(".tar")]}_stats.json'
         if stats_name in present:
-            stats = _json_file(storage.join(options.prefix, stats_name), options.retry)
+            stats = _json_file(storage.join(options.tar_folder, stats_name), options.retry)
             if isinstance(stats, dict) and isinstance(stats.get('successes'), int):
                 declared[f] = (stats['successes'], stats_name)
     return declared
@@ -144,19 +181,21 @@ def check_declared(url: str, counted: int, declared: Optional[Tuple[int, str]]) 
 def plan_of(options: AdoptOptions, files: List[str]) -> dict:
     """What build.json records; ``classes``: the names that ``name:`` label fields are looked up in."""
     classes = {t: list(options.class_names[t]) for t, where in sorted(options.labels.items()) if where.startswith('name:')}
-    fingerprint = hashlib.sha256(json.dumps([files, sorted(options.labels.items())] + ([classes] if classes else []))
-                                 .encode()).hexdigest()
-    return dict(adopted=dict(files=files, labels=dict(sorted(options.labels.items()))), shards=len(files),
+    # The tars' folder is recorded only when the index is elsewhere: an index beside its tars moves with them.
+    base = {'base': options.tar_folder} if options.index_prefix != options.tar_folder else {}
+    fingerprint = hashlib.sha256(json.dumps([files, sorted(options.labels.items())] + ([classes] if classes else [])
+                                            + ([base] if base else [])).encode()).hexdigest()
+    return dict(adopted=dict(files=files, labels=dict(sorted(options.labels.items())), **base), shards=len(files),
                 num_jobs=options.num_jobs, fingerprint=fingerprint, classes=classes)
 
 
 def check_plan(options: AdoptOptions, plan: dict) -> None:
     """The first job records the plan (first writer wins); every other job must agree with it."""
-    previous = record_plan(options.prefix, options.source, plan, options.retry)
+    previous = record_plan(options.index_prefix, options.source, plan, options.retry)
     if previous is None:
         return
     if previous.get('fingerprint') != plan['fingerprint'] or 'adopted' not in previous:
-        raise AdoptError(f'source {options.source!r} under {options.prefix} was made from other tars or other label '
+        raise AdoptError(f'source {options.source!r} under {options.index_prefix} was made from other tars or other label '
                          'fields (or built, not adopted); use a new source name, or the same tars and --label options')
     if previous.get('num_jobs') != options.num_jobs:
         raise AdoptError(f'source {options.source!r} was planned for {previous.get("num_jobs")} jobs; rerun with '
@@ -182,7 +221,7 @@ def count_tar(options: AdoptOptions, number: int, name: str, declared: Optional[
     its samples without each task's label field; ``declared``: the samples a size file says it holds.
     On S3 a tar costs a HEAD (its ETag, which every ranged GET after it must match: a tar replaced
     mid-read fails instead of hashing a mix) and one GET per 8 MiB."""
-    url = storage.join(options.prefix, name)
+    url = storage.join(options.tar_folder, name)
     indices = {task: {n: i for i, n in enumerate(names)} for task, names in options.class_names.items()}
 
     def once():
@@ -224,7 +263,7 @@ def _samples_or_say(stream, url: str):
 
 
 def own_entries(options: AdoptOptions) -> Dict[str, ShardEntry]:
-    url = f'{source_folder(options.prefix, options.source)}/shards.{job_tag(options.job_index, options.num_jobs)}.parquet'
+    url = f'{source_folder(options.index_prefix, options.source)}/shards.{job_tag(options.job_index, options.num_jobs)}.parquet'
     try:
         return {e.name: e for e in read_part(url, options.source, options.retry)}
     except FileNotFoundError:
@@ -233,7 +272,7 @@ def own_entries(options: AdoptOptions) -> Dict[str, ShardEntry]:
 
 def adopt(options: AdoptOptions) -> dict:
     """Count (or finish counting) this job's share of the tars; returns a summary."""
-    listing = storage.list_names(options.prefix, options.retry)   # one listing: the tars and the size files
+    listing = storage.list_names(options.tar_folder, options.retry)   # one listing: the tars and the size files
     files = foreign_tars(options, listing)
     check_plan(options, plan_of(options, files))
     declared = declared_sizes(options, files, listing)
@@ -245,7 +284,7 @@ def adopt(options: AdoptOptions) -> dict:
     unsaved, last_save = 0, time.monotonic()
 
     def save():
-        save_job_part(options.prefix, options.source, options.job_index, options.num_jobs, list(mine.values()),
+        save_job_part(options.index_prefix, options.source, options.job_index, options.num_jobs, list(mine.values()),
                       options.retry)
     try:
         with ThreadPoolExecutor(max(1, options.workers)) as pool:
@@ -266,6 +305,7 @@ def adopt(options: AdoptOptions) -> dict:
     if unsaved:
         save()
     labels = {task: sum(e.tasks.get(task, 0) for e in mine.values()) for task in options.labels}
-    return dict(source=options.source, job_index=options.job_index, num_jobs=options.num_jobs, tars=len(files),
+    return dict(source=options.source, index=options.index_prefix, job_index=options.job_index,
+                num_jobs=options.num_jobs, tars=len(files),
                 counted_now=len(todo), already_counted=already, samples=sum(e.samples for e in mine.values()),
                 labels=labels, without_label_now=unlabeled)

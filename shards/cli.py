@@ -56,7 +56,7 @@ def _adopt(args) -> int:
                         num_classes={t: len(known[t]) for t in labels if t in known},
                         class_names={t: known[t] for t in labels if t in known},
                         job_index=args.job_index, num_jobs=args.num_jobs, workers=args.workers,
-                        index_save_s=args.index_save_interval, retry=storage.retry_from(args))
+                        index_save_s=args.index_save_interval, retry=storage.retry_from(args), index_to=args.index_to)
     summary = adopt(opts)
     unchecked = sorted(t for t in labels if t not in known)
     print(json.dumps(summary))
@@ -183,7 +183,10 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser('adopt', formatter_class=HelpFormatter,
                        help="make tar shards another tool wrote (img2dataset, timm's wds, ShardWriter) a source, "
                             'without rewriting them: one counting pass writes the index beside them (resumable)')
-    a.add_argument('prefix', help='the folder or s3://bucket/prefix holding the .tar files (the index is written there)')
+    a.add_argument('prefix', help='the folder or s3://bucket/prefix holding the .tar files (the index is written there), '
+                                  "or a brace pattern naming them: 's3://bucket/laion/{00000..00999}.tar'")
+    a.add_argument('--index-to', help='write the index under this folder or s3:// prefix instead of beside the tars '
+                                      '(a folder you cannot write to); train and label by this prefix then')
     a.add_argument('--source', required=True, help='the source name to train and label them by, e.g. laion')
     a.add_argument('--label', action='append', metavar='TASK=WHERE',
                    help='a human label to read: TASK=cls (the .cls member, timm style), TASK=json:FIELD '

@@ -20,6 +20,7 @@ single ``_index.json`` of older builds is still read, merged with the parts.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -203,7 +204,21 @@ def entry_url(prefix: str, entry: 'ShardEntry', plan: Optional[dict]) -> str:
     bad = [f'{t}={w}' for t, w in labels.items() if not (isinstance(w, str) and LABEL_FIELDS.fullmatch(w))]
     if '#' in file_name or bad:   # a name from storage is data
         raise IndexError_(f'{where}: unusable adopted entry ({file_name!r}, labels {bad}); adopt again')
-    return adopted_url(storage.join(prefix, file_name), entry.source, number, labels)
+    return adopted_url(storage.join(_tar_folder(adopted.get('base'), prefix, where), file_name), entry.source, number,
+                       labels)
+
+
+TAR_FOLDER = re.compile(r'(?:s3|gs|gcs|az|abfs|file)://[^#;=\s]+|/[^#;=\s]*')
+
+
+def _tar_folder(base, prefix: str, where: str) -> str:
+    """Where an adopted source's tars are: beside the index, or the folder ``build.json`` records
+    (read from storage, so checked: an object-store URL or an absolute path, nothing to unescape)."""
+    if base is None:
+        return prefix
+    if not (isinstance(base, str) and TAR_FOLDER.fullmatch(base) and '/../' not in f'{base}/'):
+        raise IndexError_(f'{where}: unusable tar folder {base!r}; adopt again')
+    return base
 
 
 def planned_but_missing(source: str, entries: Dict[str, 'ShardEntry'], build_info: Optional[dict]

@@ -168,6 +168,13 @@ def test_adopt_tars_another_tool_wrote_to_s3_and_stream_them(tmp_path, s3_prefix
     assert cli(['adopt', prefix, '--source', 'foreign', '--label', 'toy']) == 2
     assert "--label 'toy': expected TASK=cls, TASK=json:FIELD or TASK=name:json:FIELD" in capsys.readouterr().err
 
+    # named by a brace pattern, the index in a prefix of one's own
+    assert cli(['adopt', f'{prefix}/train-{{0000..0001}}.tar', '--source', 'two', '--index-to', f'{s3_prefix}/mine']) == 0
+    ds = ShardStream([SourceSpec('two', f'{s3_prefix}/mine')], StreamConfig(batch_size=5), to_tensor, 0, 1, 1)
+    keys = [k for b in ResumableLoader(ds, num_workers=1) for k in b['key']]
+    assert sorted(keys) == sorted(f'two/{s:06d}/{p:06d}' for s in range(2) for p in range(PER_TAR))
+    assert not any(name.startswith('two') for name in storage.list_names(f'{prefix}/_index'))
+
 
 def test_adopting_costs_a_head_and_a_get_per_tar_plus_a_constant_few_requests(s3_server, s3_prefix, monkeypatch):
     """Counted by a proxy in front of the server, so s3fs's own requests count too. The index part

@@ -224,3 +224,34 @@ def test_an_unknown_class_name_is_one_error_naming_the_sample_and_a_name_field_n
         adopt(options(folder, labels={'toy': 'name:json:class_name'}, class_names={'toy': CLASS_NAMES}, workers=1))
     with pytest.raises(AdoptError, match=r'give --tasks-file with the names of .toy.'):
         options(folder, labels={'toy': 'name:json:class_name'})
+
+
+def test_tars_named_by_a_brace_pattern_are_adopted_with_the_index_elsewhere_and_their_folder_untouched(tmp_path):
+    folder = foreign_shards(tmp_path / 'readonly')
+    before = sorted(p.relative_to(folder) for p in folder.rglob('*'))
+    index = tmp_path / 'mine'
+    summary = adopt(options(folder, prefix=f'{folder}/train-{{0000..0001}}.tar', index_to=str(index)))
+    assert (summary['tars'], summary['samples'], summary['index']) == (2, 2 * PER_TAR, str(index))
+    assert sorted(p.relative_to(folder) for p in folder.rglob('*')) == before
+    src = resolve_source(SourceSpec('foreign', str(index)))
+    assert [u.split('#')[0] for u in src.urls] == [f'{folder}/train-0000.tar', f'{folder}/train-0001.tar']
+    keys = [s['__key__'] for s in iter_shard_samples(src.urls[1], 0, PER_TAR)]
+    assert keys == [f'foreign/000001/{p:06d}' for p in range(PER_TAR)]
+    assert verify(str(index)) == []
+
+    with pytest.raises(AdoptError, match=r'1 of the 4 tars .* are not in .*readonly \(first: train-0003.tar\)'):
+        adopt(options(folder, prefix=f'{folder}/train-{{0000..0003}}.tar', index_to=str(tmp_path / 'other')))
+
+
+def test_a_tar_folder_read_from_the_index_is_checked_before_use(tmp_path):
+    folder = foreign_shards(tmp_path / 'wds')
+    index = tmp_path / 'mine'
+    adopt(options(folder, index_to=str(index)))
+    plan_file = index / '_index' / 'foreign' / 'build.json'
+    plan = json.loads(plan_file.read_text())
+    assert plan['adopted']['base'] == str(folder)
+    for forged in ('relative/folder', 'http://elsewhere/x', f'{folder}/../../etc'):
+        plan['adopted']['base'] = forged
+        plan_file.write_text(json.dumps(plan))
+        with pytest.raises(ValueError, match='unusable tar folder'):
+            resolve_source(SourceSpec('foreign', str(index)))
