@@ -12,7 +12,7 @@ TARS, PER_TAR = 3, 5
 CLASS_NAMES = ('even', 'odd')
 
 
-def foreign_shards(folder: Path, bad_class: bool = False, pattern: str = 'train-%04d.tar') -> Path:
+def foreign_shards(folder: Path, bad_class: bool = False, pattern: str = 'train-%04d.tar', broken_image: bool = False) -> Path:
     """What timm's imagenet-wds layout looks like: keys of the original file names, .cls, .json."""
     folder.mkdir(parents=True, exist_ok=True)
     with wds.ShardWriter(str(folder / pattern), maxcount=PER_TAR, verbose=0) as sink:
@@ -24,6 +24,8 @@ def foreign_shards(folder: Path, bad_class: bool = False, pattern: str = 'train-
                                           'class_name': CLASS_NAMES[cls] if cls < 2 else 'heptagon'}).encode()}
             if i == 4:
                 del sample['cls']          # a sample without the label field
+            if broken_image and i == 7:
+                sample['jpg'] = b'<html>rate limited</html>'   # what a web pool holds now and then
             sink.write(sample)
     return folder
 

@@ -255,3 +255,14 @@ def test_a_tar_folder_read_from_the_index_is_checked_before_use(tmp_path):
         plan_file.write_text(json.dumps(plan))
         with pytest.raises(ValueError, match='unusable tar folder'):
             resolve_source(SourceSpec('foreign', str(index)))
+
+
+def test_a_broken_image_in_a_foreign_tar_is_a_corrupt_sample_named_by_the_projects_key(tmp_path, caplog):
+    folder = foreign_shards(tmp_path / 'wds', broken_image=True)
+    assert adopt(options(folder))['samples'] == TARS * PER_TAR   # adopting reads no image
+    stream = ShardStream([SourceSpec('foreign', str(folder))],
+                         StreamConfig(batch_size=5, shuffle_buffer=3, max_corrupt_fraction=0.5),
+                         lambda img: torch.zeros(1), rank=0, world_size=1, workers=1)
+    keys = [k for batch in stream for k in batch['key']]
+    assert len(keys) == TARS * PER_TAR and 'foreign/000001/000002' not in keys   # replaced, the count kept
+    assert 'skipping corrupt sample foreign/000001/000002' in caplog.text
