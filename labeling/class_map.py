@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+from shards.common.errors import BadValue
+
 from .tasks import Task
 
 
@@ -25,13 +27,13 @@ def human_index_map(task: Task, built: Optional[Sequence[str]], where: str) -> O
     built = [str(n) for n in built]
     if not names_classes(task):
         if len(built) != task.num_classes:
-            raise ValueError(f'{where}: its build has {len(built)} classes for task {task.name!r} ({built}), the '
+            raise BadValue(f'{where}: its build has {len(built)} classes for task {task.name!r} ({built}), the '
                              f'task has {task.num_classes}; fix num_classes or the tasks file')
         return None
     ours = list(task.class_names)
     if built == ours:
         return None
     if sorted(built) != sorted(ours):
-        raise ValueError(f'{where}: its build names the classes of task {task.name!r} {built}, the tasks file '
+        raise BadValue(f'{where}: its build names the classes of task {task.name!r} {built}, the tasks file '
                          f'{ours}; they must be the same classes (in any order): fix the tasks file')
     return [ours.index(n) for n in built]

@@ -9,10 +9,11 @@ import sys
 import torch
 
 from shards import storage
+from shards.common.errors import ReplkError
 from shards.common.launcher import gpu_index, read_dist_env
 from shards.helpformat import HelpFormatter, command_name
 
-from .store import LabelError, LabelStore
+from .store import LabelStore
 from .tasks import TaskRegistry
 
 
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (LabelError, ValueError, KeyError, FileNotFoundError, storage.StorageError) as exc:
+    except ReplkError as exc:   # the user's to fix: one line; anything else is a bug and shows its traceback
         print(f'error: {exc}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,11 +8,12 @@ from typing import Dict, List, Optional
 import pyarrow as pa
 
 from shards import storage
+from shards.common.errors import BadValue
 from shards.parquet_bytes import table_from_bytes, table_to_bytes
 from shards.safe_files import check_name
 
 
-class LabelError(ValueError):
+class LabelError(BadValue):
     """Labels that break the store's contract; the message names task, shard and key."""
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Literal, Optional
 
+from shards.common.errors import BadValue
 from shards.stream import SourceSpec
 from shards.typed import build
 
@@ -42,16 +43,16 @@ class JobConfig:
 
     def __post_init__(self):
         if self.topk < 1:
-            raise ValueError(f'topk: must be >= 1, got {self.topk}')
+            raise BadValue(f'topk: must be >= 1, got {self.topk}')
         if self.batch_size < 1 or self.workers < 0:
-            raise ValueError('batch_size must be >= 1 and workers >= 0')
+            raise BadValue('batch_size must be >= 1 and workers >= 0')
         if not self.sources or not self.teachers:
-            raise ValueError('sources and teachers: give at least one of each')
+            raise BadValue('sources and teachers: give at least one of each')
 
 
 def load_job_config(path: str) -> JobConfig:
     try:
         doc = json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f'{path}: not valid JSON ({exc})') from None
+        raise BadValue(f'{path}: not valid JSON ({exc})') from None
     return build(JobConfig, doc, path)

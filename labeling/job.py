@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from shards import storage
+from shards.common.errors import BadValue
 from shards.images import BadImage, decode_rgb, image_part, is_plain_jpeg
 from shards.loader import leave_stopping_to_the_parent
 from shards.naming import shard_stem
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 def assign_shards(stems: Sequence[str], job_index: int, num_jobs: int) -> List[str]:
     """Shards of job ``job_index`` of ``num_jobs``: every shard to exactly one job."""
     if not 0 <= job_index < num_jobs:
-        raise ValueError(f'job index {job_index} is outside 0..{num_jobs - 1}')
+        raise BadValue(f'job index {job_index} is outside 0..{num_jobs - 1}')
     return sorted(stems)[job_index::num_jobs]
 
 

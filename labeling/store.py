@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards import storage
+from shards.common.errors import BadValue, UnknownName
 from shards.naming import shard_stem_of_key
 from shards.parquet_bytes import table_from_bytes, table_to_bytes
 from shards.safe_files import check_name
@@ -335,7 +336,7 @@ class LabelStore:
         storage.write_bytes_atomic(f'{self._task_dir(task_name)}/{file}', data, self.retry)
         counts = {s: int(pc.sum(pc.equal(table.column('source'), s)).as_py() or 0) for s in SOURCES}
         if kind not in KINDS:
-            raise ValueError(f'kind {kind!r} is not one of {KINDS}')
+            raise BadValue(f'kind {kind!r} is not one of {KINDS}')
         record = dict(stem=stem, file=file, rows=table.num_rows, sha256=digest, kind=kind, **counts)
         if teacher is not None:
             record['teacher_id'] = teacher_id(teacher)
@@ -405,7 +406,7 @@ class LabelStore:
             except FileNotFoundError:
                 raise unknown from None
             if not names:
-                raise KeyError(f'{unknown.args[0]} (this store predates recorded class names)') from None
+                raise UnknownName(f'{unknown.args[0]} (this store predates recorded class names)') from None
             return Task(task_name, tuple(names))
 
     def read_part(self, task_name: str, stem: str, shard_sha256: Optional[str] = None) -> Optional[pa.Table]:

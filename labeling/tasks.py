@@ -9,6 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from shards.common.errors import BadValue, UnknownName
 from shards.common.tasks_file import class_names
 
 
@@ -60,7 +61,7 @@ class TaskRegistry:
             return self._extra[name]
         if name in _BUILTIN:
             return Task(name, _BUILTIN[name]())
-        raise KeyError(f'unknown task {name!r}: built in are {sorted(_BUILTIN)}, '
+        raise UnknownName(f'unknown task {name!r}: built in are {sorted(_BUILTIN)}, '
                        f'registered here {sorted(self._extra)}; add it with a tasks JSON file')
 
     def names(self) -> List[str]:
@@ -68,7 +69,7 @@ class TaskRegistry:
 
     def register(self, task: Task) -> None:
         if task.name in _BUILTIN:
-            raise ValueError(f'task {task.name!r} is built in and cannot be redefined')
+            raise BadValue(f'task {task.name!r} is built in and cannot be redefined')
         self._extra[task.name] = task
 
     @classmethod

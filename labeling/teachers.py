@@ -18,6 +18,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from pretrain.models.checkpoint import loader_args_in
+from shards.common.errors import BadValue, NotFound
 from shards.safe_files import load_torch_file
 
 KINDS = ('timm', 'transformers', 'export')
@@ -36,24 +37,24 @@ class TeacherSpec:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f'teacher kind {self.kind!r} is not one of {KINDS}')
+            raise BadValue(f'teacher kind {self.kind!r} is not one of {KINDS}')
         if self.kind == 'export':
             if not self.path or self.model or self.weights or self.model_kwargs:
-                raise ValueError('an "export" teacher takes "path" (the folder pretrain.export wrote) and reads its '
+                raise BadValue('an "export" teacher takes "path" (the folder pretrain.export wrote) and reads its '
                                  'architecture, shape, weights and preprocessing from there: drop model, weights '
                                  'and model_kwargs')
             return
         if not self.model:
-            raise ValueError(f'a {self.kind} teacher needs "model"')
+            raise BadValue(f'a {self.kind} teacher needs "model"')
         if self.temperature <= 0:
-            raise ValueError(f'teacher temperature must be > 0, got {self.temperature}')
+            raise BadValue(f'teacher temperature must be > 0, got {self.temperature}')
         if self.kind == 'timm' and not self.weights:
-            raise ValueError(f'timm teacher {self.model!r} needs "weights": a local file or "hub"')
+            raise BadValue(f'timm teacher {self.model!r} needs "weights": a local file or "hub"')
         if loader_args_in(self.model_kwargs):
-            raise ValueError(f'teacher {self.model!r}: {loader_args_in(self.model_kwargs)} in model_kwargs would make '
+            raise BadValue(f'teacher {self.model!r}: {loader_args_in(self.model_kwargs)} in model_kwargs would make '
                              'timm load weights itself (unpickling them); name the file in "weights"')
         if 'trust_remote_code' in self.model_kwargs:
-            raise ValueError(f'teacher {self.model!r}: set "trust_remote_code": true on the teacher itself, '
+            raise BadValue(f'teacher {self.model!r}: set "trust_remote_code": true on the teacher itself, '
                              'not inside model_kwargs (it runs code from the model repository)')
 
 
@@ -122,7 +123,7 @@ def read_timm_weights(path: str, trust_pickle: bool = False) -> dict:
         inner = next((state[k] for k in ('state_dict', 'model')  # timm's load_checkpoint order
                       if isinstance(state.get(k), dict)), None)
         if inner is None:
-            raise ValueError(f'{path}: no state dict of tensors inside (keys {sorted(state)[:8]})')
+            raise BadValue(f'{path}: no state dict of tensors inside (keys {sorted(state)[:8]})')
         state = inner
     return clean_state_dict(state)
 
@@ -136,7 +137,7 @@ def _timm_teacher(spec: TeacherSpec, num_classes: int) -> Teacher:
         digest = f'hub:{spec.model}'
     else:
         if not os.path.isfile(spec.weights):
-            raise FileNotFoundError(f'teacher weights {spec.weights} not found')
+            raise NotFound(f'teacher weights {spec.weights} not found')
         model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **spec.model_kwargs)
         model.load_state_dict(read_timm_weights(spec.weights, spec.trust_pickle), strict=True)
         digest = file_sha256(spec.weights)
@@ -151,12 +152,12 @@ def _export_teacher(spec: TeacherSpec, num_classes: int, class_names: Optional[S
     folder = Path(spec.path)
     file = folder / 'model.safetensors' if folder.is_dir() else folder
     if not file.is_file():
-        raise FileNotFoundError(f'teacher export {spec.path}: no model.safetensors there (run python -m pretrain.export)')
+        raise NotFound(f'teacher export {spec.path}: no model.safetensors there (run python -m pretrain.export)')
     meta = export_meta(file)
     if meta is None:
-        raise ValueError(f'teacher export {spec.path}: no config.json of pretrain.export beside {file.name}')
+        raise BadValue(f'teacher export {spec.path}: no config.json of pretrain.export beside {file.name}')
     if meta['num_classes'] != num_classes:
-        raise ValueError(f'teacher export {spec.path} predicts {meta["num_classes"]} classes (task {meta["task"]}), '
+        raise BadValue(f'teacher export {spec.path} predicts {meta["num_classes"]} classes (task {meta["task"]}), '
                          f'the task has {num_classes}')
     if meta['pretrained_cfg'].get('label_names'):
         check_class_names(spec.path, meta['pretrained_cfg']['label_names'], class_names)
@@ -189,7 +190,7 @@ def check_class_names(teacher: str, theirs: List[str], ours: Optional[Sequence[s
     if not set(norm) & set(task_norm) or norm == task_norm:
         return
     wrong = [(i, t, o) for i, (t, o) in enumerate(zip(theirs, ours)) if str(t).strip().lower() != str(o).strip().lower()]
-    raise ValueError(f'teacher {teacher}: its class names do not match the task\'s (index: teacher vs task) '
+    raise BadValue(f'teacher {teacher}: its class names do not match the task\'s (index: teacher vs task) '
                      + ', '.join(f'{i}: {t!r} vs {o!r}' for i, t, o in wrong[:5])
                      + ': reorder the tasks file or the teacher\'s id2label')
 
@@ -200,7 +201,7 @@ def _hf_teacher(spec: TeacherSpec, num_classes: int, class_names: Optional[Seque
     model = AutoModelForImageClassification.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code,
                                                             **spec.model_kwargs)
     if model.config.num_labels != num_classes:
-        raise ValueError(f'teacher {spec.model} predicts {model.config.num_labels} classes, the task has {num_classes}')
+        raise BadValue(f'teacher {spec.model} predicts {model.config.num_labels} classes, the task has {num_classes}')
     check_class_names(spec.model, [model.config.id2label[i] for i in range(num_classes)], class_names)
     proc = AutoImageProcessor.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
     size = proc.size
@@ -230,11 +231,11 @@ class Ensemble(nn.Module):
     def __init__(self, teachers: List[Teacher]):
         super().__init__()
         if not teachers:
-            raise ValueError('a task needs at least one teacher')
+            raise BadValue('a task needs at least one teacher')
         first = teachers[0].preprocess
         for t in teachers[1:]:
             if t.preprocess != first:
-                raise ValueError(f'ensemble members need one preprocessing: {teachers[0].spec.model} uses '
+                raise BadValue(f'ensemble members need one preprocessing: {teachers[0].spec.model} uses '
                                  f'{asdict(first)}, {t.spec.model} uses {asdict(t.preprocess)}')
         self.teachers = nn.ModuleList(teachers)
         self.preprocess = first

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from shards.common.errors import ReplkError
 from shards.common.local_files import replacing
 from shards.safe_files import check_checkpoint_folder, load_torch_file
 
@@ -129,7 +130,7 @@ def _save_atomic(obj, path: Path) -> None:
         torch.save(obj, f)
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(ReplkError, OSError):
     """A checkpoint could not be written (a full disk, a lost mount): what the user must fix, said in one line."""
 
 

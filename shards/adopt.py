@@ -37,6 +37,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from braceexpand import braceexpand
 
 from . import storage
+from .common.errors import BadValue
 from .index import ShardEntry, job_tag, owner_job, read_part, record_plan, save_job_part, source_folder
 from .naming import LABEL_FIELDS, shard_name
 from .reader import foreign_json, human_label, label_value, tar_samples
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 BUILT_SHARD = re.compile(r'[^-/]+-\d{6}\.tar')   # naming.shard_name's shape: another source's built shards
 
 
-class AdoptError(ValueError):
+class AdoptError(BadValue):
     """What makes a set of tars unusable as a source, named with the fix."""
 
 

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence
 from tqdm import tqdm
 
 from . import storage
+from .common.errors import BadValue
 from .hashes import SampleHash, save_segment
 from .images import BadImage, check_and_normalize, to_rgb
 from .index import (
@@ -71,13 +72,13 @@ class BuildOptions:
 
     def __post_init__(self):
         if not 0 <= self.job_index < self.num_jobs:
-            raise ValueError(f'job_index {self.job_index} must be in [0, num_jobs={self.num_jobs})')
+            raise BadValue(f'job_index {self.job_index} must be in [0, num_jobs={self.num_jobs})')
         if not self.source or any(c in self.source for c in '/-. '):
-            raise ValueError(f'source name {self.source!r} must be non-empty without "/", "-", "." or spaces')
+            raise BadValue(f'source name {self.source!r} must be non-empty without "/", "-", "." or spaces')
         if self.samples_per_shard < 1:
-            raise ValueError(f'samples_per_shard must be >= 1, got {self.samples_per_shard}')
+            raise BadValue(f'samples_per_shard must be >= 1, got {self.samples_per_shard}')
         if self.workers < 1:
-            raise ValueError(f'workers must be >= 1, got {self.workers}')
+            raise BadValue(f'workers must be >= 1, got {self.workers}')
 
 
 @dataclass
@@ -95,7 +96,7 @@ def plan_shards(items: Sequence[Item], samples_per_shard: int,
     ids = [it.id for it in ordered]
     if len(set(ids)) != len(ids):
         dup = next(i for i, (a, b) in enumerate(zip(ids, ids[1:])) if a == b)
-        raise ValueError(f'duplicate input id {ids[dup]!r}: ids must be unique within a source')
+        raise BadValue(f'duplicate input id {ids[dup]!r}: ids must be unique within a source')
     plan, current, size = [], [], 0
     for it in ordered:
         nbytes = (it.nbytes if it.nbytes is not None else os.path.getsize(it.path) if os.path.exists(it.path) else 0) \
@@ -240,16 +241,16 @@ def check_build(options: BuildOptions, build_info: dict) -> None:
     if previous is None:
         return
     if previous['fingerprint'] != build_info['fingerprint']:
-        raise ValueError(f'source {options.source!r} under {options.prefix} was built from other inputs or '
+        raise BadValue(f'source {options.source!r} under {options.prefix} was built from other inputs or '
                          'shard sizes; resuming would mix two plans. Use a new source name or prefix.')
     planned_jobs = previous.get('num_jobs')   # absent from builds that predate recording it
     if planned_jobs is not None and planned_jobs != build_info['num_jobs']:
-        raise ValueError(f'source {options.source!r} under {options.prefix} was planned for {planned_jobs} build jobs; '
+        raise BadValue(f'source {options.source!r} under {options.prefix} was planned for {planned_jobs} build jobs; '
                          f'this job says --num-jobs {build_info["num_jobs"]}, which would assign shards to jobs that '
                          f'never run: rerun with --num-jobs {planned_jobs} (and --job-index 0..{planned_jobs - 1})')
     changed = [k for k in ('max_side', 'quality') if previous.get(k) != build_info[k]]
     if changed:  # the encoding is part of a build's identity: one source, one encoding
-        raise ValueError(f'source {options.source!r} under {options.prefix} was built with '
+        raise BadValue(f'source {options.source!r} under {options.prefix} was built with '
                          + ', '.join(f'--{k.replace("_", "-")} {previous.get(k)}' for k in changed)
                          + '; resuming with ' + ', '.join(f'--{k.replace("_", "-")} {build_info[k]}' for k in changed)
                          + ' would mix two encodings in one source. Resume with the same options, or use a new '
@@ -273,7 +274,7 @@ def build(items: Sequence[Item], options: BuildOptions,
           classes: Optional[Dict[str, List[str]]] = None) -> BuildReport:
     """Build (or finish building) this job's shards of one source under ``options.prefix``."""
     if not items:
-        raise ValueError(f'source {options.source!r}: no input images')
+        raise BadValue(f'source {options.source!r}: no input images')
     plan = plan_shards(items, options.samples_per_shard, options.max_shard_bytes)
     build_info = dict(fingerprint=_fingerprint(plan), shards=len(plan), inputs=len(items), num_jobs=options.num_jobs,
                       samples_per_shard=options.samples_per_shard, max_shard_bytes=options.max_shard_bytes,

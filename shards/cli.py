@@ -9,12 +9,13 @@ import sys
 from . import storage
 from .adopt import AdoptOptions, adopt
 from .build import BuildOptions, build
+from .common.errors import BadValue, ReplkError
 from .common.tasks_file import class_names
 from .decontaminate import MAX_JOINT, MAX_PHASH, decontaminate, report_url
 from .hashes import hash_source
 from .helpformat import HelpFormatter, command_name
 from .index import ShardIndex, list_sources, load_source, migrate_legacy
-from .inputs import InputError, filelist_items, imagefolder_items, unlabeled_items
+from .inputs import filelist_items, imagefolder_items, unlabeled_items
 from .parquet_inputs import parquet_items
 from .verify import orphans, verify
 
@@ -69,7 +70,7 @@ def _adopt(args) -> int:
 def _task_field(text: str) -> tuple:
     task, sep, where = text.partition('=')
     if not sep or not task or not where:
-        raise ValueError(f'--label {text!r}: expected TASK=cls, TASK=json:FIELD or TASK=name:json:FIELD (e.g. in1k=cls)')
+        raise BadValue(f'--label {text!r}: expected TASK=cls, TASK=json:FIELD or TASK=name:json:FIELD (e.g. in1k=cls)')
     return task, where
 
 
@@ -119,10 +120,10 @@ def _hash(args) -> int:
     retry = storage.retry_from(args)
     sources = args.source or list_sources(args.prefix, retry)
     if not sources:
-        raise ValueError(f'no shard index under {args.prefix}: nothing to hash')
+        raise BadValue(f'no shard index under {args.prefix}: nothing to hash')
     for source in sources:
         if not load_source(args.prefix, source, retry):
-            raise ValueError(f'source {source!r}: no shards indexed under {args.prefix}')
+            raise BadValue(f'source {source!r}: no shards indexed under {args.prefix}')
         done = hash_source(args.prefix, source, args.job_index, args.num_jobs, policy=retry)
         print(f'{source}: {done} shards hashed by job {args.job_index} of {args.num_jobs}')
     return 0
@@ -246,7 +247,7 @@ def main(argv=None) -> int:
         args.task = args.source
     try:
         return args.func(args)
-    except (InputError, ValueError, storage.StorageError) as exc:
+    except ReplkError as exc:   # the user's to fix: one line; anything else is a bug and shows its traceback
         print(f'error: {exc}', file=sys.stderr)
         return 2
 

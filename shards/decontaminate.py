@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import exclusions, storage
+from .common.errors import BadValue
 from .hamming import MultiIndex, popcount64
 from .hashes import iter_segments, shards_without_hashes
 from .images import BadImage, decode_rgb, image_part
@@ -53,7 +54,7 @@ def hash_eval_set(prefix: str, sources: Sequence[str], policy: storage.RetryPoli
     for source in sources:
         shards, plan = load_source_and_plan(prefix, source, policy)
         if not shards:
-            raise ValueError(f'evaluation source {source!r}: no shards indexed under {prefix}')
+            raise BadValue(f'evaluation source {source!r}: no shards indexed under {prefix}')
         for name in sorted(shards):
             url = entry_url(prefix, shards[name], plan)
             for ordinal, raw in enumerate(iter_shard_samples(url, 0, None, policy)):
@@ -70,7 +71,7 @@ def hash_eval_set(prefix: str, sources: Sequence[str], policy: storage.RetryPoli
                 keys.append(raw['__key__'])
                 where.append((url, ordinal))
     if not keys:
-        raise ValueError(f'no readable evaluation images with structure under {prefix} ({", ".join(sources)})')
+        raise BadValue(f'no readable evaluation images with structure under {prefix} ({", ".join(sources)})')
     owner, variant, ph, dh = (np.array(c, dtype=t) for c, t in zip(zip(*rows), (np.int64, np.int64, np.uint64, np.uint64)))
     return EvalSet(keys, where, ph, dh, owner, variant, plain)
 
@@ -101,14 +102,14 @@ def decontaminate(prefix: str, sources: Sequence[str], eval_prefix: str, eval_so
     """Match ``sources`` under ``prefix`` against the evaluation shards; write the list to ``out``.
     Returns the report (per source: samples, excluded), also written beside the list."""
     if not sources or not eval_sources:
-        raise ValueError(f'no shard index under {prefix if not sources else eval_prefix}: nothing to match')
+        raise BadValue(f'no shard index under {prefix if not sources else eval_prefix}: nothing to match')
     for where, names in ((prefix, sources), (eval_prefix, eval_sources)):
         for source in names:
             if not load_source(where, source, policy):
-                raise ValueError(f'source {source!r}: no shards indexed under {where} (a typo, or another prefix?)')
+                raise BadValue(f'source {source!r}: no shards indexed under {where} (a typo, or another prefix?)')
     missing = {s: n for s in sources if (n := shards_without_hashes(prefix, s, policy))}
     if missing:
-        raise ValueError('no perceptual hashes for ' + '; '.join(f'{len(n)} shards of {s!r} (e.g. {n[0]})'
+        raise BadValue('no perceptual hashes for ' + '; '.join(f'{len(n)} shards of {s!r} (e.g. {n[0]})'
                                                                for s, n in missing.items())
                          + f': run `replk-shards hash {prefix} --source <name>` first')
     evalset = hash_eval_set(eval_prefix, eval_sources, policy)

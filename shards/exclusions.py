@@ -17,6 +17,7 @@ from typing import Dict, List, Tuple
 import pyarrow as pa
 
 from . import storage
+from .common.errors import BadValue, NotFound
 from .parquet_bytes import table_from_bytes, table_to_bytes
 from .safe_files import check_name
 
@@ -55,16 +56,16 @@ def load(url: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> Exclu
     try:
         data = storage.read_bytes(url, policy)
     except FileNotFoundError:
-        raise FileNotFoundError(f'exclusion list {url} not found (data.exclude)') from None
+        raise NotFound(f'exclusion list {url} not found (data.exclude)') from None
     try:
         table = table_from_bytes(data)
         meta = json.loads((table.schema.metadata or {}).get(b'replk', b'{}'))
     except Exception as exc:
-        raise ValueError(f'{url} is not an exclusion list ({type(exc).__name__}: {exc})') from None
+        raise BadValue(f'{url} is not an exclusion list ({type(exc).__name__}: {exc})') from None
     if meta.get('format') != FORMAT or table.schema.remove_metadata() != SCHEMA:
-        raise ValueError(f'{url} is not an exclusion list written by `replk-shards decontaminate`')
+        raise BadValue(f'{url} is not an exclusion list written by `replk-shards decontaminate`')
     if meta.get('version') != VERSION:
-        raise ValueError(f'{url} is exclusion list version {meta.get("version")!r}; this code reads version {VERSION}')
+        raise BadValue(f'{url} is exclusion list version {meta.get("version")!r}; this code reads version {VERSION}')
     out = Exclusions(url=url, id=hashlib.sha256(data).hexdigest()[:16], info=meta)
     grouped: Dict[str, list] = {}
     for row in table.select(['shard', 'shard_sha256', 'ordinal', 'key']).to_pylist():

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import storage
+from .common.errors import BadValue
 from .images import BadImage, decode_rgb, image_part
 from .index import entry_url, job_tag, load_source, load_source_and_plan, source_folder
 from .parquet_bytes import schema_from_bytes, table_from_bytes, table_to_bytes
@@ -77,7 +78,7 @@ def iter_segments(prefix: str, source: str, columns: Optional[List[str]] = None,
         for url, data in zip(chunk, storage.read_many(chunk, policy)):
             schema = schema_from_bytes(data)
             if schema != SEGMENT_SCHEMA:
-                raise ValueError(f'{url}: not a hash segment of this version (schema {schema})')
+                raise BadValue(f'{url}: not a hash segment of this version (schema {schema})')
             table = table_from_bytes(data, None if columns is None else sorted({'shard', *columns}))
             for name in pc.unique(table['shard']).to_pylist():
                 check_name(name, f'shard name in {url}')

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Tuple
 import pyarrow as pa
 
 from . import storage
+from .common.errors import BadValue
 from .naming import LABEL_FIELDS, adopted_url, shard_name, shard_stem
 from .parquet_bytes import table_from_bytes, table_to_bytes
 from .safe_files import check_name
@@ -40,7 +41,7 @@ PART_SCHEMA = pa.schema([('name', pa.string()), ('samples', pa.int64()), ('bytes
                          ('sha256', pa.binary(32)), ('tasks', pa.string()), ('skipped', pa.int64())])
 
 
-class IndexError_(ValueError):
+class IndexError_(BadValue):
     """The index is missing, unreadable, or of another version."""
 
 

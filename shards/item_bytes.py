@@ -12,6 +12,8 @@ from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .common.errors import BadValue
+
 
 @dataclass(frozen=True)
 class TarMember:
@@ -33,7 +35,7 @@ class ParquetRow:
 Location = Union[TarMember, ParquetRow]
 
 
-class InputError(ValueError):
+class InputError(BadValue):
     """A file list, folder, archive or Parquet dataset that cannot be read as the builder's input."""
 
 

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import plan as P
+from .common.errors import BadValue, DataFault
 from .exclusions import load as load_exclusions
 from .images import BadImage
 from .reader import iter_shard_samples
@@ -39,10 +40,10 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.batch_transform = batch_transform
         if not sources:
-            raise ValueError('no sources given')
+            raise BadValue('no sources given')
         weights = [s.weight for s in sources]
         if any(w is None for w in weights) and any(w is not None for w in weights):
-            raise ValueError('give a weight to every source or to none (default: proportional to size)')
+            raise BadValue('give a weight to every source or to none (default: proportional to size)')
         self.cfg, self.transform, self.decode_min_side = cfg, transform, decode_min_side
         self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
         self.slots = world_size * self.workers
@@ -62,7 +63,7 @@ class ShardStream(IterableDataset):
         removed = {src.name: sum(len(x) for x in src.excluded) for src in self.sources}
         ours = {name for src in self.sources for name in src.names}
         if self.exclusions.by_shard and not ours & set(self.exclusions.by_shard):
-            raise ValueError(f'exclusion list {self.exclusions.url} (made for sources '
+            raise BadValue(f'exclusion list {self.exclusions.url} (made for sources '
                              f'{", ".join(self.exclusions.sources())}) names none of the shards of '
                              f'{", ".join(removed)}: a list for other data (data.exclude)')
         log.info('exclusion list %s leaves out %s', self.exclusions.url,
@@ -71,9 +72,9 @@ class ShardStream(IterableDataset):
     def _check_enough_shards(self, src) -> None:
         where = f'world size {self.world_size} x {self.workers} workers = {self.slots} slots'
         if src.samples < self.slots:
-            raise ValueError(f'source {src.name!r} has {src.samples} samples for {where}')
+            raise BadValue(f'source {src.name!r} has {src.samples} samples for {where}')
         if len(src.counts) < self.slots and self.cfg.few_shards == 'error':
-            raise ValueError(f'source {src.name!r} has {len(src.counts)} shards for {where}: rebuild it with '
+            raise BadValue(f'source {src.name!r} has {len(src.counts)} shards for {where}: rebuild it with '
                              f'smaller shards (replk-shards build --samples-per-shard <= {src.samples // self.slots}), '
                              'use fewer workers (data.workers), or set data.few_shards="share" (slots then read '
                              'disjoint parts of the same shards)')
@@ -116,7 +117,7 @@ class ShardStream(IterableDataset):
             if len(batch) == self.cfg.batch_size:
                 fill = last_good or next((s for s in batch if s is not None), None)
                 if fill is None:
-                    raise RuntimeError('a whole batch failed to decode; run `python -m shards verify`')
+                    raise DataFault('a whole batch failed to decode; run `python -m shards verify`')
                 out = collate([s if s is not None else fill for s in batch], names)
                 out['corrupt'] = sum(s is None for s in batch)  # replaced samples: a metric of the run
                 yield self.batch_transform(out) if self.batch_transform else out
@@ -179,7 +180,7 @@ class ResumableLoader:
     def __init__(self, dataset: ShardStream, num_workers: int = 0, pin_memory: bool = False,
                  prefetch_factor: Optional[int] = None, multiprocessing_context=None):
         if dataset.workers != max(1, num_workers):
-            raise ValueError(f'dataset built for {dataset.workers} workers, loader given {num_workers}')
+            raise BadValue(f'dataset built for {dataset.workers} workers, loader given {num_workers}')
         self.dataset, self.num_workers = dataset, num_workers
         if multiprocessing_context is None and num_workers > 0:
             from .storage import worker_start_method
@@ -229,22 +230,22 @@ class ResumableLoader:
                            ('sources', list(d.plan.sources)), ('rank', d.rank), ('world_size', d.world_size),
                            ('num_workers', d.workers)):
             if state[name] != ours:
-                raise ValueError(f'loader state has {name}={state[name]!r}, this run has {ours!r}')
+                raise BadValue(f'loader state has {name}={state[name]!r}, this run has {ours!r}')
         ours = d.exclusions.id if d.exclusions else None
         if state.get('exclusions') != ours:  # states from before exclusion lists have none
-            raise ValueError(f'loader state was saved with exclusion list {state.get("exclusions")!r}, this run '
+            raise BadValue(f'loader state was saved with exclusion list {state.get("exclusions")!r}, this run '
                              f'has {ours!r} (data.exclude): the samples, and so the position, differ')
         for src in d.sources:   # states from before content digests have none
             saved = state.get('content', {}).get(src.name)
             if saved is not None and saved != content_digest(src):
-                raise ValueError(f'source {src.name!r}: its shards hold other bytes than when this checkpoint was '
+                raise BadValue(f'source {src.name!r}: its shards hold other bytes than when this checkpoint was '
                                  f'written (content {saved} then, {content_digest(src)} now; same names and counts): '
                                  'the source was rebuilt, so the position would continue on other images. Resume '
                                  'on the shards it was written for, or start a new run from its weights '
                                  '(init.checkpoint)')
         expected = d.expected_per_source(state['epoch'], state['batches_in_epoch'])
         if expected != state['samples_per_source']:
-            raise ValueError(f'loader state counts {state["samples_per_source"]} samples per source, but the '
+            raise BadValue(f'loader state counts {state["samples_per_source"]} samples per source, but the '
                              f'current sources would give {expected}: the shards or weights changed')
         d.epoch, self.batches_in_epoch = state['epoch'], state['batches_in_epoch']
         self.per_source = Counter(state['samples_per_source'])

@@ -7,6 +7,8 @@
 import re
 from typing import Dict, Optional, Tuple
 
+from .common.errors import BadValue
+
 SHARD_SUFFIX = '.tar'
 
 
@@ -23,7 +25,7 @@ def shard_source(name: str) -> str:
     """``in1k-000012.tar`` -> ``in1k`` (source names hold no "-")."""
     stem = shard_stem(name)
     if '-' not in stem:
-        raise ValueError(f'shard {name!r} is not named {{source}}-{{number}}{SHARD_SUFFIX}')
+        raise BadValue(f'shard {name!r} is not named {{source}}-{{number}}{SHARD_SUFFIX}')
     return stem.rsplit('-', 1)[0]
 
 
@@ -35,7 +37,7 @@ def shard_stem_of_key(key: str) -> str:
     """``in1k/000012/000003`` -> ``in1k-000012``: the shard (and label part) a sample belongs to."""
     parts = key.split('/')
     if len(parts) != 3:
-        raise ValueError(f'key {key!r} is not of the form source/shard/index')
+        raise BadValue(f'key {key!r} is not of the form source/shard/index')
     return f'{parts[0]}-{parts[1]}'
 
 

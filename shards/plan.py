@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .common.errors import BadValue
+
 
 def rng(*parts) -> np.random.Generator:
     """A generator seeded by the given parts (strings hashed stably, not with ``hash``)."""
@@ -61,7 +63,7 @@ class MixPlan:
         return sum(self.per_slot) // self.batch_size
 
 
-class EpochTooShort(ValueError):
+class EpochTooShort(BadValue):
     """An epoch that gives a rank x worker slot less than one batch: nothing to train on."""
 
     def __init__(self, slots: int, samples: int, batch_size: int):

@@ -17,6 +17,7 @@ from typing import Dict, Iterator, Optional
 from webdataset.tariterators import group_by_keys
 
 from . import storage
+from .common.errors import NotFound
 from .index import BUILD_NAME, source_folder
 from .naming import split_adopted, split_member
 
@@ -165,7 +166,7 @@ def iter_shard_samples(url: str, first: int = 0, count: Optional[int] = None,
         if count is not None:
             log.warning('shard %s: ended after %d of %d samples', url, delivered, count)
     except FileNotFoundError:
-        raise FileNotFoundError(f'shard {file_url} is listed in the index but missing from storage') from None
+        raise NotFound(f'shard {file_url} is listed in the index but missing from storage') from None
     except TRUNCATED as exc:
         log.warning('shard %s: truncated after %d samples (%s)', url, delivered, exc)
     for pos in range(first + delivered, first + count if count is not None else 0):

@@ -18,6 +18,8 @@ from typing import Iterable, List
 
 import torch
 
+from .common.errors import BadValue, ReplkError
+
 log = logging.getLogger(__name__)
 
 # The official RepLKNet training checkpoints ({'model', 'optimizer', 'epoch', 'scaler', 'args',
@@ -32,7 +34,7 @@ DEEPSPEED_GLOBALS = frozenset({
 })
 
 
-class UnsafeFileError(pickle.UnpicklingError):
+class UnsafeFileError(ReplkError, pickle.UnpicklingError):
     """A torch file that names code this project does not load without the user's say-so."""
 
 
@@ -110,7 +112,7 @@ def add_trust_pickle_argument(parser) -> None:
 def check_name(name: str, what: str) -> str:
     """A name read from storage or a config, about to become part of a path: one plain segment."""
     if not isinstance(name, str) or not name or name in ('.', '..') or '\x00' in name:
-        raise ValueError(f'{what} {name!r}: not a usable name')
+        raise BadValue(f'{what} {name!r}: not a usable name')
     if '/' in name or '\\' in name or name.startswith('~') or Path(name).is_absolute():
-        raise ValueError(f'{what} {name!r}: must be a plain name, not a path (no "/", "\\", "..", "~")')
+        raise BadValue(f'{what} {name!r}: must be a plain name, not a path (no "/", "\\", "..", "~")')
     return name

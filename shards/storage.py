@@ -19,6 +19,7 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Ty
 import fsspec
 
 from .common import local_files
+from .common.errors import BadValue, NoAccess, NotFound, ReplkError
 from .common.local_files import open_staged  # noqa: F401  (kept importable here, where callers have always found it)
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotAD
 CREDENTIAL_ERRORS = ('NoCredentialsError', 'PartialCredentialsError', 'CredentialRetrievalError')
 
 
-class StorageError(RuntimeError):
+class StorageError(ReplkError, RuntimeError):
     """Storage stayed unreachable for the whole retry budget."""
 
 
@@ -57,7 +58,7 @@ def missing_bucket(url: str) -> Optional[FileNotFoundError]:
     except Exception:  # noqa: BLE001  403, network: no evidence either way, keep the original error
         return None
     where = os.environ.get('AWS_ENDPOINT_URL') or 'AWS'
-    return FileNotFoundError(f'{url}: the bucket {bucket!r} does not exist on {where}; create it or fix the URL')
+    return NotFound(f'{url}: the bucket {bucket!r} does not exist on {where}; create it or fix the URL')
 
 
 @contextlib.contextmanager
@@ -99,7 +100,7 @@ class RetryPolicy:
 
     def __post_init__(self):
         if self.budget_s < 0 or self.initial_backoff_s <= 0 or self.max_backoff_s < self.initial_backoff_s:
-            raise ValueError(f'invalid retry policy {self}')
+            raise BadValue(f'invalid retry policy {self}')
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -116,10 +117,15 @@ def retry_from(args) -> RetryPolicy:
 
 
 def _naming(exc: Exception, what: str) -> Exception:
-    if what in str(exc):
+    """``exc`` naming the object it concerns; a missing or forbidden one as what it is: the user's to fix."""
+    message = str(exc) if what in str(exc) else f'{what}: {exc}'
+    for builtin, ours in ((FileNotFoundError, NotFound), (PermissionError, NoAccess)):
+        if isinstance(exc, builtin) and not isinstance(exc, ReplkError):
+            return ours(message)
+    if message == str(exc):
         return exc
     try:
-        return type(exc)(f'{what}: {exc}')
+        return type(exc)(message)
     except Exception:  # an exception type with another constructor: keep it as it is
         return exc
 
@@ -309,7 +315,7 @@ def create_exclusive(url: str, data: bytes, policy: RetryPolicy = DEFAULT_RETRY)
             os.unlink(staged)
     if not url.startswith('s3://'):
         # No first-writer-wins primitive we can rely on elsewhere: refuse rather than race silently.
-        raise ValueError(f'{url}: records that must be created once (a label store\'s task and teacher) need a local '
+        raise BadValue(f'{url}: records that must be created once (a label store\'s task and teacher) need a local '
                          'or shared disk or s3://; other object stores lack a conditional create here')
 
     def put() -> bool:

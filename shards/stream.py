@@ -16,6 +16,7 @@ from braceexpand import braceexpand
 
 from . import plan as P
 from . import storage
+from .common.errors import BadValue, DataFault, NotFound
 from .exclusions import Exclusions, kept_to_raw
 from .images import BadImage, decode_or_defer, image_part
 from .index import INDEX_DIR, entry_url, incomplete_message, load_source_and_plan, planned_but_missing
@@ -67,11 +68,11 @@ def resolve_source(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
     for url, entry in zip(urls, entries):
         sha, ordinals, _ = exclude.by_shard.get(entry.name, (entry.sha256, (), ()))
         if sha != entry.sha256:
-            raise ValueError(f'exclusion list {exclude.url} was made for other bytes of {url} (sha256 {sha[:12]}, '
+            raise BadValue(f'exclusion list {exclude.url} was made for other bytes of {url} (sha256 {sha[:12]}, '
                              f'the index says {entry.sha256[:12]}): the shard was rebuilt since; run '
                              '`replk-shards decontaminate` again')
         if ordinals and ordinals[-1] >= entry.samples:
-            raise ValueError(f'exclusion list {exclude.url} names sample {ordinals[-1]} of {url}, which has '
+            raise BadValue(f'exclusion list {exclude.url} names sample {ordinals[-1]} of {url}, which has '
                              f'{entry.samples}')
         excluded.append(ordinals)
     counts = tuple(e.samples - len(x) for e, x in zip(entries, excluded))
@@ -89,7 +90,7 @@ def check_shards_present(urls, retry: storage.RetryPolicy = storage.DEFAULT_RETR
         present = set(storage.list_names(prefix, retry))
         missing = [n for n in names if n not in present]
         if missing:
-            raise FileNotFoundError(f'{len(missing)} shard(s) listed in {prefix}/{INDEX_DIR} are missing from storage, '
+            raise NotFound(f'{len(missing)} shard(s) listed in {prefix}/{INDEX_DIR} are missing from storage, '
                                     f'e.g. {storage.join(prefix, missing[0])}; rerun the build that wrote them '
                                     '(it writes only what is missing) or restore them')
 
@@ -105,7 +106,7 @@ def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
             listed.update(entries_of)
         missing = [u for u in urls if u.rsplit('/', 1)[1] not in listed]
         if missing:
-            raise ValueError(f'source {spec.name!r}: {len(missing)} shards are not in the index under {prefix} '
+            raise BadValue(f'source {spec.name!r}: {len(missing)} shards are not in the index under {prefix} '
                              f'(incomplete or absent), e.g. {missing[0]}')
         entries = [listed[u.rsplit('/', 1)[1]] for u in urls]
         urls = [entry_url(prefix, e, plans.get(e.source)) for e in entries]   # an adopted shard: its own file
@@ -117,7 +118,7 @@ def source_entries(spec: SourceSpec, retry: storage.RetryPolicy = storage.DEFAUL
             missing = storage.missing_bucket(prefix)
             if missing is not None:
                 raise missing
-            raise ValueError(f'source {spec.name!r}: no shards of that source in the index under {prefix} '
+            raise BadValue(f'source {spec.name!r}: no shards of that source in the index under {prefix} '
                              f'({INDEX_DIR}/{spec.name}/)')
         check_whole(spec, listed, plan)
         urls = [entry_url(prefix, e, plan) for e in entries]   # adopted shards: their own files
@@ -133,7 +134,7 @@ def check_whole(spec: SourceSpec, listed: dict, info: Optional[dict]) -> None:
         return
     message = incomplete_message(spec.name, missing, info)
     if not spec.allow_incomplete:
-        raise ValueError(f'{message}; or set allow_incomplete on this source to read what is there')
+        raise BadValue(f'{message}; or set allow_incomplete on this source to read what is there')
     log.warning('%s; reading it anyway (allow_incomplete): %d planned shards left out', message, len(missing))
 
 
@@ -150,9 +151,9 @@ class StreamConfig:
 
     def __post_init__(self):
         if self.few_shards not in ('error', 'share'):
-            raise ValueError(f'few_shards must be "error" or "share", got {self.few_shards!r}')
+            raise BadValue(f'few_shards must be "error" or "share", got {self.few_shards!r}')
         if self.batch_size < 1 or self.shuffle_buffer < 1:
-            raise ValueError('batch_size and shuffle_buffer must be >= 1')
+            raise BadValue('batch_size and shuffle_buffer must be >= 1')
 
 
 # --- raw samples ---------------------------------------------------------------------------
@@ -218,7 +219,7 @@ class CorruptCounter:
         # Fair to a few early faults: the limit applies to max(seen, window) samples, so 3 bad
         # samples among the first 200 do not stop a run whose overall rate is under the limit.
         if self.bad > self.cfg.max_corrupt_fraction * max(self.seen, self.cfg.corrupt_window):
-            raise RuntimeError(f'{self.bad} of {self.seen} samples failed to decode, more than the allowed '
+            raise DataFault(f'{self.bad} of {self.seen} samples failed to decode, more than the allowed '
                                f'{self.cfg.max_corrupt_fraction:.1%} of at least {self.cfg.corrupt_window} '
                                f'(data.max_corrupt_fraction; last: {what}: {reason}); '
                                'run `python -m shards verify` on the sources')
@@ -246,7 +247,7 @@ def decode_sample(raw: Optional[dict], transform: Callable, min_side: Optional[i
     except BadImage:
         raise
     except Exception as exc:  # not the data's fault: stop, naming it
-        raise RuntimeError(f'the transform failed on {raw["__key__"]} ({type(exc).__name__}: {exc}): a configuration '
+        raise DataFault(f'the transform failed on {raw["__key__"]} ({type(exc).__name__}: {exc}): a configuration '
                            'or code fault, not bad data (check data.image_size, data.crop_scale, '
                            'data.auto_augment)') from exc
 

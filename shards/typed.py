@@ -7,8 +7,10 @@ import difflib
 import typing
 from typing import Any, Dict, List, Tuple
 
+from .common.errors import BadValue
 
-class ConfigError(ValueError):
+
+class ConfigError(BadValue):
     pass
 
 

@@ -8,6 +8,7 @@ import tarfile
 from typing import Dict, List
 
 from . import storage
+from .common.errors import BadValue
 from .images import IMAGE_EXTS, BadImage, decode_rgb
 from .index import INDEX_DIR, ShardIndex
 from .naming import split_adopted, split_member
@@ -27,7 +28,7 @@ def _check_samples(shard: str, members: Dict[str, Dict[str, bytes]], faults: Lis
         try:
             meta = json.loads(parts['json']) if not adopted else {}
             if not adopted and (not isinstance(meta, dict) or 'source' not in meta):
-                raise ValueError('no "source" field')
+                raise BadValue('no "source" field')
         except ValueError as exc:
             faults.append(f'{shard}: sample {key} has bad metadata: {exc}')
         try:

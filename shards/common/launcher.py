@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+from .errors import BadValue
+
 # Processes on this node, by launcher: torchrun, the deepspeed launcher, Slurm.
 LOCAL_WORLD_SIZE_VARIABLES = ('LOCAL_WORLD_SIZE', 'LOCAL_SIZE', 'SLURM_NTASKS_PER_NODE')
 SLURM_STEP_MARKER = 'SLURM_STEP_NUM_TASKS'
@@ -41,7 +43,7 @@ def _integer(environ: Mapping[str, str], name: str) -> Optional[int]:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f'environment variable {name}={value!r} is not an integer') from None
+        raise BadValue(f'environment variable {name}={value!r} is not an integer') from None
 
 
 def read_dist_env(environ: Mapping[str, str] = os.environ, local_rank_arg: Optional[int] = None) -> DistEnv:
@@ -55,11 +57,11 @@ def read_dist_env(environ: Mapping[str, str] = os.environ, local_rank_arg: Optio
     rank, world_size, local_rank = ((_integer(environ, n) for n in names) if names else (None, None, None))
     rank, world_size = rank or 0, world_size or 1
     if local_rank is not None and local_rank_arg is not None and local_rank != local_rank_arg:
-        raise ValueError(f'--local_rank={local_rank_arg} disagrees with {names[2]}={local_rank}: '
+        raise BadValue(f'--local_rank={local_rank_arg} disagrees with {names[2]}={local_rank}: '
                          'launch with one launcher (torchrun, deepspeed or srun), not two')
     local_rank = local_rank if local_rank is not None else (local_rank_arg or 0)
     if not 0 <= rank < world_size:
-        raise ValueError(f'{names[0]}={rank} is outside {names[1]}={world_size}')
+        raise BadValue(f'{names[0]}={rank} is outside {names[1]}={world_size}')
     local_world_size = next((_integer(environ, k) for k in LOCAL_WORLD_SIZE_VARIABLES if environ.get(k)), None)
     if world_size == 1:
         local_world_size = 1
@@ -80,6 +82,6 @@ def gpu_index(local_rank: int, visible_gpus: int) -> int:
     if visible_gpus == 1:
         return 0
     if local_rank >= visible_gpus:
-        raise ValueError(f'local rank {local_rank} but {visible_gpus} GPUs visible: launch at most one process per GPU '
+        raise BadValue(f'local rank {local_rank} but {visible_gpus} GPUs visible: launch at most one process per GPU '
                          '(or bind one GPU to each, e.g. srun --gpus-per-task=1)')
     return local_rank

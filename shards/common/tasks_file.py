@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 from ..safe_files import check_name
+from .errors import BadValue
 
 
 def class_names(path: str) -> Dict[str, Tuple[str, ...]]:
@@ -20,8 +21,8 @@ def class_names(path: str) -> Dict[str, Tuple[str, ...]]:
         elif isinstance(spec, dict) and isinstance(spec.get('num_classes'), int):
             names = tuple(f'{name}/{i}' for i in range(spec['num_classes']))
         else:
-            raise ValueError(f'{path}: task {name!r} needs a list of class names or {{"num_classes": N}}')
+            raise BadValue(f'{path}: task {name!r} needs a list of class names or {{"num_classes": N}}')
         if not names or len(set(names)) != len(names):
-            raise ValueError(f'{path}: task {name!r} has no classes or repeated class names')
+            raise BadValue(f'{path}: task {name!r} has no classes or repeated class names')
         out[name] = names
     return out
