@@ -23,13 +23,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from shards.common.errors import BadValue
+
 log = logging.getLogger(__name__)
 
 
 def node_rank_lists(world_size: int, local_world_size: int) -> List[List[int]]:
     """Ranks of each node: launchers number a node's processes contiguously."""
     if local_world_size < 1 or world_size % local_world_size:
-        raise ValueError(f'model.sync_bn=node: world size {world_size} is not a multiple of the '
+        raise BadValue(f'model.sync_bn=node: world size {world_size} is not a multiple of the '
                          f'{local_world_size} processes per node')
     return [list(range(n, n + local_world_size)) for n in range(0, world_size, local_world_size)]
 
@@ -53,7 +55,7 @@ def apply_sync_bn(model: nn.Module, mode: str, device: torch.device, rank: int, 
     if mode == 'none' or world_size == 1:
         return model
     if mode == 'node' and local_world_size is None:
-        raise ValueError('model.sync_bn=node: the launcher did not say how many processes run per node '
+        raise BadValue('model.sync_bn=node: the launcher did not say how many processes run per node '
                          '(LOCAL_WORLD_SIZE, LOCAL_SIZE or SLURM_NTASKS_PER_NODE); set one, or use none/global')
     if mode == 'node' and local_world_size == 1:
         return model  # one process per node: per-rank BN is node BN

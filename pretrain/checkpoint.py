@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
-from shards.common.errors import ReplkError
+from shards.common.errors import BadValue, NotFound, ReplkError
 from shards.common.local_files import replacing
 from shards.safe_files import check_checkpoint_folder, load_torch_file
 
@@ -170,7 +170,7 @@ def resume_tag(run_dir: str, mode: str) -> Optional[str]:
             log.warning('checkpoint.resume=never: starting fresh although %s holds %s', run_dir, tags[-1])
         return None
     if not tags and mode == 'must':
-        raise FileNotFoundError(f'checkpoint.resume=must but {ckpt_root(run_dir)} holds no committed checkpoint')
+        raise NotFound(f'checkpoint.resume=must but {ckpt_root(run_dir)} holds no committed checkpoint')
     return tags[-1] if tags else None
 
 
@@ -187,7 +187,7 @@ def load(engine, run_dir: str, tag: str, rank: int, world_size: int, parts: Dict
     saved = marker['parts']
     newer = {n for n in set(parts) - set(saved) if getattr(parts[n].obj, 'optional_in_older_checkpoints', False)}
     if set(saved) != set(parts) - newer:
-        raise ValueError(f'{folder} holds the parts {sorted(saved)}, this run registers {sorted(parts)} '
+        raise BadValue(f'{folder} holds the parts {sorted(saved)}, this run registers {sorted(parts)} '
                          f'(missing: {sorted(set(parts) - set(saved))}, not registered: '
                          f'{sorted(set(saved) - set(parts))}): resume with the configuration that wrote it '
                          '(e.g. train.ema_decay), or start a new run from its weights with init.checkpoint')
@@ -211,9 +211,9 @@ def saved_config(run_dir: str, tag: str) -> Optional[dict]:
 def _read_marker(folder: Path, world_size: int) -> dict:
     marker = json.loads((folder / MARKER).read_text())
     if marker.get('version') != STATE_VERSION:
-        raise ValueError(f'{folder}: checkpoint state version {marker.get("version")}, this code reads {STATE_VERSION}')
+        raise BadValue(f'{folder}: checkpoint state version {marker.get("version")}, this code reads {STATE_VERSION}')
     if marker['world_size'] != world_size:
-        raise ValueError(f'{folder} was written by world size {marker["world_size"]}, this run has {world_size}: '
+        raise BadValue(f'{folder} was written by world size {marker["world_size"]}, this run has {world_size}: '
                          f'resume with {marker["world_size"]} processes (re-partitioning a checkpoint is not '
                          'supported), or start a new run from its weights with init.checkpoint')
     return marker
@@ -222,10 +222,10 @@ def _read_marker(folder: Path, world_size: int) -> dict:
 def _read_part(folder: Path, name: str, file_name: str, version: int):
     path = folder / file_name
     if not path.is_file():
-        raise FileNotFoundError(f'{path}: the checkpoint lists the part {name!r} but its file is missing')
+        raise NotFound(f'{path}: the checkpoint lists the part {name!r} but its file is missing')
     doc = load_torch_file(path)
     if doc.get('version') != version:
-        raise ValueError(f'{path}: {name} state version {doc.get("version")!r}, this code reads {version}')
+        raise BadValue(f'{path}: {name} state version {doc.get("version")!r}, this code reads {version}')
     return doc['state']
 
 

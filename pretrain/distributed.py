@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Optional, TypeVar
 
 import torch
 
+from shards.common.errors import BadValue
 from shards.common.launcher import DistEnv, export_for_torch, gpu_index, read_dist_env  # noqa: F401  (re-exported)
 
 T = TypeVar('T')
@@ -58,7 +59,7 @@ def init_distributed(local_rank_arg: Optional[int] = None) -> tuple[DistEnv, tor
         os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
         os.environ.setdefault('MASTER_PORT', str(_free_port()))
     elif not (os.environ.get('MASTER_ADDR') and os.environ.get('MASTER_PORT')):
-        raise ValueError(f'{env.world_size} processes from {env.launcher} but no MASTER_ADDR/MASTER_PORT: set both '
+        raise BadValue(f'{env.world_size} processes from {env.launcher} but no MASTER_ADDR/MASTER_PORT: set both '
                          '(under Slurm: the first host of `scontrol show hostnames $SLURM_JOB_NODELIST` and a free port)')
     device = device_for(env)
     if device.type == 'cpu':

@@ -12,6 +12,7 @@ from torch import nn
 
 import pretrain.models  # noqa: F401  (registers RepLKNet with timm)
 from labeling.tasks import TaskRegistry
+from shards.common.errors import BadValue, ReplkError
 from shards.loader import ResumableLoader, ShardStream
 from shards.plan import EpochTooShort, seed_global_rngs
 from shards.stream import SourceSpec, StreamConfig
@@ -30,6 +31,10 @@ from .train_state import ModuleWeights, Part, RngState
 from .weight_decay import param_groups
 
 log = logging.getLogger(__name__)
+
+
+class Diverged(ReplkError, FloatingPointError):
+    """Training produced non-finite losses or gradients: lower the lr, or check the data and the labels."""
 
 
 def build_model(spec: ModelConfig, heads: Dict[str, int]) -> nn.Module:
@@ -72,7 +77,7 @@ def build_loader(cfg: RunConfig, env: DistEnv) -> ResumableLoader:
                              stream_cfg, train_transform(tcfg), env.rank, env.world_size, cfg.data.workers,
                              decode_min_side=tcfg.decode_min_side(train=True))
     except EpochTooShort as short:
-        raise ValueError(too_short_message(short, env.world_size, cfg.data.workers)) from None
+        raise BadValue(too_short_message(short, env.world_size, cfg.data.workers)) from None
     # the join checks each part against the content and size of the shard the stream resolved
     human_maps = human_label_maps(cfg.tasks, stream.sources, TaskRegistry.from_json(cfg.data.tasks_file))
     stream.batch_transform = LabelJoiner(task_classes(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file,
@@ -256,7 +261,7 @@ class Trainer:
             log.warning('non-finite loss at step %d on some rank: micro-step skipped on every rank (%d in a row)',
                         self.step, self.nonfinite_in_a_row)
             if self.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_steps:
-                raise FloatingPointError(f'{self.nonfinite_in_a_row} non-finite losses in a row at step {self.step}: '
+                raise Diverged(f'{self.nonfinite_in_a_row} non-finite losses in a row at step {self.step}: '
                                          'stopping; resume from the last checkpoint with a lower optim.lr')
             return None
         self.nonfinite_in_a_row = 0
@@ -312,7 +317,7 @@ class Trainer:
         return (~torch.isfinite(torch.as_tensor(norm, dtype=torch.float32))).float().to(self.device)
 
     def _raise_nonfinite_norm(self):
-        raise FloatingPointError(f'non-finite gradient norm at step {self._pending_norm[0]}: the update may already '
+        raise Diverged(f'non-finite gradient norm at step {self._pending_norm[0]}: the update may already '
                                  'be applied; resume from the last checkpoint')
 
     def check_last_step(self) -> None:

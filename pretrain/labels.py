@@ -15,6 +15,7 @@ from labeling.commits import LabelError
 from labeling.store import LabelStore
 from labeling.tasks import Task, TaskRegistry
 from shards import storage
+from shards.common.errors import BadValue
 from shards.naming import shard_stem, shard_stem_of_key
 from shards.stream import ResolvedSource
 
@@ -95,7 +96,7 @@ def human_label_maps(tasks: Dict[str, object], sources: Sequence[ResolvedSource]
     for name, task_cfg in tasks.items():
         task = registry_task(registry, name, task_cfg.num_classes)
         if task.num_classes != task_cfg.num_classes:
-            raise ValueError(f'tasks.{name}.num_classes={task_cfg.num_classes} but the tasks file names '
+            raise BadValue(f'tasks.{name}.num_classes={task_cfg.num_classes} but the tasks file names '
                              f'{task.num_classes} classes ({list(task.class_names)[:6]}...)')
         for src in sources:
             for shard, built in zip(src.names, src.classes):
@@ -144,7 +145,7 @@ def check_labels_match_shards(store_root: Optional[str], tasks: Dict[str, object
                 except LabelError as exc:
                     faults.append(str(exc))
         if faults:
-            raise ValueError(faults[0] + (f' ({len(faults)} shards of task {task!r} in all)' if len(faults) > 1 else ''))
+            raise BadValue(faults[0] + (f' ({len(faults)} shards of task {task!r} in all)' if len(faults) > 1 else ''))
 
 
 def _pack(rows: List) -> dict:
@@ -177,12 +178,12 @@ def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks
         missing = storage.missing_bucket(store_root)
         if missing is not None:
             raise missing
-        raise ValueError(f'data.label_store={store_root}: no label store there (no labels/<task>/_task.json for '
+        raise BadValue(f'data.label_store={store_root}: no label store there (no labels/<task>/_task.json for '
                          f'any of {sorted(tasks)}); check the path, or remove data.label_store to train on the '
                          "shards' human labels only")
     for name, task_cfg in tasks.items():
         if name not in present:
-            raise ValueError(f'tasks.{name}: the label store {store_root} has no task {name!r} (it has {present}); '
+            raise BadValue(f'tasks.{name}: the label store {store_root} has no task {name!r} (it has {present}); '
                              f'label it (python -m labeling run) or import its human labels '
                              f'(python -m labeling import-human), or remove the task')
         manifest = store.manifest(name)
@@ -194,15 +195,15 @@ def check_store_tasks(store_root: Optional[str], tasks: Dict[str, object], tasks
             LabelStore.check_task(known, manifest)   # before the first step, not in a DataLoader worker
         unlisted = sorted(set(store.commit_records(name)) - set(manifest['parts'])) if list_commits else []
         if unlisted:  # a job killed before listing them: training would silently miss their labels
-            raise ValueError(f'tasks.{name}: {len(unlisted)} committed label parts (e.g. {unlisted[0]}) are not yet '
+            raise BadValue(f'tasks.{name}: {len(unlisted)} committed label parts (e.g. {unlisted[0]}) are not yet '
                              f'listed in {store_root}/labels/{name}/_task.json; list them with '
                              f'`python -m labeling commit --store {store_root} --task {name}`')
         if manifest['num_classes'] != task_cfg.num_classes:
-            raise ValueError(f'tasks.{name}.num_classes={task_cfg.num_classes} but the label store has '
+            raise BadValue(f'tasks.{name}.num_classes={task_cfg.num_classes} but the label store has '
                              f'{manifest["num_classes"]} classes for {name}')
         expected = task_cfg.class_map_version
         if expected is not None and manifest['class_map_version'] != expected:
-            raise ValueError(f'tasks.{name}.class_map_version={expected} but the label store has '
+            raise BadValue(f'tasks.{name}.class_map_version={expected} but the label store has '
                              f'{manifest["class_map_version"]}')
 
 
@@ -223,7 +224,7 @@ def label_coverage(sources, tasks: List[str], store_root: Optional[str],
                       if e.stem in task_parts and task_parts[e.stem]['rows'] > e.samples]
             if ghosts:  # more labels than samples: some are for keys the shard does not hold
                 stem, rows, samples = ghosts[0]
-                raise ValueError(f'task {task}, shard {stem}: the label store holds {rows} labels for its {samples} '
+                raise BadValue(f'task {task}, shard {stem}: the label store holds {rows} labels for its {samples} '
                                  f'samples ({len(ghosts)} such shards); find the keys with `python -m labeling '
                                  f'validate --store {store_root} --task {task} --shards <shard prefix>`')
         labeled = sum(min(e.samples, max([parts[t][e.stem]['rows'] if e.stem in parts.get(t, {}) else

@@ -6,6 +6,8 @@ from typing import Dict, List
 from timm.models import group_parameters
 from torch import nn
 
+from shards.common.errors import BadValue
+
 from .weight_decay import exempt_names, split_by_weight_decay
 
 
@@ -17,7 +19,7 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, coar
     With ``coarse`` (the default) the groups are stem, stage 1..N, head; else one per block.
     """
     if not hasattr(model, 'group_matcher'):
-        raise ValueError(f'{type(model).__name__} has no group_matcher: layer decay needs one (timm convention)')
+        raise BadValue(f'{type(model).__name__} has no group_matcher: layer decay needs one (timm convention)')
     groups_by_id = group_parameters(model, model.group_matcher(coarse=coarse))  # ordered: stem ... head
     last = len(groups_by_id) - 1
     params = dict(model.named_parameters())

@@ -12,6 +12,8 @@ import logging
 import signal
 from typing import Optional, Sequence
 
+from shards.common.errors import BadValue
+
 log = logging.getLogger('pretrain')
 PREEMPTED_EXIT = 75   # EX_TEMPFAIL: stopped on purpose, rerun the same command to continue
 
@@ -31,7 +33,7 @@ def signal_number(name: str) -> signal.Signals:
     from shards.loader import STOP_SIGNALS
     full = name if name.startswith('SIG') else f'SIG{name}'
     if full not in STOP_SIGNALS or full == 'SIGINT':
-        raise ValueError(f'checkpoint.preempt_signals: {name!r} is not one of '
+        raise BadValue(f'checkpoint.preempt_signals: {name!r} is not one of '
                          f'{[s for s in STOP_SIGNALS if s != "SIGINT"]} (SIGINT is Ctrl-C: it stops at once)')
     return signal.Signals[full]
 

@@ -12,6 +12,8 @@ import json
 import logging
 from typing import Dict, List, Tuple
 
+from shards.common.errors import BadValue
+
 log = logging.getLogger('pretrain')
 
 # The flattened config keys (or sections) a resume may change.
@@ -63,7 +65,7 @@ def check_resume_changes(saved: dict, now: dict, tag: str) -> List[str]:
                if not changeable(k) and then is not ABSENT and new is not ABSENT]
     if refused:
         shown = '; '.join(f'{k}: {_show(then)} -> {_show(new)}' for k, then, new in refused[:6])
-        raise ValueError(f'resuming {tag} with settings that define the run changed ({len(refused)}): {shown}. Resume '
+        raise BadValue(f'resuming {tag} with settings that define the run changed ({len(refused)}): {shown}. Resume '
                          'with the values it was written with, or start a new run (another checkpoint.dir) from its '
                          'weights with init.checkpoint: <this run folder>')
     return [f'{k}: {_show(then)} -> {_show(new)}' for k, then, new in diff]

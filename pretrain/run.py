@@ -21,7 +21,7 @@ if __package__ in (None, ''):  # run as a script by a launcher: make the repo im
 
 from labeling.tasks import TaskRegistry  # noqa: E402
 from pretrain import checkpoint  # noqa: E402
-from pretrain.config import ConfigError, RunConfig, check_launch, load_config, to_dict  # noqa: E402
+from pretrain.config import RunConfig, check_launch, load_config, to_dict  # noqa: E402
 from pretrain.console import eval_line, log_to_file, save_traceback, setup_logging, startup_summary, step_line  # noqa: E402
 from pretrain.distributed import init_distributed, main_rank_decides, read_dist_env, tell_launcher  # noqa: E402
 from pretrain.ds_config import check_deepspeed_keys  # noqa: E402
@@ -31,16 +31,13 @@ from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest, signal_n
 from pretrain.resume_changes import check_resume_changes  # noqa: E402
 from pretrain.run_lease import check_still_owned, own_run_folder  # noqa: E402
 from pretrain.weights import check_run_folder  # noqa: E402
+from shards.common.errors import ReplkError  # noqa: E402
 from shards.helpformat import HelpFormatter, command_name  # noqa: E402
-from shards.safe_files import UnsafeFileError  # noqa: E402
 from shards.stream import SourceSpec, resolve_source  # noqa: E402
 
 log = logging.getLogger('pretrain')
 
 
-# What a user can act on: one line naming the fault, the traceback only in the run's train.log.
-USER_ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError, FloatingPointError, UnsafeFileError,
-               checkpoint.CheckpointWriteError)
 
 
 def parse_args(argv=None, doc: str = __doc__, module: str = 'pretrain.run') -> argparse.Namespace:
@@ -180,7 +177,7 @@ def main(argv=None, check=None, doc: str = __doc__, module: str = 'pretrain.run'
             print('interrupted (Ctrl-C): stopped without a new checkpoint; rerun the same command to resume from '
                   'the last one (SIGTERM or SIGUSR1 checkpoints first)', file=sys.stderr, flush=True)
         raise SystemExit(130) from None
-    except USER_ERRORS as exc:
+    except ReplkError as exc:   # the user's to fix: one line; the traceback in train.log only
         if args.debug:
             raise
         save_traceback()  # into train.log when the run folder exists
@@ -188,6 +185,9 @@ def main(argv=None, check=None, doc: str = __doc__, module: str = 'pretrain.run'
         if rank == 0:
             print(f'error: {exc}', file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except Exception:   # a bug: its traceback on the console (Python prints it) and in train.log
+        save_traceback()
+        raise
 
 
 def train(args, check=None) -> dict:

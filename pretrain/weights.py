@@ -11,6 +11,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from shards.common.errors import BadValue, NotFound, UnknownName
 from shards.safe_files import check_checkpoint_folder, load_torch_file
 
 from . import checkpoint as ckpt
@@ -26,18 +27,18 @@ def check_run_folder(path: str, what: str, tag_option: str) -> None:
     way to pick a step (``--tag``, ``init.tag``)."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f'{what} {path}: no such file or folder')
+        raise NotFound(f'{what} {path}: no such file or folder')
     if not p.is_dir() or (p / 'config.json').is_file():
         return
     if p.name.startswith('step-') and p.parent.name == 'ckpt':
-        raise ValueError(f'{what} {path} is one checkpoint of the run {p.parent.parent}: pass the run folder, '
+        raise BadValue(f'{what} {path} is one checkpoint of the run {p.parent.parent}: pass the run folder, '
                          f'and {tag_option} {p.name} for this step')
     if p.name == 'ckpt' and any(c.name.startswith('step-') for c in p.iterdir()):
-        raise ValueError(f'{what} {path} holds the checkpoints of the run {p.parent}: pass the run folder')
+        raise BadValue(f'{what} {path} holds the checkpoints of the run {p.parent}: pass the run folder')
     if (p / '_index').is_dir():
-        raise ValueError(f'{what} {path} is a shard folder (it has _index/): pass a run folder, an export folder '
+        raise BadValue(f'{what} {path} is a shard folder (it has _index/): pass a run folder, an export folder '
                          'or a weights file')
-    raise ValueError(f'{what} {path}: not a run folder (no config.json) nor an export (no model.safetensors with '
+    raise BadValue(f'{what} {path}: not a run folder (no config.json) nor an export (no model.safetensors with '
                      'its config.json)')
 
 
@@ -52,7 +53,7 @@ def consolidate_run(run_dir: str, tag: Optional[str] = None, trust_pickle: bool 
     tags = ckpt.committed_tags(run_dir)
     tag = tag or (tags[-1] if tags else None)
     if tag is None or tag not in tags:
-        raise FileNotFoundError(f'{run_dir}: no committed checkpoint {tag or ""} to start from '
+        raise NotFound(f'{run_dir}: no committed checkpoint {tag or ""} to start from '
                                 f'(committed: {tags})')
     check_checkpoint_folder(ckpt.ckpt_root(run_dir) / tag, trust_pickle)
     # DeepSpeed prints its progress to stdout, where evaluate and export print their JSON result
@@ -69,7 +70,7 @@ def read_weights(source: str, tag: Optional[str] = None, trust_pickle: bool = Fa
     if os.path.isdir(source):
         return consolidate_run(source, tag, trust_pickle)
     if not os.path.isfile(source):
-        raise FileNotFoundError(f'starting weights {source} not found')
+        raise NotFound(f'starting weights {source} not found')
     if source.endswith('.safetensors'):
         from safetensors.torch import load_file
         return load_file(source)
@@ -109,7 +110,7 @@ def load_initial_weights(model: nn.Module, source: str, tasks: Dict[str, int], t
     new = [k for k in own if k not in loaded]
     missing_backbone = [k for k in new if not k.startswith('head.fc.')]
     if missing_backbone or [m for m in mismatched if not m.startswith('head.fc.')]:
-        raise KeyError(f'{source}: the backbone does not match the model: missing {missing_backbone[:8]}, '
+        raise UnknownName(f'{source}: the backbone does not match the model: missing {missing_backbone[:8]}, '
                        f'shape mismatches {[m for m in mismatched if not m.startswith("head.fc.")][:8]}')
     model.load_state_dict(loaded, strict=False)
     report = dict(source=str(source), loaded=len(loaded), new=sorted(new), dropped=sorted(dropped + mismatched))
@@ -135,7 +136,7 @@ def load_analysis_weights(model: nn.Module, source: str, trust_pickle: bool = Fa
     missing, _ = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if head or not k.startswith(HEAD_PREFIXES)]
     if missing:
-        raise KeyError(f'{source} lacks {missing[:5]} of {type(model).__name__}')
+        raise UnknownName(f'{source} lacks {missing[:5]} of {type(model).__name__}')
 
 
 def load_ema_weights(model: nn.Module, run_dir: str, tag: Optional[str] = None) -> None:
@@ -144,5 +145,5 @@ def load_ema_weights(model: nn.Module, run_dir: str, tag: Optional[str] = None) 
     tag = tag or (tags[-1] if tags else None)
     state = ckpt.load_part(run_dir, tag, 'ema') if tag else None
     if state is None:
-        raise FileNotFoundError(f'{run_dir}: no EMA weights in checkpoint {tag} (was train.ema_decay set?)')
+        raise NotFound(f'{run_dir}: no EMA weights in checkpoint {tag} (was train.ema_decay set?)')
     model.load_state_dict(state)

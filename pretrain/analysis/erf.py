@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shards.common.errors import BadValue, NotFound
 from shards.helpformat import HelpFormatter, command_name
 from shards.safe_files import add_trust_pickle_argument
 
@@ -42,7 +43,7 @@ def last_stage_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor
     else:
         out = model(x)
     if out.ndim != 4:
-        raise ValueError(f'{type(model).__name__}.forward_features gives shape {tuple(out.shape)}, not a feature map')
+        raise BadValue(f'{type(model).__name__}.forward_features gives shape {tuple(out.shape)}, not a feature map')
     return out
 
 
@@ -62,7 +63,7 @@ def aggregate(model: torch.nn.Module, batches: Iterable[torch.Tensor], device,
     """A = log10(contribution / (3n) + 1) (paper) or log10(contribution / n + 1) with ReLU'd central
     points (official), rescaled to [0, 1] (Appendix B, eq. 1-2)."""
     if definition not in DEFINITIONS:
-        raise ValueError(f'ERF definition {definition!r} is not one of {DEFINITIONS}')
+        raise BadValue(f'ERF definition {definition!r} is not one of {DEFINITIONS}')
     model.eval().to(device)
     total, n = None, 0
     for images in batches:
@@ -70,7 +71,7 @@ def aggregate(model: torch.nn.Module, batches: Iterable[torch.Tensor], device,
         total = c if total is None else total + c
         n += images.shape[0]
     if total is None:
-        raise ValueError('no images')
+        raise BadValue('no images')
     a = torch.log10(total / ((3 if definition == 'paper' else 1) * n) + 1).numpy()
     return a / a.max() if a.max() > 0 else a
 
@@ -109,7 +110,7 @@ def load_images(folder: str, num: int, size: int, mean, std, batch: int) -> List
     if skipped:
         log.warning('%d unreadable images skipped: %s', len(skipped), '; '.join(skipped[:5]))
     if not tensors:
-        raise FileNotFoundError(f'no readable images under {folder}')
+        raise NotFound(f'no readable images under {folder}')
     return [torch.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
 
 

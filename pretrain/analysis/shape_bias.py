@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shards.common.errors import BadValue
 from shards.helpformat import HelpFormatter, command_name
 from shards.safe_files import add_trust_pickle_argument
 
@@ -36,7 +37,7 @@ def parse_name(path: Path) -> Tuple[str, str]:
     """'airplane1-bicycle2.png' -> ('airplane', 'bicycle')."""
     m = re.match(r'^([a-z]+)\d+-([a-z]+)\d+$', path.stem)
     if not m:
-        raise ValueError(f'{path}: not a cue-conflict name like airplane1-bicycle2.png')
+        raise BadValue(f'{path}: not a cue-conflict name like airplane1-bicycle2.png')
     return m.group(1), m.group(2)
 
 
@@ -44,7 +45,7 @@ def load_mapping(path: str) -> Dict[str, List[int]]:
     mapping = json.loads(Path(path).read_text())
     missing = [c for c in CATEGORIES if c not in mapping]
     if missing:
-        raise ValueError(f'{path}: categories {missing} have no ImageNet classes')
+        raise BadValue(f'{path}: categories {missing} have no ImageNet classes')
     return {c: [int(i) for i in mapping[c]] for c in CATEGORIES}
 
 
