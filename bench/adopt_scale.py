@@ -52,8 +52,8 @@ def main(argv=None) -> None:
     from adopt_fixtures import one_sample_tar
     from counting_proxy import CountingProxy
 
+    from pretrain.apps.local_s3 import LocalS3
     from shards import storage
-    from shards.s3server import LocalS3
     server = LocalS3(tempfile.mkdtemp(prefix='adopt-scale-')).start()
     try:
         os.environ.update(server.env())

@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
     import pytest
     from store_counting import CountingStorage
 
-    from shards.s3server import LocalS3
+    from pretrain.apps.local_s3 import LocalS3
     rows = []
     with tempfile.TemporaryDirectory() as tmp, LocalS3(tmp) as s3:
         bucket = s3.make_bucket('bench')

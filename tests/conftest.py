@@ -93,7 +93,7 @@ def image_tree(tmp_path) -> Path:
 # --- a real S3 server (SeaweedFS) on loopback -------------------------------------------------
 @pytest.fixture(scope='session')
 def s3_server(tmp_path_factory):
-    from shards.s3server import LocalS3
+    from pretrain.apps.local_s3 import LocalS3
 
     server = LocalS3(str(tmp_path_factory.mktemp('seaweedfs'))).start()
     yield server

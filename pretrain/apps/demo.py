@@ -372,7 +372,7 @@ def storage(out: Path, local: bool):
     if local:
         yield str(out / 'shards'), str(out / 'labels'), 'local folder'
         return
-    from shards.s3server import LocalS3
+    from pretrain.apps.local_s3 import LocalS3
     with contextlib.ExitStack() as stack:
         try:
             server = stack.enter_context(LocalS3(str(out / 's3')))

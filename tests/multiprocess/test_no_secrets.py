@@ -21,7 +21,7 @@ def files_holding(root: Path, needle: bytes):
 def test_no_secret_in_run_folders_logs_store_or_console(image_tree, tmp_path, tmp_path_factory):
     import s3fs
 
-    from shards.s3server import LocalS3
+    from pretrain.apps.local_s3 import LocalS3
     server_dir = tmp_path_factory.mktemp('seaweedfs-marker')
     with LocalS3(str(server_dir), secret_key=MARKER) as server:   # sets AWS_* for this process
         s3fs.S3FileSystem.clear_instance_cache()

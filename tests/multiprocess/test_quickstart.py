@@ -77,7 +77,7 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
     assert "['cat', 'dog'] 2" in last
     evaluated = next(out for cmd, out in printed.items() if 'pretrain.evaluate' in cmd)
     assert json.loads(evaluated.strip().splitlines()[-1])['val/pets/images'] == 12
-    snippet = re.search(r'```python\n(from shards.loader.*?)```', (REPO_ROOT / 'README.md').read_text(), re.S).group(1)
+    snippet = re.search(r'```python\n(from shards import.*?)```', (REPO_ROOT / 'README.md').read_text(), re.S).group(1)
     (tmp_path / 'stream_snippet.py').write_text(snippet)
     proc = subprocess.run([sys.executable, 'stream_snippet.py'], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
