@@ -111,9 +111,12 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict,
     # The export's description of itself is what timm writes as pretrained_cfg (not the variant's
     # default tag's: its 224 px, its 1000 classes, the official release's origin and license).
     model.pretrained_cfg = model.default_cfg = exported_pretrained_cfg(cfg, task, n)
-    # timm's record of the factory arguments, written as model_args: the shape only. How to run the
-    # model (lk_impl) is the loader's choice, so an export made with 'triton' loads on a CPU.
-    model._model_args = dict({k: v for k, v in cfg.model.kwargs.items() if k not in NOT_SHAPE}, num_classes=n)
+    # The model arguments written are the shape only: how to run the model (lk_impl) is the loader's
+    # choice, so an export made with 'triton' loads on a CPU. Given to timm explicitly (its releases
+    # before 1.0.27 write only those) and as its record of the factory's arguments (later releases
+    # start from that record, which holds lk_impl).
+    model_args = dict({k: v for k, v in cfg.model.kwargs.items() if k not in NOT_SHAPE}, num_classes=n)
+    model._model_args = dict(model_args)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     # bytes written by Python, so the file gets the user's umask like config.json (safetensors'
@@ -124,7 +127,7 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict,
     labels = {k: v for k, v in (('label_names', model.pretrained_cfg.get('label_names')),
                                 ('label_descriptions', _label_descriptions(model.pretrained_cfg.get('label_names'))))
               if v}
-    save_config_for_hf(model, str(folder / 'config.json'), model_config=dict(project, **labels))
+    save_config_for_hf(model, folder / 'config.json', model_config=dict(project, **labels), model_args=model_args)
     meta = json.loads((folder / 'config.json').read_text())
     card = model_card(meta, cfg, task, (repo_name or folder.resolve().name).split('/')[-1], provenance, license_id,
                       hub_id=repo_name)
