@@ -5,16 +5,22 @@ from setuptools import find_packages, setup
 # and pyarrow without moving them. Lower bounds are the versions CI's lower-bound check installs
 # and tests (.ci/lower-bounds.txt, `make lower-bounds`); an upper bound only where a break is known.
 # CI's exact, reproducible set is the lock .ci/constraints.txt (`make test` installs from it).
-INSTALL_REQUIRES = [
+# What the models alone need (`import pretrain.models`, loading and running an export): a machine that
+# only runs exported models installs the package without the rest, see README "Loading an export
+# without the training stack":  pip install --no-deps replk-pretrain && pip install torch timm safetensors
+# (tests/unit/test_models_alone.py loads an export in an environment holding only these and their own needs).
+MODELS_REQUIRES = [
     'torch>=2.4',
-    'torchvision>=0.19',
     'timm>=1.0.26',            # its loaders default to weights_only=True (before: full unpickling, code runs)
+    'safetensors>=0.4.3',
+]
+INSTALL_REQUIRES = MODELS_REQUIRES + [
+    'torchvision>=0.19',
     'deepspeed>=0.17.2',       # the torch_autocast config section (bf16 autocast inside the engine)
     'webdataset>=0.2.100',
     'transformers>=4.46.1',     # 4.46.0 was yanked
     'fsspec>=2024.9.0',
     'pyarrow>=17',             # numpy 2 support
-    'safetensors>=0.4.3',
     'numpy>=1.24',
     'tensorboard>=2.16',
     'pillow>=10.3',

@@ -98,7 +98,10 @@ def exported_model(file, args):
     meta = json.loads(Path(file).with_name('config.json').read_text())
     check_export_arguments(args, meta)
     model, meta = load_export(file)
-    task = args.task[0].split('=')[0] if args.task else meta['task']
+    task = args.task[0].split('=')[0] if args.task else meta.get('task')
+    if task is None:   # a timm folder of another origin: its config.json names no task
+        raise ValueError(f'{file}: the export names no task: say which labels to evaluate with --task NAME='
+                         f'{meta["num_classes"]}')
     transform = eval_transform_config(args, DataConfig(), meta['pretrained_cfg'], from_run=False)
     trained = {k: meta[k] for k in ('precision', 'channels_last') if k in meta}   # exports before 2026-12-07: none
     return TaskOutput(model, task), eval_spec(args, {task: meta['num_classes']}, transform, None, trained)
@@ -114,11 +117,11 @@ def check_export_arguments(args, meta: dict) -> None:
         raise ValueError('--model-kwargs: an export records its own model arguments (its config.json); drop it')
     if args.task:
         if len(args.task) > 1:
-            raise ValueError(f'--task given {len(args.task)} times: an export has one head ({meta["task"]})')
+            raise ValueError(f'--task given {len(args.task)} times: an export has one head ({meta.get("task")})')
         classes = parse_tasks(args.task)
         name, n = next(iter(classes.items()))
         if n != meta['num_classes']:
-            raise ValueError(f'--task {name}={n}: the export\'s head ({meta["task"]}) has {meta["num_classes"]} '
+            raise ValueError(f'--task {name}={n}: the export\'s head ({meta.get("task")}) has {meta["num_classes"]} '
                              f'classes; use --task {name}={meta["num_classes"]} (or drop --task)')
 
 

@@ -1,16 +1,20 @@
-"""``python -m pretrain.export``: run folder -> consolidated fp32 -> re-parameterized -> safetensors.
+"""``python -m pretrain.export``: run folder -> consolidated fp32 -> re-parameterized -> an export folder.
 
     python -m pretrain.export runs/xl_ft320 --task in1k --out exported/replknet_xl_in1k_320
+    python -m pretrain.export runs/xl_ft320 --task in1k --out exported/replknet_xl_in1k_320 --push-to-hub me/replknet_xl_in1k
 
-Writes ``model.safetensors`` (the deploy form: large kernels merged, every BatchNorm folded)
-and ``config.json``. Load it the timm way::
+The folder is in timm's Hugging Face layout: ``model.safetensors`` (the deploy form: large kernels
+merged, every BatchNorm folded), ``config.json`` (as timm's ``save_for_hf`` writes it) and a model
+card ``README.md`` (recipe, data, teachers, metrics, the re-parameterization check). Load it the
+timm way, after ``import pretrain.models`` (which registers RepLKNet with timm)::
 
+    timm.create_model('local-dir:exported/replknet_xl_in1k_320', pretrained=True)
+    timm.create_model('hf-hub:me/replknet_xl_in1k', pretrained=True)         # once pushed
     timm.create_model('replknet_xl', pretrained=True, pretrained_cfg_overlay=dict(file='.../model.safetensors'))
 
-The ``config.json`` beside the file tells timm (through the RepLKNet entry points) the exported
-class count, class names, input size, crop and shape arguments, so no other argument is needed.
-The export checks that the deployed model's outputs equal the training form's within 1e-4
-before writing.
+The ``config.json`` tells timm the exported class count, class names, input size, crop and model
+arguments, so no other argument is needed. The export checks that the deployed model's outputs
+equal the training form's within 1e-4 before writing.
 """
 from __future__ import annotations
 
@@ -55,8 +59,10 @@ def single_task_model(cfg: RunConfig, task: str, state: dict):
     return model.eval(), n
 
 
-def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False, trust_pickle: bool = False) -> dict:
+def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False, trust_pickle: bool = False,
+           repo_name: Optional[str] = None, license_id: str = 'other') -> dict:
     from .checkpoint import committed_tags, load_part
+    from .model_card import run_provenance
     from .weights import consolidate_run
 
     cfg = build(RunConfig, json.loads((Path(run_dir) / 'config.json').read_text()), '')
@@ -67,39 +73,65 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
     state = load_part(run_dir, tag, 'ema') if ema else consolidate_run(run_dir, tag, trust_pickle)
     if state is None:
         raise FileNotFoundError(f'{run_dir}/ckpt/{tag} has no EMA weights')
-    return write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema))
+    return write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema),
+                        provenance=run_provenance(cfg, run_dir, tag, ema, task), repo_name=repo_name, license_id=license_id)
 
 
-
-
-def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict) -> dict:
-    """Deploy form of ``task``'s model -> ``model.safetensors`` + ``config.json`` (what it is, how it
-    was evaluated: timm reads the ``pretrained_cfg`` when loading the file)."""
-    from safetensors.torch import save
-
-    model, n = single_task_model(cfg, task, state)
-    x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size)
+def reparameterize_checked(model, image_size: int) -> dict:
+    """Convert ``model`` to its deploy form, checking on random inputs that it computes what the
+    training form did: {max_abs_difference, max_relative_error (to the largest logit)}."""
+    x = torch.randn(2, 3, image_size, image_size)
     with torch.no_grad():
         reference = model(x)
         if hasattr(model, 'reparameterize'):
             model.reparameterize()
         deployed = model(x)
-    err = ((reference - deployed).abs().max() / reference.abs().max()).item()
+    diff = (reference - deployed).abs().max().item()
+    err = diff / reference.abs().max().item()
     if err > 1e-4:
         raise RuntimeError(f'the re-parameterized model differs from the training form by {err:.2e} (relative)')
+    return dict(max_abs_difference=diff, max_relative_error=err)
+
+
+def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict, provenance: Optional[dict] = None,
+                 repo_name: Optional[str] = None, license_id: str = 'other') -> dict:
+    """Deploy form of ``task``'s model -> an export folder in timm's Hugging Face layout:
+    ``model.safetensors``, ``config.json`` (written by timm's ``save_config_for_hf``: ``architecture``,
+    ``num_classes``, ``num_features``, ``global_pool``, ``label_names``, ``model_args``, ``pretrained_cfg``,
+    and this project's own keys beside them) and the model card ``README.md``. ``provenance``: what the
+    run folder says (:func:`pretrain.model_card.run_provenance`); None for weights from elsewhere."""
+    from safetensors.torch import save
+    from timm.models._hub import save_config_for_hf  # timm's own writer of config.json (save_for_hf's)
+
+    from .model_card import model_card
+
+    model, n = single_task_model(cfg, task, state)
+    check = reparameterize_checked(model, cfg.data.image_size)
+    form = 'fused' if hasattr(model, 'reparameterize') else 'plain'
+    # The export's description of itself is what timm writes as pretrained_cfg (not the variant's
+    # default tag's: its 224 px, its 1000 classes, the official release's origin and license).
+    model.pretrained_cfg = model.default_cfg = exported_pretrained_cfg(cfg, task, n)
+    # The model arguments written are the shape only: how to run the model (lk_impl) is the loader's
+    # choice, so an export made with 'triton' loads on a CPU. Given to timm explicitly (its releases
+    # before 1.0.27 write only those) and as its record of the factory's arguments (later releases
+    # start from that record, which holds lk_impl).
+    model_args = dict({k: v for k, v in cfg.model.kwargs.items() if k not in NOT_SHAPE}, num_classes=n)
+    model._model_args = dict(model_args)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     # bytes written by Python, so the file gets the user's umask like config.json (safetensors'
     # own save_file creates it 0600: unreadable to the team that shares the export)
     (folder / 'model.safetensors').write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
-    form = 'fused' if hasattr(model, 'reparameterize') else 'plain'
-    # The export describes the model, not how to run it: the large-kernel implementation (lk_impl)
-    # is the loader's choice, so an export made with 'triton' loads on a CPU.
-    shape_kwargs = {k: v for k, v in cfg.model.kwargs.items() if k not in NOT_SHAPE}
-    meta = dict(architecture=cfg.model.name, num_classes=n, task=task, form=form, model_kwargs=shape_kwargs,
-                source=source, max_relative_error=err, pretrained_cfg=exported_pretrained_cfg(cfg, task, n),
-                precision=cfg.train.precision, channels_last=cfg.model.channels_last)   # how it was trained and evaluated
-    (folder / 'config.json').write_text(json.dumps(meta, indent=2, default=str))
+    project = dict(task=task, form=form, source=source, **check,
+                   precision=cfg.train.precision, channels_last=cfg.model.channels_last)   # how it was trained and evaluated
+    labels = {k: v for k, v in (('label_names', model.pretrained_cfg.get('label_names')),
+                                ('label_descriptions', _label_descriptions(model.pretrained_cfg.get('label_names'))))
+              if v}
+    save_config_for_hf(model, folder / 'config.json', model_config=dict(project, **labels), model_args=model_args)
+    meta = json.loads((folder / 'config.json').read_text())
+    card = model_card(meta, cfg, task, (repo_name or folder.resolve().name).split('/')[-1], provenance, license_id,
+                      hub_id=repo_name)
+    (folder / 'README.md').write_text(card, encoding='utf-8')
     return meta
 
 
@@ -123,6 +155,18 @@ def _class_names(cfg: RunConfig, task: str):
     except (KeyError, OSError, ValueError):
         return None  # a task known only by its class count in this run
     return list(names) if len(names) == cfg.tasks[task].num_classes else None
+
+
+def _label_descriptions(names) -> Optional[dict]:
+    """ImageNet's class descriptions (timm ships them) when the head's classes are ImageNet's synsets."""
+    if not names:
+        return None
+    from timm.data import ImageNetInfo
+    for subset in ('imagenet-1k', 'imagenet-22k'):
+        info = ImageNetInfo(subset)
+        if list(info.label_names()) == list(names):
+            return info.label_descriptions(as_dict=True)
+    return None
 
 
 def export_file(path: str) -> Optional[Path]:
@@ -150,21 +194,77 @@ def load_export(file: Path):
     return load_exported(file)
 
 
+EXPORT_FILES = ('model.safetensors', 'config.json', 'README.md')
+
+
+class HubError(Exception):
+    """The upload to the Hugging Face Hub did not happen (no token, unreachable, refused)."""
+
+
+def hub_token() -> str:
+    """The user's Hugging Face token (``HF_TOKEN`` or ``hf auth login``), or a :class:`HubError`
+    before anything is exported."""
+    from huggingface_hub import get_token
+    token = get_token()
+    if not token:
+        raise HubError('--push-to-hub: no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write '
+                       'access)')
+    return token
+
+
+def push_to_hub(folder: str, repo_id: str, token: str, private: bool = False) -> str:
+    """Upload an export folder as it is (model.safetensors, config.json, README.md: what was checked
+    and written, nothing else there) to the Hub model repository ``repo_id``; returns the commit's URL.
+
+    huggingface_hub directly rather than timm's ``push_to_hf_hub``: that one saves the model again
+    from memory (a pickle beside the safetensors unless told otherwise) and writes its own card
+    only where the repository has none."""
+    from huggingface_hub import HfApi
+
+    missing = [name for name in EXPORT_FILES if not (Path(folder) / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f'{folder}: not a whole export ({", ".join(missing)} missing): run the export again')
+    meta = json.loads((Path(folder) / 'config.json').read_text())
+    api = HfApi(token=token, library_name='replk-pretrain')
+    try:
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), allow_patterns=list(EXPORT_FILES),
+                                   commit_message=f'{meta["architecture"]} ({meta.get("task")}), exported by pretrain.export')
+    except Exception as exc:   # noqa: BLE001  (httpx, huggingface_hub and the server fail with no common base)
+        raise HubError(f'--push-to-hub {repo_id}: the upload failed ({type(exc).__name__}: {_one_line(exc)}); the export '
+                       f'is in {folder}: run again once the Hub is reachable') from None
+    return str(getattr(commit, 'commit_url', commit))
+
+
+def _one_line(exc: Exception) -> str:
+    text = ' '.join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + '...'
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog=command_name('pretrain.export'), description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('run_dir', help='a pretraining or fine-tuning run folder')
     p.add_argument('--task', required=True, help='the head to keep')
-    p.add_argument('--out', required=True, help='the export folder: model.safetensors and config.json')
+    p.add_argument('--out', required=True, help='the export folder: model.safetensors, config.json and README.md')
     p.add_argument('--tag', help='step-N (default: the newest committed checkpoint)')
     p.add_argument('--ema', action='store_true', help='export the EMA weights')
+    p.add_argument('--push-to-hub', metavar='REPO_ID', help='then upload the export folder to this Hugging Face Hub model '
+                                                            'repository (created if absent; needs a token: HF_TOKEN)')
+    p.add_argument('--private', action='store_true', help='--push-to-hub: create the repository private')
+    p.add_argument('--license', default='other', help='the model card\'s license, a Hub license id (e.g. apache-2.0); '
+                                                      'default: other (say which in the card)')
     add_trust_pickle_argument(p)
     args = p.parse_args(argv)
     try:
+        token = hub_token() if args.push_to_hub else None   # before the export's minutes, not after
         check_run_folder(args.run_dir, 'run_dir', '--tag')
-        meta = export(args.run_dir, args.task, args.out, args.tag, args.ema, args.trust_pickle)
-    except (ValueError, KeyError, FileNotFoundError, UnsafeFileError) as exc:
+        meta = export(args.run_dir, args.task, args.out, args.tag, args.ema, args.trust_pickle,
+                      repo_name=args.push_to_hub, license_id=args.license)
+        print(json.dumps(meta, indent=2, default=str), flush=True)
+        if args.push_to_hub:
+            print(f'pushed to {push_to_hub(args.out, args.push_to_hub, token, args.private)}', flush=True)
+    except (ValueError, KeyError, FileNotFoundError, UnsafeFileError, HubError) as exc:
         raise SystemExit(f'error: {exc}') from None
-    print(json.dumps(meta, indent=2, default=str))
     return meta
 
 

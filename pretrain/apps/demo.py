@@ -181,6 +181,7 @@ def build_shards(demo: Demo) -> dict:
 def train_teachers(demo: Demo) -> dict:
     """One teacher per task, on all of its task's human labels, then exported for labeling."""
     from pretrain.export import export
+    from pretrain.models.checkpoint import export_model_args
     runs = [('pretrain/run.py', f'teacher_{task}', base_config(demo, TEACHER, [task], [task], demo.scale.teacher_steps),
              {}) for task in TASKS]
     out = {}
@@ -188,7 +189,8 @@ def train_teachers(demo: Demo) -> dict:
         meta = export(str(demo.run_dir(f'teacher_{task}')), task, str(demo.out / 'teachers' / task))
         # The labeling jobs load the deploy form the export wrote (faster, the same function).
         out[task] = dict(accuracy=accuracy(result)[task], weights=str(demo.out / 'teachers' / task / 'model.safetensors'),
-                         model_kwargs=dict(meta['model_kwargs'], reparam=meta['form']))
+                         model_kwargs=dict({k: v for k, v in export_model_args(meta).items() if k != 'num_classes'},
+                                           reparam=meta['form']))   # a timm teacher's: num_classes is the task's
     return out
 
 

@@ -94,7 +94,7 @@ def checkpoint_filter_fn(state_dict: Any, model: nn.Module) -> Dict[str, torch.T
 # them: weights come through the project's own loaders (``init.checkpoint``, a teacher's
 # ``weights``). A pretrained config may still set what is not a source (input_size, crop_pct, ...).
 LOADER_ARGS = frozenset({'pretrained', 'checkpoint_path'})
-# What an export's model_kwargs never carry: how to run it (lk_impl) and timm's loader arguments
+# What an export's model arguments never carry: how to run it (lk_impl) and timm's loader arguments
 # (the export's own pretrained_cfg and file are what a loader uses).
 NOT_SHAPE = LOADER_ARGS | {'pretrained_cfg', 'pretrained_cfg_overlay', 'lk_impl'}
 PRETRAINED_CFG_SOURCES = frozenset({'file', 'url', 'hf_hub_id', 'hf_hub_filename', 'state_dict', 'source', 'custom_load'})
@@ -123,10 +123,24 @@ def export_meta(file) -> Optional[dict]:
     return meta if 'pretrained_cfg' in meta and 'architecture' in meta else None
 
 
+def export_model_args(meta: dict) -> dict:
+    """The arguments that rebuild an export's model: timm's ``model_args`` (the Hugging Face layout
+    ``save_config_for_hf`` writes, exports since issue 38) or ``model_kwargs`` (older exports)."""
+    return dict(meta['model_args'] if 'model_args' in meta else meta.get('model_kwargs') or {})
+
+
+def export_folder_file(pretrained_cfg) -> Optional[Path]:
+    """The ``model.safetensors`` that ``timm.create_model('local-dir:FOLDER')`` is loading (timm
+    hands the folder over as the pretrained_cfg's ``file``, its source ``local-dir``), else None."""
+    if not isinstance(pretrained_cfg, dict) or pretrained_cfg.get('source') != 'local-dir':
+        return None
+    return Path(pretrained_cfg.get('file') or '') / 'model.safetensors'
+
+
 def load_exported(file):
     """(the model an export describes, in its exported form with its trained head, its ``config.json``).
     The weights are safetensors (no code runs); ``pretrained_cfg`` gives timm its input size, crop and
-    statistics; the shape arguments come from the export, not from the caller."""
+    statistics; the model arguments come from the export, not from the caller."""
     import timm
 
     from . import registry  # noqa: F401  (registers the project's models with timm)
@@ -134,10 +148,11 @@ def load_exported(file):
     if meta is None or Path(file).suffix != '.safetensors':
         raise ValueError(f'{file}: not an export of pretrain.export (a model.safetensors with a config.json naming '
                          'its architecture and pretrained_cfg beside it)')
-    loader_args = sorted(set(meta['model_kwargs']) & NOT_SHAPE)
+    model_args = export_model_args(meta)
+    loader_args = sorted(set(model_args) & NOT_SHAPE)
     if loader_args:   # a downloaded export must not steer timm's loader (e.g. to a pickle elsewhere)
         raise ValueError(f'{file}: its config.json puts {loader_args} among the model arguments; an export of '
                          'pretrain.export never does: re-export it, or remove them if you trust the file')
     model = timm.create_model(meta['architecture'], pretrained=True,
-                              pretrained_cfg_overlay=dict(meta['pretrained_cfg'], file=str(file)), **meta['model_kwargs'])
+                              pretrained_cfg_overlay=dict(meta['pretrained_cfg'], file=str(file)), **model_args)
     return model, meta

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from shards.safe_files import load_torch_file
 
-from .checkpoint import checkpoint_filter_fn, export_meta, unwrap_state_dict
+from .checkpoint import checkpoint_filter_fn, export_folder_file, export_meta, export_model_args, unwrap_state_dict
 from .replknet import RepLKNet
 
 log = logging.getLogger(__name__)
@@ -17,20 +17,22 @@ OFFICIAL_REPO = 'https://github.com/DingXiaoH/RepLKNet-pytorch'
 
 
 def _create_replknet(variant: str, pretrained: bool = False, defaults: Optional[dict] = None, **kwargs) -> RepLKNet:
-    """``defaults``: the variant's shape; an export's own shape arguments come next, then the caller's."""
-    exported = _export_beside(variant, kwargs) if pretrained else {}
-    kwargs = {**(defaults or {}), **exported.get('model_kwargs', {}), **kwargs}
+    """``defaults``: the variant's shape; an export's own model arguments come next, then the caller's."""
+    file, exported = _export_beside(variant, kwargs) if pretrained else (None, {})
+    kwargs = {**(defaults or {}), **export_model_args(exported), **kwargs}
     if pretrained:
         _read_torch_file_ourselves(kwargs)
-    if exported:
+    if exported and kwargs.get('pretrained_cfg_overlay'):
         # The export's pretrained_cfg describes the exported model (classes, input size, crop);
         # the caller's overlay (its file, at least) wins. With it, timm keeps the trained head.
+        # (Through 'local-dir:' timm has read that pretrained_cfg itself.)
         kwargs['pretrained_cfg_overlay'] = dict(exported['pretrained_cfg'], **kwargs['pretrained_cfg_overlay'])
+    if exported:
         asked = kwargs.get('num_classes', exported['num_classes'])
         if asked != exported['num_classes']:
             log.warning('%s: the export classifies %d classes; num_classes=%s was asked, so its head is not '
                         'loaded and a new, random one is built (omit num_classes to keep the trained head)',
-                        kwargs['pretrained_cfg_overlay']['file'], exported['num_classes'], asked)
+                        file, exported['num_classes'], asked)
     model = build_model_with_cfg(
         RepLKNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -52,17 +54,19 @@ def _read_torch_file_ourselves(kwargs: dict) -> None:
         kwargs['pretrained_cfg_overlay'] = dict({k: v for k, v in overlay.items() if k != 'file'}, state_dict=state)
 
 
-def _export_beside(variant: str, kwargs: dict) -> dict:
-    """The ``config.json`` that ``pretrain.export`` writes beside ``model.safetensors``, if the
-    file being loaded has one."""
-    file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
+def _export_beside(variant: str, kwargs: dict) -> Tuple[Optional[str], dict]:
+    """(the file, the ``config.json`` that ``pretrain.export`` writes beside ``model.safetensors``) when
+    the weights being loaded have one: a file named in ``pretrained_cfg_overlay``, or the folder of
+    ``timm.create_model('local-dir:FOLDER')`` (an older export's config.json there holds its shape as
+    ``model_kwargs``, which timm does not read)."""
+    file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file') or export_folder_file(kwargs.get('pretrained_cfg'))
     meta = export_meta(file) if file else None
     if meta is None:
-        return {}
+        return None, {}
     if meta['architecture'] != variant:
         raise ValueError(f'{file} is an export of {meta["architecture"]}, not {variant}: '
                          f'timm.create_model({meta["architecture"]!r}, ...)')
-    return meta
+    return str(file), meta
 
 
 def _cfg(**kwargs) -> dict:

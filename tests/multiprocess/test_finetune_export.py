@@ -8,6 +8,7 @@ import torch
 from test_pretrain_run import overrides, tiny, torchrun  # noqa: F401, F811  (tiny: the shared fixture)
 
 import pretrain.models  # noqa: F401  (registers RepLKNet with timm)
+from pretrain.models.checkpoint import export_model_args
 
 pytestmark = pytest.mark.multiprocess
 
@@ -43,8 +44,9 @@ def test_pretrain_finetune_evaluate_export_and_load_through_timm(tiny, tmp_path,
     meta = json.loads((out / 'config.json').read_text())
     assert meta['form'] == 'fused' and meta['max_relative_error'] < 1e-4
     assert meta['precision'] == 'fp32' and meta['channels_last'] is False
-    kwargs = meta['model_kwargs']
-    loaded = timm.create_model('replknet_31b', pretrained=True, num_classes=4, **kwargs,
+    kwargs = export_model_args(meta)   # timm's model_args: the shape and the class count
+    assert kwargs['num_classes'] == 4 and (out / 'README.md').is_file()
+    loaded = timm.create_model('replknet_31b', pretrained=True, **kwargs,
                                pretrained_cfg_overlay=dict(file=str(out / 'model.safetensors'), num_classes=4)).eval()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
     from pretrain.config import RunConfig, build

@@ -14,6 +14,7 @@ from labeling.teachers import TeacherSpec, load_teacher
 from pretrain.config import load_config, task_classes
 from pretrain.engine import build_model
 from pretrain.export import write_export
+from pretrain.models.checkpoint import export_model_args
 from shards.build import BuildOptions, build
 from shards.inputs import Item
 from shards.stream import SourceSpec
@@ -72,7 +73,8 @@ def test_a_timm_teacher_naming_a_project_model_loads_in_a_fresh_process(teacher_
 
     from helpers import REPO_ROOT
     meta = json.loads((teacher_export / 'export' / 'config.json').read_text())
-    kwargs = dict(meta['model_kwargs'], reparam=meta['form'])
+    kwargs = dict(export_model_args(meta), reparam=meta['form'])
+    kwargs.pop('num_classes')   # the timm teacher's head is the task's
     code = ('from labeling.teachers import TeacherSpec, load_teacher; '
             f'print(load_teacher(TeacherSpec("timm", "replknet_31b", {str(teacher_export / "export" / "model.safetensors")!r}, '
             f'model_kwargs={kwargs!r}), 2).name)')
