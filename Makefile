@@ -24,7 +24,7 @@ IMG2DATASET_PIN ?= img2dataset==1.47.0
 $(STAMP): setup.py $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(if $(USE_SYSTEM_TORCH),--system-site-packages) $(VENV)
 	$(if $(USE_SYSTEM_TORCH),@echo "keeping the interpreter's own torch",$(BIN)/pip install --quiet $(TORCH_PIN))
-	$(BIN)/pip install --quiet -e '.[dev]' $(if $(LOCK),-c $(LOCK))
+	$(BIN)/pip install --quiet -e '.[dev,tracking]' $(if $(LOCK),-c $(LOCK))
 	@touch $@
 
 # The whole pipeline on scikit-learn's digits, on this machine, in about 11-13 minutes on 2 cores:

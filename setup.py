@@ -41,6 +41,8 @@ EXTRAS = {
             'ruff>=0.6'],
     # real photos for bench/loader.py (scikit-learn ships two)
     'bench': ['scikit-learn'],
+    # experiment trackers a run reports to besides TensorBoard (log.wandb, log.mlflow; pretrain/tracking.py)
+    'tracking': ['wandb>=0.17.1', 'mlflow>=2.14'],
 }
 
 setup(

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 from shards.safe_files import check_name
 from shards.typed import ConfigError, build  # noqa: F401  (re-exported: the loaders share one builder)
 
+from .tracking import MlflowConfig, WandbConfig
+
 
 @dataclass
 class ModelConfig:
@@ -205,6 +207,10 @@ class LogConfig:
     """a console line and a metrics row every this many steps"""
     tensorboard: bool = True
     """TensorBoard scalars under {dir}/tb"""
+    wandb: Optional[WandbConfig] = None
+    """report to Weights & Biases (pip install "replk-pretrain[tracking]"); {} for the defaults"""
+    mlflow: Optional[MlflowConfig] = None
+    """report to MLflow: {"tracking_uri": ...} (pip install "replk-pretrain[tracking]")"""
 
 
 @dataclass

@@ -18,7 +18,8 @@ from . import config as C
 SECTIONS = [('model', C.ModelConfig), ('data', C.DataConfig), ('data.sources[]', C.SourceConfig),
             ('tasks.<name>', C.TaskConfig), ('optim', C.OptimConfig), ('schedule', C.ScheduleConfig),
             ('train', C.TrainConfig), ('init', C.InitConfig), ('eval', C.EvalConfig),
-            ('checkpoint', C.CheckpointConfig), ('log', C.LogConfig)]
+            ('checkpoint', C.CheckpointConfig), ('log', C.LogConfig), ('log.wandb', C.WandbConfig),
+            ('log.mlflow', C.MlflowConfig)]
 
 
 def field_docs(cls) -> Dict[str, str]:
@@ -35,7 +36,7 @@ def field_docs(cls) -> Dict[str, str]:
 def _type_name(tp) -> str:
     if typing.get_origin(tp) is typing.Literal:
         return 'one of ' + ', '.join(str(a) for a in typing.get_args(tp))
-    return re.sub(r'typing\.|pretrain\.config\.|<class \'(\w+)\'>', r'\1', str(tp)).replace('NoneType', 'None')
+    return re.sub(r'typing\.|pretrain\.\w+\.|<class \'(\w+)\'>', r'\1', str(tp)).replace('NoneType', 'None')
 
 
 def _default(f: dataclasses.Field) -> str:

@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
+from shards.common.errors import BadValue, ReplkError
 from shards.helpformat import HelpFormatter, command_name
-from shards.safe_files import UnsafeFileError, add_trust_pickle_argument
+from shards.safe_files import add_trust_pickle_argument
 from shards.stream import SourceSpec
 from shards.transforms import TransformConfig
 
@@ -27,7 +28,6 @@ from .evaluation import EvalSpec
 from .weights import check_run_folder
 
 # What the user can fix: one line naming the fault, no traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, UnsafeFileError)
 
 
 def is_run_folder(path: str) -> bool:
@@ -42,19 +42,19 @@ def run_config(args) -> Optional[RunConfig]:
         check_run_folder(args.checkpoint, '--checkpoint', '--tag')
     if is_run_folder(args.checkpoint):
         if args.model or args.task or args.model_kwargs:
-            raise ValueError('a run folder names its own model and tasks (its config.json); drop --model/--task/'
+            raise BadValue('a run folder names its own model and tasks (its config.json); drop --model/--task/'
                              '--model-kwargs, or pass a weights file instead of the folder')
         return build(RunConfig, json.loads((Path(args.checkpoint) / 'config.json').read_text()), '')
     if args.model and args.task:
         return None
-    raise ValueError('say which model: a run folder with config.json, --config, or --model and --task')
+    raise BadValue('say which model: a run folder with config.json, --config, or --model and --task')
 
 
 def parse_tasks(items) -> Dict[str, int]:
     try:
         return {name: int(n) for name, n in (t.split('=', 1) for t in items)}
     except ValueError:
-        raise ValueError(f'--task: expected NAME=CLASSES, got {items}') from None
+        raise BadValue(f'--task: expected NAME=CLASSES, got {items}') from None
 
 
 def parse_source(item: str) -> SourceSpec:
@@ -100,7 +100,7 @@ def exported_model(file, args):
     model, meta = load_export(file)
     task = args.task[0].split('=')[0] if args.task else meta.get('task')
     if task is None:   # a timm folder of another origin: its config.json names no task
-        raise ValueError(f'{file}: the export names no task: say which labels to evaluate with --task NAME='
+        raise BadValue(f'{file}: the export names no task: say which labels to evaluate with --task NAME='
                          f'{meta["num_classes"]}')
     transform = eval_transform_config(args, DataConfig(), meta['pretrained_cfg'], from_run=False)
     trained = {k: meta[k] for k in ('precision', 'channels_last') if k in meta}   # exports before 2026-12-07: none
@@ -111,17 +111,17 @@ def check_export_arguments(args, meta: dict) -> None:
     """An export names its own architecture and head: a --model, --model-kwargs or --task class
     count that disagrees with it is an error, never silently ignored."""
     if args.model and args.model != meta['architecture']:
-        raise ValueError(f'--model {args.model}: the export is a {meta["architecture"]} (its config.json); drop '
+        raise BadValue(f'--model {args.model}: the export is a {meta["architecture"]} (its config.json); drop '
                          '--model, an export names its own architecture')
     if args.model_kwargs:
-        raise ValueError('--model-kwargs: an export records its own model arguments (its config.json); drop it')
+        raise BadValue('--model-kwargs: an export records its own model arguments (its config.json); drop it')
     if args.task:
         if len(args.task) > 1:
-            raise ValueError(f'--task given {len(args.task)} times: an export has one head ({meta.get("task")})')
+            raise BadValue(f'--task given {len(args.task)} times: an export has one head ({meta.get("task")})')
         classes = parse_tasks(args.task)
         name, n = next(iter(classes.items()))
         if n != meta['num_classes']:
-            raise ValueError(f'--task {name}={n}: the export\'s head ({meta.get("task")}) has {meta["num_classes"]} '
+            raise BadValue(f'--task {name}={n}: the export\'s head ({meta.get("task")}) has {meta["num_classes"]} '
                              f'classes; use --task {name}={meta["num_classes"]} (or drop --task)')
 
 
@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.WARNING)
     try:
         return evaluate(args)
-    except USER_ERRORS as exc:
+    except ReplkError as exc:   # the user's to fix: one line; anything else is a bug and shows its traceback
         raise SystemExit(f'error: {exc}') from None
 
 
@@ -184,7 +184,7 @@ def evaluate(args) -> dict:
     env, device = init_distributed(args.local_rank)
     result = evaluate_model(model.to(device), spec, device, env.rank, env.world_size)
     if not any(key.endswith('/images') for key in result):
-        raise ValueError(f'--data {" ".join(f"{d.name}={d.url}" for d in args.data)}: no image there has a human label for '
+        raise BadValue(f'--data {" ".join(f"{d.name}={d.url}" for d in args.data)}: no image there has a human label for '
                          f'{" or ".join(spec.tasks)}; accuracy is measured against human labels: pass labeled '
                          'shards (built from class folders or a labeled file list)')
     result.update(size=spec.transform.image_size, crop_pct=spec.transform.crop_pct, checkpoint=args.checkpoint,

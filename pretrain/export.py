@@ -25,8 +25,9 @@ from typing import Optional
 
 import torch
 
+from shards.common.errors import BadValue, NotFound, ReplkError
 from shards.helpformat import HelpFormatter, command_name
-from shards.safe_files import UnsafeFileError, add_trust_pickle_argument
+from shards.safe_files import add_trust_pickle_argument
 
 from .config import RunConfig, build
 from .models.checkpoint import NOT_SHAPE
@@ -43,7 +44,7 @@ def single_task_model(cfg: RunConfig, task: str, state: dict):
 
     import pretrain.models  # noqa: F401
     if task not in cfg.tasks:
-        raise ValueError(f'task {task!r} is not one of the run\'s tasks {sorted(cfg.tasks)}')
+        raise BadValue(f'task {task!r} is not one of the run\'s tasks {sorted(cfg.tasks)}')
     n = cfg.tasks[task].num_classes
     model = timm.create_model(cfg.model.name, num_classes=n, **cfg.model.kwargs)
     if any(k.startswith('backbone.') for k in state):
@@ -63,18 +64,21 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
            repo_name: Optional[str] = None, license_id: str = 'other') -> dict:
     from .checkpoint import committed_tags, load_part
     from .model_card import run_provenance
+    from .tracking import log_export
     from .weights import consolidate_run
 
     cfg = build(RunConfig, json.loads((Path(run_dir) / 'config.json').read_text()), '')
     tags = committed_tags(run_dir)
     if not tags and tag is None:
-        raise FileNotFoundError(f'{run_dir}: no committed checkpoint to export (is it a run folder? did it save?)')
+        raise NotFound(f'{run_dir}: no committed checkpoint to export (is it a run folder? did it save?)')
     tag = tag or tags[-1]
     state = load_part(run_dir, tag, 'ema') if ema else consolidate_run(run_dir, tag, trust_pickle)
     if state is None:
-        raise FileNotFoundError(f'{run_dir}/ckpt/{tag} has no EMA weights')
-    return write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema),
+        raise NotFound(f'{run_dir}/ckpt/{tag} has no EMA weights')
+    meta = write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema),
                         provenance=run_provenance(cfg, run_dir, tag, ema, task), repo_name=repo_name, license_id=license_id)
+    meta['tracked_in'] = log_export(cfg.log, run_dir, out)   # the run's W&B / MLflow runs get it as an artifact
+    return meta
 
 
 def reparameterize_checked(model, image_size: int) -> dict:
@@ -197,7 +201,7 @@ def load_export(file: Path):
 EXPORT_FILES = ('model.safetensors', 'config.json', 'README.md')
 
 
-class HubError(Exception):
+class HubError(ReplkError):
     """The upload to the Hugging Face Hub did not happen (no token, unreachable, refused)."""
 
 
@@ -223,7 +227,7 @@ def push_to_hub(folder: str, repo_id: str, token: str, private: bool = False) ->
 
     missing = [name for name in EXPORT_FILES if not (Path(folder) / name).is_file()]
     if missing:
-        raise FileNotFoundError(f'{folder}: not a whole export ({", ".join(missing)} missing): run the export again')
+        raise NotFound(f'{folder}: not a whole export ({", ".join(missing)} missing): run the export again')
     meta = json.loads((Path(folder) / 'config.json').read_text())
     api = HfApi(token=token, library_name='replk-pretrain')
     try:
@@ -263,7 +267,7 @@ def main(argv=None) -> dict:
         print(json.dumps(meta, indent=2, default=str), flush=True)
         if args.push_to_hub:
             print(f'pushed to {push_to_hub(args.out, args.push_to_hub, token, args.private)}', flush=True)
-    except (ValueError, KeyError, FileNotFoundError, UnsafeFileError, HubError) as exc:
+    except ReplkError as exc:   # the user's to fix: one line; anything else is a bug and shows its traceback
         raise SystemExit(f'error: {exc}') from None
     return meta
 

@@ -1,4 +1,5 @@
-"""Rank-0 metrics: a JSONL file always, TensorBoard when asked."""
+"""Rank-0 metrics: a JSONL file always, TensorBoard when asked, and the trackers ``log`` names
+(``pretrain/tracking.py``: W&B, MLflow)."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,13 @@ import torch
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, resume_step: Optional[int] = None):
-        """``resume_step``: the run resumes after this step; rows of later (replayed) steps are dropped."""
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, resume_step: Optional[int] = None,
+                 log_cfg=None):
+        """``resume_step``: the run resumes after this step; rows of later (replayed) steps are dropped.
+        ``log_cfg``: the run's ``log`` section, whose ``wandb`` / ``mlflow`` open trackers."""
         self.enabled = enabled
         self._jsonl = self._tb = None
+        self.trackers, self._tracking = [], None
         if not enabled:
             return
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -26,6 +30,18 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
             purge = None if resume_step is None else resume_step + 1
             self._tb = SummaryWriter(str(Path(run_dir) / 'tb'), purge_step=purge)
+        if log_cfg is not None:
+            from .tracking import TrackingState, open_trackers
+            self._tracking = TrackingState(run_dir)
+            self.trackers = open_trackers(log_cfg, run_dir, self._tracking)
+            # what each tracker was sent before a crash: the resume replays those steps exactly, unsent again
+            self._sent_through = {t.name: self._tracking.get(t.name).get('last_step', 0) for t in self.trackers}
+
+    def describe_run(self, params: Dict[str, str], tags: Dict[str, str]) -> None:
+        """The resolved config (parameters) and what the run trains on (tags) for every tracker."""
+        for tracker in self.trackers:
+            tracker.params(params)
+            tracker.tags(tags)
 
     def write(self, step: int, values: Dict[str, float]) -> None:
         if not self.enabled or not values:
@@ -36,12 +52,26 @@ class MetricsWriter:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
+        if self.trackers:
+            self._report(step, values)
+
+    def _report(self, step: int, values: Dict[str, float]) -> None:
+        from .tracking import scalars
+        numbers = scalars(values)
+        for tracker in self.trackers:
+            if step > self._sent_through[tracker.name]:
+                tracker.log(step, numbers)
+                entry = self._tracking.get(tracker.name)
+                entry['last_step'] = max(step, entry.get('last_step', 0))
+        self._tracking.save()
 
     def close(self) -> None:
         if self._jsonl:
             self._jsonl.close()
         if self._tb:
             self._tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def materialize(metrics: Dict[str, object]) -> Dict[str, object]:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -30,6 +31,7 @@ from pretrain.metrics import MetricsWriter, materialize  # noqa: E402
 from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest, signal_number  # noqa: E402
 from pretrain.resume_changes import check_resume_changes  # noqa: E402
 from pretrain.run_lease import check_still_owned, own_run_folder  # noqa: E402
+from pretrain.tracking import flat_params  # noqa: E402
 from pretrain.weights import check_run_folder  # noqa: E402
 from shards.common.errors import ReplkError  # noqa: E402
 from shards.helpformat import HelpFormatter, command_name  # noqa: E402
@@ -108,6 +110,7 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None)
     env = trainer.env
     if tag:
         resume(trainer, run_dir, tag)
+    metrics.describe_run(flat_params(to_dict(cfg)), trained_on(trainer))   # after a resume: its label pin
     last, evaluated = {}, (None, None)
     pace = Pace(trainer.step, cfg.train.micro_batch * cfg.train.grad_accum * env.world_size)
     while trainer.step < trainer.total_steps:
@@ -142,6 +145,16 @@ def fit(trainer, cfg: RunConfig, run_dir: str, metrics: MetricsWriter, tag=None)
     trainer.check_ranks_agree()
     final = evaluated[1] if evaluated[0] == trainer.step else _evaluate(trainer, cfg, metrics, trainer.step)
     return dict(materialize(last), **final, step=trainer.step)
+
+
+def trained_on(trainer) -> dict:
+    """Tags for the trackers: a digest of each source's shards (their index hashes) and of each task's
+    pinned label manifest, so two runs on the same data show the same values."""
+    tags = {f'shards/{src.name}': hashlib.sha256(''.join(src.sha256).encode()).hexdigest()[:16]
+            for src in trainer.loader.dataset.sources}
+    pinned = trainer.label_pin.pinned if trainer.label_pin is not None else {}
+    tags.update({f'labels/{task}': str(p['digest']) for task, p in pinned.items()})
+    return tags
 
 
 def _evaluate(trainer, cfg: RunConfig, metrics: MetricsWriter, step: int) -> dict:
@@ -243,7 +256,7 @@ def run_in_folder(cfg: RunConfig, env, device, coverage: dict, lease) -> dict:
     if env.is_main:
         _announce(trainer, cfg, tag, coverage)
     metrics = MetricsWriter(run_dir, enabled=env.is_main, tensorboard=cfg.log.tensorboard,
-                            resume_step=checkpoint.step_of(tag) if tag else None)
+                            resume_step=checkpoint.step_of(tag) if tag else None, log_cfg=cfg.log)
     try:
         result = fit(trainer, cfg, run_dir, metrics, tag)
     finally:

@@ -45,3 +45,23 @@ def rewrite_tar_member(shard, member: str, payload: bytes) -> None:
             tar.addfile(m, io.BytesIO(data))
 
 
+
+
+# --- training runs ----------------------------------------------------------------------------
+def train_tiny(tiny: dict, run_dir: Path, sets: dict, config: str = 'configs/tiny_cpu.json') -> dict:
+    """``pretrain/run.py`` on pretrain.apps.tiny_data's set in one plain process, ``sets`` overriding
+    the config; returns {step: loss} from its metrics.jsonl."""
+    import json
+    import os
+    import subprocess
+    base = {'data.sources': [{'name': 'lab', 'url': tiny['shards']}, {'name': 'unl', 'url': tiny['shards']}],
+            'data.val_sources': [{'name': 'val', 'url': tiny['shards']}], 'data.label_store': tiny['labels'],
+            'data.tasks_file': tiny['tasks_file'], 'checkpoint.dir': str(run_dir), 'log.tensorboard': False}
+    proc = subprocess.run([sys.executable, 'pretrain/run.py', '--config', config,
+                           *[f'--set={k}={json.dumps(v)}' for k, v in {**base, **sets}.items()]],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS='1', RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
+                                   MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_tcp_port())))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
+    return {r['step']: r['loss'] for r in rows if 'loss' in r}

@@ -9,6 +9,8 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from shards.common.errors import BadValue, UnknownName
+
 # Containers in which training scripts wrap a state dict, most specific first.
 _CONTAINER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'module')
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
@@ -30,7 +32,7 @@ def unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
             break
         checkpoint = checkpoint[key]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValueError('checkpoint holds no state dict of tensors (looked inside '
+        raise BadValue('checkpoint holds no state dict of tensors (looked inside '
                          f'{", ".join(_CONTAINER_KEYS)})')
     cleaned = {}
     for key, value in checkpoint.items():
@@ -84,7 +86,7 @@ def checkpoint_filter_fn(state_dict: Any, model: nn.Module) -> Dict[str, torch.T
         hint = ''
         if any('lkb_origin' in k for k in unexpected):
             hint = ' (the checkpoint is in training form: build the model without reparam)'
-        raise KeyError(f'checkpoint does not match {type(model).__name__}{hint}; '
+        raise UnknownName(f'checkpoint does not match {type(model).__name__}{hint}; '
                        f'missing: [{_describe(missing)}]; unexpected: [{_describe(unexpected)}]')
     return state_dict
 
@@ -146,12 +148,12 @@ def load_exported(file):
     from . import registry  # noqa: F401  (registers the project's models with timm)
     meta = export_meta(file)
     if meta is None or Path(file).suffix != '.safetensors':
-        raise ValueError(f'{file}: not an export of pretrain.export (a model.safetensors with a config.json naming '
+        raise BadValue(f'{file}: not an export of pretrain.export (a model.safetensors with a config.json naming '
                          'its architecture and pretrained_cfg beside it)')
     model_args = export_model_args(meta)
     loader_args = sorted(set(model_args) & NOT_SHAPE)
     if loader_args:   # a downloaded export must not steer timm's loader (e.g. to a pickle elsewhere)
-        raise ValueError(f'{file}: its config.json puts {loader_args} among the model arguments; an export of '
+        raise BadValue(f'{file}: its config.json puts {loader_args} among the model arguments; an export of '
                          'pretrain.export never does: re-export it, or remove them if you trust the file')
     model = timm.create_model(meta['architecture'], pretrained=True,
                               pretrained_cfg_overlay=dict(meta['pretrained_cfg'], file=str(file)), **model_args)

@@ -11,6 +11,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from shards.common.errors import BadValue
+
 LargeKernelConvFactory = Callable[[int, int, bool], nn.Module]
 
 
@@ -117,7 +119,7 @@ class ReparamLargeKernelConv(nn.Module):
                  conv_layer: LargeKernelConvFactory = depthwise_conv2d, stride: int = 1):
         super().__init__()
         if small_kernel is not None and small_kernel > kernel_size:
-            raise ValueError(f'small_kernel {small_kernel} is larger than kernel_size {kernel_size}')
+            raise BadValue(f'small_kernel {small_kernel} is larger than kernel_size {kernel_size}')
         self.channels, self.kernel_size, self.small_kernel = channels, kernel_size, small_kernel
         self.conv_layer, self.stride = conv_layer, stride
         self.lkb_origin = ConvNorm(channels, channels, kernel_size, conv=self._large_conv(bias=False))

@@ -32,6 +32,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from shards.common.errors import BadValue
 from shards.common.local_files import replacing
 
 from .lk_measure import TRITON_ALGORITHMS, LayerShape, candidates_for
@@ -133,7 +134,7 @@ def measured_faster(device_name: str, dtype: str) -> Dict[str, str]:
         return {}
     table = json.loads(MEASURED_TABLE.read_text())
     if table.get('format') != TABLE_FORMAT:
-        raise ValueError(f'{MEASURED_TABLE}: format {table.get("format")!r} is not {TABLE_FORMAT}; '
+        raise BadValue(f'{MEASURED_TABLE}: format {table.get("format")!r} is not {TABLE_FORMAT}; '
                          'rerun bench/lk_conv.py --write-table')
     return dict(table.get('devices', {}).get(device_name, {}).get(dtype, {}))
 

@@ -25,6 +25,8 @@ from typing import Callable, Dict, Optional, Union
 import torch
 from torch import nn
 
+from shards.common.errors import BadValue
+
 from .layers import depthwise_conv2d
 from .lk_choice import EVERY_CANDIDATE, card_identity, choose, remembered
 from .lk_measure import TRITON_ALGORITHMS
@@ -82,7 +84,7 @@ class TritonDepthwiseConv2d(DecidingDepthwiseConv2d):
 
     def __init__(self, channels: int, kernel_size: int, bias: bool):
         if kernel_size % 2 == 0:
-            raise ValueError(f'the Triton depthwise convolution needs an odd kernel size, got {kernel_size}')
+            raise BadValue(f'the Triton depthwise convolution needs an odd kernel size, got {kernel_size}')
         super().__init__(channels, kernel_size, bias)
 
     def decide(self, x: torch.Tensor, dtype: torch.dtype) -> str:
@@ -178,5 +180,5 @@ def lk_conv_factory(lk_impl: Union[str, Callable[[int, int, bool], nn.Module]]) 
     if callable(lk_impl):
         return lk_impl
     if lk_impl not in FACTORIES:
-        raise ValueError(f'lk_impl {lk_impl!r} is not one of {LK_IMPLS}')
+        raise BadValue(f'lk_impl {lk_impl!r} is not one of {LK_IMPLS}')
     return FACTORIES[lk_impl]

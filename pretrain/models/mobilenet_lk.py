@@ -16,6 +16,8 @@ from timm.models._efficientnet_builder import decode_arch_def, resolve_act_layer
 from timm.models.efficientnet import _create_effnet
 from torch import nn
 
+from shards.common.errors import BadValue
+
 from .layers import ReparamLargeKernelConv
 
 
@@ -67,9 +69,9 @@ default_cfgs = generate_default_cfgs({'mobilenetv2_lk.untrained': {
 def mobilenetv2_lk(pretrained: bool = False, kernel_size: int = 13, dilation: int = 1,
                    small_kernel: Optional[int] = None, **kwargs):
     if kernel_size % 2 == 0 or kernel_size < 3 or dilation < 1:
-        raise ValueError(f'kernel_size must be odd and >= 3 and dilation >= 1, got {kernel_size}, {dilation}')
+        raise BadValue(f'kernel_size must be odd and >= 3 and dilation >= 1, got {kernel_size}, {dilation}')
     if small_kernel is not None and (dilation > 1 or small_kernel % 2 == 0 or small_kernel >= kernel_size):
-        raise ValueError(f'small_kernel must be odd and smaller than kernel_size ({kernel_size}), without dilation; '
+        raise BadValue(f'small_kernel must be odd and smaller than kernel_size ({kernel_size}), without dilation; '
                          f'got {small_kernel} (dilation {dilation})')
     model_kwargs = dict(
         block_args=decode_arch_def(_arch(kernel_size)),

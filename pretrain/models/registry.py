@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from shards.common.errors import BadValue
 from shards.safe_files import load_torch_file
 
 from .checkpoint import checkpoint_filter_fn, export_folder_file, export_meta, export_model_args, unwrap_state_dict
@@ -64,7 +65,7 @@ def _export_beside(variant: str, kwargs: dict) -> Tuple[Optional[str], dict]:
     if meta is None:
         return None, {}
     if meta['architecture'] != variant:
-        raise ValueError(f'{file} is an export of {meta["architecture"]}, not {variant}: '
+        raise BadValue(f'{file} is an export of {meta["architecture"]}, not {variant}: '
                          f'timm.create_model({meta["architecture"]!r}, ...)')
     return str(file), meta
 

@@ -14,6 +14,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
+from shards.common.errors import BadValue
+
 from .layers import (
     ConvNorm,
     LargeKernelConvFactory,
@@ -122,11 +124,11 @@ class RepLKHead(nn.Module):
     def reset(self, num_classes: NumClasses, global_pool: Optional[str] = None) -> None:
         if global_pool is not None:
             if global_pool not in ('avg', ''):
-                raise ValueError(f'RepLKNet supports global_pool "avg" or "" (no pooling), got {global_pool!r}')
+                raise BadValue(f'RepLKNet supports global_pool "avg" or "" (no pooling), got {global_pool!r}')
             self.global_pool = global_pool
             self.pool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
         if not self.global_pool and num_classes:
-            raise ValueError('global_pool="" gives unpooled feature maps: it needs num_classes=0')
+            raise BadValue('global_pool="" gives unpooled feature maps: it needs num_classes=0')
         self.num_classes = num_classes
         if isinstance(num_classes, dict):
             self.fc = TaskLinears.for_tasks(self.in_chs, num_classes)
@@ -165,10 +167,10 @@ class RepLKNet(nn.Module):
                  reparam: str = 'none'):
         super().__init__()
         if not len(kernel_sizes) == len(depths) == len(channels):
-            raise ValueError(f'kernel_sizes {kernel_sizes}, depths {depths} and channels {channels} '
+            raise BadValue(f'kernel_sizes {kernel_sizes}, depths {depths} and channels {channels} '
                              'must have one entry per stage')
         if drop_rate:
-            raise ValueError('RepLKNet supports only drop_rate=0')
+            raise BadValue('RepLKNet supports only drop_rate=0')
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = channels[-1]
         width = channels[0]
@@ -238,7 +240,7 @@ class RepLKNet(nn.Module):
         last stage's map; ``stop_early`` skips the stages after the last one taken. Returns the
         intermediates, or ``(final features, intermediates)``."""
         if output_fmt != 'NCHW':
-            raise ValueError(f'RepLKNet gives NCHW feature maps, not {output_fmt!r}')
+            raise BadValue(f'RepLKNet gives NCHW feature maps, not {output_fmt!r}')
         take, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages[:max_index + 1] if stop_early else self.stages
         last = len(self.stages) - 1

@@ -8,6 +8,8 @@ from typing import Dict
 import torch
 from torch import nn
 
+from shards.common.errors import BadValue
+
 from ..weight_decay import exempt_names
 
 
@@ -22,7 +24,7 @@ class TaskLinears(nn.ModuleDict):
     def for_tasks(cls, in_features: int, classes: Dict[str, int]) -> 'TaskLinears':
         """Freshly initialised classifiers over ``in_features`` (``classes``: task -> its number of classes)."""
         if not classes:
-            raise ValueError('num_classes dict is empty: name at least one task')
+            raise BadValue('num_classes dict is empty: name at least one task')
         return cls({task: nn.Linear(in_features, n) for task, n in classes.items()})
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -6,13 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, write_image
+from helpers import REPO_ROOT, train_tiny, write_image
 
 from labeling.human import import_human
 from labeling.store import LabelStore
@@ -22,7 +21,6 @@ from shards.cli import main as shards_cli
 
 pytestmark = pytest.mark.multiprocess
 IMG2DATASET = REPO_ROOT / '.venv-img2dataset' / 'bin' / 'img2dataset'
-CONFIG = 'configs/tiny_cpu.json'
 
 
 @pytest.fixture(scope='module')
@@ -61,18 +59,9 @@ def run_img2dataset(base_url: str, out: Path) -> None:
 
 
 def train(tiny, run_dir: Path, adopted: str, labels: str, max_steps: int) -> dict:
-    sets = {'data.sources': [{'name': 'lab', 'url': tiny['shards']}, {'name': 'web', 'url': adopted}],
-            'data.val_sources': [{'name': 'val', 'url': tiny['shards']}], 'data.label_store': labels,
-            'data.tasks_file': tiny['tasks_file'], 'checkpoint.dir': str(run_dir), 'log.tensorboard': False,
-            'schedule.max_steps': max_steps, 'checkpoint.every_steps': 2}
-    proc = subprocess.run([sys.executable, 'pretrain/run.py', '--config', CONFIG,
-                           *[f'--set={k}={json.dumps(v)}' for k, v in sets.items()]],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS='1', RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
-                                   MASTER_ADDR='127.0.0.1', MASTER_PORT=str(29500 + os.getpid() % 1000)))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
-    return {r['step']: r['loss'] for r in rows if 'loss' in r}
+    return train_tiny(tiny, run_dir, {'data.sources': [{'name': 'lab', 'url': tiny['shards']}, {'name': 'web', 'url': adopted}],
+                                      'data.label_store': labels, 'schedule.max_steps': max_steps,
+                                      'checkpoint.every_steps': 2})
 
 
 def test_img2dataset_shards_are_adopted_trained_on_resumed_labeled_and_decontaminated(web, tiny, tmp_path, capsys):
