@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from braceexpand import braceexpand
+from tqdm import tqdm
 
 from . import storage
 from .common.errors import BadValue
@@ -64,6 +65,7 @@ class AdoptOptions:
     workers: int = 4                              # tars read at once (network-bound on S3)
     index_save_s: float = 30.0                    # seconds between saves of this job's index part
     retry: storage.RetryPolicy = field(default_factory=storage.RetryPolicy)
+    progress: bool = False                        # a progress bar (the CLI's default)
     index_to: Optional[str] = None                # where the index goes (default: beside the tars), e.g. when
                                                   # their folder is not yours to write
 
@@ -289,7 +291,9 @@ def adopt(options: AdoptOptions) -> dict:
                       options.retry)
     try:
         with ThreadPoolExecutor(max(1, options.workers)) as pool:
-            for entry, missing in pool.map(lambda job: count_tar(options, *job, declared.get(job[1])), todo):
+            counted = pool.map(lambda job: count_tar(options, *job, declared.get(job[1])), todo)
+            for entry, missing in tqdm(counted, total=len(todo), unit='tar', desc=f'adopt {options.source}',
+                                       disable=not options.progress):
                 mine[entry.name], unsaved = entry, unsaved + 1
                 for task, n in missing.items():
                     unlabeled[task] += n

@@ -57,7 +57,8 @@ def _adopt(args) -> int:
                         num_classes={t: len(known[t]) for t in labels if t in known},
                         class_names={t: known[t] for t in labels if t in known},
                         job_index=args.job_index, num_jobs=args.num_jobs, workers=args.workers,
-                        index_save_s=args.index_save_interval, retry=storage.retry_from(args), index_to=args.index_to)
+                        index_save_s=args.index_save_interval, retry=storage.retry_from(args), index_to=args.index_to,
+                        progress=not args.no_progress)
     summary = adopt(opts)
     unchecked = sorted(t for t in labels if t not in known)
     print(json.dumps(summary))
@@ -76,7 +77,7 @@ def _task_field(text: str) -> tuple:
 
 def _verify(args) -> int:
     retry = storage.retry_from(args)
-    faults = verify(args.prefix, decode=not args.no_decode, retry=retry)
+    faults = verify(args.prefix, decode=not args.no_decode, retry=retry, progress=not args.no_progress)
     for name in orphans(args.prefix, retry):
         print(f'note: {name} is not in the index (left by an interrupted build; it does not count; '
               'a rerun of the build removes it)')
@@ -124,7 +125,7 @@ def _hash(args) -> int:
     for source in sources:
         if not load_source(args.prefix, source, retry):
             raise BadValue(f'source {source!r}: no shards indexed under {args.prefix}')
-        done = hash_source(args.prefix, source, args.job_index, args.num_jobs, policy=retry)
+        done = hash_source(args.prefix, source, args.job_index, args.num_jobs, policy=retry, progress=not args.no_progress)
         print(f'{source}: {done} shards hashed by job {args.job_index} of {args.num_jobs}')
     return 0
 
@@ -135,13 +136,17 @@ def _decontaminate(args) -> int:
     against = args.against_source or list_sources(args.against, retry)
     png = args.pairs_png or report_url(args.out).replace('.report.json', '.pairs.png')
     info = decontaminate(args.prefix, sources, args.against, against, args.out, args.max_phash, args.max_joint,
-                         png, retry)
+                         png, retry, progress=not args.no_progress)
     print(f'{info["against"]["images"]} evaluation images ({", ".join(against)}) under {args.against}; '
           f'{info["against"]["too_plain"]} too plain to match (no structure to hash)')
     for source, r in info['sources'].items():
         print(f'{source:12} {r["excluded"]:>8} of {r["samples"]:>10} samples excluded')
     print(f'exclusion list {args.out} (id {info["id"]}); report {report_url(args.out)}; closest pairs {png}')
     return 0
+
+
+def _add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--no-progress', action='store_true', help='no progress bar (logs, CI)')
 
 
 def _add_index_save_option(p: argparse.ArgumentParser, what_is_redone: str) -> None:
@@ -174,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument('--quality', type=int, default=90, help='JPEG quality when re-encoding')
     b.add_argument('--workers', type=int, default=1, help='worker processes')
     storage.add_retry_option(b)
-    b.add_argument('--no-progress', action='store_true', help='no progress bar (logs, CI)')
+    _add_progress_option(b)
     b.add_argument('--job-index', type=int, default=0,
                    help='this job of --num-jobs building one source together (e.g. $SLURM_ARRAY_TASK_ID): '
                         'it writes shards i with i %% num-jobs == job-index and its own index part')
@@ -198,11 +203,13 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs sharing the pass (tar i: job i %% n)')
     a.add_argument('--num-jobs', type=int, default=1, help='jobs sharing the pass (any number of machines)')
     _add_index_save_option(a, 'counts again at most the tars')
+    _add_progress_option(a)
     storage.add_retry_option(a)
     a.set_defaults(func=_adopt)
     v = sub.add_parser('verify', formatter_class=HelpFormatter, help='check tars, hashes, keys and that every image decodes')
     v.add_argument('prefix', help='the shard folder (local folder or s3://bucket/prefix)')
     v.add_argument('--no-decode', action='store_true', help='skip decoding images (faster)')
+    _add_progress_option(v)
     storage.add_retry_option(v)
     v.set_defaults(func=_verify)
     s = sub.add_parser('stat', formatter_class=HelpFormatter, help='samples per source and task')
@@ -221,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument('--source', action='append', help='a source to hash (repeatable; default: every source)')
     h.add_argument('--job-index', type=int, default=0, help='this job of --num-jobs sharing the pass')
     h.add_argument('--num-jobs', type=int, default=1, help='jobs sharing the pass (any number of machines)')
+    _add_progress_option(h)
     storage.add_retry_option(h)
     h.set_defaults(func=_hash)
     d = sub.add_parser('decontaminate', formatter_class=HelpFormatter,
@@ -236,6 +244,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument('--max-joint', type=int, default=MAX_JOINT,
                    help='pHash + dHash bits a copy may differ in (of 128), checked on the pHash candidates')
     storage.add_retry_option(d)
+    _add_progress_option(d)
     d.set_defaults(func=_decontaminate)
     return p
 

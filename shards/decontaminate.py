@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from . import exclusions, storage
 from .common.errors import BadValue
@@ -49,13 +50,13 @@ class EvalSet:
     too_plain: int                  # evaluation images not matched (PLAIN_STD)
 
 
-def hash_eval_set(prefix: str, sources: Sequence[str], policy: storage.RetryPolicy) -> EvalSet:
+def hash_eval_set(prefix: str, sources: Sequence[str], policy: storage.RetryPolicy, progress: bool = False) -> EvalSet:
     keys, where, rows, plain = [], [], [], 0
     for source in sources:
         shards, plan = load_source_and_plan(prefix, source, policy)
         if not shards:
             raise BadValue(f'evaluation source {source!r}: no shards indexed under {prefix}')
-        for name in sorted(shards):
+        for name in tqdm(sorted(shards), unit='shard', desc=f'hash evaluation source {source}', disable=not progress):
             url = entry_url(prefix, shards[name], plan)
             for ordinal, raw in enumerate(iter_shard_samples(url, 0, None, policy)):
                 try:
@@ -98,7 +99,7 @@ def match_segment(evalset: EvalSet, index: MultiIndex, table, max_phash: int, ma
 
 def decontaminate(prefix: str, sources: Sequence[str], eval_prefix: str, eval_sources: Sequence[str], out: str,
                   max_phash: int = MAX_PHASH, max_joint: int = MAX_JOINT, pairs_png: Optional[str] = None,
-                  policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> dict:
+                  policy: storage.RetryPolicy = storage.DEFAULT_RETRY, progress: bool = False) -> dict:
     """Match ``sources`` under ``prefix`` against the evaluation shards; write the list to ``out``.
     Returns the report (per source: samples, excluded), also written beside the list."""
     if not sources or not eval_sources:
@@ -112,12 +113,13 @@ def decontaminate(prefix: str, sources: Sequence[str], eval_prefix: str, eval_so
         raise BadValue('no perceptual hashes for ' + '; '.join(f'{len(n)} shards of {s!r} (e.g. {n[0]})'
                                                                for s, n in missing.items())
                          + f': run `replk-shards hash {prefix} --source <name>` first')
-    evalset = hash_eval_set(eval_prefix, eval_sources, policy)
+    evalset = hash_eval_set(eval_prefix, eval_sources, policy, progress)
     index = MultiIndex(evalset.phash)
     rows, report, pairs = [], {}, []
     for source in sources:
         (shards, plan), best = load_source_and_plan(prefix, source, policy), {}
-        for table in iter_segments(prefix, source, policy=policy):  # one segment in memory at a time
+        segments = iter_segments(prefix, source, policy=policy)   # one segment in memory at a time
+        for table in tqdm(segments, unit='segment', desc=f'match {source}', disable=not progress):
             for key, match in match_segment(evalset, index, table, max_phash, max_joint).items():
                 if key not in best or match['phash_distance'] + match['dhash_distance'] < \
                         best[key]['phash_distance'] + best[key]['dhash_distance']:

@@ -22,6 +22,7 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
 
 from . import storage
 from .common.errors import BadValue
@@ -127,7 +128,7 @@ def _sample_hashes(raw: dict):
 
 
 def hash_source(prefix: str, source: str, job_index: int = 0, num_jobs: int = 1, save_every: int = 50,
-                policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> int:
+                policy: storage.RetryPolicy = storage.DEFAULT_RETRY, progress: bool = False) -> int:
     """Hash this job's share of the source's unhashed shards (shard ``i`` of the source's sorted list
     goes to job ``i % num_jobs``, whatever other jobs did), one segment per ``save_every`` shards.
     Returns the shards hashed."""
@@ -135,7 +136,7 @@ def hash_source(prefix: str, source: str, job_index: int = 0, num_jobs: int = 1,
     entries, plan = load_source_and_plan(prefix, source, policy)
     todo = [n for i, n in enumerate(sorted(entries)) if i % num_jobs == job_index and n in unhashed]
     pending: List[SampleHash] = []
-    for i, name in enumerate(todo, 1):
+    for i, name in enumerate(tqdm(todo, unit='shard', desc=f'hash {source}', disable=not progress), 1):
         pending += hash_shard(name, entry_url(prefix, entries[name], plan), policy)
         if i % save_every == 0 or i == len(todo):
             save_segment(prefix, source, job_index, num_jobs, pending, policy)

@@ -7,6 +7,8 @@ import json
 import tarfile
 from typing import Dict, List
 
+from tqdm import tqdm
+
 from . import storage
 from .common.errors import BadValue
 from .images import IMAGE_EXTS, BadImage, decode_rgb
@@ -37,12 +39,13 @@ def _check_samples(shard: str, members: Dict[str, Dict[str, bytes]], faults: Lis
             faults.append(f'{shard}: sample {key} image does not decode: {exc}')
 
 
-def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> List[str]:
+def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storage.DEFAULT_RETRY,
+           progress: bool = False) -> List[str]:
     """All faults found, each naming the shard and sample at fault; empty when all is well."""
     index = ShardIndex.load(prefix, policy=retry)
     faults: List[str] = list(index.incomplete().values())
     seen: Dict[str, str] = {}
-    for entry in index.shards.values():
+    for entry in tqdm(index.shards.values(), unit='shard', desc=f'verify {prefix}', disable=not progress):
         url, key_prefix, _ = split_adopted(index.url_of(prefix, entry))   # adopted: another tool's tar
         adopted = key_prefix is not None
         try:

@@ -266,3 +266,15 @@ def test_a_broken_image_in_a_foreign_tar_is_a_corrupt_sample_named_by_the_projec
     keys = [k for batch in stream for k in batch['key']]
     assert len(keys) == TARS * PER_TAR and 'foreign/000001/000002' not in keys   # replaced, the count kept
     assert 'skipping corrupt sample foreign/000001/000002' in caplog.text
+
+
+def test_the_long_passes_show_progress_and_no_progress_silences_them(tmp_path, capsys):
+    from shards.cli import main as cli
+    folder = foreign_shards(tmp_path / 'wds')
+    assert cli(['adopt', str(folder), '--source', 'foreign']) == 0
+    assert cli(['verify', str(folder)]) == 0
+    assert cli(['hash', str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert all(f'{bar}: 100%' in err for bar in ('adopt foreign', f'verify {folder}', 'hash foreign'))
+    assert cli(['verify', str(folder), '--no-progress']) == 0
+    assert capsys.readouterr().err == ''
