@@ -10,8 +10,8 @@ import torch
 
 from shards import storage
 from shards.common.errors import ReplkError
+from shards.common.helpformat import HelpFormatter, command_name
 from shards.common.launcher import gpu_index, read_dist_env
-from shards.helpformat import HelpFormatter, command_name
 
 from .store import LabelStore
 from .tasks import TaskRegistry

@@ -9,8 +9,8 @@ import pyarrow as pa
 
 from shards import storage
 from shards.common.errors import BadValue
+from shards.common.safe_files import check_name
 from shards.parquet_bytes import table_from_bytes, table_to_bytes
-from shards.safe_files import check_name
 
 
 class LabelError(BadValue):

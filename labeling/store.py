@@ -35,9 +35,9 @@ import pyarrow.compute as pc
 
 from shards import storage
 from shards.common.errors import BadValue, UnknownName
+from shards.common.safe_files import check_name
 from shards.naming import shard_stem_of_key
 from shards.parquet_bytes import table_from_bytes, table_to_bytes
-from shards.safe_files import check_name
 
 from .commits import (
     COMMIT_SUFFIX,

@@ -19,7 +19,7 @@ from torchvision import transforms as T
 
 from pretrain.models.checkpoint import loader_args_in
 from shards.common.errors import BadValue, NotFound
-from shards.safe_files import load_torch_file
+from shards.common.safe_files import load_torch_file
 
 KINDS = ('timm', 'transformers', 'export')
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from shards.common.errors import BadValue, NotFound, ReplkError
 from shards.common.local_files import replacing
-from shards.safe_files import check_checkpoint_folder, load_torch_file
+from shards.common.safe_files import check_checkpoint_folder, load_torch_file
 
 from .train_state import Part
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
-from shards.safe_files import check_name
+from shards.common.safe_files import check_name
 from shards.typed import ConfigError, build  # noqa: F401  (re-exported: the loaders share one builder)
 
 from .tracking import MlflowConfig, WandbConfig

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from shards.common.errors import BadValue, ReplkError
-from shards.helpformat import HelpFormatter, command_name
-from shards.safe_files import add_trust_pickle_argument
+from shards.common.helpformat import HelpFormatter, command_name
+from shards.common.safe_files import add_trust_pickle_argument
 from shards.stream import SourceSpec
 from shards.transforms import TransformConfig
 

@@ -26,8 +26,8 @@ from typing import Optional
 import torch
 
 from shards.common.errors import BadValue, NotFound, ReplkError
-from shards.helpformat import HelpFormatter, command_name
-from shards.safe_files import add_trust_pickle_argument
+from shards.common.helpformat import HelpFormatter, command_name
+from shards.common.safe_files import add_trust_pickle_argument
 
 from .config import RunConfig, build
 from .models.checkpoint import NOT_SHAPE

@@ -12,7 +12,7 @@ import torch
 
 import pretrain.models  # noqa: F401  (registers the variants with timm)
 from pretrain.models import count_macs, count_params
-from shards.helpformat import HelpFormatter, command_name
+from shards.common.helpformat import HelpFormatter, command_name
 
 VARIANTS = ('replknet_31b', 'replknet_31l', 'replknet_xl', 'replknet_13', 'replknet_3')
 

@@ -34,7 +34,7 @@ from pretrain.run_lease import check_still_owned, own_run_folder  # noqa: E402
 from pretrain.tracking import flat_params  # noqa: E402
 from pretrain.weights import check_run_folder  # noqa: E402
 from shards.common.errors import ReplkError  # noqa: E402
-from shards.helpformat import HelpFormatter, command_name  # noqa: E402
+from shards.common.helpformat import HelpFormatter, command_name  # noqa: E402
 from shards.stream import SourceSpec, resolve_source  # noqa: E402
 
 log = logging.getLogger('pretrain')

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from shards.common.errors import BadValue, NotFound, UnknownName
-from shards.safe_files import check_checkpoint_folder, load_torch_file
+from shards.common.safe_files import check_checkpoint_folder, load_torch_file
 
 from . import checkpoint as ckpt
 from .models.checkpoint import rename_official_key, unwrap_state_dict

@@ -39,10 +39,10 @@ from tqdm import tqdm
 
 from . import storage
 from .common.errors import BadValue
+from .common.safe_files import check_name
 from .index import ShardEntry, job_tag, owner_job, read_part, record_plan, save_job_part, source_folder
 from .naming import LABEL_FIELDS, shard_name
 from .reader import foreign_json, human_label, label_value, tar_samples
-from .safe_files import check_name
 
 log = logging.getLogger(__name__)
 BUILT_SHARD = re.compile(r'[^-/]+-\d{6}\.tar')   # naming.shard_name's shape: another source's built shards

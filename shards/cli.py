@@ -10,10 +10,10 @@ from . import storage
 from .adopt import AdoptOptions, adopt
 from .build import BuildOptions, build
 from .common.errors import BadValue, ReplkError
+from .common.helpformat import HelpFormatter, command_name
 from .common.tasks_file import class_names
 from .decontaminate import MAX_JOINT, MAX_PHASH, decontaminate, report_url
 from .hashes import hash_source
-from .helpformat import HelpFormatter, command_name
 from .index import ShardIndex, list_sources, load_source, migrate_legacy
 from .inputs import filelist_items, imagefolder_items, unlabeled_items
 from .parquet_inputs import parquet_items

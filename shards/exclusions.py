@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from . import storage
 from .common.errors import BadValue, NotFound
+from .common.safe_files import check_name
 from .parquet_bytes import table_from_bytes, table_to_bytes
-from .safe_files import check_name
 
 FORMAT = 'replk-exclusions'
 VERSION = 1

@@ -26,12 +26,12 @@ from tqdm import tqdm
 
 from . import storage
 from .common.errors import BadValue
+from .common.safe_files import check_name
 from .images import BadImage, decode_rgb, image_part
 from .index import entry_url, job_tag, load_source, load_source_and_plan, source_folder
 from .parquet_bytes import schema_from_bytes, table_from_bytes, table_to_bytes
 from .perceptual import image_hashes
 from .reader import iter_shard_samples
-from .safe_files import check_name
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ import pyarrow as pa
 
 from . import storage
 from .common.errors import BadValue
+from .common.safe_files import check_name
 from .naming import LABEL_FIELDS, adopted_url, shard_name, shard_stem
 from .parquet_bytes import table_from_bytes, table_to_bytes
-from .safe_files import check_name
 
 INDEX_NAME = '_index.json'      # the single-file index of older builds (read, never written)
 INDEX_DIR = '_index'

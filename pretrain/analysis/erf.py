@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from shards.common.errors import BadValue, NotFound
-from shards.helpformat import HelpFormatter, command_name
-from shards.safe_files import add_trust_pickle_argument
+from shards.common.helpformat import HelpFormatter, command_name
+from shards.common.safe_files import add_trust_pickle_argument
 
 log = logging.getLogger(__name__)
 

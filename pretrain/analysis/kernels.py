@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from pretrain.models.layers import ReparamLargeKernelConv, fuse_conv_bn_weights
-from shards.helpformat import HelpFormatter, command_name
-from shards.safe_files import add_trust_pickle_argument
+from shards.common.helpformat import HelpFormatter, command_name
+from shards.common.safe_files import add_trust_pickle_argument
 
 
 def large_kernel_layers(model: torch.nn.Module) -> dict:

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from shards.common.errors import BadValue
-from shards.helpformat import HelpFormatter, command_name
-from shards.safe_files import add_trust_pickle_argument
+from shards.common.helpformat import HelpFormatter, command_name
+from shards.common.safe_files import add_trust_pickle_argument
 
 CATEGORIES = ('airplane', 'bear', 'bicycle', 'bird', 'boat', 'bottle', 'car', 'cat', 'chair', 'clock', 'dog',
               'elephant', 'keyboard', 'knife', 'oven', 'truck')

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from pretrain.apps import demo_report
 from pretrain.apps.demo_data import TASKS, make_items
-from shards.helpformat import HelpFormatter, command_name
+from shards.common.helpformat import HelpFormatter, command_name
 
 REPO = Path(__file__).resolve().parents[2]
 STUDENT = {'kernel_sizes': [7, 5], 'depths': [1, 1], 'channels': [24, 48], 'small_kernel': 3}

@@ -19,7 +19,7 @@ from labeling.human import import_human
 from labeling.store import LabelStore
 from labeling.tasks import TaskRegistry
 from shards.build import BuildOptions, build
-from shards.helpformat import HelpFormatter, command_name
+from shards.common.helpformat import HelpFormatter, command_name
 from shards.inputs import Item
 
 TASKS = {'shape': 4, 'stripes': 3}

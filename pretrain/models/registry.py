@@ -8,7 +8,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from shards.common.errors import BadValue
-from shards.safe_files import load_torch_file
+from shards.common.safe_files import load_torch_file
 
 from .checkpoint import checkpoint_filter_fn, export_folder_file, export_meta, export_model_args, unwrap_state_dict
 from .replknet import RepLKNet
@@ -46,7 +46,7 @@ def _create_replknet(variant: str, pretrained: bool = False, defaults: Optional[
 
 def _read_torch_file_ourselves(kwargs: dict) -> None:
     """A torch file named in the overlay (an official release's ``.pth``) is read by the project's
-    loader, which runs no code (``shards.safe_files``), and handed to timm as a state dict: timm's
+    loader, which runs no code (``shards.common.safe_files``), and handed to timm as a state dict: timm's
     own loader unpickles fully in releases before 1.0.26. Safetensors files stay timm's to read."""
     overlay = kwargs.get('pretrained_cfg_overlay') or {}
     file = overlay.get('file')

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Dict, Tuple
 
-from ..safe_files import check_name
 from .errors import BadValue
+from .safe_files import check_name
 
 
 def class_names(path: str) -> Dict[str, Tuple[str, ...]]:

@@ -94,6 +94,10 @@ def test_all_three_trackers_get_the_same_scalars_and_a_resume_continues_the_same
     store = f'sqlite:///{tmp_path}/mlflow.db'
     sets = {'log.tensorboard': True, 'log.every_steps': 1, 'checkpoint.every_steps': 2,
             'log.wandb': {'project': 'replk-test', 'mode': 'offline'}, 'log.mlflow': {'tracking_uri': store}}
+    from mlflow.tracking import MlflowClient
+
+    # artifacts under tmp_path, not in MLflow's default ./mlruns of the working folder
+    MlflowClient(tracking_uri=store).create_experiment('replk-pretrain', artifact_location=str(tmp_path / 'artifacts'))
     run_dir = tmp_path / 'run'
     train_tiny(tiny, run_dir, {**sets, 'schedule.max_steps': 4})
     first = json.loads((run_dir / 'tracking.json').read_text())
@@ -116,7 +120,6 @@ def test_all_three_trackers_get_the_same_scalars_and_a_resume_continues_the_same
     assert wandb.keys() == expected.keys() and values(wandb) == pytest.approx(values(expected))
     assert tensorboard_scalars(run_dir) == pytest.approx(expected)   # TensorBoard purges the replayed steps
 
-    from mlflow.tracking import MlflowClient
     run = MlflowClient(tracking_uri=store).get_run(state['mlflow']['run_id'])
     assert run.data.params['optim.lr'] == json.dumps(json.loads((run_dir / 'config.json').read_text())['optim']['lr'])
     assert {'shards/lab', 'shards/unl', 'labels/shape', 'labels/stripes'} <= set(run.data.tags)

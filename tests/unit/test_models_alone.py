@@ -37,7 +37,8 @@ def models_requires() -> tuple:
 MODELS_NEED = models_requires()
 TRAINING_ONLY = ('deepspeed', 'webdataset', 's3fs', 'transformers', 'pyarrow', 'tensorboard', 'cv2', 'simplejpeg',
                  'imagehash', 'braceexpand')
-LIGHT_SHARDS_MODULES = {'shards', 'shards.safe_files', 'shards.common', 'shards.common.local_files', 'shards.common.errors'}
+LIGHT_SHARDS_MODULES = {'shards', 'shards.common', 'shards.common.safe_files', 'shards.common.local_files',
+                        'shards.common.errors'}
 
 
 def requirement_closure(names) -> dict:

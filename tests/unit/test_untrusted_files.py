@@ -15,8 +15,8 @@ from pretrain import checkpoint
 from pretrain.config import ConfigError, load_config
 from pretrain.models import RepLKNet
 from pretrain.weights import consolidate_run, read_weights
+from shards.common.safe_files import UnsafeFileError
 from shards.index import ShardIndex
-from shards.safe_files import UnsafeFileError
 
 
 class Payload:
@@ -149,7 +149,7 @@ def test_our_rng_states_round_trip_through_the_safe_loader(tmp_path):
     import numpy as np
 
     from pretrain.train_state import RngState
-    from shards.safe_files import load_torch_file
+    from shards.common.safe_files import load_torch_file
     torch.save(RngState().state_dict(), tmp_path / 'rng.pt')
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     RngState().load_state_dict(load_torch_file(tmp_path / 'rng.pt'))
@@ -255,7 +255,7 @@ def class_rewriting_checkpoint(path: Path) -> None:
 def test_a_checkpoint_that_rewrites_an_allowed_class_is_refused(tmp_path):
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
 
-    from shards.safe_files import check_checkpoint_folder
+    from shards.common.safe_files import check_checkpoint_folder
     folder = tmp_path / 'ckpt'
     folder.mkdir()
     class_rewriting_checkpoint(folder / 'mp_rank_00_model_states.pt')

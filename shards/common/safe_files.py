@@ -18,7 +18,7 @@ from typing import Iterable, List
 
 import torch
 
-from .common.errors import BadValue, ReplkError
+from .errors import BadValue, ReplkError
 
 log = logging.getLogger(__name__)
 
