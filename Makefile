@@ -28,7 +28,7 @@ $(STAMP): setup.py $(LOCK)
 	@touch $@
 
 # The whole pipeline on scikit-learn's digits, on this machine, in about 11-13 minutes on 2 cores:
-# shards on a local SeaweedFS S3 server -> two ViT teachers -> pseudo-labels -> multi-task
+# shards on a local SeaweedFS S3 server -> a RepLKNet teacher per task, trained on its human labels and exported -> pseudo-labels -> multi-task
 # RepLKNet pretraining (DeepSpeed, 2 processes) -> fine-tuning -> evaluation -> export -> ERF.
 # `make demo DEMO_ARGS=--local` keeps everything in a local folder instead of S3.
 DEMO_ARGS ?=

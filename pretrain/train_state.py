@@ -7,19 +7,16 @@ that the load checks. The trainer registers its parts once (``Trainer.checkpoint
 one ``Part`` in one place, and a part the checkpoint lacks is an error, never skipped.
 """
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.stateful import Stateful as DistributedStateful
 
 
-@runtime_checkable
-class Stateful(Protocol):
+class Stateful(DistributedStateful, Protocol):
+    """torch.distributed.checkpoint's ``Stateful`` with the version its load checks."""
     state_version: int
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,13 @@ def hash_eval_set(prefix: str, sources: Sequence[str], policy: storage.RetryPoli
     return EvalSet(keys, where, ph, dh, owner, variant, plain)
 
 
+def keep_closer(found: Dict[str, dict], key: str, match: dict) -> None:
+    """``match`` for ``key`` unless ``found`` holds a closer one (pHash + dHash bits)."""
+    old = found.get(key)
+    if old is None or match['phash_distance'] + match['dhash_distance'] < old['phash_distance'] + old['dhash_distance']:
+        found[key] = match
+
+
 def match_segment(evalset: EvalSet, index: MultiIndex, table, max_phash: int, max_joint: int) -> Dict[str, dict]:
     """Key -> the closest match of each sample of one hash segment that matches at all."""
     ph = table['phash'].to_numpy().astype(np.uint64)
@@ -89,11 +96,10 @@ def match_segment(evalset: EvalSet, index: MultiIndex, table, max_phash: int, ma
         ok = dp + dd <= max_joint
         for row, pos, a, b in zip(q[ok].tolist(), c[ok].tolist(), dp[ok].tolist(), dd[ok].tolist()):
             key = table['key'][row].as_py()
-            if key not in found or a + b < found[key]['phash_distance'] + found[key]['dhash_distance']:
-                found[key] = dict(shard=table['shard'][row].as_py(), ordinal=table['ordinal'][row].as_py(), key=key,
-                                  eval_key=evalset.keys[evalset.owner[pos]],
-                                  eval_variant=variant_name(int(evalset.variant[pos])), phash_distance=a,
-                                  dhash_distance=b)
+            keep_closer(found, key, dict(shard=table['shard'][row].as_py(), ordinal=table['ordinal'][row].as_py(), key=key,
+                                         eval_key=evalset.keys[evalset.owner[pos]],
+                                         eval_variant=variant_name(int(evalset.variant[pos])), phash_distance=a,
+                                         dhash_distance=b))
     return found
 
 
@@ -121,9 +127,7 @@ def decontaminate(prefix: str, sources: Sequence[str], eval_prefix: str, eval_so
         segments = iter_segments(prefix, source, policy=policy)   # one segment in memory at a time
         for table in tqdm(segments, unit='segment', desc=f'match {source}', disable=not progress):
             for key, match in match_segment(evalset, index, table, max_phash, max_joint).items():
-                if key not in best or match['phash_distance'] + match['dhash_distance'] < \
-                        best[key]['phash_distance'] + best[key]['dhash_distance']:
-                    best[key] = match
+                keep_closer(best, key, match)
         for key, match in sorted(best.items()):
             rows.append(dict(match, source=source, shard_sha256=shards[match['shard']].sha256))
             pairs.append((match['phash_distance'] + match['dhash_distance'], entry_url(prefix, shards[match['shard']], plan),

@@ -7,6 +7,8 @@
 import re
 from typing import Dict, Optional, Tuple
 
+from webdataset.tariterators import base_plus_ext
+
 from .common.errors import BadValue
 
 SHARD_SUFFIX = '.tar'
@@ -42,11 +44,11 @@ def shard_stem_of_key(key: str) -> str:
 
 
 def split_member(name: str) -> Tuple[str, str]:
-    """``in1k/000001/000002.jpg`` -> (``in1k/000001/000002``, ``jpg``): the key is everything before
-    the first dot of the base name, the extension is lower-cased, as webdataset's grouping does."""
-    head, _, base = name.rpartition('/')
-    stem, _, ext = base.partition('.')
-    return (f'{head}/{stem}' if head else stem), ext.lower()
+    """``in1k/000001/000002.jpg`` -> (``in1k/000001/000002``, ``jpg``): webdataset's own split (the key
+    is everything before the first dot of the base name), the extension lower-cased; a name
+    without a dot is all key."""
+    key, ext = base_plus_ext(name)
+    return (name, '') if key is None else (key, ext.lower())
 
 
 # --- adopted shards (tars other tools wrote; ``adopt.py``) -------------------------------------
