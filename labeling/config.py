@@ -1,12 +1,11 @@
 """The labeling job's JSON config, strictly checked: unknown keys and wrong types name the field."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Literal, Optional
 
 from shards.common.errors import BadValue
+from shards.common.safe_files import read_json
 from shards.stream import SourceSpec
 from shards.typed import build
 
@@ -51,8 +50,4 @@ class JobConfig:
 
 
 def load_job_config(path: str) -> JobConfig:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise BadValue(f'{path}: not valid JSON ({exc})') from None
-    return build(JobConfig, doc, path)
+    return build(JobConfig, read_json(path, 'labeling job config'), path)

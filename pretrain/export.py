@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,8 @@ from shards.common.safe_files import add_trust_pickle_argument
 from .config import RunConfig, build
 from .models.checkpoint import NOT_SHAPE
 from .weights import check_run_folder
+
+log = logging.getLogger(__name__)
 
 
 def single_task_model(cfg: RunConfig, task: str, state: dict):
@@ -77,7 +80,12 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
         raise NotFound(f'{run_dir}/ckpt/{tag} has no EMA weights')
     meta = write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema),
                         provenance=run_provenance(cfg, run_dir, tag, ema, task), repo_name=repo_name, license_id=license_id)
-    meta['tracked_in'] = log_export(cfg.log, run_dir, out)   # the run's W&B / MLflow runs get it as an artifact
+    try:   # the run's W&B / MLflow runs get it as an artifact; the export stands without them
+        meta['tracked_in'] = log_export(cfg.log, run_dir, out)
+    except Exception as exc:  # noqa: BLE001  a tracker's server down, a token expired: the files are written
+        log.warning('the export is in %s, but logging it to the run\'s trackers failed: %s: %s', out,
+                    type(exc).__name__, exc)
+        meta['tracked_in'] = []
     return meta
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
+
+log = logging.getLogger('pretrain')
 
 
 class MetricsWriter:
@@ -34,8 +37,7 @@ class MetricsWriter:
             from .tracking import TrackingState, open_trackers
             self._tracking = TrackingState(run_dir)
             self.trackers = open_trackers(log_cfg, run_dir, self._tracking)
-            # what each tracker was sent before a crash: the resume replays those steps exactly, unsent again
-            self._sent_through = {t.name: self._tracking.get(t.name).get('last_step', 0) for t in self.trackers}
+            self._warn_of_replay(resume_step)
 
     def describe_run(self, params: Dict[str, str], tags: Dict[str, str]) -> None:
         """The resolved config (parameters) and what the run trains on (tags) for every tracker."""
@@ -55,23 +57,39 @@ class MetricsWriter:
         if self.trackers:
             self._report(step, values)
 
+    def _warn_of_replay(self, resume_step: Optional[int]) -> None:
+        sent = {t.name: self._tracking.get(t.name).get('last_step', 0) for t in self.trackers}
+        replayed = {name: last for name, last in sent.items() if resume_step is not None and last > resume_step}
+        if replayed:
+            log.warning('steps %d..%d were reported to %s before this resume; they are not reported again (a resume '
+                        'repeats the run exactly; after a changed lr or schedule their new values are in '
+                        'metrics.jsonl and TensorBoard only)', resume_step + 1, max(replayed.values()),
+                        ', '.join(sorted(replayed)))
+
     def _report(self, step: int, values: Dict[str, float]) -> None:
+        """Each tracker gets each (step, name) once: what it was sent before a crash is not sent again
+        when the resume replays those steps (a step's evaluation row, if the crash came between the
+        two rows, still is)."""
         from .tracking import scalars
         numbers = scalars(values)
         for tracker in self.trackers:
-            if step > self._sent_through[tracker.name]:
-                tracker.log(step, numbers)
-                entry = self._tracking.get(tracker.name)
-                entry['last_step'] = max(step, entry.get('last_step', 0))
+            entry = self._tracking.get(tracker.name)
+            last, sent = entry.get('last_step', 0), set(entry.get('sent_at_last_step', []))
+            new = numbers if step > last else {k: v for k, v in numbers.items() if k not in sent} if step == last else {}
+            if new:
+                tracker.log(step, new)
+                entry['sent_at_last_step'] = sorted(new) if step > last else sorted(sent | set(new))
+                entry['last_step'] = step
         self._tracking.save()
 
-    def close(self) -> None:
+    def close(self, status: str = 'FINISHED') -> None:
+        """``status``: FINISHED, FAILED or KILLED (preempted, interrupted): how the trackers' run ends."""
         if self._jsonl:
             self._jsonl.close()
         if self._tb:
             self._tb.close()
         for tracker in self.trackers:
-            tracker.close()
+            tracker.close(status)
 
 
 def materialize(metrics: Dict[str, object]) -> Dict[str, object]:

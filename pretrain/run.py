@@ -259,8 +259,10 @@ def run_in_folder(cfg: RunConfig, env, device, coverage: dict, lease) -> dict:
                             resume_step=checkpoint.step_of(tag) if tag else None, log_cfg=cfg.log)
     try:
         result = fit(trainer, cfg, run_dir, metrics, tag)
-    finally:
-        metrics.close()
+    except BaseException as exc:   # the tracked run ends as the process does: stopped to resume, or failed
+        metrics.close('KILLED' if isinstance(exc, (Preempted, KeyboardInterrupt)) else 'FAILED')
+        raise
+    metrics.close()
     if env.is_main:
         (Path(run_dir) / 'result.json').write_text(json.dumps(result, indent=2))
         print(json.dumps(result), flush=True)

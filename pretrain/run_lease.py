@@ -20,12 +20,13 @@ import time
 from typing import Optional
 
 from shards import storage
+from shards.common.errors import ReplkError
 
 log = logging.getLogger('pretrain')
 LEASE_NAME = 'LEASE'
 
 
-class LeaseHeld(ValueError):
+class LeaseHeld(ReplkError, ValueError):
     """Another live trainer owns the run folder."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Literal, Optional
 
 from shards.common.errors import BadValue
+from shards.common.local_files import replacing
 
 log = logging.getLogger('pretrain')
 STATE_FILE = 'tracking.json'
@@ -75,9 +76,8 @@ class TrackingState:
         return self.doc.setdefault(backend, {})
 
     def save(self) -> None:
-        tmp = self.path.with_suffix('.tmp')
-        tmp.write_text(json.dumps(self.doc, indent=1))
-        tmp.replace(self.path)
+        with replacing(str(self.path)) as f:
+            f.write(json.dumps(self.doc, indent=1).encode())
 
 
 class WandbTracker:
@@ -105,8 +105,8 @@ class WandbTracker:
         art.add_dir(folder)
         self.run.log_artifact(art)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, status: str = 'FINISHED') -> None:
+        self.run.finish(exit_code=0 if status == 'FINISHED' else 1)
 
 
 class MlflowTracker:
@@ -150,8 +150,8 @@ class MlflowTracker:
     def artifact(self, folder: str, name: str) -> None:
         self.client.log_artifacts(self.run_id, folder, artifact_path=name)
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, status: str = 'FINISHED') -> None:
+        self.client.set_terminated(self.run_id, status=status)
 
 
 def open_trackers(log_cfg, run_dir: str, state: TrackingState, only: Optional[List[str]] = None) -> List[object]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import tarfile
 import time
@@ -40,7 +41,7 @@ from tqdm import tqdm
 from . import storage
 from .common.errors import BadValue
 from .common.safe_files import check_name
-from .index import ShardEntry, job_tag, owner_job, read_part, record_plan, save_job_part, source_folder
+from .index import ShardEntry, job_tag, owner_job, read_part, record_plan, save_job_part, source_folder, usable_folder
 from .naming import LABEL_FIELDS, shard_name
 from .reader import foreign_json, human_label, label_value, tar_samples
 
@@ -71,7 +72,9 @@ class AdoptOptions:
 
     @property
     def tar_folder(self) -> str:
-        return (self.prefix.rsplit('/', 1)[0] if '{' in self.prefix else self.prefix).rstrip('/')
+        folder = (self.prefix.rsplit('/', 1)[0] if '{' in self.prefix else self.prefix).rstrip('/')
+        # recorded for readers when the index is elsewhere: from any working folder, the same folder
+        return os.path.abspath(folder) if self.index_to and storage.is_local(folder) else folder
 
     @property
     def index_prefix(self) -> str:
@@ -92,6 +95,20 @@ class AdoptOptions:
                                  f'names of {task!r}, in index order')
         if not 0 <= self.job_index < self.num_jobs:
             raise AdoptError(f'--job-index {self.job_index} is not in 0..{self.num_jobs - 1}')
+        if self.index_to:
+            self._check_index_elsewhere()
+
+    def _check_index_elsewhere(self) -> None:
+        """Readers find the tars through the folder build.json records, and the index through the
+        shard's URL: both must pass through as they are."""
+        if not usable_folder(self.tar_folder):
+            raise AdoptError(f'{self.tar_folder}: with --index-to, the tars\' folder must be an object-store URL or a '
+                             'path without "#", ";", "=" or spaces (build.json records it for readers)')
+        if re.search(r'[#;=\s]', self.index_prefix):
+            raise AdoptError(f'--index-to {self.index_to}: no "#", ";", "=" or spaces (shard URLs carry it)')
+        if storage.is_local(self.tar_folder) and not storage.is_local(self.index_prefix):
+            raise AdoptError(f'--index-to {self.index_to}: an index on an object store cannot send readers to this '
+                             f'machine\'s folder {self.tar_folder}; put the tars on the store too, or the index here')
 
 
 def foreign_tars(options: AdoptOptions, listing: List[str]) -> List[str]:

@@ -86,8 +86,8 @@ ClassImages = Dict[str, List[Tuple[str, Path, TarMember]]]   # class -> (id, arc
 
 
 def classes_in_archive(path: Path) -> ClassImages:
-    """One tar holding a folder per class (below any common folders), or a tar of class tars;
-    ids are relative to the class folders' parent."""
+    """One tar holding a folder per class (below the folders every image shares), or a tar of class
+    tars; ids are relative to the class folders' parent; a class's subfolders are part of it."""
     images = archive_images(path)
     if not images:
         raise InputError(f'{path}: no images in the archive')
@@ -95,11 +95,11 @@ def classes_in_archive(path: Path) -> ClassImages:
     classes: ClassImages = {}
     for name, member in images:
         rel = name[len(root):].lstrip('/') if root else name
-        folder = posixpath.dirname(rel)
-        if not folder:
+        if '/' not in rel:
             raise InputError(f'{path}: {name} is not inside a class folder (an ImageFolder archive holds one folder, '
-                        'or one tar, per class)')
-        classes.setdefault(folder, []).append((rel, path, member))
+                             'or one tar, per class)')
+        # the class is the first folder, whatever lies below it: as in the extracted ImageFolder tree
+        classes.setdefault(rel.split('/', 1)[0], []).append((rel, path, member))
     return dict(sorted(classes.items()))
 
 

@@ -205,19 +205,26 @@ def entry_url(prefix: str, entry: 'ShardEntry', plan: Optional[dict]) -> str:
     bad = [f'{t}={w}' for t, w in labels.items() if not (isinstance(w, str) and LABEL_FIELDS.fullmatch(w))]
     if '#' in file_name or bad:   # a name from storage is data
         raise IndexError_(f'{where}: unusable adopted entry ({file_name!r}, labels {bad}); adopt again')
+    elsewhere = adopted.get('base') is not None   # the index is not beside the tars: readers are told where
     return adopted_url(storage.join(_tar_folder(adopted.get('base'), prefix, where), file_name), entry.source, number,
-                       labels)
+                       labels, index=prefix if elsewhere else None)
 
 
 TAR_FOLDER = re.compile(r'(?:s3|gs|gcs|az|abfs|file)://[^#;=\s]+|/[^#;=\s]*')
 
 
+def usable_folder(folder: str) -> bool:
+    """An object-store URL or an absolute path that an adopted shard's URL can carry as it is."""
+    return isinstance(folder, str) and bool(TAR_FOLDER.fullmatch(folder)) and '/../' not in f'{folder}/'
+
+
 def _tar_folder(base, prefix: str, where: str) -> str:
     """Where an adopted source's tars are: beside the index, or the folder ``build.json`` records
-    (read from storage, so checked: an object-store URL or an absolute path, nothing to unescape)."""
+    (read from storage, so checked: an object-store URL or an absolute path, nothing to unescape;
+    an index on an object store never sends readers to this machine's disk)."""
     if base is None:
         return prefix
-    if not (isinstance(base, str) and TAR_FOLDER.fullmatch(base) and '/../' not in f'{base}/'):
+    if not usable_folder(base) or (not storage.is_local(prefix) and storage.is_local(base)):
         raise IndexError_(f'{where}: unusable tar folder {base!r}; adopt again')
     return base
 

@@ -5,7 +5,7 @@
     tar member   {key}.{ext}                      (grouped into samples as webdataset groups them)
 """
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 from webdataset.tariterators import base_plus_ext
 
@@ -58,20 +58,30 @@ def split_member(name: str) -> Tuple[str, str]:
 # ``{source}/{shard:06d}/{position:06d}`` whatever the tar's own keys (kept as the sample's id).
 ADOPTED_MARK = '#'
 LABEL_FIELDS = re.compile(r'cls|(?:name:)?json:[A-Za-z0-9_.-]+')   # name:json: the field holds a class name
+INDEX_FIELD = '@index'   # where the index is, when not beside the tars (adopt --index-to): no task is named so
 # What adopted_url appends: a folder named "exp#2" stays part of a path, not an adopted shard.
-ADOPTED_FRAGMENT = re.compile(r'[^/#;=]+/\d{6}(;[^/#;=]+=(?:cls|(?:name:)?json:[A-Za-z0-9_.-]+))*')
+ADOPTED_FRAGMENT = re.compile(r'[^/#;=]+/\d{6}(;[^/#;=@]+=(?:cls|(?:name:)?json:[A-Za-z0-9_.-]+))*(;@index=[^#;=\s]+)?')
 
 
-def adopted_url(file_url: str, source: str, shard: int, labels: Dict[str, str]) -> str:
+class Adopted(NamedTuple):
+    file_url: str                   # the tar's own URL
+    key_prefix: Optional[str]       # ``source/shard``; None for a shard this project built
+    labels: Dict[str, str]          # task -> where its human label is
+    index: Optional[str]            # the index's prefix when it is not the tars' folder
+
+
+def adopted_url(file_url: str, source: str, shard: int, labels: Dict[str, str], index: Optional[str] = None) -> str:
     fields = ''.join(f';{task}={where}' for task, where in sorted(labels.items()))
-    return f'{file_url}{ADOPTED_MARK}{source}/{shard:06d}{fields}'
+    elsewhere = f';{INDEX_FIELD}={index}' if index else ''
+    return f'{file_url}{ADOPTED_MARK}{source}/{shard:06d}{fields}{elsewhere}'
 
 
-def split_adopted(url: str) -> Tuple[str, Optional[str], Dict[str, str]]:
-    """(the file's URL, the key prefix ``source/shard`` or None for a shard this project built,
-    {task: where its human label is})."""
+def split_adopted(url: str) -> Adopted:
+    """What ``adopted_url`` put together; a URL without its fragment is a shard this project built."""
     file_url, mark, fragment = url.rpartition(ADOPTED_MARK)
     if not mark or not ADOPTED_FRAGMENT.fullmatch(fragment):
-        return url, None, {}
+        return Adopted(url, None, {}, None)
     key_prefix, *fields = fragment.split(';')
-    return file_url, key_prefix, dict(field.split('=', 1) for field in fields)
+    pairs = dict(field.split('=', 1) for field in fields)
+    index = pairs.pop(INDEX_FIELD, None)
+    return Adopted(file_url, key_prefix, pairs, index)

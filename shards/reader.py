@@ -104,14 +104,13 @@ def _recorded_classes(build_json_url: str, retry: storage.RetryPolicy) -> Dict[s
     return {task: {name: i for i, name in enumerate(names)} for task, names in (plan.get('classes') or {}).items()}
 
 
-def class_indices(file_url: str, key_prefix: str, labels: Dict[str, str],
+def class_indices(index_prefix: str, key_prefix: str, labels: Dict[str, str],
                   retry: storage.RetryPolicy) -> Dict[str, Dict[str, int]]:
     """{task: {class name: index}} for the ``name:`` label fields of an adopted shard, as ``adopt``
-    recorded them beside the tars (read once per process and source)."""
+    recorded them in the source's index under ``index_prefix`` (read once per process and source)."""
     if not any(where.startswith('name:') for where in labels.values()):
         return {}
-    prefix, source = file_url.rsplit('/', 1)[0], key_prefix.split('/')[0]
-    return _recorded_classes(f'{source_folder(prefix, source)}/{BUILD_NAME}', retry)
+    return _recorded_classes(f'{source_folder(index_prefix, key_prefix.split("/")[0])}/{BUILD_NAME}', retry)
 
 
 def foreign_json(sample: dict) -> Optional[dict]:
@@ -148,8 +147,8 @@ def iter_shard_samples(url: str, first: int = 0, count: Optional[int] = None,
     A dropped connection reopens the shard and skips what was delivered. A shard that ends early
     (truncated) yields ``{'__key__': 'url#pos', '__missing__': True}`` for each missing sample
     when ``count`` is given, so every reader still gets its exact count and can count the fault."""
-    file_url, key_prefix, labels = split_adopted(url)
-    classes = class_indices(file_url, key_prefix, labels, retry) if key_prefix else {}
+    file_url, key_prefix, labels, index = split_adopted(url)
+    classes = class_indices(index or file_url.rsplit('/', 1)[0], key_prefix, labels, retry) if key_prefix else {}
 
     def items(stream, delivered: int):
         for pos, sample in enumerate(tar_samples(stream, url, max_member_bytes, own_keys=key_prefix is None)):

@@ -247,7 +247,7 @@ def decode_sample(raw: Optional[dict], transform: Callable, min_side: Optional[i
     except BadImage:
         raise
     except Exception as exc:  # not the data's fault: stop, naming it
-        raise DataFault(f'the transform failed on {raw["__key__"]} ({type(exc).__name__}: {exc}): a configuration '
+        raise RuntimeError(f'the transform failed on {raw["__key__"]} ({type(exc).__name__}: {exc}): a configuration '
                            'or code fault, not bad data (check data.image_size, data.crop_scale, '
                            'data.auto_augment)') from exc
 

@@ -46,7 +46,7 @@ def verify(prefix: str, decode: bool = True, retry: storage.RetryPolicy = storag
     faults: List[str] = list(index.incomplete().values())
     seen: Dict[str, str] = {}
     for entry in tqdm(index.shards.values(), unit='shard', desc=f'verify {prefix}', disable=not progress):
-        url, key_prefix, _ = split_adopted(index.url_of(prefix, entry))   # adopted: another tool's tar
+        url, key_prefix = split_adopted(index.url_of(prefix, entry))[:2]   # adopted: another tool's tar
         adopted = key_prefix is not None
         try:
             data = storage.read_bytes(url, retry)

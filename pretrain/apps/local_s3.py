@@ -119,7 +119,7 @@ class LocalS3:
             self._log.close()
 
     def make_bucket(self, bucket: str) -> str:
-        from . import storage
+        from shards import storage
         fs, _ = storage.filesystem(f's3://{bucket}')
         if not fs.exists(bucket):
             fs.mkdir(bucket)

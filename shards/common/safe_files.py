@@ -11,6 +11,7 @@ a teacher's ``"trust_pickle": true``) is the explicit opt-in for files the user 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pickle
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Iterable, List
 
 import torch
 
-from .errors import BadValue, ReplkError
+from .errors import BadValue, NotFound, ReplkError
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +117,13 @@ def check_name(name: str, what: str) -> str:
     if '/' in name or '\\' in name or name.startswith('~') or Path(name).is_absolute():
         raise BadValue(f'{what} {name!r}: must be a plain name, not a path (no "/", "\\", "..", "~")')
     return name
+
+
+def read_json(path: str, what: str):
+    """A JSON file the user named (a config, a tasks file), or one line naming it and the fault."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise NotFound(f'{what} {path} not found') from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadValue(f'{what} {path}: not valid JSON ({exc})') from None

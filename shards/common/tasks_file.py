@@ -2,17 +2,15 @@
 checks human labels against it): ``{"task": ["class0", ...]}`` or ``{"task": {"num_classes": N}}``."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Dict, Tuple
 
 from .errors import BadValue
-from .safe_files import check_name
+from .safe_files import check_name, read_json
 
 
 def class_names(path: str) -> Dict[str, Tuple[str, ...]]:
     """{task: its class names in index order}; numbered names for a task given only a class count."""
-    doc = json.loads(Path(path).read_text())
+    doc = read_json(path, 'tasks file')
     out = {}
     for name, spec in doc.items():
         check_name(name, f'{path}: task')

@@ -278,3 +278,25 @@ def test_the_long_passes_show_progress_and_no_progress_silences_them(tmp_path, c
     assert all(f'{bar}: 100%' in err for bar in ('adopt foreign', f'verify {folder}', 'hash foreign'))
     assert cli(['verify', str(folder), '--no-progress']) == 0
     assert capsys.readouterr().err == ''
+
+
+def test_class_names_resolve_through_the_index_elsewhere_and_a_relative_tar_folder_is_recorded_whole(
+        tmp_path, monkeypatch):
+    foreign_shards(tmp_path / 'wds')
+    # the tars' owner adopted them in place with the opposite class order: readers must not use theirs
+    adopt(options(tmp_path / 'wds', labels={'toy': 'name:json:class_name'}, class_names={'toy': CLASS_NAMES}))
+    monkeypatch.chdir(tmp_path)
+    names = ('odd', 'even')
+    adopt(options(Path('wds'), labels={'toy': 'name:json:class_name'}, class_names={'toy': names}, index_to='mine'))
+    plan = json.loads((tmp_path / 'mine' / '_index' / 'foreign' / 'build.json').read_text())
+    assert plan['adopted']['base'] == str(tmp_path / 'wds')
+    monkeypatch.chdir(tmp_path / 'mine')   # a reader elsewhere, naming the index by its absolute path
+    src = resolve_source(SourceSpec('foreign', str(tmp_path / 'mine')))
+    meta = [json.loads(s['json']) for s in iter_shard_samples(src.urls[0], 0, PER_TAR)]
+    assert [m['labels'] for m in meta] == [{'toy': names.index(CLASS_NAMES[p % 2])} for p in range(PER_TAR)]
+
+
+def test_an_index_on_an_object_store_may_not_send_readers_to_a_local_folder(tmp_path):
+    folder = foreign_shards(tmp_path / 'wds')
+    with pytest.raises(AdoptError, match="cannot send readers to this machine's folder"):
+        options(folder, index_to='s3://bucket/idx')

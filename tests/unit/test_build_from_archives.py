@@ -95,3 +95,17 @@ def test_images_outside_class_folders_are_refused(image_tree, tmp_path):
         tar.add(image_tree / 'dog' / '0.jpg', arcname='dog/0.jpg')
     with pytest.raises(InputError, match=r'0.jpg is not inside a class folder'):
         imagefolder_items(str(archive), 'animals')
+
+
+def test_a_class_folders_subfolders_stay_in_its_class_as_in_the_extracted_tree(image_tree, tmp_path):
+    for i in range(2):   # images one level down inside a class, as ImageFolder reads them
+        (image_tree / 'cat' / 'more').mkdir(exist_ok=True)
+        (image_tree / 'cat' / f'{i}.jpg').rename(image_tree / 'cat' / 'more' / f'{i}.jpg')
+    archive = tmp_path / 'places.tar'
+    with tarfile.open(archive, 'w') as tar:
+        tar.add(image_tree, arcname='train')
+    items, classes = imagefolder_items(str(archive), 'animals')
+    folder_items, folder_classes = imagefolder_items(str(image_tree), 'animals')
+    assert classes == folder_classes == ['cat', 'dog', 'fox']
+    assert sorted((it.id, it.labels['animals']) for it in items) == sorted((it.id, it.labels['animals'])
+                                                                           for it in folder_items)
