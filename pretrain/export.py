@@ -114,6 +114,7 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict,
     run folder says (:func:`pretrain.model_card.run_provenance`); None for weights from elsewhere."""
     from safetensors.torch import save
     from timm.models._hub import save_config_for_hf  # timm's own writer of config.json (save_for_hf's)
+    from timm.models._pretrained import PretrainedCfg
 
     from .model_card import model_card
 
@@ -122,7 +123,9 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict,
     form = 'fused' if hasattr(model, 'reparameterize') else 'plain'
     # The export's description of itself is what timm writes as pretrained_cfg (not the variant's
     # default tag's: its 224 px, its 1000 classes, the official release's origin and license).
-    model.pretrained_cfg = model.default_cfg = exported_pretrained_cfg(cfg, task, n)
+    # timm's full record (its defaults filled in), as a model loaded from the export will carry: so
+    # timm's writer gives the same config.json for both in every timm release (1.0.26 writes defaults)
+    model.pretrained_cfg = model.default_cfg = PretrainedCfg(**exported_pretrained_cfg(cfg, task, n)).to_dict()
     # The model arguments written are the shape only: how to run the model (lk_impl) is the loader's
     # choice, so an export made with 'triton' loads on a CPU. Given to timm explicitly (its releases
     # before 1.0.27 write only those) and as its record of the factory's arguments (later releases
