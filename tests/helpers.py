@@ -65,3 +65,30 @@ def train_tiny(tiny: dict, run_dir: Path, sets: dict, config: str = 'configs/tin
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
     return {r['step']: r['loss'] for r in rows if 'loss' in r}
+
+
+# --- exports ----------------------------------------------------------------------------------
+def tiny_pets_config(tmp: Path, model_kwargs: dict, *extra: str):
+    """configs/tiny_cpu.json as a 2-class 'pets' run at 40 px (its tasks file written into ``tmp``)."""
+    import json
+
+    from pretrain.config import load_config
+    (tmp / 'tasks.json').write_text(json.dumps({'pets': ['cat', 'dog']}))
+    return load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(model_kwargs)}', 'data.image_size=40',
+                                                'tasks={"pets": {"num_classes": 2}}',
+                                                f'data.tasks_file="{tmp / "tasks.json"}"', *extra])
+
+
+def trained_looking_state(cfg) -> dict:
+    """The config's model, seeded, with non-trivial BatchNorm statistics (so folding them is tested)."""
+    import torch
+
+    from pretrain.config import task_classes
+    from pretrain.engine import build_model
+    torch.manual_seed(0)
+    model = build_model(cfg.model, task_classes(cfg.tasks))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.state_dict()

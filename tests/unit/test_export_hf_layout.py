@@ -11,10 +11,9 @@ import sys
 import pytest
 import timm
 import torch
-from helpers import REPO_ROOT, write_image
+from helpers import REPO_ROOT, tiny_pets_config, trained_looking_state, write_image
 
-from pretrain.config import load_config, task_classes, to_dict
-from pretrain.engine import build_model
+from pretrain.config import to_dict
 from pretrain.export import EXPORT_FILES, HubError, load_export, main, push_to_hub, write_export
 from pretrain.models.checkpoint import NOT_SHAPE
 
@@ -24,20 +23,11 @@ TIMM_KEYS = {'architecture', 'num_classes', 'num_features', 'model_args', 'pretr
 
 
 def tiny_config(tmp, *extra):
-    (tmp / 'tasks.json').write_text(json.dumps({'pets': ['cat', 'dog']}))
-    return load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(dict(TINY, lk_impl="native"))}',
-                                                'data.image_size=40', 'tasks={"pets": {"num_classes": 2}}',
-                                                f'data.tasks_file="{tmp / "tasks.json"}"', *extra])
+    return tiny_pets_config(tmp, dict(TINY, lk_impl='native'), *extra)
 
 
 def trained_looking(cfg):
-    torch.manual_seed(0)
-    model = build_model(cfg.model, task_classes(cfg.tasks))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return model.state_dict()
+    return trained_looking_state(cfg)
 
 
 @pytest.fixture(scope='module')

@@ -4,15 +4,12 @@ reads architecture, shape, form, classes and preprocessing from the export, so a
 import json
 
 import pytest
-import torch
-from helpers import write_image
+from helpers import tiny_pets_config, trained_looking_state, write_image
 from labeling_fixtures import labels_against_teacher_forward
 
 from labeling.config import JobConfig
 from labeling.job import run_job
 from labeling.teachers import TeacherSpec, load_teacher
-from pretrain.config import load_config, task_classes
-from pretrain.engine import build_model
 from pretrain.export import write_export
 from pretrain.models.checkpoint import export_model_args
 from shards.build import BuildOptions, build
@@ -25,17 +22,8 @@ TINY = {'kernel_sizes': [7, 5], 'depths': [1, 1], 'channels': [16, 32], 'small_k
 @pytest.fixture(scope='module')
 def teacher_export(tmp_path_factory):
     out = tmp_path_factory.mktemp('teacher')
-    (out / 'tasks.json').write_text(json.dumps({'pets': ['cat', 'dog']}))
-    cfg = load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(TINY)}', 'data.image_size=40',
-                                                'tasks={"pets": {"num_classes": 2}}',
-                                                f'data.tasks_file="{out / "tasks.json"}"'])
-    torch.manual_seed(0)
-    model = build_model(cfg.model, task_classes(cfg.tasks))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    write_export(cfg, 'pets', model.state_dict(), str(out / 'export'), source={})
+    cfg = tiny_pets_config(out, TINY)
+    write_export(cfg, 'pets', trained_looking_state(cfg), str(out / 'export'), source={})
     return out
 
 
