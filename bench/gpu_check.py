@@ -154,7 +154,7 @@ def step_5(ctx: Context) -> dict:
     start = time.monotonic()
     sets = dict(megadata_overrides(make_megadata(str(tmp / 'data'))),
                 **{'model.kwargs': {'depths': [1, 1], 'channels': [16, 32], 'kernel_sizes': [7, 5]},
-                   'data.image_size': 32, 'train.micro_batch': 4, 'deepspeed.train_batch_size': 4,
+                   'data.transform.image_size': 32, 'train.micro_batch': 4, 'deepspeed.train_batch_size': 4,
                    'data.workers': 1, 'checkpoint.dir': str(tmp / 'run'), 'log.tensorboard': False})
     report = run_probe('configs/xl_megadata.json', sets, '--cuda-autocast-query')
     ok = (report['optimizer_steps'] >= 1 and set(report['conv_out_dtype']) == {'torch.bfloat16'}

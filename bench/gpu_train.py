@@ -90,7 +90,7 @@ def ours(micro_batch: int, size: int, steps: int, tiny: bool, workers: int) -> d
     per_source = max(32, (WARMUP + steps) * micro_batch // 2)  # the measured steps stay in one epoch
     data = make_megadata(tmp, per_source=per_source, samples_per_shard=max(1, per_source // (2 * workers)))
     sets = dict(megadata_overrides(data), **{
-        'data.image_size': size, 'train.micro_batch': micro_batch, 'deepspeed.train_batch_size': micro_batch,
+        'data.transform.image_size': size, 'train.micro_batch': micro_batch, 'deepspeed.train_batch_size': micro_batch,
         'data.workers': workers, 'checkpoint.dir': f'{tmp}/run', 'log.tensorboard': False})
     if tiny:
         sets['model.kwargs'] = TINY_XL

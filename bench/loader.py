@@ -82,8 +82,8 @@ def ours(prefix: str, mode: str, source: str = 'photos'):
     min_side = cfg.decode_min_side(train=True)
     if mode == 'decode':
         return (decode_rgb(s['jpg'], min_side) for s in raw)
-    ds = ShardStream([SourceSpec(source, prefix)], StreamConfig(batch_size=BATCH, shuffle_buffer=1),
-                     train_transform(cfg), 0, 1, 1, decode_min_side=min_side)
+    ds = ShardStream([SourceSpec(source, prefix)], StreamConfig(shuffle_buffer=1),
+                     train_transform(cfg), 0, 1, 1, decode_min_side=min_side, batch_size=BATCH)
     return (b['image'] for b in ResumableLoader(ds))
 
 

@@ -59,7 +59,7 @@ def bare_rate(cfg, env, device, steps: int) -> float:
     model = build_model(cfg.model, task_classes(cfg.tasks))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg.optim, param_groups(model, 0.05)),
                                            config=deepspeed_config(cfg, env.world_size))
-    b, s = cfg.train.micro_batch, cfg.data.image_size
+    b, s = cfg.train.micro_batch, cfg.data.transform.image_size
     images = torch.randn(b, 3, s, s, device=device)
     targets = {t: dict(target=torch.softmax(torch.randn(b, c.num_classes, device=device), -1),
                        mask=torch.ones(b, dtype=torch.bool, device=device),
@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     run_dir = tempfile.mkdtemp(prefix='replk-trainbench-run-')
     sets = [f'data.sources={json.dumps([{"name": "lab", "url": data["shards"]}, {"name": "unl", "url": data["shards"]}])}',
             f'data.label_store={data["labels"]}', f'data.tasks_file={data["tasks_file"]}', 'data.val_sources=[]',
-            f'data.image_size={args.image_size}', f'train.micro_batch={args.micro_batch}', 'data.workers=1',
+            f'data.transform.image_size={args.image_size}', f'train.micro_batch={args.micro_batch}', 'data.workers=1',
             f'model.kwargs={json.dumps(MODEL)}', f'checkpoint.dir={run_dir}', 'log.tensorboard=false']
     cfg = load_config('configs/tiny_cpu.json', sets)
     env, device = init_distributed()

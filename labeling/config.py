@@ -1,31 +1,34 @@
-"""The labeling job's JSON config, strictly checked: unknown keys and wrong types name the field."""
+"""The labeling job's JSON config, strictly checked: unknown keys, wrong types and out-of-range
+values name the field (``shards/common/config.py``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Literal, Optional
 
-from shards.common.errors import BadValue
+from pydantic import Field
+
+from shards.common.config import from_doc, section
 from shards.common.safe_files import read_json
 from shards.stream import SourceSpec
-from shards.typed import build
 
 from .teachers import TeacherSpec
 
 
-@dataclass(frozen=True)
+@section(frozen=True)
 class JobConfig:
     task: str
     """the task the teachers label (a built-in task or one of tasks_file)"""
     store: str
     """label store root: local folder or s3://..."""
-    sources: List[SourceSpec]
+    sources: List[SourceSpec] = Field(min_length=1)
     """image shards to label: {"name", "url"}"""
-    teachers: List[TeacherSpec]
+    teachers: List[TeacherSpec] = Field(min_length=1)
     """an ensemble: their probabilities are averaged"""
-    topk: int = 10
+    topk: int = Field(10, ge=1)
     """classes kept per pseudo-label"""
-    batch_size: int = 64
-    workers: int = 4
+    batch_size: int = Field(64, ge=1)
+    """images per teacher forward"""
+    workers: int = Field(4, ge=0)
+    """DataLoader workers (decoding and preprocessing)"""
     precision: Literal['fp32', 'bf16', 'fp16'] = 'bf16'
     """autocast dtype of the teacher forward (any device)"""
     decode: Literal['workers', 'device'] = 'workers'
@@ -37,17 +40,10 @@ class JobConfig:
     tasks_file: Optional[str] = None
     """user tasks, see labeling/tasks.py"""
     description: str = ''
+    """what the job is (documentation only)"""
     launch: str = ''
     """how to run it (documentation only)"""
 
-    def __post_init__(self):
-        if self.topk < 1:
-            raise BadValue(f'topk: must be >= 1, got {self.topk}')
-        if self.batch_size < 1 or self.workers < 0:
-            raise BadValue('batch_size must be >= 1 and workers >= 0')
-        if not self.sources or not self.teachers:
-            raise BadValue('sources and teachers: give at least one of each')
-
 
 def load_job_config(path: str) -> JobConfig:
-    return build(JobConfig, read_json(path, 'labeling job config'), path)
+    return from_doc(JobConfig, read_json(path, 'labeling job config'), path)

@@ -8,54 +8,60 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 from torchvision import transforms as T
 
 from pretrain.models.checkpoint import loader_args_in
+from shards.common.config import section
 from shards.common.errors import BadValue, NotFound
 from shards.common.safe_files import load_torch_file
 
-KINDS = ('timm', 'transformers', 'export')
 
-
-@dataclass(frozen=True)
+@section(frozen=True)
 class TeacherSpec:
-    kind: str                         # "timm", "transformers", or "export" (a pretrain.export folder)
-    model: str = ''                   # timm name, or a transformers model folder / hub id (export: from it)
-    weights: Optional[str] = None     # timm: a local .safetensors/.pth/.bin file, or "hub"
-    temperature: float = 1.0
-    model_kwargs: dict = field(default_factory=dict)
-    trust_pickle: bool = False        # timm .pth/.bin: allow code execution when unpickling (trusted files only)
-    trust_remote_code: bool = False   # transformers: run the model repository's own Python code
-    path: Optional[str] = None        # export: the export folder (or its model.safetensors)
+    kind: Literal['timm', 'transformers', 'export']
+    """timm, transformers, or export (a folder pretrain.export wrote)"""
+    model: str = ''
+    """timm name, or a transformers model folder / hub id (export: read from the folder)"""
+    weights: Optional[str] = None
+    """timm: a local .safetensors/.pth/.bin file, or 'hub'"""
+    temperature: float = Field(1.0, gt=0)
+    """its logits are divided by this before the softmax"""
+    model_kwargs: Dict[str, Any] = Field(default_factory=dict)
+    """extra timm.create_model / from_pretrained arguments"""
+    trust_pickle: bool = False
+    """timm .pth/.bin: allow code execution when unpickling (trusted files only)"""
+    trust_remote_code: bool = False
+    """transformers: run the model repository's own Python code"""
+    path: Optional[str] = None
+    """export: the export folder (or its model.safetensors)"""
 
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise BadValue(f'teacher kind {self.kind!r} is not one of {KINDS}')
+    @model_validator(mode='after')
+    def _complete(self):
         if self.kind == 'export':
             if not self.path or self.model or self.weights or self.model_kwargs:
-                raise BadValue('an "export" teacher takes "path" (the folder pretrain.export wrote) and reads its '
+                raise ValueError('an "export" teacher takes "path" (the folder pretrain.export wrote) and reads its '
                                  'architecture, shape, weights and preprocessing from there: drop model, weights '
                                  'and model_kwargs')
-            return
+            return self
         if not self.model:
-            raise BadValue(f'a {self.kind} teacher needs "model"')
-        if self.temperature <= 0:
-            raise BadValue(f'teacher temperature must be > 0, got {self.temperature}')
+            raise ValueError(f'a {self.kind} teacher needs "model"')
         if self.kind == 'timm' and not self.weights:
-            raise BadValue(f'timm teacher {self.model!r} needs "weights": a local file or "hub"')
+            raise ValueError(f'timm teacher {self.model!r} needs "weights": a local file or "hub"')
         if loader_args_in(self.model_kwargs):
-            raise BadValue(f'teacher {self.model!r}: {loader_args_in(self.model_kwargs)} in model_kwargs would make '
+            raise ValueError(f'teacher {self.model!r}: {loader_args_in(self.model_kwargs)} in model_kwargs would make '
                              'timm load weights itself (unpickling them); name the file in "weights"')
         if 'trust_remote_code' in self.model_kwargs:
-            raise BadValue(f'teacher {self.model!r}: set "trust_remote_code": true on the teacher itself, '
+            raise ValueError(f'teacher {self.model!r}: set "trust_remote_code": true on the teacher itself, '
                              'not inside model_kwargs (it runs code from the model repository)')
+        return self
 
 
 @dataclass(frozen=True)

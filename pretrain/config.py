@@ -1,29 +1,37 @@
-"""Typed, strict run configs (README, "Run config reference"): one JSON file, sections as dataclasses.
+"""Typed, strict run configs (README, "Run config reference"): one JSON file, sections as validated
+dataclasses (``shards/common/config.py``); ``data`` is built from the shards layer's own configs.
 
-Unknown keys, wrong types and inconsistent values are errors naming the field;
+Unknown keys, wrong types and out-of-range values are errors naming the field;
 ``--set section.field=value`` overrides parse the value as JSON (bare words as strings).
+A document from an older version (a run's saved config.json) is upgraded first (``config_migration.py``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
+from pydantic import Field, model_validator
+
+from shards.common.config import ConfigError, from_doc, section
 from shards.common.safe_files import check_name
-from shards.typed import ConfigError, build  # noqa: F401  (re-exported: the loaders share one builder)
+from shards.stream import SourceSpec, StreamConfig
+from shards.transforms import TransformConfig
 
+from .config_migration import CONFIG_VERSION, current_path, upgrade
 from .tracking import MlflowConfig, WandbConfig
 
+Probability = Annotated[float, Field(ge=0, lt=1)]
 
-@dataclass
+
+@section
 class ModelConfig:
     name: str = 'replknet_xl'
     """any timm-registered model"""
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
     """stochastic depth rate"""
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    kwargs: Dict[str, Any] = Field(default_factory=dict)
     """extra timm.create_model arguments"""
     grad_checkpointing: bool = False
     """recompute activations in backward (saves memory)"""
@@ -32,140 +40,108 @@ class ModelConfig:
     sync_bn: Literal['none', 'node', 'global'] = 'none'
     """BN statistics over this rank (none), its node (node) or all ranks (global)"""
 
-    def __post_init__(self):
+    @model_validator(mode='after')
+    def _no_loader_args(self):
         from .models.checkpoint import loader_args_in
         if loader_args_in(self.kwargs):   # a downloaded run folder's config.json must not steer timm's loader
-            raise ConfigError(f'model.kwargs: {loader_args_in(self.kwargs)} would make timm load weights itself '
-                              '(unpickling them); start from weights with init.checkpoint instead')
+            raise ValueError(f'model.kwargs: {loader_args_in(self.kwargs)} would make timm load weights itself '
+                             '(unpickling them); start from weights with init.checkpoint instead')
+        return self
 
 
-@dataclass
-class SourceConfig:
-    name: str
-    """a source name in the shard index (e.g. in1k, yfcc)"""
-    url: str
-    """shard prefix holding the shard index (_index/), or a brace pattern"""
-    weight: Optional[float] = None
-    """mixing weight; null: by sample count"""
-    allow_incomplete: bool = False
-    """train on a source whose build jobs did not all finish (its missing shards are named in a warning); false: an error"""
-
-
-@dataclass
+@section
 class DataConfig:
-    sources: List[SourceConfig] = field(default_factory=list)
-    """training sources: [{name, url, weight}]"""
+    sources: List[SourceSpec] = Field(default_factory=list)
+    """training sources: [{name, url, weight, allow_incomplete}]"""
+    val_sources: List[SourceSpec] = Field(default_factory=list)
+    """evaluation sources (labeled); every sample once"""
     label_store: Optional[str] = None
     """labels/{task}/... root; None: human labels from shard metadata"""
     labels_refresh: bool = False
     """at a resume, train on the store's labels as they are now (each changed task logged and recorded) instead of those the run started with"""  # noqa: E501  (one line: the README reference)
-    image_size: int = 224
-    """training and evaluation input size"""
-    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-    """normalization mean (RGB, 0-1)"""
-    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
-    """normalization std"""
-    auto_augment: Optional[str] = 'rand-m9-mstd0.5-inc1'
-    """timm RandAugment spec; null: none"""
-    re_prob: float = 0.0
-    """random erasing probability"""
-    interpolation: str = 'bicubic'
-    """resize interpolation"""
-    crop_scale: Tuple[float, float] = (0.08, 1.0)
-    """RandomResizedCrop area range"""
-    hflip: float = 0.5
-    """horizontal flip probability"""
-    workers: int = 8
-    """DataLoader workers per rank (decode + augment + label join)"""
-    shuffle_buffer: int = 500
-    """samples shuffled within each worker"""
-    few_shards: Literal['error', 'share'] = 'error'
-    """fewer shards than ranks x workers: an error, or share (slots read parts of shards)"""
-    max_corrupt_fraction: float = 0.01
-    """stop when more samples than this are undecodable"""
-    exclude: Optional[str] = None
-    """exclusion list to leave out (replk-shards decontaminate): near-duplicates of evaluation images"""
     tasks_file: Optional[str] = None
     """JSON of user tasks (class names or counts); built in: in1k, in22k, places365"""
-    val_sources: List[SourceConfig] = field(default_factory=list)
-    """evaluation sources (labeled); every sample once"""
-    val_crop_pct: float = 0.875
-    """evaluation: resize to size / crop_pct, center crop"""
+    workers: int = Field(8, ge=0)
+    """DataLoader workers per rank (decode + augment + label join)"""
+    transform: TransformConfig = TransformConfig()
+    """augmentation, evaluation crop and normalization (shards/transforms.py)"""
+    stream: StreamConfig = StreamConfig()
+    """how the training sources are read: shuffling, exclusions, corrupt samples, retries (shards/stream.py)"""
 
 
-@dataclass
+@section
 class TaskConfig:
-    num_classes: int
+    num_classes: int = Field(ge=1)
     """head size; must match the label store's task"""
-    weight: float = 1.0
+    weight: float = Field(1.0, ge=0)
     """weight of this task's loss"""
-    label_smoothing: float = 0.1
+    label_smoothing: Probability = 0.1
     """applied to human labels only"""
     class_map_version: Optional[str] = None
     """checked against the label store when given"""
 
 
-@dataclass
+@section
 class OptimConfig:
     name: Literal['adamw', 'sgd'] = 'adamw'
     """the optimizer (sgd: with momentum, Nesterov's when optim.nesterov)"""
-    lr: float = 1.5e-3
+    lr: float = Field(1.5e-3, gt=0)
     """base lr (the head's under layer decay), per total batch"""
-    weight_decay: float = 0.05
+    weight_decay: float = Field(0.05, ge=0)
     """none on norms and biases"""
-    betas: Tuple[float, float] = (0.9, 0.999)
+    betas: Tuple[Probability, Probability] = (0.9, 0.999)
     """adamw"""
-    eps: float = 1e-8
+    eps: float = Field(1e-8, gt=0)
     """adamw"""
-    momentum: float = 0.9
+    momentum: Probability = 0.9
     """sgd"""
     nesterov: bool = False
     """sgd: Nesterov momentum instead of plain (the appendix's MobileNet V2 recipe: plain momentum 0.9)"""
-    layer_decay: Optional[float] = None
+    layer_decay: Optional[float] = Field(None, gt=0, le=1)
     """stage-wise lr decay (fine-tuning), e.g. 0.4"""
     layer_decay_granularity: Literal['stage', 'block'] = 'stage'
     """one lr per stage (stem, stages, head) or per block"""
 
 
-@dataclass
+@section
 class ScheduleConfig:
-    epochs: float = 15.0
+    epochs: float = Field(15.0, gt=0)
     """length of the cosine schedule"""
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = Field(1.0, ge=0)
     """linear warm-up"""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
     """final lr / base lr"""
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = Field(None, ge=1)
     """stop early (quick runs, tests)"""
 
 
-@dataclass
+@section
 class TrainConfig:
     seed: int = 0
     """weights, data order and augmentation"""
-    micro_batch: int = 32
+    micro_batch: int = Field(32, ge=1)
     """per rank"""
-    grad_accum: int = 1
+    grad_accum: int = Field(1, ge=1)
     """micro-batches per optimizer step"""
     precision: Literal['fp32', 'bf16'] = 'bf16'
     """bf16: autocast; parameters and BatchNorm stay fp32"""
-    max_nonfinite_steps: int = 5
+    max_nonfinite_steps: int = Field(5, ge=1)
     """stop after this many non-finite steps in a row"""
-    mixup: float = 0.0
+    mixup: float = Field(0.0, ge=0)
     """mixup alpha (0: off)"""
-    cutmix: float = 0.0
+    cutmix: float = Field(0.0, ge=0)
     """CutMix alpha (0: off)"""
-    mixup_prob: float = 1.0
+    mixup_prob: float = Field(1.0, ge=0, le=1)
     """probability of mixing a batch"""
-    mixup_switch_prob: float = 0.5
+    mixup_switch_prob: float = Field(0.5, ge=0, le=1)
     """probability of CutMix instead of mixup"""
-    ema_decay: Optional[float] = None
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1)
     """EMA of the weights (the paper's momentum 1e-4 = 0.9999)"""
     compile: Literal['none', 'inductor'] = 'none'
     """inductor: the model compiled inside the DeepSpeed engine (training and evaluation; BatchNorm and elementwise ops fuse), large-kernel algorithms decided by one eager forward first"""  # noqa: E501
 
 
-@dataclass
+@section
 class InitConfig:
     """Starting weights: a run folder (its ZeRO checkpoint is consolidated), a .pt/.pth/.bin
     file (ours, consolidated fp32, or an official RepLKNet release) or a .safetensors file."""
@@ -177,33 +153,33 @@ class InitConfig:
     """allow code execution when unpickling it (trusted files only)"""
 
 
-@dataclass
+@section
 class EvalConfig:
-    every_steps: int = 0
+    every_steps: int = Field(0, ge=0)
     """evaluation interval; 0: only at the end"""
-    max_batches: Optional[int] = None
+    max_batches: Optional[int] = Field(None, ge=1)
     """evaluation batches per rank (null: all)"""
 
 
-@dataclass
+@section
 class CheckpointConfig:
     dir: str = 'runs/default'
     """run folder: config.json, ckpt/, metrics.jsonl, tb/, train.log"""
-    every_steps: int = 1000
+    every_steps: int = Field(1000, ge=1)
     """checkpoint interval (and at the end)"""
-    keep: int = 2
-    """newest committed checkpoints kept"""
+    keep: int = Field(2, ge=2)
+    """newest committed checkpoints kept (at least 2: one may be mid-write)"""
     resume: Literal['auto', 'must', 'never'] = 'auto'
     """auto: from the newest committed checkpoint if any; must: fail without one; never: start fresh"""
-    lease_timeout_s: float = 300.0
+    lease_timeout_s: float = Field(300.0, gt=0)
     """a run folder's lease whose heartbeat is older than this belonged to a dead trainer and is taken over"""
-    preempt_signals: List[str] = field(default_factory=lambda: ['SIGTERM', 'SIGUSR1'])
+    preempt_signals: List[str] = Field(default_factory=lambda: ['SIGTERM', 'SIGUSR1'])
     """on any of these signals every rank checkpoints at the next step and the run exits with code 75; []: the default action"""
 
 
-@dataclass
+@section
 class LogConfig:
-    every_steps: int = 10
+    every_steps: int = Field(10, ge=1)
     """a console line and a metrics row every this many steps"""
     tensorboard: bool = True
     """TensorBoard scalars under {dir}/tb"""
@@ -213,22 +189,36 @@ class LogConfig:
     """report to MLflow: {"tracking_uri": ...} (pip install "replk-pretrain[tracking]")"""
 
 
-@dataclass
+@section
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    tasks: Dict[str, TaskConfig] = field(default_factory=dict)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    init: Optional[InitConfig] = None
-    deepspeed: Dict[str, Any] = field(default_factory=dict)
-    """passed to deepspeed.initialize unchanged"""
-    description: str = ''
     launch: str = ''
+    """how to launch it (documentation only)"""
+    version: Literal[2] = CONFIG_VERSION
+    """the config layout; older documents are upgraded when read"""
+    description: str = ''
+    """what the run is (documentation only)"""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """the network (a timm model) and how it runs"""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """what it trains and evaluates on, and how images are read and augmented"""
+    tasks: Dict[str, TaskConfig] = Field(default_factory=dict)
+    """one head per task (name -> its settings); at least one"""
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    """the optimizer"""
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    """the lr schedule and the run's length"""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """the step: batch, precision, mixing, EMA, compilation"""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """evaluation on data.val_sources"""
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """the run folder, checkpoints and resume"""
+    log: LogConfig = Field(default_factory=LogConfig)
+    """console, metrics and trackers"""
+    init: Optional[InitConfig] = None
+    """starting weights; null: random initialization"""
+    deepspeed: Dict[str, Any] = Field(default_factory=dict)
+    """passed to deepspeed.initialize, with batch sizes, precision (torch_autocast) and bucket sizes filled in (pretrain/ds_config.py)"""  # noqa: E501
 
 
 def task_classes(tasks: Dict[str, TaskConfig]) -> Dict[str, int]:
@@ -242,6 +232,7 @@ def apply_overrides(doc: dict, overrides: List[str]) -> dict:
         if '=' not in item:
             raise ConfigError(f'override {item!r}: expected section.field=value')
         path, raw = item.split('=', 1)
+        path = current_path(path)
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -263,58 +254,24 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> RunConfig:
         raise ConfigError(f'config {path} not found') from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f'{path}: not valid JSON ({exc})') from None
-    cfg = build(RunConfig, apply_overrides(doc, overrides or []), '')
+    cfg = run_config(apply_overrides(upgrade(doc, path), overrides or []))
     check_static(cfg)
     return cfg
 
 
-# (section, field): (low, high, low inclusive, high inclusive); None: unbounded on that side.
-RANGES = {
-    ('model', 'drop_path_rate'): (0, 1, True, False),
-    ('data', 'image_size'): (8, None, True, True), ('data', 'workers'): (0, None, True, True),
-    ('data', 'shuffle_buffer'): (0, None, True, True), ('data', 'max_corrupt_fraction'): (0, 1, True, True),
-    ('data', 're_prob'): (0, 1, True, True), ('data', 'hflip'): (0, 1, True, True),
-    ('data', 'val_crop_pct'): (0, 1, False, True),
-    ('optim', 'lr'): (0, None, False, True), ('optim', 'weight_decay'): (0, None, True, True),
-    ('optim', 'eps'): (0, None, False, True), ('optim', 'momentum'): (0, 1, True, False),
-    ('schedule', 'epochs'): (0, None, False, True), ('schedule', 'warmup_epochs'): (0, None, True, True),
-    ('schedule', 'min_lr_ratio'): (0, 1, True, True), ('schedule', 'max_steps'): (1, None, True, True),
-    ('train', 'max_nonfinite_steps'): (1, None, True, True), ('train', 'mixup'): (0, None, True, True),
-    ('train', 'cutmix'): (0, None, True, True), ('train', 'mixup_prob'): (0, 1, True, True),
-    ('train', 'mixup_switch_prob'): (0, 1, True, True), ('train', 'ema_decay'): (0, 1, False, False),
-    ('eval', 'every_steps'): (0, None, True, True), ('eval', 'max_batches'): (1, None, True, True),
-    ('checkpoint', 'every_steps'): (1, None, True, True), ('log', 'every_steps'): (1, None, True, True),
-}
+def run_config(doc: dict, where: str = '') -> RunConfig:
+    """A run config from a document of this version (``upgrade`` an older one first)."""
+    return from_doc(RunConfig, doc, where)
 
 
-def check_ranges(cfg: RunConfig) -> None:
-    def bad(where: str, value, lo, hi, lo_in, hi_in) -> None:
-        left = '[' if lo_in else '('
-        right = ']' if hi_in else ')'
-        raise ConfigError(f'{where}={value!r} is outside {left}{"-inf" if lo is None else lo}, '
-                          f'{"inf" if hi is None else hi}{right}')
-
-    def check(where: str, value, lo, hi, lo_in, hi_in) -> None:
-        if value is None:
-            return  # optional and unset
-        if (lo is not None and (value < lo or (value == lo and not lo_in))) or \
-                (hi is not None and (value > hi or (value == hi and not hi_in))):
-            bad(where, value, lo, hi, lo_in, hi_in)
-    for (section, name), bounds in RANGES.items():
-        check(f'{section}.{name}', getattr(getattr(cfg, section), name), *bounds)
-    for i, beta in enumerate(cfg.optim.betas):
-        check(f'optim.betas[{i}]', beta, 0, 1, True, False)
-    lo, hi = cfg.data.crop_scale
-    if not 0 < lo <= hi <= 1:
-        raise ConfigError(f'data.crop_scale={list(cfg.data.crop_scale)}: need 0 < min <= max <= 1')
-    for name, task in cfg.tasks.items():
-        check(f'tasks.{name}.weight', task.weight, 0, None, True, True)
-        check(f'tasks.{name}.label_smoothing', task.label_smoothing, 0, 1, True, False)
+def saved_run_config(path) -> RunConfig:
+    """The config a run folder's config.json (or an export's record of it) holds, of any version."""
+    doc = json.loads(Path(path).read_text())
+    return run_config(upgrade(doc, str(path)), str(path))
 
 
 def check_static(cfg: RunConfig) -> None:
     """Consistency that does not depend on the launch."""
-    check_ranges(cfg)
     if not cfg.tasks:
         raise ConfigError('tasks: name at least one task (one head each)')
     for name, task in cfg.tasks.items():
@@ -322,19 +279,11 @@ def check_static(cfg: RunConfig) -> None:
             check_name(name, 'tasks: task name')
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if task.num_classes < 1:
-            raise ConfigError(f'tasks.{name}.num_classes: must be >= 1')
-    if cfg.train.micro_batch < 1 or cfg.train.grad_accum < 1:
-        raise ConfigError('train.micro_batch and train.grad_accum must be >= 1')
-    if cfg.checkpoint.keep < 2:
-        raise ConfigError('checkpoint.keep: keep at least 2 checkpoints (one may be mid-write)')
     for key in ('train_micro_batch_size_per_gpu', 'gradient_accumulation_steps'):
         if key in cfg.deepspeed:
             raise ConfigError(f'deepspeed.{key}: set by train.micro_batch / train.grad_accum; remove it')
     if cfg.train.ema_decay is not None and cfg.deepspeed.get('zero_optimization', {}).get('stage', 0) == 3:
         raise ConfigError('train.ema_decay: EMA needs the full weights on every rank: use ZeRO stage 1 or 2')
-    if cfg.optim.layer_decay is not None and not 0 < cfg.optim.layer_decay <= 1:
-        raise ConfigError(f'optim.layer_decay: {cfg.optim.layer_decay} is not in (0, 1]')
     check_precision_sections(cfg.deepspeed, cfg.train.precision)
     for key in ('optimizer', 'scheduler'):
         if key in cfg.deepspeed:

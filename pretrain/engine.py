@@ -15,14 +15,13 @@ from labeling.tasks import TaskRegistry
 from shards.common.errors import BadValue, ReplkError
 from shards.loader import ResumableLoader, ShardStream
 from shards.plan import EpochTooShort, seed_global_rngs
-from shards.stream import SourceSpec, StreamConfig
 from shards.transforms import DeviceNormalize, train_transform
 
 from .batchnorm import apply_sync_bn, average_running_stats
 from .config import ModelConfig, OptimConfig, RunConfig, task_classes
 from .distributed import DistEnv
 from .ds_config import deepspeed_config
-from .evaluation import EvalSpec, evaluate_model, to_model_input, transform_config
+from .evaluation import EvalSpec, evaluate_model, to_model_input
 from .labels import LabelJoiner, human_label_maps, shard_facts
 from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
@@ -68,13 +67,10 @@ def build_optimizer(o: OptimConfig, groups: List[dict]) -> torch.optim.Optimizer
 
 def build_loader(cfg: RunConfig, env: DistEnv) -> ResumableLoader:
     """The training stream over ``data.sources`` with augmentation and the label join."""
-    tcfg = transform_config(cfg.data)
-    stream_cfg = StreamConfig(seed=cfg.train.seed, batch_size=cfg.train.micro_batch,
-                              shuffle_buffer=cfg.data.shuffle_buffer, few_shards=cfg.data.few_shards,
-                              max_corrupt_fraction=cfg.data.max_corrupt_fraction, exclude=cfg.data.exclude)
+    tcfg = cfg.data.transform
     try:
-        stream = ShardStream([SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources],
-                             stream_cfg, train_transform(tcfg), env.rank, env.world_size, cfg.data.workers,
+        stream = ShardStream(cfg.data.sources, cfg.data.stream, train_transform(tcfg), env.rank, env.world_size,
+                             cfg.data.workers, seed=cfg.train.seed, batch_size=cfg.train.micro_batch,
                              decode_min_side=tcfg.decode_min_side(train=True))
     except EpochTooShort as short:
         raise BadValue(too_short_message(short, env.world_size, cfg.data.workers)) from None
@@ -147,7 +143,7 @@ class Trainer:
         if cfg.train.compile != 'none':
             self.compile_model(cfg.train.compile)
         seed_global_rngs(cfg.train.seed, env.rank)  # drop path and mixup differ per rank
-        self.normalize = DeviceNormalize(transform_config(cfg.data), device, train=True)
+        self.normalize = DeviceNormalize(cfg.data.transform, device, train=True)
         self.mixup = MultiTaskMixup(cfg.train.mixup, cfg.train.cutmix, cfg.train.mixup_prob,
                                     cfg.train.mixup_switch_prob)
         self.weights = {t: c.weight for t, c in cfg.tasks.items()}
@@ -230,7 +226,7 @@ class Trainer:
         the training precision and memory format) so the traced graph holds no decision-making.
         After the EMA copy is made: the EMA model stays eager."""
         from .models import decide_before_compiling
-        size = self.cfg.data.image_size
+        size = self.cfg.data.transform.image_size
         example = torch.zeros(self.cfg.train.micro_batch, 3, size, size, device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == 'bf16'):
             convs = decide_before_compiling(self.engine.module, to_model_input(example, self.cfg.model.channels_last))

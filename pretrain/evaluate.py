@@ -17,13 +17,14 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
+from shards.common.config import checked
 from shards.common.errors import BadValue, ReplkError
 from shards.common.helpformat import HelpFormatter, command_name
 from shards.common.safe_files import add_trust_pickle_argument
 from shards.stream import SourceSpec
 from shards.transforms import TransformConfig
 
-from .config import DataConfig, ModelConfig, RunConfig, build, load_config, task_classes
+from .config import DataConfig, ModelConfig, RunConfig, load_config, saved_run_config, task_classes
 from .evaluation import EvalSpec
 from .weights import check_run_folder
 
@@ -44,7 +45,7 @@ def run_config(args) -> Optional[RunConfig]:
         if args.model or args.task or args.model_kwargs:
             raise BadValue('a run folder names its own model and tasks (its config.json); drop --model/--task/'
                              '--model-kwargs, or pass a weights file instead of the folder')
-        return build(RunConfig, json.loads((Path(args.checkpoint) / 'config.json').read_text()), '')
+        return saved_run_config(Path(args.checkpoint) / 'config.json')
     if args.model and args.task:
         return None
     raise BadValue('say which model: a run folder with config.json, --config, or --model and --task')
@@ -66,16 +67,16 @@ def parse_source(item: str) -> SourceSpec:
     return SourceSpec(name, url)
 
 
-def eval_transform_config(args, data: DataConfig, pretrained_cfg: dict, from_run: bool) -> TransformConfig:
+def eval_transform_config(args, base: TransformConfig, pretrained_cfg: dict, from_run: bool) -> TransformConfig:
     """Normalization, crop and size of the run that trained the weights, else of the model's
     ``pretrained_cfg``; ``--size``/``--crop-pct`` override either."""
-    mean, std, crop, size, interp = data.mean, data.std, data.val_crop_pct, data.image_size, data.interpolation
+    mean, std, crop, size, interp = base.mean, base.std, base.crop_pct, base.image_size, base.interpolation
     if not from_run:
         mean, std = pretrained_cfg.get('mean', mean), pretrained_cfg.get('std', std)
         crop, interp = pretrained_cfg.get('crop_pct', crop), pretrained_cfg.get('interpolation', interp)
         size = pretrained_cfg.get('input_size', (3, size))[-1]
-    return TransformConfig(image_size=args.size or size, mean=tuple(mean), std=tuple(std),
-                           crop_pct=args.crop_pct or crop, interpolation=interp)
+    return checked(TransformConfig, '--size/--crop-pct', image_size=args.size or size, mean=tuple(mean),
+                   std=tuple(std), crop_pct=args.crop_pct or crop, interpolation=interp)
 
 
 def eval_spec(args, tasks: Dict[str, int], transform: TransformConfig, cfg: Optional[RunConfig],
@@ -102,7 +103,7 @@ def exported_model(file, args):
     if task is None:   # a timm folder of another origin: its config.json names no task
         raise BadValue(f'{file}: the export names no task: say which labels to evaluate with --task NAME='
                          f'{meta["num_classes"]}')
-    transform = eval_transform_config(args, DataConfig(), meta['pretrained_cfg'], from_run=False)
+    transform = eval_transform_config(args, TransformConfig(), meta['pretrained_cfg'], from_run=False)
     trained = {k: meta[k] for k in ('precision', 'channels_last') if k in meta}   # exports before 2026-12-07: none
     return TaskOutput(model, task), eval_spec(args, {task: meta['num_classes']}, transform, None, trained)
 
@@ -138,7 +139,7 @@ def weights_model(args):
         load_ema_weights(model, args.checkpoint, args.tag)
     else:
         load_initial_weights(model, args.checkpoint, tasks, args.tag, args.trust_pickle)
-    transform = eval_transform_config(args, cfg.data if cfg is not None else DataConfig(),
+    transform = eval_transform_config(args, cfg.data.transform if cfg is not None else TransformConfig(),
                                       getattr(model, 'pretrained_cfg', {}) or {}, from_run=cfg is not None)
     return model, eval_spec(args, tasks, transform, cfg)
 

@@ -17,15 +17,8 @@ from shards.loader import EvalShards
 from shards.stream import SourceSpec
 from shards.transforms import DeviceNormalize, TransformConfig, eval_transform
 
-from .config import DataConfig, RunConfig, task_classes
+from .config import RunConfig, task_classes
 from .labels import LabelJoiner, shard_facts
-
-
-def transform_config(d: DataConfig) -> TransformConfig:
-    """The ``data`` section's augmentation and evaluation crop, as the shards transforms take them."""
-    return TransformConfig(image_size=d.image_size, mean=d.mean, std=d.std, auto_augment=d.auto_augment,
-                           interpolation=d.interpolation, re_prob=d.re_prob, crop_pct=d.val_crop_pct,
-                           scale=d.crop_scale, hflip=d.hflip)
 
 
 def to_model_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -55,8 +48,7 @@ class EvalSpec:
     @classmethod
     def of_run(cls, cfg: RunConfig, pinned_labels: Optional[Dict[str, dict]] = None) -> 'EvalSpec':
         d = cfg.data
-        sources = [SourceSpec(s.name, s.url, allow_incomplete=s.allow_incomplete) for s in d.val_sources]
-        return cls(task_classes(cfg.tasks), sources, transform_config(d), cfg.train.micro_batch, d.workers,
+        return cls(task_classes(cfg.tasks), list(d.val_sources), d.transform, cfg.train.micro_batch, d.workers,
                    cfg.train.precision, cfg.model.channels_last, d.label_store, d.tasks_file, pinned_labels)
 
 

@@ -30,7 +30,7 @@ from shards.common.errors import BadValue, NotFound, ReplkError
 from shards.common.helpformat import HelpFormatter, command_name
 from shards.common.safe_files import add_trust_pickle_argument
 
-from .config import RunConfig, build
+from .config import RunConfig, saved_run_config
 from .models.checkpoint import NOT_SHAPE
 from .weights import check_run_folder
 
@@ -70,7 +70,7 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
     from .tracking import log_export
     from .weights import consolidate_run
 
-    cfg = build(RunConfig, json.loads((Path(run_dir) / 'config.json').read_text()), '')
+    cfg = saved_run_config(Path(run_dir) / 'config.json')
     tags = committed_tags(run_dir)
     if not tags and tag is None:
         raise NotFound(f'{run_dir}: no committed checkpoint to export (is it a run folder? did it save?)')
@@ -119,7 +119,7 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict,
     from .model_card import model_card
 
     model, n = single_task_model(cfg, task, state)
-    check = reparameterize_checked(model, cfg.data.image_size)
+    check = reparameterize_checked(model, cfg.data.transform.image_size)
     form = 'fused' if hasattr(model, 'reparameterize') else 'plain'
     # The export's description of itself is what timm writes as pretrained_cfg (not the variant's
     # default tag's: its 224 px, its 1000 classes, the official release's origin and license).
@@ -152,10 +152,11 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict,
 
 def exported_pretrained_cfg(cfg: RunConfig, task: str, num_classes: int) -> dict:
     """timm's pretrained_cfg of the exported model: its classes, input size, crop and statistics."""
-    size = cfg.data.image_size
+    aug = cfg.data.transform
+    size = aug.image_size
     out = dict(architecture=cfg.model.name, tag=f'export_{task}', num_classes=num_classes,
-               input_size=[3, size, size], pool_size=[-(-size // 32)] * 2, crop_pct=cfg.data.val_crop_pct,
-               interpolation=cfg.data.interpolation, mean=list(cfg.data.mean), std=list(cfg.data.std),
+               input_size=[3, size, size], pool_size=[-(-size // 32)] * 2, crop_pct=aug.crop_pct,
+               interpolation=aug.interpolation, mean=list(aug.mean), std=list(aug.std),
                classifier='head.fc', first_conv='stem.0.conv', description=f'exported by pretrain.export ({task})')
     names = _class_names(cfg, task)
     if names is not None:

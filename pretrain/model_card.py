@@ -30,7 +30,7 @@ CITATION = """@inproceedings{ding2022scaling,
 def run_provenance(cfg: RunConfig, run_dir: str, tag: str, ema: bool, task: str) -> dict:
     """What the run folder and its sources say about the exported weights (see :func:`model_card`)."""
     return dict(tag=tag, weights='EMA' if ema else 'trained', world_size=_world_size(run_dir, tag),
-                sources=source_sizes(cfg.data.sources, cfg.data.exclude is not None),
+                sources=source_sizes(cfg.data.sources, cfg.data.stream.exclude is not None),
                 val_sources=source_sizes(cfg.data.val_sources, False),
                 teachers=teachers_of(cfg, run_dir, tag), metrics=run_metrics(run_dir, tag, task, ema))
 
@@ -160,7 +160,7 @@ def model_card(meta: dict, cfg: RunConfig, task: str, name: str, provenance: Opt
 
 
 def recipe(cfg: RunConfig, provenance: Optional[dict]) -> Dict[str, object]:
-    o, s, t = cfg.optim, cfg.schedule, cfg.train
+    o, s, t, aug = cfg.optim, cfg.schedule, cfg.train, cfg.data.transform
     world = (provenance or {}).get('world_size')
     batch = t.micro_batch * t.grad_accum
     out = {
@@ -173,7 +173,7 @@ def recipe(cfg: RunConfig, provenance: Optional[dict]) -> Dict[str, object]:
                  else f'{batch} per process ({t.micro_batch} x {t.grad_accum} accumulation)',
         'precision': t.precision,
         'drop path': cfg.model.drop_path_rate,
-        'augmentation': f'RandAugment {cfg.data.auto_augment or "off"}, random erasing {cfg.data.re_prob}, mixup {t.mixup}, '
+        'augmentation': f'RandAugment {aug.auto_augment or "off"}, random erasing {aug.re_prob}, mixup {t.mixup}, '
                         f'cutmix {t.cutmix}',
         'EMA': t.ema_decay if t.ema_decay is not None else 'off',
         'tasks trained': ', '.join(f'{name} ({tc.num_classes} classes)' for name, tc in cfg.tasks.items()),

@@ -23,6 +23,7 @@ if __package__ in (None, ''):  # run as a script by a launcher: make the repo im
 from labeling.tasks import TaskRegistry  # noqa: E402
 from pretrain import checkpoint  # noqa: E402
 from pretrain.config import RunConfig, check_launch, load_config, to_dict  # noqa: E402
+from pretrain.config_migration import upgrade  # noqa: E402
 from pretrain.console import eval_line, log_to_file, save_traceback, setup_logging, startup_summary, step_line  # noqa: E402
 from pretrain.distributed import init_distributed, main_rank_decides, read_dist_env, tell_launcher  # noqa: E402
 from pretrain.ds_config import check_deepspeed_keys  # noqa: E402
@@ -35,7 +36,7 @@ from pretrain.tracking import flat_params  # noqa: E402
 from pretrain.weights import check_run_folder  # noqa: E402
 from shards.common.errors import ReplkError  # noqa: E402
 from shards.common.helpformat import HelpFormatter, command_name  # noqa: E402
-from shards.stream import SourceSpec, resolve_source  # noqa: E402
+from shards.stream import resolve_source  # noqa: E402
 
 log = logging.getLogger('pretrain')
 
@@ -91,7 +92,7 @@ def check_resume(cfg: RunConfig, run_dir: str, tag: Optional[str]) -> None:
     if saved is None:
         log.warning('%s was written before checkpoints recorded their config: changed settings cannot be checked', tag)
         return
-    for line in check_resume_changes(saved, to_dict(cfg), tag):
+    for line in check_resume_changes(upgrade(saved, f'the config of {tag}'), to_dict(cfg), tag):
         log.info('resume: %s (takes effect from %s on)', line, tag)
 
 
@@ -230,8 +231,8 @@ def startup_checks(cfg: RunConfig) -> dict:
     if cfg.init is not None:
         check_run_folder(cfg.init.checkpoint, 'init.checkpoint', 'init.tag')
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file)
-    specs = [SourceSpec(s.name, s.url, s.weight, s.allow_incomplete) for s in cfg.data.sources]
-    resolved = [resolve_source(s) for s in specs]
+    specs = cfg.data.sources
+    resolved = [resolve_source(s, cfg.data.stream.retry) for s in specs]
     check_labels_match_shards(cfg.data.label_store, cfg.tasks, resolved, cfg.data.tasks_file)
     human_label_maps(cfg.tasks, resolved, TaskRegistry.from_json(cfg.data.tasks_file))   # class names agree
     return label_coverage(specs, list(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file)

@@ -15,10 +15,10 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Literal, Optional
 
+from shards.common.config import section
 from shards.common.errors import BadValue
 from shards.common.local_files import replacing
 
@@ -27,7 +27,7 @@ STATE_FILE = 'tracking.json'
 MLFLOW_PARAM_CHARS = 6000   # MLflow refuses longer parameter values
 
 
-@dataclass
+@section
 class WandbConfig:
     project: str = 'replk-pretrain'
     """the W&B project the run reports to"""
@@ -37,7 +37,7 @@ class WandbConfig:
     """offline: files under {dir}/wandb only, uploaded later with `wandb sync` (clusters without internet)"""
 
 
-@dataclass
+@section
 class MlflowConfig:
     tracking_uri: str = ''
     """the MLflow tracking server (http://host:5000) or a local store (sqlite:///file.db); required"""

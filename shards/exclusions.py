@@ -56,7 +56,7 @@ def load(url: str, policy: storage.RetryPolicy = storage.DEFAULT_RETRY) -> Exclu
     try:
         data = storage.read_bytes(url, policy)
     except FileNotFoundError:
-        raise NotFound(f'exclusion list {url} not found (data.exclude)') from None
+        raise NotFound(f'exclusion list {url} not found (data.stream.exclude)') from None
     try:
         table = table_from_bytes(data)
         meta = json.loads((table.schema.metadata or {}).get(b'replk', b'{}'))

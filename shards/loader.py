@@ -34,9 +34,10 @@ class ShardStream(IterableDataset):
     """Batches of ``{"image", "key", "source", "meta"}`` for one rank; see ``plan.py`` for the order."""
 
     def __init__(self, sources: Sequence[SourceSpec], cfg: StreamConfig, transform: Callable,
-                 rank: int, world_size: int, workers: int, decode_min_side: Optional[int] = None,
-                 batch_transform: Optional[Callable[[dict], dict]] = None):
-        """``batch_transform`` runs on each collated batch inside the worker (e.g. a label join)."""
+                 rank: int, world_size: int, workers: int, *, seed: int = 0, batch_size: int = 64,
+                 decode_min_side: Optional[int] = None, batch_transform: Optional[Callable[[dict], dict]] = None):
+        """``seed`` fixes the order and the augmentation; ``batch_transform`` runs on each collated
+        batch inside the worker (e.g. a label join)."""
         super().__init__()
         self.batch_transform = batch_transform
         if not sources:
@@ -44,7 +45,10 @@ class ShardStream(IterableDataset):
         weights = [s.weight for s in sources]
         if any(w is None for w in weights) and any(w is not None for w in weights):
             raise BadValue('give a weight to every source or to none (default: proportional to size)')
+        if batch_size < 1:
+            raise BadValue(f'batch_size must be >= 1, got {batch_size}')
         self.cfg, self.transform, self.decode_min_side = cfg, transform, decode_min_side
+        self.seed, self.batch_size = seed, batch_size
         self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
         self.slots = world_size * self.workers
         self.exclusions = load_exclusions(cfg.exclude, cfg.retry) if cfg.exclude else None
@@ -55,7 +59,7 @@ class ShardStream(IterableDataset):
         for src in self.sources:
             self._check_enough_shards(src)
         self.plan = P.mix_plan([s.name for s in self.sources], [s.samples for s in self.sources],
-                               None if weights[0] is None else weights, self.slots, cfg.batch_size)
+                               None if weights[0] is None else weights, self.slots, batch_size)
         self.epoch, self.resume_batches = 0, 0
 
     def _check_exclusions_apply(self) -> None:
@@ -65,7 +69,7 @@ class ShardStream(IterableDataset):
         if self.exclusions.by_shard and not ours & set(self.exclusions.by_shard):
             raise BadValue(f'exclusion list {self.exclusions.url} (made for sources '
                              f'{", ".join(self.exclusions.sources())}) names none of the shards of '
-                             f'{", ".join(removed)}: a list for other data (data.exclude)')
+                             f'{", ".join(removed)}: a list for other data (data.stream.exclude)')
         log.info('exclusion list %s leaves out %s', self.exclusions.url,
                  ', '.join(f'{n} of {name}' for name, n in removed.items()))
 
@@ -76,7 +80,7 @@ class ShardStream(IterableDataset):
         if len(src.counts) < self.slots and self.cfg.few_shards == 'error':
             raise BadValue(f'source {src.name!r} has {len(src.counts)} shards for {where}: rebuild it with '
                              f'smaller shards (replk-shards build --samples-per-shard <= {src.samples // self.slots}), '
-                             'use fewer workers (data.workers), or set data.few_shards="share" (slots then read '
+                             'use fewer workers (data.workers), or set data.stream.few_shards="share" (slots then read '
                              'disjoint parts of the same shards)')
 
     def batches_per_epoch(self) -> int:
@@ -92,10 +96,10 @@ class ShardStream(IterableDataset):
         # batch is due from worker k % n: rotate which part each worker plays.
         logical = (worker + self.resume_batches) % n
         slot = P.slot_index(self.rank, self.world_size, logical, n)
-        start = P.worker_batches_done(self.resume_batches, n, logical) * self.cfg.batch_size
-        seq = P.mix_sequence(self.plan, self.cfg.seed, self.epoch, slot)
-        pos = P.source_positions(self.plan, self.cfg.seed, self.epoch, slot, start)
-        streams = [source_stream(s, self.cfg, slot, self.slots, pos[s.name]) for s in self.sources]
+        start = P.worker_batches_done(self.resume_batches, n, logical) * self.batch_size
+        seq = P.mix_sequence(self.plan, self.seed, self.epoch, slot)
+        pos = P.source_positions(self.plan, self.seed, self.epoch, slot, start)
+        streams = [source_stream(s, self.cfg, self.seed, slot, self.slots, pos[s.name]) for s in self.sources]
         yield from self._batches(seq[start:], streams, slot, start)
 
     def _batches(self, seq: np.ndarray, streams, slot: int, start: int):
@@ -104,7 +108,7 @@ class ShardStream(IterableDataset):
             raw = next(streams[label])
             # Augmentation randomness as a function of the sample's place: a resumed run
             # draws exactly the crops and ops the uninterrupted run drew.
-            P.seed_global_rngs(self.cfg.seed, self.epoch, slot, start + offset)
+            P.seed_global_rngs(self.seed, self.epoch, slot, start + offset)
             try:
                 sample = decode_sample(raw, self.transform, self.decode_min_side)
                 counter.ok()
@@ -114,7 +118,7 @@ class ShardStream(IterableDataset):
                 sample = None  # replaced below: every rank must yield the same number of samples
             batch.append(sample)
             names.append(self.sources[label].name)
-            if len(batch) == self.cfg.batch_size:
+            if len(batch) == self.batch_size:
                 fill = last_good or next((s for s in batch if s is not None), None)
                 if fill is None:
                     raise DataFault('a whole batch failed to decode; run `python -m shards verify`')
@@ -128,8 +132,8 @@ class ShardStream(IterableDataset):
         total = Counter()
         for logical in range(self.workers):
             slot = P.slot_index(self.rank, self.world_size, logical, self.workers)
-            k = P.worker_batches_done(batches_done, self.workers, logical) * self.cfg.batch_size
-            seq = P.mix_sequence(self.plan, self.cfg.seed, epoch, slot)[:k]
+            k = P.worker_batches_done(batches_done, self.workers, logical) * self.batch_size
+            seq = P.mix_sequence(self.plan, self.seed, epoch, slot)[:k]
             total.update(self.plan.sources[i] for i in seq)
         return {s: total.get(s, 0) for s in self.plan.sources}
 
@@ -204,7 +208,7 @@ class ResumableLoader:
         self.dataset.resume_batches = self.batches_in_epoch
         # Its own generator: creating the iterator must not draw from the global RNG the
         # training step uses (a resumed run creates iterators at other moments).
-        generator = torch.Generator().manual_seed(self.dataset.cfg.seed)
+        generator = torch.Generator().manual_seed(self.dataset.seed)
         for batch in DataLoader(self.dataset, generator=generator, **self.loader_kwargs):
             self.batches_in_epoch += 1
             self.per_source.update(batch['source'])
@@ -214,8 +218,8 @@ class ResumableLoader:
 
     def state_dict(self) -> dict:
         d = self.dataset
-        return dict(seed=d.cfg.seed, world_size=d.world_size, num_workers=d.workers,
-                    rank=d.rank, batch_size=d.cfg.batch_size, sources=list(d.plan.sources),
+        return dict(seed=d.seed, world_size=d.world_size, num_workers=d.workers,
+                    rank=d.rank, batch_size=d.batch_size, sources=list(d.plan.sources),
                     exclusions=d.exclusions.id if d.exclusions else None,
                     epoch=d.epoch, batches_in_epoch=self.batches_in_epoch,
                     samples_per_source={s: self.per_source.get(s, 0) for s in d.plan.sources},
@@ -226,7 +230,7 @@ class ResumableLoader:
         workers (the cursor is a position in *this* partition of the data), else an error naming
         the difference. Its version is checked by the checkpoint that carries it."""
         d = self.dataset
-        for name, ours in (('seed', d.cfg.seed), ('batch_size', d.cfg.batch_size),
+        for name, ours in (('seed', d.seed), ('batch_size', d.batch_size),
                            ('sources', list(d.plan.sources)), ('rank', d.rank), ('world_size', d.world_size),
                            ('num_workers', d.workers)):
             if state[name] != ours:
@@ -234,7 +238,7 @@ class ResumableLoader:
         ours = d.exclusions.id if d.exclusions else None
         if state.get('exclusions') != ours:  # states from before exclusion lists have none
             raise BadValue(f'loader state was saved with exclusion list {state.get("exclusions")!r}, this run '
-                             f'has {ours!r} (data.exclude): the samples, and so the position, differ')
+                             f'has {ours!r} (data.stream.exclude): the samples, and so the position, differ')
         for src in d.sources:   # states from before content digests have none
             saved = state.get('content', {}).get(src.name)
             if saved is not None and saved != content_digest(src):

@@ -13,12 +13,13 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import fsspec
+from pydantic import Field, model_validator
 
 from .common import local_files
+from .common.config import checked, section
 from .common.errors import BadValue, NoAccess, NotFound, ReplkError
 from .common.local_files import open_staged  # noqa: F401  (kept importable here, where callers have always found it)
 
@@ -91,16 +92,21 @@ def local_write(staged: Optional[str], url: str):
         raise
 
 
-@dataclass(frozen=True)
+@section(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter until ``budget_s`` is spent (s3fs alone gives up in ~2 s)."""
-    budget_s: float = 300.0
-    initial_backoff_s: float = 0.5
-    max_backoff_s: float = 30.0
+    budget_s: float = Field(300.0, ge=0)
+    """seconds to keep retrying a storage operation before giving up"""
+    initial_backoff_s: float = Field(0.5, gt=0)
+    """the first wait; each retry doubles it (with jitter)"""
+    max_backoff_s: float = Field(30.0, gt=0)
+    """the longest wait between two tries"""
 
-    def __post_init__(self):
-        if self.budget_s < 0 or self.initial_backoff_s <= 0 or self.max_backoff_s < self.initial_backoff_s:
-            raise BadValue(f'invalid retry policy {self}')
+    @model_validator(mode='after')
+    def _backoff_grows(self):
+        if self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError(f'max_backoff_s {self.max_backoff_s} is below initial_backoff_s {self.initial_backoff_s}')
+        return self
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -113,7 +119,7 @@ def add_retry_option(parser) -> None:
 
 
 def retry_from(args) -> RetryPolicy:
-    return RetryPolicy(budget_s=args.retry_budget)
+    return checked(RetryPolicy, '--retry-budget', budget_s=args.retry_budget)
 
 
 def _naming(exc: Exception, what: str) -> Exception:

@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Literal, Optional
 
 import torch
 from braceexpand import braceexpand
+from pydantic import Field
 
 from . import plan as P
 from . import storage
+from .common.config import section
 from .common.errors import BadValue, DataFault, NotFound
 from .exclusions import Exclusions, kept_to_raw
 from .images import BadImage, decode_or_defer, image_part
@@ -26,13 +28,17 @@ from .reader import iter_shard_samples
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@section(frozen=True)
 class SourceSpec:
-    """One source: ``url`` is a prefix holding the shard index (``_index/``) or a brace pattern of its shards."""
+    """One source of shards."""
     name: str
+    """a source name in the shard index (e.g. in1k, yfcc)"""
     url: str
-    weight: Optional[float] = None
-    allow_incomplete: bool = False   # read a source whose build jobs did not all finish (a warning says so)
+    """shard prefix holding the shard index (_index/), or a brace pattern of its shards"""
+    weight: Optional[float] = Field(None, gt=0)
+    """mixing weight; null: by sample count"""
+    allow_incomplete: bool = False
+    """train on a source whose build jobs did not all finish (its missing shards are named in a warning); false: an error"""
 
 
 @dataclass(frozen=True)
@@ -138,22 +144,21 @@ def check_whole(spec: SourceSpec, listed: dict, info: Optional[dict]) -> None:
     log.warning('%s; reading it anyway (allow_incomplete): %d planned shards left out', message, len(missing))
 
 
-@dataclass(frozen=True)
+@section(frozen=True)
 class StreamConfig:
-    seed: int = 0
-    batch_size: int = 64
-    shuffle_buffer: int = 500            # raw samples per source per worker
-    few_shards: str = 'error'            # or 'share': slots read disjoint ranges of shared shards
-    exclude: Optional[str] = None        # an exclusion list (replk-shards decontaminate) to leave out
-    max_corrupt_fraction: float = 0.01   # stop the run when more samples than this fail to decode
-    corrupt_window: int = 2000           # ... judged over at least this many samples (per worker)
-    retry: storage.RetryPolicy = field(default_factory=storage.RetryPolicy)
-
-    def __post_init__(self):
-        if self.few_shards not in ('error', 'share'):
-            raise BadValue(f'few_shards must be "error" or "share", got {self.few_shards!r}')
-        if self.batch_size < 1 or self.shuffle_buffer < 1:
-            raise BadValue('batch_size and shuffle_buffer must be >= 1')
+    """How the stream reads its sources (the seed and batch size are the run's, given to ``ShardStream``)."""
+    shuffle_buffer: int = Field(500, ge=1)
+    """samples shuffled within each worker (raw samples per source)"""
+    few_shards: Literal['error', 'share'] = 'error'
+    """fewer shards than ranks x workers: an error, or share (slots read disjoint ranges of shared shards)"""
+    exclude: Optional[str] = None
+    """exclusion list to leave out (replk-shards decontaminate): near-duplicates of evaluation images"""
+    max_corrupt_fraction: float = Field(0.01, ge=0, le=1)
+    """stop when more samples than this fail to decode"""
+    corrupt_window: int = Field(2000, ge=1)
+    """... judged over at least this many samples (per worker), so a few early faults do not stop a run"""
+    retry: storage.RetryPolicy = storage.DEFAULT_RETRY
+    """how long storage reads are retried"""
 
 
 # --- raw samples ---------------------------------------------------------------------------
@@ -171,16 +176,16 @@ def shuffled(samples: Iterator, buffer: int, gen) -> Iterator:
         yield pool.pop(int(gen.integers(len(pool))))
 
 
-def source_stream(src: ResolvedSource, cfg: StreamConfig, slot: int, slots: int, start: int) -> Iterator:
+def source_stream(src: ResolvedSource, cfg: StreamConfig, seed: int, slot: int, slots: int, start: int) -> Iterator:
     """Raw samples of one source for one slot, from absolute position ``start`` onwards, forever."""
     per_epoch = src.samples // slots
     source_epoch, skip = divmod(start, per_epoch)
     while True:
-        order = P.shard_order(len(src.counts), cfg.seed, src.name, source_epoch)
+        order = P.shard_order(len(src.counts), seed, src.name, source_epoch)
         ranges = P.slot_shard_ranges(src.counts, order, slots, slot)
         raw = (s for shard, first, n in ranges
                for s in kept_samples(src.urls[shard], first, n, src.excluded_in(shard), cfg.retry))
-        out = shuffled(raw, cfg.shuffle_buffer, P.rng(cfg.seed, 'buffer', src.name, source_epoch, slot))
+        out = shuffled(raw, cfg.shuffle_buffer, P.rng(seed, 'buffer', src.name, source_epoch, slot))
         for i, sample in enumerate(out):
             if i >= skip:  # resume: replay without decoding
                 yield sample
@@ -221,7 +226,7 @@ class CorruptCounter:
         if self.bad > self.cfg.max_corrupt_fraction * max(self.seen, self.cfg.corrupt_window):
             raise DataFault(f'{self.bad} of {self.seen} samples failed to decode, more than the allowed '
                                f'{self.cfg.max_corrupt_fraction:.1%} of at least {self.cfg.corrupt_window} '
-                               f'(data.max_corrupt_fraction; last: {what}: {reason}); '
+                               f'(data.stream.max_corrupt_fraction; last: {what}: {reason}); '
                                'run `python -m shards verify` on the sources')
 
 
@@ -248,8 +253,8 @@ def decode_sample(raw: Optional[dict], transform: Callable, min_side: Optional[i
         raise
     except Exception as exc:  # not the data's fault: stop, naming it
         raise RuntimeError(f'the transform failed on {raw["__key__"]} ({type(exc).__name__}: {exc}): a configuration '
-                           'or code fault, not bad data (check data.image_size, data.crop_scale, '
-                           'data.auto_augment)') from exc
+                           'or code fault, not bad data (check data.transform.image_size, data.transform.scale, '
+                           'data.transform.auto_augment)') from exc
 
 
 def collate(samples: List[dict], sources: List[str]) -> dict:

@@ -6,31 +6,52 @@ the loader ships uint8, a quarter of the bytes of float32.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Annotated, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import Field, model_validator
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, auto_augment, create_transform
 from timm.data.random_erasing import RandomErasing
 
+from .common.config import section
 from .composed_augment import compose
 
 
-@dataclass(frozen=True)
+@section(frozen=True)
 class TransformConfig:
-    image_size: int = 224
+    """The train augmentation and the evaluation crop (timm's), and the normalization."""
+    image_size: int = Field(224, ge=8)
+    """training and evaluation input size"""
     mean: Tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    """normalization mean (RGB, 0-1)"""
     std: Tuple[float, float, float] = IMAGENET_DEFAULT_STD
+    """normalization std"""
     auto_augment: Optional[str] = 'rand-m9-mstd0.5-inc1'
-    scale: Tuple[float, float] = (0.08, 1.0)
-    ratio: Tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
+    """timm RandAugment spec; null: none"""
+    scale: Tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.08, 1.0)
+    """RandomResizedCrop area range (min, max)"""
+    ratio: Tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (3 / 4, 4 / 3)
+    """RandomResizedCrop aspect ratio range (min, max)"""
+    hflip: float = Field(0.5, ge=0, le=1)
+    """horizontal flip probability"""
     interpolation: str = 'bicubic'
-    re_prob: float = 0.0          # random erasing, applied on the device with the normalization
-    crop_pct: float = 0.875       # eval: resize to size / crop_pct, then center-crop size
-    compose_warps: bool = True    # train: crop + flip + a geometric RandAugment op in one warp
+    """resize interpolation"""
+    re_prob: float = Field(0.0, ge=0, le=1)
+    """random erasing probability (applied on the device, with the normalization)"""
+    crop_pct: float = Field(0.875, gt=0, le=1)
+    """evaluation: resize to image_size / crop_pct, center crop"""
+    compose_warps: bool = True
+    """train: crop + flip + a geometric RandAugment op in one warp (timm's draws, checked at start)"""
+
+    @model_validator(mode='after')
+    def _ranges_ordered(self):
+        for name in ('scale', 'ratio'):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f'{name}={[lo, hi]}: need min <= max')
+        return self
 
     def decode_min_side(self, train: bool) -> int:
         """Shortest image side the transform can use at full quality (JPEG draft decoding stops there).

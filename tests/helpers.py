@@ -74,7 +74,7 @@ def tiny_pets_config(tmp: Path, model_kwargs: dict, *extra: str):
 
     from pretrain.config import load_config
     (tmp / 'tasks.json').write_text(json.dumps({'pets': ['cat', 'dog']}))
-    return load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(model_kwargs)}', 'data.image_size=40',
+    return load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(model_kwargs)}', 'data.transform.image_size=40',
                                                 'tasks={"pets": {"num_classes": 2}}',
                                                 f'data.tasks_file="{tmp / "tasks.json"}"', *extra])
 

@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from pretrain.apps import demo_report
 from pretrain.apps.demo_data import TASKS, make_items
+from pretrain.config_migration import CONFIG_VERSION
 from shards.common.helpformat import HelpFormatter, command_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,13 +144,14 @@ def base_config(demo: Demo, model: dict, tasks: List[str], sources: List[str], s
     """What every run of the demo shares; each run changes it with ``--set``."""
     url = demo.shards
     return {
+        'version': CONFIG_VERSION,
         'model': {'name': 'replknet_31b', 'kwargs': model, 'drop_path_rate': 0.1, 'channels_last': False},
         'data': {'sources': [{'name': s, 'url': url} for s in sources],
                  'val_sources': [{'name': demo.eval_source, 'url': url}], 'label_store': None,
-                 'tasks_file': str(demo.out / 'tasks.json'), 'image_size': 32,
-                 'auto_augment': 'rand-m9-mstd0.5-inc1', 'crop_scale': [0.6, 1.0], 'hflip': 0.0, 'workers': 0,
-                 'shuffle_buffer': 64, 'few_shards': 'share', 'val_crop_pct': 1.0,
-                 'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5]},
+                 'tasks_file': str(demo.out / 'tasks.json'), 'workers': 0,
+                 'transform': {'image_size': 32, 'auto_augment': 'rand-m9-mstd0.5-inc1', 'scale': [0.6, 1.0],
+                               'hflip': 0.0, 'crop_pct': 1.0, 'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5]},
+                 'stream': {'shuffle_buffer': 64, 'few_shards': 'share'}},
         'tasks': {t: {'num_classes': TASKS[t], 'label_smoothing': 0.1} for t in tasks},
         'optim': {'name': 'adamw', 'lr': 2e-3, 'weight_decay': 0.05},
         'schedule': {'epochs': 1000, 'warmup_epochs': 0.2, 'max_steps': steps},
@@ -257,7 +259,7 @@ def finetune_all(demo: Demo) -> dict:
     for kind, seed in keys:
         cfg = base_config(demo, STUDENT, ['digit'], ['digit'], demo.scale.finetune_steps)
         sets = {'train.seed': seed, 'init.checkpoint': str(demo.run_dir(f'student_{kind}_s{seed}')),
-                'data.image_size': 48, 'optim.lr': 1e-3, 'optim.layer_decay': 0.4}
+                'data.transform.image_size': 48, 'optim.lr': 1e-3, 'optim.layer_decay': 0.4}
         runs.append(('pretrain/finetune.py', f'finetune_{kind}_s{seed}', cfg, sets))
     out = {kind: {} for kind in STUDENTS}
     for (kind, seed), result in zip(keys, launch_all(demo, runs)):

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gpu
 
 def test_xl_megadata_trains_in_bf16_with_channels_last_inputs_through_deepspeed(tmp_path):
     data = make_megadata(str(tmp_path / 'data'), per_source=64, samples_per_shard=8)
-    sets = dict(megadata_overrides(data), **{'data.image_size': 224, 'train.micro_batch': 32,
+    sets = dict(megadata_overrides(data), **{'data.transform.image_size': 224, 'train.micro_batch': 32,
                                              'deepspeed.train_batch_size': 32, 'data.workers': 4,
                                              'checkpoint.dir': str(tmp_path / 'run'), 'log.tensorboard': False})
     report = run_probe('configs/xl_megadata.json', sets, timeout=600)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.multiprocess
 
 def finetune_args(tiny, run_dir, init, *extra):
     return overrides(tiny, run_dir, f'init.checkpoint={init}', 'optim.layer_decay=0.4', 'optim.lr=0.001',
-                     'train.ema_decay=0.9', 'data.image_size=48', 'tasks={"shape": {"num_classes": 4}}',
+                     'train.ema_decay=0.9', 'data.transform.image_size=48', 'tasks={"shape": {"num_classes": 4}}',
                      'deepspeed.zero_optimization.stage=1', *extra)
 
 
@@ -49,10 +49,10 @@ def test_pretrain_finetune_evaluate_export_and_load_through_timm(tiny, tmp_path,
     loaded = timm.create_model('replknet_31b', pretrained=True, **kwargs,
                                pretrained_cfg_overlay=dict(file=str(out / 'model.safetensors'), num_classes=4)).eval()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
-    from pretrain.config import RunConfig, build
+    from pretrain.config import saved_run_config
     from pretrain.export import single_task_model
     from pretrain.weights import consolidate_run
-    cfg = build(RunConfig, json.loads((ft / 'config.json').read_text()), '')
+    cfg = saved_run_config(ft / 'config.json')
     trained, _ = single_task_model(cfg, 'shape', consolidate_run(str(ft)))
     x = torch.randn(4, 3, 48, 48)
     with torch.no_grad():

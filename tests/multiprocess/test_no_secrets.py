@@ -43,7 +43,7 @@ def run_the_pipeline(bucket: str, image_tree, tmp_path):
     tasks_file.write_text(json.dumps({'animal': ['cat', 'dog', 'fox']}))
     run_dir = tmp_path / 'run'
     sets = {'data.sources': [{'name': 'zoo', 'url': shards}], 'data.val_sources': [{'name': 'zoo', 'url': shards}],
-            'data.label_store': store, 'data.tasks_file': str(tasks_file), 'data.few_shards': 'share',
+            'data.label_store': store, 'data.tasks_file': str(tasks_file), 'data.stream.few_shards': 'share',
             'tasks': {'animal': {'num_classes': 3}}, 'checkpoint.dir': str(run_dir), 'schedule.max_steps': 2,
             'checkpoint.every_steps': 1, 'log.tensorboard': True}
     steps = [

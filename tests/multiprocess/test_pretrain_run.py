@@ -342,7 +342,7 @@ def test_corrupt_samples_in_the_metrics_are_summed_over_every_rank(tiny, tmp_pat
     for shard in range(4):   # the first image of every unlabeled shard: 4 of the epoch's 64 samples
         rewrite_tar_member(shards / f'unl-{shard:06d}.tar', f'unl/{shard:06d}/000000.jpg', b'not a jpeg')
     run_dir = tmp_path / 'run'
-    args = overrides(dict(tiny, shards=str(shards)), run_dir, 'schedule.max_steps=4', 'data.max_corrupt_fraction=0.5')
+    args = overrides(dict(tiny, shards=str(shards)), run_dir, 'schedule.max_steps=4', 'data.stream.max_corrupt_fraction=0.5')
     launch(torchrun(free_port, *args))
     rows = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
     assert [r['corrupt_samples'] for r in rows if r.get('step') == 4 and 'corrupt_samples' in r] == [4]

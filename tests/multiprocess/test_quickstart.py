@@ -31,8 +31,7 @@ def shrink(name: str, cfg: dict, folder: Path) -> dict:
         cfg['precision'] = 'fp32'  # bf16 is ~3x slower on this CPU; the GPU tier covers it
         return cfg
     cfg['model']['kwargs'] = TINY_MODEL
-    cfg['data']['image_size'] = TEACHER_SIZE if name == 'teacher_pets.json' else 32
-    cfg['data']['val_crop_pct'] = 1.0
+    cfg['data']['transform'].update(image_size=TEACHER_SIZE if name == 'teacher_pets.json' else 32, crop_pct=1.0)
     cfg['train'].update(micro_batch=4, precision='fp32')
     cfg['schedule']['max_steps'] = 4
     cfg['checkpoint']['every_steps'] = 2

@@ -34,8 +34,8 @@ def test_build_verify_stat_and_stream_on_s3(image_tree, s3_prefix, capsys):
 
     seen = []
     for rank in range(2):
-        ds = ShardStream([SourceSpec('zoo', prefix)], StreamConfig(batch_size=2, few_shards='share'),
-                         to_tensor, rank, 2, 2)
+        ds = ShardStream([SourceSpec('zoo', prefix)], StreamConfig(few_shards='share'),
+                         to_tensor, rank, 2, 2, batch_size=2)
         seen += [k for b in ResumableLoader(ds, num_workers=2) for k in b['key']]
     assert len(seen) == len(set(seen)) == 16  # 18 // 4 slots = 4 per slot, 2 batches of 2
 
@@ -123,8 +123,8 @@ def test_decontaminate_on_s3_and_stream_without_the_matches(image_tree, s3_prefi
     assert storage.exists(f'{s3_prefix}/exclusions/zoo.v1.report.json')
     assert storage.exists(f'{s3_prefix}/exclusions/zoo.v1.pairs.png')
     excluded = {k for _, _, keys in load_exclusions(out).by_shard.values() for k in keys}
-    ds = ShardStream([SourceSpec('zoo', prefix)], StreamConfig(batch_size=1, few_shards='share', exclude=out),
-                     to_tensor, 0, 1, 1)
+    ds = ShardStream([SourceSpec('zoo', prefix)], StreamConfig(few_shards='share', exclude=out),
+                     to_tensor, 0, 1, 1, batch_size=1)
     seen = [k for b in ResumableLoader(ds) for k in b['key']]
     assert len(seen) == 15 and not set(seen) & excluded
 
@@ -162,7 +162,7 @@ def test_adopt_tars_another_tool_wrote_to_s3_and_stream_them(tmp_path, s3_prefix
     summary = json_.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary['tars'], summary['samples'], summary['labels']) == (TARS, TARS * PER_TAR, {'toy': TARS * PER_TAR - 1})
     assert verify(prefix) == []
-    ds = ShardStream([SourceSpec('foreign', prefix)], StreamConfig(batch_size=5), to_tensor, 0, 1, 1)
+    ds = ShardStream([SourceSpec('foreign', prefix)], StreamConfig(), to_tensor, 0, 1, 1, batch_size=5)
     keys = [k for b in ResumableLoader(ds, num_workers=1) for k in b['key']]
     assert sorted(keys) == sorted(f'foreign/{s:06d}/{p:06d}' for s in range(TARS) for p in range(PER_TAR))
     assert cli(['adopt', prefix, '--source', 'foreign', '--label', 'toy']) == 2
@@ -170,7 +170,7 @@ def test_adopt_tars_another_tool_wrote_to_s3_and_stream_them(tmp_path, s3_prefix
 
     # named by a brace pattern, the index in a prefix of one's own
     assert cli(['adopt', f'{prefix}/train-{{0000..0001}}.tar', '--source', 'two', '--index-to', f'{s3_prefix}/mine']) == 0
-    ds = ShardStream([SourceSpec('two', f'{s3_prefix}/mine')], StreamConfig(batch_size=5), to_tensor, 0, 1, 1)
+    ds = ShardStream([SourceSpec('two', f'{s3_prefix}/mine')], StreamConfig(), to_tensor, 0, 1, 1, batch_size=5)
     keys = [k for b in ResumableLoader(ds, num_workers=1) for k in b['key']]
     assert sorted(keys) == sorted(f'two/{s:06d}/{p:06d}' for s in range(2) for p in range(PER_TAR))
     assert not any(name.startswith('two') for name in storage.list_names(f'{prefix}/_index'))

@@ -52,8 +52,8 @@ def test_adopted_samples_carry_the_projects_keys_their_own_id_and_their_labels(t
     assert [m['id'] for m in meta] == [f'n0144_{1000 + PER_TAR + p}' for p in range(PER_TAR)]
     assert [m['labels'] for m in meta] == [{'toy': (PER_TAR + p) % 2} for p in range(PER_TAR)]
 
-    stream = ShardStream([SourceSpec('foreign', str(folder))], StreamConfig(batch_size=5, shuffle_buffer=3),
-                         lambda img: torch.zeros(1), rank=0, world_size=1, workers=1)
+    stream = ShardStream([SourceSpec('foreign', str(folder))], StreamConfig(shuffle_buffer=3),
+                         lambda img: torch.zeros(1), rank=0, world_size=1, workers=1, batch_size=5)
     keys = [k for batch in stream for k in batch['key']]
     assert sorted(keys) == sorted(f'foreign/{s:06d}/{p:06d}' for s in range(TARS) for p in range(PER_TAR))
 
@@ -261,8 +261,8 @@ def test_a_broken_image_in_a_foreign_tar_is_a_corrupt_sample_named_by_the_projec
     folder = foreign_shards(tmp_path / 'wds', broken_image=True)
     assert adopt(options(folder))['samples'] == TARS * PER_TAR   # adopting reads no image
     stream = ShardStream([SourceSpec('foreign', str(folder))],
-                         StreamConfig(batch_size=5, shuffle_buffer=3, max_corrupt_fraction=0.5),
-                         lambda img: torch.zeros(1), rank=0, world_size=1, workers=1)
+                         StreamConfig(shuffle_buffer=3, max_corrupt_fraction=0.5),
+                         lambda img: torch.zeros(1), rank=0, world_size=1, workers=1, batch_size=5)
     keys = [k for batch in stream for k in batch['key']]
     assert len(keys) == TARS * PER_TAR and 'foreign/000001/000002' not in keys   # replaced, the count kept
     assert 'skipping corrupt sample foreign/000001/000002' in caplog.text

@@ -57,12 +57,12 @@ CHOICES = {
 
 def numbers(cfg) -> dict:
     """The recipe's numbers, by the names the table uses."""
-    o = cfg.optim
+    o, aug = cfg.optim, cfg.data.transform
     out = {'optim': o.name, 'momentum': o.momentum if o.name == 'sgd' else o.betas[0], 'weight_decay': o.weight_decay,
            'lr': o.lr, 'layer_decay': o.layer_decay, 'warmup': cfg.schedule.warmup_epochs, 'epochs': cfg.schedule.epochs,
            'batch': cfg.deepspeed.get('train_batch_size'), 'mixup': cfg.train.mixup, 'cutmix': cfg.train.cutmix,
-           'ema': cfg.train.ema_decay, 'drop_path': cfg.model.drop_path_rate, 'auto_augment': cfg.data.auto_augment,
-           're_prob': cfg.data.re_prob, 'size': cfg.data.image_size, 'clip': cfg.deepspeed.get('gradient_clipping')}
+           'ema': cfg.train.ema_decay, 'drop_path': cfg.model.drop_path_rate, 'auto_augment': aug.auto_augment,
+           're_prob': aug.re_prob, 'size': aug.image_size, 'clip': cfg.deepspeed.get('gradient_clipping')}
     smoothing = {t.label_smoothing for t in cfg.tasks.values()}
     assert len(smoothing) == 1, 'one label smoothing for every task'
     out['label_smoothing'] = smoothing.pop()

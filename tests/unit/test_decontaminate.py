@@ -127,8 +127,8 @@ def test_the_stream_leaves_out_excluded_samples_with_exact_epochs_and_resume(con
 
     def loader(rank=0, exclude=str(root / 'excl/v1.parquet')):
         ds = ShardStream([SourceSpec('pool', str(root / 'train'))],
-                         StreamConfig(batch_size=2, shuffle_buffer=4, exclude=exclude),
-                         lambda img: torch.zeros(1), rank, 2, 1)
+                         StreamConfig(shuffle_buffer=4, exclude=exclude),
+                         lambda img: torch.zeros(1), rank, 2, 1, batch_size=2)
         return ResumableLoader(ds, num_workers=0)
 
     epoch = [k for r in range(2) for b in loader(r) for k in b['key']]
@@ -164,8 +164,8 @@ def test_a_list_for_rebuilt_or_other_shards_is_an_error_naming_it(contaminated, 
     build([Item(str(img), f'x{i}') for i in range(4)], BuildOptions(str(other), 'pool', samples_per_shard=4,
                                                                      progress=False))
     with pytest.raises(ValueError, match='was made for other bytes of .*pool-000000.tar'):
-        ShardStream([SourceSpec('pool', str(other))], StreamConfig(batch_size=1, exclude=str(root / 'excl/v1.parquet')),
-                    lambda img: img, 0, 1, 1)
+        ShardStream([SourceSpec('pool', str(other))], StreamConfig(exclude=str(root / 'excl/v1.parquet')),
+                    lambda img: img, 0, 1, 1, batch_size=1)
     (tmp_path / 'bad.parquet').write_bytes(b'not parquet')
     with pytest.raises(ValueError, match='bad.parquet is not an exclusion list'):
         load_exclusions(str(tmp_path / 'bad.parquet'))

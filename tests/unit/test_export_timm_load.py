@@ -17,7 +17,7 @@ TINY = {'kernel_sizes': [7, 5], 'depths': [1, 1], 'channels': [16, 32], 'small_k
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp('export')
-    cfg = load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(TINY)}', 'data.image_size=40',
+    cfg = load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(TINY)}', 'data.transform.image_size=40',
                                                 'tasks={"pets": {"num_classes": 2}, "other": {"num_classes": 3}}'])
     torch.manual_seed(0)
     model = build_model(cfg.model, task_classes(cfg.tasks))

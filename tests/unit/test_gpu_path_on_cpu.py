@@ -88,7 +88,7 @@ def test_node_groups_cover_contiguous_ranks_and_refuse_uneven_nodes():
 def test_xl_megadata_config_reaches_its_first_optimizer_step_on_cpu(tmp_path):
     sets = dict(megadata_overrides(make_megadata(str(tmp_path / 'data'))),
                 **{'model.kwargs': {'depths': [1, 1], 'channels': [16, 32], 'kernel_sizes': [7, 5]},
-                   'data.image_size': 32, 'train.micro_batch': 4, 'deepspeed.train_batch_size': 4,
+                   'data.transform.image_size': 32, 'train.micro_batch': 4, 'deepspeed.train_batch_size': 4,
                    'data.workers': 1, 'checkpoint.dir': str(tmp_path / 'run')})
     report = run_probe(XL, sets, '--cuda-autocast-query')
     assert report['optimizer_steps'] >= 1

@@ -106,7 +106,7 @@ def test_an_export_loads_and_runs_with_only_torch_timm_and_safetensors(tmp_path)
     from pretrain.config import load_config, task_classes
     from pretrain.engine import build_model
     kwargs = {'kernel_sizes': [7, 5], 'depths': [1, 1], 'channels': [16, 32], 'small_kernel': 3}
-    cfg = load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(kwargs)}', 'data.image_size=40',
+    cfg = load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(kwargs)}', 'data.transform.image_size=40',
                                                 'tasks={"pets": {"num_classes": 2}}'])
     torch.manual_seed(0)
     write_export(cfg, 'pets', build_model(cfg.model, task_classes(cfg.tasks)).state_dict(), str(tmp_path / 'export'),

@@ -21,9 +21,9 @@ def test_the_schedule_lr_weight_decay_and_cadence_may_change_and_each_change_is_
 
 
 def test_what_defines_the_run_is_refused_naming_each_field():
-    saved, now = saved_and('train.micro_batch=4', 'optim.name="sgd"', 'data.image_size=64')
+    saved, now = saved_and('train.micro_batch=4', 'optim.name="sgd"', 'data.transform.image_size=64')
     with pytest.raises(ValueError, match=r"resuming step-4 with settings that define the run changed \(3\): "
-                                         r"data.image_size: 32 -> 64; optim.name: 'adamw' -> 'sgd'; "
+                                         r"data.transform.image_size: 32 -> 64; optim.name: 'adamw' -> 'sgd'; "
                                          r"train.micro_batch: 8 -> 4\."):
         check_resume_changes(saved, now, 'step-4')
 

@@ -29,10 +29,10 @@ def two_sources(tmp_path):
     return str(out)
 
 
-def loader(prefix, rank=0, world_size=2, workers=2, batch_size=3, **cfg):
+def loader(prefix, rank=0, world_size=2, workers=2, batch_size=3, seed=0, **cfg):
     specs = [SourceSpec('lab', prefix), SourceSpec('unl', prefix)]
-    ds = ShardStream(specs, StreamConfig(batch_size=batch_size, shuffle_buffer=5, **cfg), to_tensor,
-                     rank, world_size, workers)
+    ds = ShardStream(specs, StreamConfig(shuffle_buffer=5, **cfg), to_tensor,
+                     rank, world_size, workers, seed=seed, batch_size=batch_size)
     return ResumableLoader(ds, num_workers=workers)
 
 
@@ -132,7 +132,7 @@ def test_more_slots_than_shards_fails_at_start_or_shares_when_asked(two_sources)
 
 def test_weights_set_the_mix(two_sources):
     ds = ShardStream([SourceSpec('lab', two_sources, 1.0), SourceSpec('unl', two_sources, 3.0)],
-                     StreamConfig(batch_size=4), to_tensor, 0, 1, 1)
+                     StreamConfig(), to_tensor, 0, 1, 1, batch_size=4)
     assert ds.plan.per_slot == (18, 52)  # 70 samples per epoch split 1:3
     with pytest.raises(ValueError, match='every source or to none'):
         ShardStream([SourceSpec('lab', two_sources, 1.0), SourceSpec('unl', two_sources)],
@@ -141,7 +141,7 @@ def test_weights_set_the_mix(two_sources):
 
 def test_brace_pattern_selects_shards_with_counts_from_the_index(two_sources):
     ds = ShardStream([SourceSpec('lab', two_sources + '/lab-{000000..000002}.tar')],
-                     StreamConfig(batch_size=2), to_tensor, 0, 1, 1)
+                     StreamConfig(), to_tensor, 0, 1, 1, batch_size=2)
     assert ds.sources[0].samples == 18
     with pytest.raises(ValueError, match='not in'):
         ShardStream([SourceSpec('lab', two_sources + '/lab-{000000..000009}.tar')],
@@ -184,8 +184,8 @@ def test_zero_sample_shard_is_streamed_around(tmp_path):
     items += [Item(str(bad), '99')]  # alone in the last shard: a shard with no samples
     build(items, BuildOptions(str(out), 'z', samples_per_shard=4, progress=False))
     assert ShardIndex.load(str(out)).shards['z-000002.tar'].samples == 0
-    ds = ShardStream([SourceSpec('z', str(out))], StreamConfig(batch_size=2, few_shards='share'),
-                     to_tensor, 0, 1, 1)
+    ds = ShardStream([SourceSpec('z', str(out))], StreamConfig(few_shards='share'),
+                     to_tensor, 0, 1, 1, batch_size=2)
     assert len(keys(ResumableLoader(ds))) == 8
 
 
@@ -207,7 +207,7 @@ def test_a_few_early_corrupt_samples_do_not_stop_a_run_under_the_limit():
         counter.failed(f'lab/000000/{i:06d}', 'junk')  # 3 bad among the first samples: 0.15% of 2000
     for _ in range(1997):
         counter.ok()
-    with pytest.raises(RuntimeError, match=r'21 of 2018 .*data\.max_corrupt_fraction; last: lab/000001/000017: junk'):
+    with pytest.raises(RuntimeError, match=r'21 of 2018 .*data\.stream\.max_corrupt_fraction; last: lab/000001/000017: junk'):
         for i in range(30):
             counter.failed(f'lab/000001/{i:06d}', 'junk')
 
