@@ -27,6 +27,7 @@ INSTALL_REQUIRES = MODELS_REQUIRES + [
     'ImageHash>=4.3.1',        # perceptual hashes for decontamination (shards/perceptual.py)
     'opencv-python-headless>=4.10.0.84',  # fast affine warps in the training augmentation; numpy 2 wheels
     'simplejpeg>=1.7.6',       # libjpeg-turbo at every DCT scale M/8 (shards/images.py); numpy 2 wheels
+    'pydantic>=2.7',           # every config section (shards/common/config.py); 2.7: field docstrings
     'tqdm',
     'braceexpand',
 ]

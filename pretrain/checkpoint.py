@@ -10,7 +10,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -48,11 +48,12 @@ def _write_json_atomic(path: Path, doc: dict) -> None:
 
 
 def save(engine, run_dir: str, step: int, rank: int, world_size: int, parts: Dict[str, Part], keep: int,
-         client_state: Optional[dict] = None, config: Optional[dict] = None) -> str:
+         client_state: Optional[dict] = None, config: Optional[dict] = None,
+         group_sizes: Optional[List[int]] = None) -> str:
     """Collective: every rank calls it. DeepSpeed writes the model, optimizer and scheduler; each
     registered part is written as ``{name}_rank{r}.pt`` (per rank) or ``{name}.pt`` (rank 0).
-    The marker, written last, lists the parts and holds the run's resolved ``config`` (what a
-    resume compares its own with). Returns the tag."""
+    The marker, written last, lists the parts and holds the run's resolved ``config`` and its
+    optimizer's ``group_sizes`` (what a resume compares its own with). Returns the tag."""
     tag = f'step-{step}'
     root = ckpt_root(run_dir)
 
@@ -67,7 +68,8 @@ def save(engine, run_dir: str, step: int, rank: int, world_size: int, parts: Dic
         if rank == 0:
             listed = {name: dict(per_rank=part.per_rank, version=part.obj.state_version) for name, part in parts.items()}
             _write_json_atomic(root / tag / MARKER, dict(version=STATE_VERSION, step=step, world_size=world_size,
-                                                       parts=listed, time=time.time(), config=config))
+                                                       parts=listed, time=time.time(), config=config,
+                                                       param_group_sizes=group_sizes))
             _prune(root, keep)
     _check_room(engine, root, tag)
     for phase in (write_parts, write_marker):
@@ -205,7 +207,12 @@ def load(engine, run_dir: str, tag: str, rank: int, world_size: int, parts: Dict
 
 def saved_config(run_dir: str, tag: str) -> Optional[dict]:
     """The resolved config a committed checkpoint was written with (None: written before markers held it)."""
-    return json.loads((ckpt_root(run_dir) / tag / MARKER).read_text()).get('config')
+    return saved_field(run_dir, tag, 'config')
+
+
+def saved_field(run_dir: str, tag: str, name: str):
+    """A field of a committed checkpoint's marker (None: written before markers held it)."""
+    return json.loads((ckpt_root(run_dir) / tag / MARKER).read_text()).get(name)
 
 
 def _read_marker(folder: Path, world_size: int) -> dict:

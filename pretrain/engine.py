@@ -27,7 +27,7 @@ from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
 from .models import MultiHead, RepLKNet
 from .train_state import ModuleWeights, Part, RngState
-from .weight_decay import param_groups
+from .weight_decay import group_sizes, param_groups, sizes_before_exemptions
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,13 @@ class Trainer:
             from .weights import load_initial_weights
             self.init_report = load_initial_weights(model, cfg.init.checkpoint, task_classes(cfg.tasks), cfg.init.tag,
                                                     cfg.init.trust_pickle)
+        # what a resume checks the checkpoint's optimizer state against (weight_decay.check_groups_fit)
+        self.legacy_group_sizes = None
         if groups is None:
             groups = optimizer_groups(model, cfg.optim)
+            if cfg.optim.layer_decay is None:
+                self.legacy_group_sizes = sizes_before_exemptions(model, cfg.optim.weight_decay)
+        self.group_sizes = group_sizes(groups)
         if device.type == 'cuda':
             torch.backends.cudnn.benchmark = True  # input shapes are fixed: pick each conv's algorithm once
         # Parameters stay contiguous: DeepSpeed's initial broadcast views each one as bytes, which a

@@ -33,6 +33,7 @@ from pretrain.preemption import PREEMPTED_EXIT, Preempted, StopRequest, signal_n
 from pretrain.resume_changes import check_resume_changes  # noqa: E402
 from pretrain.run_lease import check_still_owned, own_run_folder  # noqa: E402
 from pretrain.tracking import flat_params  # noqa: E402
+from pretrain.weight_decay import check_groups_fit  # noqa: E402
 from pretrain.weights import check_run_folder  # noqa: E402
 from shards.common.errors import ReplkError  # noqa: E402
 from shards.common.helpformat import HelpFormatter, command_name  # noqa: E402
@@ -79,6 +80,8 @@ class Pace:
 
 def resume(trainer, run_dir: str, tag: str) -> None:
     env = trainer.env
+    check_groups_fit(checkpoint.saved_field(run_dir, tag, 'param_group_sizes'), trainer.group_sizes,
+                     trainer.legacy_group_sizes, tag)
     checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size, trainer.parts)
     trainer.apply_configured_optim()   # the checkpoint restored the lr and weight decay it was written with
     log.info('resumed from %s at step %d', tag, trainer.step)
@@ -170,7 +173,8 @@ def _save(trainer, cfg: RunConfig, run_dir: str) -> None:
     check_still_owned(trainer.lease)  # never two writers, even when this trainer was thought dead
     trainer.sync_running_stats()  # one set of BN statistics in every rank's copy
     checkpoint.save(trainer.engine, run_dir, trainer.step, trainer.env.rank, trainer.env.world_size,
-                    trainer.parts, cfg.checkpoint.keep, client_state=dict(config=to_dict(cfg)), config=to_dict(cfg))
+                    trainer.parts, cfg.checkpoint.keep, client_state=dict(config=to_dict(cfg)), config=to_dict(cfg),
+                    group_sizes=trainer.group_sizes)
     log.info('checkpoint step-%d written to %s', trainer.step, checkpoint.ckpt_root(run_dir))
 
 

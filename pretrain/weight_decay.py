@@ -9,9 +9,11 @@ position and size, so our groups' order and count must not depend on a timm rele
 from __future__ import annotations
 
 import fnmatch
-from typing import Collection, Iterable, List, Tuple
+from typing import Collection, Iterable, List, Optional, Tuple
 
 from torch import nn
+
+from shards.common.errors import BadValue
 
 
 def exempt_names(model: nn.Module) -> Tuple[str, ...]:
@@ -39,3 +41,29 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     """Two groups, always in this order (resume matches them by position): decayed, then not."""
     decay, no_decay = split_by_weight_decay(model.named_parameters(), exempt_names(model))
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def group_sizes(groups: List[dict]) -> List[int]:
+    """Elements per optimizer group: what a checkpoint's optimizer state must fit (ZeRO flattens each
+    group into one partition, so a parameter moved between groups changes two sizes)."""
+    return [sum(p.numel() for p in g['params']) for g in groups]
+
+
+def sizes_before_exemptions(model: nn.Module, weight_decay: float) -> List[int]:
+    """The plain groups' sizes under the rule before 2026-12-07, which decayed what the model names
+    in ``no_weight_decay()``: what a checkpoint of that time, which records no sizes, was grouped by."""
+    decay, no_decay = split_by_weight_decay(model.named_parameters(), ())
+    return group_sizes([dict(params=decay), dict(params=no_decay)])
+
+
+def check_groups_fit(saved: Optional[List[int]], now: List[int], legacy: Optional[List[int]], tag: str) -> None:
+    """Refuse a resume whose optimizer groups differ from the checkpoint's (``saved``; None: written
+    before checkpoints recorded them, then ``legacy``: the sizes of that time's rule, if known)."""
+    expected = saved if saved is not None else legacy
+    if expected is None or list(expected) == list(now):
+        return
+    why = ('the parameters the model names in no_weight_decay() took weight decay when it was written (before '
+           '2026-12-07)' if saved is None else 'which parameters take weight decay changed')
+    raise BadValue(f'{tag}: its optimizer state holds groups of {list(expected)} elements, this run groups '
+                   f'{list(now)}: {why}. Finish the run with the version that started it, or start a new run '
+                   'from its weights with init.checkpoint: <this run folder>')

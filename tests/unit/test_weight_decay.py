@@ -53,3 +53,28 @@ def test_the_plain_groups_are_decayed_then_not_even_with_no_weight_decay():
     assert [g['weight_decay'] for g in groups] == [0.0, 0.0]
     assert all(p.ndim > 1 for p in groups[0]['params']) and all(p.ndim <= 1 for p in groups[1]['params'])
     assert sum(len(g['params']) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_a_checkpoint_of_a_vit_run_from_before_the_exemptions_is_refused_naming_why():
+    """Its optimizer state was grouped by the old rule (pos_embed and cls_token decayed) and records no
+    sizes: resuming it under the new groups would load state into groups it does not fit."""
+    import pytest
+
+    from pretrain.weight_decay import check_groups_fit, group_sizes, sizes_before_exemptions
+    model = vit_with_heads()
+    now, legacy = group_sizes(param_groups(model, 0.05)), sizes_before_exemptions(model, 0.05)
+    assert now != legacy and sum(now) == sum(legacy)
+    with pytest.raises(ValueError, match=r'step-8: its optimizer state holds groups of .* no_weight_decay\(\) '
+                                         r'took weight decay when it was written \(before 2026-12-07\)'):
+        check_groups_fit(None, now, legacy, 'step-8')
+    check_groups_fit(now, now, legacy, 'step-8')   # written by this version: its own record decides
+    with pytest.raises(ValueError, match='which parameters take weight decay changed'):
+        check_groups_fit(legacy, now, None, 'step-8')
+
+
+def test_a_replknet_run_from_before_the_exemptions_still_resumes():
+    from pretrain.weight_decay import check_groups_fit, group_sizes, sizes_before_exemptions
+    model = replknet()
+    now = group_sizes(param_groups(model, 0.05))
+    assert now == sizes_before_exemptions(model, 0.05)
+    check_groups_fit(None, now, sizes_before_exemptions(model, 0.05), 'step-8')
