@@ -19,7 +19,7 @@ from shards.common.safe_files import check_name
 from shards.stream import SourceSpec, StreamConfig
 from shards.transforms import TransformConfig
 
-from .config_migration import CONFIG_VERSION, current_path, upgrade
+from .config_migration import CONFIG_VERSION, MOVED, current_path, upgrade
 from .tracking import MlflowConfig, WandbConfig
 
 Probability = Annotated[float, Field(ge=0, lt=1)]
@@ -44,7 +44,7 @@ class ModelConfig:
     def _no_loader_args(self):
         from .models.checkpoint import loader_args_in
         if loader_args_in(self.kwargs):   # a downloaded run folder's config.json must not steer timm's loader
-            raise ValueError(f'model.kwargs: {loader_args_in(self.kwargs)} would make timm load weights itself '
+            raise ValueError(f'kwargs {loader_args_in(self.kwargs)} would make timm load weights itself '
                              '(unpickling them); start from weights with init.checkpoint instead')
         return self
 
@@ -254,14 +254,14 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> RunConfig:
         raise ConfigError(f'config {path} not found') from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f'{path}: not valid JSON ({exc})') from None
-    cfg = run_config(apply_overrides(upgrade(doc, path), overrides or []))
+    cfg = run_config(apply_overrides(upgrade(doc, path), overrides or []), path)
     check_static(cfg)
     return cfg
 
 
 def run_config(doc: dict, where: str = '') -> RunConfig:
     """A run config from a document of this version (``upgrade`` an older one first)."""
-    return from_doc(RunConfig, doc, where)
+    return from_doc(RunConfig, doc, where, moved=MOVED)
 
 
 def saved_run_config(path) -> RunConfig:

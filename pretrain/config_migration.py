@@ -29,6 +29,11 @@ RENAMED_IN_2 = {
 }
 
 
+# where a key of no version went, for the error that meets it
+NOT_HERE = {'data.stream.seed': 'train.seed', 'data.stream.batch_size': 'train.micro_batch'}
+MOVED = dict(RENAMED_IN_2, **NOT_HERE)
+
+
 def upgrade(doc: dict, where: str) -> dict:
     """``doc`` in this version's layout (a copy when it was older); a newer one is refused."""
     if not isinstance(doc, dict):

@@ -27,7 +27,7 @@ from .loss import dense_targets, multitask_loss
 from .mixup import MultiTaskMixup
 from .models import MultiHead, RepLKNet
 from .train_state import ModuleWeights, Part, RngState
-from .weight_decay import group_sizes, param_groups, sizes_before_exemptions
+from .weight_decay import group_sizes, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,14 @@ def build_model(spec: ModelConfig, heads: Dict[str, int]) -> nn.Module:
     return model
 
 
-def optimizer_groups(model: nn.Module, o: OptimConfig) -> List[dict]:
+def optimizer_groups(model: nn.Module, o: OptimConfig, exempt: Optional[Tuple[str, ...]] = None) -> List[dict]:
     """The parameter groups the ``optim`` section asks for: with layer decay, one lr per stage
-    (or block) on top of the decay / no-decay split."""
+    (or block) on top of the decay / no-decay split. ``exempt``: see ``weight_decay.param_groups``."""
     if o.layer_decay is None:
-        return param_groups(model, o.weight_decay)
+        return param_groups(model, o.weight_decay, exempt)
     from .layer_decay import apply_lr_scale, layer_decay_groups
-    groups = layer_decay_groups(model, o.weight_decay, o.layer_decay, coarse=o.layer_decay_granularity == 'stage')
+    groups = layer_decay_groups(model, o.weight_decay, o.layer_decay, coarse=o.layer_decay_granularity == 'stage',
+                                exempt=exempt)
     return apply_lr_scale(groups, o.lr)
 
 
@@ -116,13 +117,11 @@ class Trainer:
             from .weights import load_initial_weights
             self.init_report = load_initial_weights(model, cfg.init.checkpoint, task_classes(cfg.tasks), cfg.init.tag,
                                                     cfg.init.trust_pickle)
-        # what a resume checks the checkpoint's optimizer state against (weight_decay.check_groups_fit)
-        self.legacy_group_sizes = None
         if groups is None:
             groups = optimizer_groups(model, cfg.optim)
-            if cfg.optim.layer_decay is None:
-                self.legacy_group_sizes = sizes_before_exemptions(model, cfg.optim.weight_decay)
+        # what a resume checks the checkpoint's optimizer state against (weight_decay.check_groups_fit)
         self.group_sizes = group_sizes(groups)
+        self.legacy_group_sizes = group_sizes(optimizer_groups(model, cfg.optim, exempt=()))
         if device.type == 'cuda':
             torch.backends.cudnn.benchmark = True  # input shapes are fixed: pick each conv's algorithm once
         # Parameters stay contiguous: DeepSpeed's initial broadcast views each one as bytes, which a

@@ -132,7 +132,8 @@ def weights_model(args):
     from .weights import load_ema_weights, load_initial_weights
 
     cfg = run_config(args)
-    spec = cfg.model if cfg is not None else ModelConfig(name=args.model, kwargs=json.loads(args.model_kwargs or '{}'))
+    spec = cfg.model if cfg is not None else checked(ModelConfig, '--model/--model-kwargs', name=args.model,
+                                                     kwargs=json.loads(args.model_kwargs or '{}'))
     tasks = task_classes(cfg.tasks) if cfg is not None else parse_tasks(args.task)
     model = build_model(spec, tasks)
     if args.ema:

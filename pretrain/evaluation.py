@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from shards.loader import EvalShards
+from shards.storage import DEFAULT_RETRY, RetryPolicy
 from shards.stream import SourceSpec
 from shards.transforms import DeviceNormalize, TransformConfig, eval_transform
 
@@ -44,19 +45,23 @@ class EvalSpec:
     tasks_file: Optional[str] = None
     pinned_labels: Optional[Dict[str, dict]] = None
     """a training run's pinned label manifests (``label_pin.py``): evaluation reads the same labels"""
+    retry: RetryPolicy = DEFAULT_RETRY
+    """how long reads of the sources are retried"""
 
     @classmethod
     def of_run(cls, cfg: RunConfig, pinned_labels: Optional[Dict[str, dict]] = None) -> 'EvalSpec':
         d = cfg.data
         return cls(task_classes(cfg.tasks), list(d.val_sources), d.transform, cfg.train.micro_batch, d.workers,
-                   cfg.train.precision, cfg.model.channels_last, d.label_store, d.tasks_file, pinned_labels)
+                   cfg.train.precision, cfg.model.channels_last, d.label_store, d.tasks_file, pinned_labels,
+                   d.stream.retry)
 
 
 def eval_loader(spec: EvalSpec, rank: int, world_size: int, device: torch.device) -> DataLoader:
     """Every evaluation sample once, with the eval transform (resize, center crop) and the label join."""
     from shards.loader import leave_stopping_to_the_parent
     from shards.storage import worker_start_method
-    data = EvalShards(spec.sources, eval_transform(spec.transform), rank, world_size, spec.batch_size)
+    data = EvalShards(spec.sources, eval_transform(spec.transform), rank, world_size, spec.batch_size,
+                      retry=spec.retry)
     data.batch_transform = LabelJoiner(spec.tasks, spec.label_store, spec.tasks_file, shards=shard_facts(data.resolved))
     data.batch_transform.pin(spec.pinned_labels)
     urls = [s.url for s in spec.sources] + ([spec.label_store] if spec.label_store else [])

@@ -1,7 +1,7 @@
 """Stage-wise (or block-wise) learning-rate decay from the model's ``group_matcher`` (BEiT style)."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Collection, Dict, List, Optional
 
 from timm.models import group_parameters
 from torch import nn
@@ -11,19 +11,21 @@ from shards.common.errors import BadValue
 from .weight_decay import exempt_names, split_by_weight_decay
 
 
-def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, coarse: bool = True) -> List[dict]:
+def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, coarse: bool = True,
+                       exempt: Optional[Collection[str]] = None) -> List[dict]:
     """Parameter groups with ``lr_scale = decay ** (last_id - id)``: the head trains at the full lr,
     each earlier stage (or block) at ``decay`` times the next. Weight decay as ``weight_decay.param_groups``
     (none on norms and biases).
 
     With ``coarse`` (the default) the groups are stem, stage 1..N, head; else one per block.
+    ``exempt`` as in ``weight_decay.param_groups``.
     """
     if not hasattr(model, 'group_matcher'):
         raise BadValue(f'{type(model).__name__} has no group_matcher: layer decay needs one (timm convention)')
     groups_by_id = group_parameters(model, model.group_matcher(coarse=coarse))  # ordered: stem ... head
     last = len(groups_by_id) - 1
     params = dict(model.named_parameters())
-    exempt = exempt_names(model)
+    exempt = exempt_names(model) if exempt is None else exempt
     out: List[dict] = []
     for layer_id, names in enumerate(groups_by_id.values()):
         scale = decay ** (last - layer_id)

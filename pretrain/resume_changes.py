@@ -18,7 +18,8 @@ log = logging.getLogger('pretrain')
 
 # The flattened config keys (or sections) a resume may change.
 MAY_CHANGE = ('schedule', 'log', 'eval', 'checkpoint', 'optim.lr', 'optim.weight_decay', 'train.max_nonfinite_steps',
-              'data.labels_refresh', 'data.val_sources', 'data.transform.crop_pct', 'model.grad_checkpointing', 'train.compile',
+              'data.labels_refresh', 'data.val_sources', 'data.transform.crop_pct', 'data.stream.retry',
+              'data.stream.max_corrupt_fraction', 'data.stream.corrupt_window', 'model.grad_checkpointing', 'train.compile',
               'description', 'launch',
               'init')   # a resume takes the checkpoint's weights, not init's
 # checkpoint.*: its cadence, keep, lease and signals steer the run; checkpoint.dir is the run itself

@@ -81,7 +81,7 @@ class Pace:
 def resume(trainer, run_dir: str, tag: str) -> None:
     env = trainer.env
     check_groups_fit(checkpoint.saved_field(run_dir, tag, 'param_group_sizes'), trainer.group_sizes,
-                     trainer.legacy_group_sizes, tag)
+                     trainer.legacy_group_sizes, checkpoint.saved_field(run_dir, tag, 'time'), tag)
     checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size, trainer.parts)
     trainer.apply_configured_optim()   # the checkpoint restored the lr and weight decay it was written with
     log.info('resumed from %s at step %d', tag, trainer.step)

@@ -9,6 +9,7 @@ position and size, so our groups' order and count must not depend on a timm rele
 from __future__ import annotations
 
 import fnmatch
+from datetime import datetime, timezone
 from typing import Collection, Iterable, List, Optional, Tuple
 
 from torch import nn
@@ -37,9 +38,10 @@ def split_by_weight_decay(named: Iterable[Tuple[str, nn.Parameter]], exempt: Col
     return decay, no_decay
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
-    """Two groups, always in this order (resume matches them by position): decayed, then not."""
-    decay, no_decay = split_by_weight_decay(model.named_parameters(), exempt_names(model))
+def param_groups(model: nn.Module, weight_decay: float, exempt: Optional[Collection[str]] = None) -> List[dict]:
+    """Two groups, always in this order (resume matches them by position): decayed, then not.
+    ``exempt``: the names kept out of weight decay besides norms and biases (default: the model's)."""
+    decay, no_decay = split_by_weight_decay(model.named_parameters(), exempt_names(model) if exempt is None else exempt)
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
@@ -49,21 +51,24 @@ def group_sizes(groups: List[dict]) -> List[int]:
     return [sum(p.numel() for p in g['params']) for g in groups]
 
 
-def sizes_before_exemptions(model: nn.Module, weight_decay: float) -> List[int]:
-    """The plain groups' sizes under the rule before 2026-12-07, which decayed what the model names
-    in ``no_weight_decay()``: what a checkpoint of that time, which records no sizes, was grouped by."""
-    decay, no_decay = split_by_weight_decay(model.named_parameters(), ())
-    return group_sizes([dict(params=decay), dict(params=no_decay)])
+# When the parameters a model names in no_weight_decay() stopped taking weight decay (commit d4d0bd9):
+# checkpoints written before then, which record no group sizes, were grouped without those exemptions.
+EXEMPTIONS_SINCE = datetime(2026, 12, 7, 18, 44, 24, tzinfo=timezone.utc).timestamp()
 
 
-def check_groups_fit(saved: Optional[List[int]], now: List[int], legacy: Optional[List[int]], tag: str) -> None:
-    """Refuse a resume whose optimizer groups differ from the checkpoint's (``saved``; None: written
-    before checkpoints recorded them, then ``legacy``: the sizes of that time's rule, if known)."""
-    expected = saved if saved is not None else legacy
-    if expected is None or list(expected) == list(now):
-        return
-    why = ('the parameters the model names in no_weight_decay() took weight decay when it was written (before '
-           '2026-12-07)' if saved is None else 'which parameters take weight decay changed')
-    raise BadValue(f'{tag}: its optimizer state holds groups of {list(expected)} elements, this run groups '
-                   f'{list(now)}: {why}. Finish the run with the version that started it, or start a new run '
-                   'from its weights with init.checkpoint: <this run folder>')
+def check_groups_fit(saved: Optional[List[int]], now: List[int], legacy: List[int], written_at: float,
+                     tag: str) -> None:
+    """Refuse a resume whose optimizer groups differ from those the checkpoint's state was made for:
+    ``saved`` as it records them, or (None: written before checkpoints recorded them) ``legacy``, the
+    groups without exemptions, when it was written before ``EXEMPTIONS_SINCE``."""
+    if saved is not None:
+        expected, why = list(saved), 'which parameters take weight decay changed'
+    elif written_at < EXEMPTIONS_SINCE:
+        expected, why = list(legacy), ('the parameters the model names in no_weight_decay() took weight decay '
+                                       'when it was written (before 2026-12-07)')
+    else:
+        return   # written by the version that made the exemptions, before sizes were recorded: its groups
+    if expected != list(now):
+        raise BadValue(f'{tag}: its optimizer state holds groups of {expected} elements, this run groups '
+                       f'{list(now)}: {why}. Finish the run with the version that started it, or start a new run '
+                       'from its weights with init.checkpoint: <this run folder>')

@@ -264,11 +264,11 @@ class EvalShards(IterableDataset):
                  retry=None):
         super().__init__()
         from .storage import DEFAULT_RETRY
-        self.resolved = [resolve_source(s) for s in sources]
+        self.retry = retry or DEFAULT_RETRY
+        self.resolved = [resolve_source(s, self.retry) for s in sources]
         shards = [(src.name, url, n) for src in self.resolved for url, n in zip(src.urls, src.counts)]
         self.shards = shards[rank::world_size]
         self.transform, self.batch_size, self.batch_transform = transform, batch_size, batch_transform
-        self.retry = retry or DEFAULT_RETRY
 
     def __iter__(self):
         info = get_worker_info()

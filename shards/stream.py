@@ -35,7 +35,7 @@ class SourceSpec:
     """a source name in the shard index (e.g. in1k, yfcc)"""
     url: str
     """shard prefix holding the shard index (_index/), or a brace pattern of its shards"""
-    weight: Optional[float] = Field(None, gt=0)
+    weight: Optional[float] = Field(None, ge=0)
     """mixing weight; null: by sample count"""
     allow_incomplete: bool = False
     """train on a source whose build jobs did not all finish (its missing shards are named in a warning); false: an error"""
@@ -158,7 +158,7 @@ class StreamConfig:
     corrupt_window: int = Field(2000, ge=1)
     """... judged over at least this many samples (per worker), so a few early faults do not stop a run"""
     retry: storage.RetryPolicy = storage.DEFAULT_RETRY
-    """how long storage reads are retried"""
+    """how long reads of the sources are retried (training and evaluation)"""
 
 
 # --- raw samples ---------------------------------------------------------------------------

@@ -40,8 +40,8 @@ class TransformConfig:
     """resize interpolation"""
     re_prob: float = Field(0.0, ge=0, le=1)
     """random erasing probability (applied on the device, with the normalization)"""
-    crop_pct: float = Field(0.875, gt=0, le=1)
-    """evaluation: resize to image_size / crop_pct, center crop"""
+    crop_pct: float = Field(0.875, gt=0)
+    """evaluation: resize to image_size / crop_pct, center crop (above 1: the crop pads, as in timm)"""
     compose_warps: bool = True
     """train: crop + flip + a geometric RandAugment op in one warp (timm's draws, checked at start)"""
 

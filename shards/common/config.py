@@ -11,7 +11,7 @@ import difflib
 import functools
 import json
 import typing
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pydantic
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -37,14 +37,15 @@ def _adapter(cls) -> TypeAdapter:
     return TypeAdapter(cls)
 
 
-def from_doc(cls, doc: Any, where: str = '', at: str = ''):
+def from_doc(cls, doc: Any, where: str = '', at: str = '', moved: Optional[Dict[str, str]] = None):
     """``cls`` from a JSON document (a dict as ``json.load`` gives it): arrays become tuples where
     the field is one, objects become sections. An error names ``where`` (e.g. the file) and the
-    field's path below ``at`` (the document's place in a larger config, e.g. ``data.transform``)."""
+    field's path below ``at`` (the document's place in a larger config, e.g. ``data.transform``);
+    an unknown key that ``moved`` maps (an old path -> its new one) says where it went."""
     try:
         return _adapter(cls).validate_json(json.dumps(doc))
     except ValidationError as exc:
-        raise ConfigError(describe(exc, cls, where, at)) from None
+        raise ConfigError(describe(exc, cls, where, at, moved)) from None
 
 
 def checked(cls, where: str = '', **values):
@@ -67,7 +68,7 @@ def field_default(cls, name: str) -> Any:
 
 
 # --- one line per error ------------------------------------------------------------------
-def describe(exc: ValidationError, cls, where: str = '', at: str = '') -> str:
+def describe(exc: ValidationError, cls, where: str = '', at: str = '', moved: Optional[Dict[str, str]] = None) -> str:
     lines, unknown = [], {}
     for err in exc.errors():
         loc = (at,) * bool(at) + tuple(err['loc'])
@@ -76,7 +77,7 @@ def describe(exc: ValidationError, cls, where: str = '', at: str = '') -> str:
         else:
             lines.append(_one(err, _path(loc)))
     for parent, keys in unknown.items():
-        lines.append(_unknown(parent, sorted(keys), _fields_at(cls, parent[bool(at):])))
+        lines.append(_unknown(parent, sorted(keys), _fields_at(cls, parent[bool(at):]), moved or {}))
     text = '; '.join(lines)
     return f'{where}: {text}' if where else text
 
@@ -89,6 +90,8 @@ def _path(loc: Sequence) -> str:
 
 
 def _one(err: dict, path: str) -> str:
+    if err['type'] == 'missing' and path.endswith(']'):   # a fixed-length array one short
+        return f'{path.rsplit("[", 1)[0]}: too few values (expected one at {path.rsplit("[", 1)[1][:-1]})'
     if err['type'] == 'missing':
         return f'{path}: required'
     msg = err['msg'].removeprefix('Value error, ')
@@ -99,10 +102,16 @@ def _one(err: dict, path: str) -> str:
     return f'{path or "config"}={shown}: {msg[0].lower()}{msg[1:]}'
 
 
-def _unknown(parent: tuple, keys: List[str], known: List[str]) -> str:
-    hint = ''.join(f'; did you mean {close[0]!r} for {k!r}?' for k in keys
-                   for close in [difflib.get_close_matches(k, known, n=1)] if close)
-    return f'{_path(parent) or "config"}: unknown key(s) {keys}{hint} (known: {sorted(known)})'
+def _unknown(parent: tuple, keys: List[str], known: List[str], moved: Dict[str, str]) -> str:
+    hints = []
+    for key in keys:
+        path = _path(parent + (key,))
+        close = difflib.get_close_matches(key, known, n=1)
+        if path in moved:
+            hints.append(f'; {path} is now {moved[path]}')
+        elif close:
+            hints.append(f'; did you mean {close[0]!r} for {key!r}?')
+    return f'{_path(parent) or "config"}: unknown key(s) {keys}{"".join(hints)} (known: {sorted(known)})'
 
 
 def _fields_at(cls, loc: Sequence) -> List[str]:

@@ -78,3 +78,11 @@ def test_evaluation_runs_in_the_precision_the_weights_trained_in_unless_told(tin
     spec = eval_spec(args, {'shape': 4}, TransformConfig(), None, export_trained)
     assert spec.precision == 'bf16' and not spec.channels_last
     assert eval_spec(args, {'shape': 4}, TransformConfig(), None).precision == 'fp32'          # nothing recorded
+
+
+def test_model_kwargs_that_would_steer_timms_loader_are_one_line_not_a_traceback(tiny, weights):
+    args = ['--checkpoint', weights, '--model', 'replknet_31b', '--model-kwargs', '{"pretrained": true}',
+            '--task', 'shape=4', '--workers', '0', '--data', f'val={tiny["shards"]}']
+    with pytest.raises(SystemExit, match=r"--model/--model-kwargs: kwargs \['pretrained'\] would make timm "
+                                         r'load weights itself'):
+        evaluate(args)
