@@ -34,3 +34,9 @@ def test_a_setting_the_checkpoint_predates_is_reported_not_refused():
     said = check_resume_changes(saved, now, 'step-4')
     assert said == ["checkpoint.preempt_signals: (absent) -> ['SIGTERM', 'SIGUSR1']",
                     'data.labels_refresh: (absent) -> False']
+
+
+def test_a_run_stopped_by_a_storage_outage_resumes_with_a_longer_retry_budget():
+    saved, now = saved_and('data.stream.retry={"budget_s": 3600}', 'data.stream.max_corrupt_fraction=0.05')
+    said = check_resume_changes(saved, now, 'step-4')
+    assert said == ['data.stream.max_corrupt_fraction: 0.01 -> 0.05', 'data.stream.retry.budget_s: 300.0 -> 3600.0']
