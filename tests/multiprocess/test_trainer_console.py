@@ -40,7 +40,7 @@ def test_trainer_talks_once_and_a_resume_keeps_one_row_per_step(tiny, tmp_path, 
 
 
 @pytest.mark.parametrize('override, message', [
-    ('model.nme=x', "error: model: unknown key(s) ['nme']; did you mean 'name'"),
+    ('model.nme=x', "error: configs/tiny_cpu.json: model: unknown key(s) ['nme']; did you mean 'name'"),
     ('data.label_store="/no/such/store"', 'error: data.label_store=/no/such/store: no label store there'),
 ])
 def test_a_user_error_is_one_line_without_traceback(tiny, tmp_path, override, message):
