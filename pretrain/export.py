@@ -125,7 +125,8 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict,
     # default tag's: its 224 px, its 1000 classes, the official release's origin and license).
     # timm's full record (its defaults filled in), as a model loaded from the export will carry: so
     # timm's writer gives the same config.json for both in every timm release (1.0.26 writes defaults)
-    model.pretrained_cfg = model.default_cfg = PretrainedCfg(**exported_pretrained_cfg(cfg, task, n)).to_dict()
+    model.pretrained_cfg = model.default_cfg = PretrainedCfg(**exported_pretrained_cfg(cfg, task, n,
+                                                                                      model.pretrained_cfg)).to_dict()
     # The model arguments written are the shape only: how to run the model (lk_impl) is the loader's
     # choice, so an export made with 'triton' loads on a CPU. Given to timm explicitly (its releases
     # before 1.0.27 write only those) and as its record of the factory's arguments (later releases
@@ -150,14 +151,17 @@ def write_export(cfg: RunConfig, task: str, state: dict, out: str, source: dict,
     return meta
 
 
-def exported_pretrained_cfg(cfg: RunConfig, task: str, num_classes: int) -> dict:
-    """timm's pretrained_cfg of the exported model: its classes, input size, crop and statistics."""
+def exported_pretrained_cfg(cfg: RunConfig, task: str, num_classes: int, architecture: dict) -> dict:
+    """timm's pretrained_cfg of the exported model: its classes, input size, crop and statistics;
+    its classifier, first conv and stride from ``architecture``, the model's own (timm's variant) record."""
     aug = cfg.data.transform
     size = aug.image_size
+    stride = architecture['input_size'][-1] // architecture['pool_size'][-1] if architecture.get('pool_size') else 32
     out = dict(architecture=cfg.model.name, tag=f'export_{task}', num_classes=num_classes,
-               input_size=[3, size, size], pool_size=[-(-size // 32)] * 2, crop_pct=aug.crop_pct,
+               input_size=[3, size, size], pool_size=[-(-size // stride)] * 2, crop_pct=aug.crop_pct,
                interpolation=aug.interpolation, mean=list(aug.mean), std=list(aug.std),
-               classifier='head.fc', first_conv='stem.0.conv', description=f'exported by pretrain.export ({task})')
+               classifier=architecture.get('classifier'), first_conv=architecture.get('first_conv'),
+               description=f'exported by pretrain.export ({task})')
     names = _class_names(cfg, task)
     if names is not None:
         out['label_names'] = names

@@ -112,3 +112,19 @@ def test_evaluate_refuses_arguments_an_export_contradicts_instead_of_ignoring_th
     file = exported[0]
     with pytest.raises(SystemExit, match=said.replace('(', r'\(').replace(')', r'\)')):
         evaluate(['--checkpoint', str(file), '--data', 'val=/nowhere', '--workers', '0', *extra])
+
+
+def test_an_export_of_another_architecture_names_its_own_classifier_and_loads_with_a_new_head(tmp_path):
+    """MobileNet V2 (Appendix E) keeps its head as ``classifier`` and its stem as ``conv_stem``: the
+    export's pretrained_cfg says so, so timm can drop the head for another class count."""
+    from helpers import tiny_pets_config, trained_looking_state
+    cfg = tiny_pets_config(tmp_path, {'kernel_size': 5}, 'model.name="mobilenetv2_lk"')
+    meta = write_export(cfg, 'pets', trained_looking_state(cfg), str(tmp_path / 'export'), source={})
+    assert (meta['pretrained_cfg']['classifier'], meta['pretrained_cfg']['first_conv']) == ('classifier', 'conv_stem')
+    assert meta['pretrained_cfg']['pool_size'] == [2, 2]
+    from safetensors.torch import load_file
+    file = tmp_path / 'export' / 'model.safetensors'
+    model = timm.create_model('mobilenetv2_lk', pretrained=True, num_classes=5, kernel_size=5,
+                              pretrained_cfg_overlay=dict(file=str(file)))   # was: KeyError 'head.fc.weight'
+    assert model.classifier.out_features == 5
+    assert torch.equal(model.conv_stem.weight, load_file(str(file))['conv_stem.weight'])
