@@ -6,9 +6,9 @@ import logging
 import pytest
 import timm
 import torch
+from helpers import trained_looking_state
 
-from pretrain.config import load_config, task_classes
-from pretrain.engine import build_model
+from pretrain.config import load_config
 from pretrain.export import single_task_model, write_export
 
 TINY = {'kernel_sizes': [7, 5], 'depths': [1, 1], 'channels': [16, 32], 'small_kernel': 3}
@@ -19,13 +19,7 @@ def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp('export')
     cfg = load_config('configs/tiny_cpu.json', [f'model.kwargs={json.dumps(TINY)}', 'data.transform.image_size=40',
                                                 'tasks={"pets": {"num_classes": 2}, "other": {"num_classes": 3}}'])
-    torch.manual_seed(0)
-    model = build_model(cfg.model, task_classes(cfg.tasks))
-    for m in model.modules():  # trained-looking BN statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    state = model.state_dict()
+    state = trained_looking_state(cfg)
     meta = write_export(cfg, 'pets', state, str(out), source={})
     reference, _ = single_task_model(cfg, 'pets', state)
     x = torch.randn(3, 3, 40, 40)
@@ -117,7 +111,7 @@ def test_evaluate_refuses_arguments_an_export_contradicts_instead_of_ignoring_th
 def test_an_export_of_another_architecture_names_its_own_classifier_and_loads_with_a_new_head(tmp_path):
     """MobileNet V2 (Appendix E) keeps its head as ``classifier`` and its stem as ``conv_stem``: the
     export's pretrained_cfg says so, so timm can drop the head for another class count."""
-    from helpers import tiny_pets_config, trained_looking_state
+    from helpers import tiny_pets_config
     cfg = tiny_pets_config(tmp_path, {'kernel_size': 5}, 'model.name="mobilenetv2_lk"')
     meta = write_export(cfg, 'pets', trained_looking_state(cfg), str(tmp_path / 'export'), source={})
     assert (meta['pretrained_cfg']['classifier'], meta['pretrained_cfg']['first_conv']) == ('classifier', 'conv_stem')
