@@ -78,7 +78,8 @@ def export(run_dir: str, task: str, out: str, tag: str = None, ema: bool = False
     state = load_part(run_dir, tag, 'ema') if ema else consolidate_run(run_dir, tag, trust_pickle)
     if state is None:
         raise NotFound(f'{run_dir}/ckpt/{tag} has no EMA weights')
-    meta = write_export(cfg, task, state, out, source=dict(run=str(run_dir), tag=tag, ema=ema),
+    # the run by its folder's name: the export is published as it is (--push-to-hub), a local path is not for others
+    meta = write_export(cfg, task, state, out, source=dict(run=Path(run_dir).resolve().name, tag=tag, ema=ema),
                         provenance=run_provenance(cfg, run_dir, tag, ema, task), repo_name=repo_name, license_id=license_id)
     try:   # the run's W&B / MLflow runs get it as an artifact; the export stands without them
         meta['tracked_in'] = log_export(cfg.log, run_dir, out)

@@ -44,6 +44,7 @@ def test_pretrain_finetune_evaluate_export_and_load_through_timm(tiny, tmp_path,
     meta = json.loads((out / 'config.json').read_text())
     assert meta['form'] == 'fused' and meta['max_relative_error'] < 1e-4
     assert meta['precision'] == 'fp32' and meta['channels_last'] is False
+    assert meta['source']['run'] == ft.name and str(ft.parent) not in (out / 'config.json').read_text()   # publishable
     kwargs = export_model_args(meta)   # timm's model_args: the shape and the class count
     assert kwargs['num_classes'] == 4 and (out / 'README.md').is_file()
     loaded = timm.create_model('replknet_31b', pretrained=True, **kwargs,
