@@ -193,7 +193,7 @@ class LogConfig:
 class RunConfig:
     launch: str = ''
     """how to launch it (documentation only)"""
-    version: Literal[2] = CONFIG_VERSION
+    version: Literal[CONFIG_VERSION] = CONFIG_VERSION
     """the config layout; older documents are upgraded when read"""
     description: str = ''
     """what the run is (documentation only)"""
