@@ -207,12 +207,13 @@ def load(engine, run_dir: str, tag: str, rank: int, world_size: int, parts: Dict
 
 def saved_config(run_dir: str, tag: str) -> Optional[dict]:
     """The resolved config a committed checkpoint was written with (None: written before markers held it)."""
-    return saved_field(run_dir, tag, 'config')
+    return saved_marker(run_dir, tag).get('config')
 
 
-def saved_field(run_dir: str, tag: str, name: str):
-    """A field of a committed checkpoint's marker (None: written before markers held it)."""
-    return json.loads((ckpt_root(run_dir) / tag / MARKER).read_text()).get(name)
+def saved_marker(run_dir: str, tag: str) -> dict:
+    """A committed checkpoint's marker: its parts, time, config and optimizer group sizes (the
+    last two absent from checkpoints written before markers held them)."""
+    return json.loads((ckpt_root(run_dir) / tag / MARKER).read_text())
 
 
 def _read_marker(folder: Path, world_size: int) -> dict:

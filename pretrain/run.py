@@ -80,8 +80,9 @@ class Pace:
 
 def resume(trainer, run_dir: str, tag: str) -> None:
     env = trainer.env
-    check_groups_fit(checkpoint.saved_field(run_dir, tag, 'param_group_sizes'), trainer.group_sizes,
-                     trainer.legacy_group_sizes, checkpoint.saved_field(run_dir, tag, 'time'), tag)
+    marker = checkpoint.saved_marker(run_dir, tag)
+    check_groups_fit(marker.get('param_group_sizes'), trainer.group_sizes, trainer.legacy_group_sizes,
+                     marker.get('time', 0.0), tag)
     checkpoint.load(trainer.engine, run_dir, tag, env.rank, env.world_size, trainer.parts)
     trainer.apply_configured_optim()   # the checkpoint restored the lr and weight decay it was written with
     log.info('resumed from %s at step %d', tag, trainer.step)
@@ -235,11 +236,10 @@ def startup_checks(cfg: RunConfig) -> dict:
     if cfg.init is not None:
         check_run_folder(cfg.init.checkpoint, 'init.checkpoint', 'init.tag')
     check_store_tasks(cfg.data.label_store, cfg.tasks, cfg.data.tasks_file)
-    specs = cfg.data.sources
-    resolved = [resolve_source(s, cfg.data.stream.retry) for s in specs]
+    resolved = [resolve_source(s, cfg.data.stream.retry) for s in cfg.data.sources]
     check_labels_match_shards(cfg.data.label_store, cfg.tasks, resolved, cfg.data.tasks_file)
     human_label_maps(cfg.tasks, resolved, TaskRegistry.from_json(cfg.data.tasks_file))   # class names agree
-    return label_coverage(specs, list(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file)
+    return label_coverage(cfg.data.sources, list(cfg.tasks), cfg.data.label_store, cfg.data.tasks_file)
 
 
 def run_in_folder(cfg: RunConfig, env, device, coverage: dict, lease) -> dict:
